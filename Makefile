@@ -1,0 +1,35 @@
+# hf_distill: set-up, demo, tests.  `make demo` and `make test` each create .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: venv demo test test-slow quality bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e ".[test,report]" $(TORCH_PIN)
+	touch $(STAMP)
+
+demo: venv
+	$(VENV)/bin/hf-distill quickstart --output_dir out/quickstart
+
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+quality: venv
+	$(VENV)/bin/ruff check hf_distill tests examples
+	$(VENV)/bin/ruff format --check hf_distill tests examples
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

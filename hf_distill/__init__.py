@@ -1,0 +1,22 @@
+"""hf_distill: knowledge distillation for Hugging Face language models."""
+
+__version__ = "0.1.0"
+
+from .distillation_config import DistillationConfig  # noqa: E402
+from .distillation_trainer import DISTILLATION_CONFIG_FILE, DistillationTrainer  # noqa: E402
+from .losses import available_losses, get_loss, register_loss  # noqa: E402
+from .mapping import LayerMatch, resolve_layer_pairs  # noqa: E402
+from .student import build_student  # noqa: E402
+
+__all__ = [
+    "DISTILLATION_CONFIG_FILE",
+    "DistillationConfig",
+    "DistillationTrainer",
+    "LayerMatch",
+    "__version__",
+    "available_losses",
+    "build_student",
+    "get_loss",
+    "register_loss",
+    "resolve_layer_pairs",
+]

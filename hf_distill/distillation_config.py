@@ -1,0 +1,169 @@
+"""``DistillationConfig``: ``TrainingArguments`` plus the knobs of knowledge distillation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .losses import available_losses
+from .mapping import parse_layer_pairs
+
+_TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    r"""
+    Configuration for [`DistillationTrainer`]: every ``TrainingArguments`` field, plus the ones below.
+
+    Parameters that control the teacher:
+        teacher_model_name_or_path (`str` or `None`): Hub name or local folder of the teacher, used when the trainer
+            is given no teacher object and recorded in ``distillation_config.json``.
+        teacher_dtype (`str` or `None`): ``auto``, ``float32``, ``bfloat16`` or ``float16``; default: the student's.
+        teacher_weights (`list[float]` or `None`): one weight per teacher when several teachers are given.
+        trust_remote_code (`bool`): allow custom code when loading models by name (off unless you ask).
+
+    Parameters that control the loss:
+        temperature (`float`): softmax temperature ``T`` of the soft targets; the soft terms are scaled by ``T^2``.
+        alpha_task, alpha_logits, alpha_hidden, alpha_attention (`float`): weights of the student's own loss and of
+            the logit, hidden-state and attention KD terms (each >= 0, not all zero).
+        logit_loss (`str`): ``kl`` (forward KL), ``reverse_kl``, ``jsd`` (generalised, with ``jsd_beta``) or ``mse``.
+        hidden_loss (`str`): ``mse`` or ``cosine``.
+        attention_loss (`str`): ``kl`` or ``mse`` on attention probabilities (eager attention), or ``relation``
+            (MiniLM v2 Q/K/V self-relations; any head count, any attention backend).
+
+    Parameters that control layer matching:
+        layer_map (`str`): ``uniform``, ``last`` or explicit ``student:teacher`` pairs such as ``0:0,1:2,2:4``.
+        projection (`str`): ``linear`` adds a trainable projection where widths differ; ``none`` refuses.
+        adapter_learning_rate (`float` or `None`): learning rate of the projections (default: ``learning_rate``).
+        attention_head_reduction (`str`): ``none`` (head counts must match) or ``mean`` (average over heads).
+        relation_heads (`int` or `None`): relation heads for ``attention_loss=relation`` (default: picked from
+            the student's head count).
+    """
+
+    # --- teacher ---
+    teacher_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub name or local folder of the teacher; recorded in distillation_config.json."},
+    )
+    teacher_dtype: Optional[str] = field(
+        default=None,
+        metadata={"help": f"dtype of the teacher: one of {list(_TEACHER_DTYPES)}; default: the student's dtype."},
+    )
+    teacher_weights: Optional[list[float]] = field(
+        default=None,
+        metadata={"help": "With several teachers: one non-negative weight each for averaging their soft targets."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code when loading models by name."}
+    )
+    # --- loss ---
+    temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature T of the soft targets (> 0); soft terms scale by T^2."}
+    )
+    alpha_task: float = field(default=0.5, metadata={"help": "Weight of the student's own hard-label loss (>= 0)."})
+    alpha_logits: float = field(default=0.5, metadata={"help": "Weight of the logit (soft-target) KD loss (>= 0)."})
+    alpha_hidden: float = field(default=0.0, metadata={"help": "Weight of the hidden-state KD loss (>= 0)."})
+    alpha_attention: float = field(default=0.0, metadata={"help": "Weight of the attention KD loss (>= 0)."})
+    logit_loss: str = field(
+        default="kl", metadata={"help": "Logit KD loss: kl (forward), reverse_kl, jsd (with jsd_beta) or mse."}
+    )
+    jsd_beta: float = field(
+        default=0.5, metadata={"help": "beta of the generalised JSD, strictly between 0 and 1 (0.5: symmetric)."}
+    )
+    hidden_loss: str = field(default="mse", metadata={"help": "Hidden-state KD loss: mse or cosine."})
+    attention_loss: str = field(
+        default="kl",
+        metadata={"help": "Attention KD loss: kl or mse on attention maps (needs eager attention), or relation."},
+    )
+    # --- layer matching ---
+    layer_map: str = field(
+        default="uniform",
+        metadata={"help": "uniform, last, or 'student:teacher' pairs such as '0:0,1:2,2:4' (0 = embeddings)."},
+    )
+    projection: str = field(
+        default="linear", metadata={"help": "linear: trainable projection where widths differ; none: refuse."}
+    )
+    adapter_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Learning rate of the projection adapters (default: learning_rate)."}
+    )
+    attention_head_reduction: str = field(
+        default="none", metadata={"help": "none (equal head counts required) or mean (average maps over heads)."}
+    )
+    relation_heads: Optional[int] = field(
+        default=None, metadata={"help": "Relation heads for attention_loss=relation (default: from the student)."}
+    )
+
+    def __post_init__(self):
+        self._validate_distillation()
+        super().__post_init__()
+
+    def _validate_distillation(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        alphas = {k: getattr(self, k) for k in ("alpha_task", "alpha_logits", "alpha_hidden", "alpha_attention")}
+        for name, value in alphas.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
+        if not any(alphas.values()):
+            raise ValueError("alpha_task, alpha_logits, alpha_hidden and alpha_attention are all 0: nothing to train.")
+        for kind, name in (("logits", "logit_loss"), ("hidden", "hidden_loss"), ("attention", "attention_loss")):
+            if getattr(self, name) not in available_losses(kind):
+                raise ValueError(f"{name}={getattr(self, name)!r} is unknown; choose one of {available_losses(kind)}.")
+        if not 0.0 < self.jsd_beta < 1.0:
+            raise ValueError(f"jsd_beta must lie strictly between 0 and 1, got {self.jsd_beta}.")
+        if not isinstance(self.layer_map, str):  # a list of pairs from Python or YAML
+            self.layer_map = ",".join(f"{s}:{t}" for s, t in parse_layer_pairs(self.layer_map))
+        if self.layer_map not in ("uniform", "last"):
+            parse_layer_pairs(self.layer_map)
+        if self.projection not in ("linear", "none"):
+            raise ValueError(f"projection must be 'linear' or 'none', got {self.projection!r}.")
+        if self.attention_head_reduction not in ("none", "mean"):
+            raise ValueError(f"attention_head_reduction must be 'none' or 'mean', got {self.attention_head_reduction!r}.")
+        if self.teacher_dtype is not None and self.teacher_dtype not in _TEACHER_DTYPES:
+            raise ValueError(f"teacher_dtype={self.teacher_dtype!r} is unknown; choose one of {list(_TEACHER_DTYPES)}.")
+        if self.teacher_weights is not None and (
+            any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0
+        ):
+            raise ValueError(f"teacher_weights must be >= 0 with a positive sum, got {self.teacher_weights}.")
+        if self.relation_heads is not None and self.relation_heads < 1:
+            raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}.")
+        if self.adapter_learning_rate is not None and self.adapter_learning_rate <= 0:
+            raise ValueError(f"adapter_learning_rate must be > 0, got {self.adapter_learning_rate}.")
+
+    # --- serialisation helpers ---
+
+    @classmethod
+    def distillation_field_names(cls) -> list[str]:
+        """Names of the fields this class adds to ``TrainingArguments``."""
+        base = {f.name for f in dataclasses.fields(TrainingArguments)}
+        return [f.name for f in dataclasses.fields(cls) if f.name not in base]
+
+    def distillation_dict(self) -> dict:
+        """The distillation fields and their values (what ``distillation_config.json`` records)."""
+        return {name: getattr(self, name) for name in self.distillation_field_names()}
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides) -> DistillationConfig:
+        """Load a YAML file of fields (any ``TrainingArguments`` field too); keyword arguments override it."""
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        values.update(overrides)
+        (config,) = HfArgumentParser(cls).parse_dict(values)
+        return config
+
+    def to_yaml(self, path: str, all_fields: bool = False) -> None:
+        """Write the fields that differ from their defaults (or all of them) as YAML."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
+        values = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.init and (all_fields or getattr(self, f.name) != defaults.get(f.name, object()))
+        }
+        values = {k: (v.value if hasattr(v, "value") else v) for k, v in values.items()}
+        with open(path, "w") as f:
+            yaml.safe_dump(values, f, sort_keys=True)

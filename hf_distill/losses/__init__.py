@@ -1,0 +1,26 @@
+"""Pure distillation losses behind one registry (see :mod:`hf_distill.losses.registry`)."""
+
+from . import attention, hidden, logits  # noqa: F401  (registers the built-in losses)
+from .attention import match_heads, self_relation
+from .logits import mix_teacher_logits
+from .reduction import count_items, flatten_valid, reduce_items
+from .registry import LOSS_KINDS, available_losses, get_loss, register_loss
+from .task import IGNORE_INDEX, TASK_KINDS, align_logits, target_mask, task_loss
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LOSS_KINDS",
+    "TASK_KINDS",
+    "align_logits",
+    "available_losses",
+    "count_items",
+    "flatten_valid",
+    "get_loss",
+    "match_heads",
+    "mix_teacher_logits",
+    "reduce_items",
+    "register_loss",
+    "self_relation",
+    "target_mask",
+    "task_loss",
+]

@@ -1,0 +1,85 @@
+"""Losses on self-attention: attention maps (TinyBERT) and self-relations (MiniLM v2).
+
+Attention maps are probabilities ``(B, H, T, T)`` (query rows sum to 1), as returned with ``output_attentions=True``
+under eager attention. One item is one valid query row: ``mask`` is ``(B, T)`` with 1 for real tokens. When teacher
+and student have different head counts, :func:`match_heads` reduces both to one averaged map.
+
+Self-relation KD compares ``softmax(X X^T / sqrt(d_r))`` for ``X`` in {queries, keys, values}, split into ``R``
+relation heads. It needs neither equal head counts nor equal widths, nor attention maps (any backend works).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .reduction import reduce_items
+from .registry import register_loss
+
+_EPS = 1e-12
+
+
+def match_heads(student_attn: torch.Tensor, teacher_attn: torch.Tensor, reduction: str = "none"):
+    """Make two attention tensors ``(B, Hs, T, T)`` and ``(B, Ht, T, T)`` comparable.
+
+    ``reduction="none"`` requires ``Hs == Ht``; ``"mean"`` averages over heads, giving ``(B, 1, T, T)`` each.
+    """
+    if reduction == "mean":
+        return student_attn.mean(1, keepdim=True), teacher_attn.mean(1, keepdim=True)
+    if student_attn.shape[1] != teacher_attn.shape[1]:
+        raise ValueError(
+            f"Attention KD on maps needs equal head counts (student {student_attn.shape[1]}, teacher "
+            f"{teacher_attn.shape[1]}); set attention_head_reduction='mean' or attention_loss='relation'."
+        )
+    return student_attn, teacher_attn
+
+
+def _rows(attn: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``(B, H, T, T) -> (N, H, T)``: the valid query rows, heads kept."""
+    rows = attn.float().transpose(1, 2)  # (B, T, H, T)
+    rows = rows.reshape(-1, attn.shape[1], attn.shape[-1])
+    return rows if mask is None else rows[mask.reshape(-1).bool()]
+
+
+@register_loss("attention", "mse")
+def attention_mse(student_attn, teacher_attn, *, mask=None, normalizer=None, **_):
+    """Per query row, the mean over heads and keys of ``(a_s - a_t)^2`` on probabilities."""
+    s, t = _rows(student_attn, mask), _rows(teacher_attn, mask)
+    return reduce_items((s - t).pow(2).mean(dim=(-1, -2)), normalizer)
+
+
+@register_loss("attention", "kl")
+def attention_kl(student_attn, teacher_attn, *, mask=None, normalizer=None, **_):
+    """Per query row, the mean over heads of ``KL(a_t || a_s)``."""
+    s, t = _rows(student_attn, mask), _rows(teacher_attn, mask)
+    kl = (t * (t.clamp_min(_EPS).log() - s.clamp_min(_EPS).log())).sum(-1)  # (N, H)
+    return reduce_items(kl.mean(-1), normalizer)
+
+
+def self_relation(states: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """Log self-relation ``log softmax(X_r X_r^T / sqrt(d_r))``: ``(B, T, D) -> (B, R, T, T)``.
+
+    Keys at padded positions are excluded (probability 0).
+    """
+    b, t, d = states.shape
+    if d % num_heads:
+        raise ValueError(f"{num_heads} relation heads do not divide a projection of width {d}.")
+    x = states.float().view(b, t, num_heads, d // num_heads).transpose(1, 2)  # (B, R, T, d_r)
+    scores = x @ x.transpose(-1, -2) / (d // num_heads) ** 0.5  # (B, R, T, T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+    return F.log_softmax(scores, dim=-1)
+
+
+@register_loss("attention", "relation")
+def relation_kl(student_states, teacher_states, *, mask=None, normalizer=None, num_relation_heads=1, **_):
+    """MiniLM v2 self-relation KD for one of Q, K or V: per query row, mean over relation heads of
+    ``KL(rel_t || rel_s)``. ``student_states`` is ``(B, T, Ds)``, ``teacher_states`` ``(B, T, Dt)``.
+    """
+    log_s = self_relation(student_states, num_relation_heads, mask)
+    log_t = self_relation(teacher_states, num_relation_heads, mask)
+    kl = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)  # (B, R, T)
+    kl = kl.mean(1).reshape(-1)
+    if mask is not None:
+        kl = kl[mask.reshape(-1).bool()]
+    return reduce_items(kl, normalizer)

@@ -1,0 +1,98 @@
+"""Soft-target losses on output logits.
+
+All divergence losses soften both distributions at temperature ``T`` and multiply by ``T**2`` (Hinton et al., 2015)
+so that their gradients keep the same scale as the hard-label loss when ``T`` changes. Maths runs in float32: the
+log-softmax of bf16/fp16 logits loses exactly the small tail probabilities that distillation transfers.
+
+Shapes: ``student_logits`` and ``teacher_logits`` are ``(*batch, V)`` (``(B, V)`` for sequence classification,
+``(B, T, V)`` for token-level KD, already shifted for causal LMs); ``mask`` is ``(*batch)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .reduction import flatten_valid, reduce_items
+from .registry import register_loss
+
+
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return F.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row: ``(N, V), (N, V) -> (N,)``; ``0 * log 0`` counts as 0."""
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+
+
+def _valid_rows(student_logits, teacher_logits, mask):
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ; "
+            "logit KD needs the same label set or vocabulary."
+        )
+    return flatten_valid(student_logits, mask, 1), flatten_valid(teacher_logits, mask, 1)
+
+
+@register_loss("logits", "kl")
+def forward_kl(student_logits, teacher_logits, *, mask=None, temperature=1.0, normalizer=None, **_):
+    """Forward KL, ``T^2 * KL(p_t || p_s)`` with ``p = softmax(z / T)``: mean-seeking, the classic KD loss."""
+    s, t = _valid_rows(student_logits, teacher_logits, mask)
+    per_item = _kl_rows(_log_probs(t, temperature), _log_probs(s, temperature))
+    return reduce_items(per_item, normalizer) * temperature**2
+
+
+@register_loss("logits", "reverse_kl")
+def reverse_kl(student_logits, teacher_logits, *, mask=None, temperature=1.0, normalizer=None, **_):
+    """Reverse KL, ``T^2 * KL(p_s || p_t)``: mode-seeking (MiniLLM)."""
+    s, t = _valid_rows(student_logits, teacher_logits, mask)
+    per_item = _kl_rows(_log_probs(s, temperature), _log_probs(t, temperature))
+    return reduce_items(per_item, normalizer) * temperature**2
+
+
+@register_loss("logits", "jsd")
+def generalized_jsd(student_logits, teacher_logits, *, mask=None, temperature=1.0, normalizer=None, beta=0.5, **_):
+    """Generalised Jensen-Shannon divergence (GKD, Agarwal et al. 2024), times ``T^2``.
+
+    ``m = beta * p_t + (1 - beta) * p_s``;  ``JSD_beta = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)``.
+    ``beta = 0.5`` is the symmetric JSD; ``beta`` must lie strictly between 0 and 1.
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd beta must lie strictly between 0 and 1, got {beta}.")
+    s, t = _valid_rows(student_logits, teacher_logits, mask)
+    log_ps, log_pt = _log_probs(s, temperature), _log_probs(t, temperature)
+    log_m = torch.logsumexp(torch.stack([log_pt + math.log(beta), log_ps + math.log(1 - beta)]), dim=0)
+    per_item = beta * _kl_rows(log_pt, log_m) + (1 - beta) * _kl_rows(log_ps, log_m)
+    return reduce_items(per_item, normalizer) * temperature**2
+
+
+@register_loss("logits", "mse")
+def logits_mse(student_logits, teacher_logits, *, mask=None, normalizer=None, **_):
+    """Mean squared error between raw logits, averaged over the ``V`` outputs of an item (no temperature).
+
+    This is the soft-target loss for regression heads (``num_labels == 1``, e.g. STS-B).
+    """
+    s, t = _valid_rows(student_logits, teacher_logits, mask)
+    per_item = (s.float() - t.float()).pow(2).mean(-1)
+    return reduce_items(per_item, normalizer)
+
+
+def mix_teacher_logits(teacher_logits: list[torch.Tensor], weights: list[float], temperature: float, loss: str):
+    """Combine several teachers' logits ``[(*batch, V)]`` into one soft target.
+
+    For divergences the teachers' distributions at temperature ``T`` are averaged with ``weights`` and returned as
+    pseudo-logits ``T * log(sum_i w_i p_i)``, whose softmax at ``T`` is exactly the mixture. For ``mse`` the logits
+    themselves are averaged. One teacher is returned unchanged.
+    """
+    if len(teacher_logits) == 1:
+        return teacher_logits[0]
+    w = torch.tensor(weights, dtype=torch.float32, device=teacher_logits[0].device)
+    w = w / w.sum()
+    if loss == "mse":
+        return sum(wi * z.float() for wi, z in zip(w, teacher_logits))
+    stacked = torch.stack([_log_probs(z, temperature) for z in teacher_logits])  # (n_teachers, *batch, V)
+    log_mix = torch.logsumexp(stacked + w.log().view(-1, *[1] * (stacked.dim() - 1)), dim=0)
+    return log_mix * temperature

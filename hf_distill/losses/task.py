@@ -1,0 +1,61 @@
+"""The student's own (hard-label) loss and the masks that say which positions are prediction targets.
+
+Task kinds: ``"sequence_classification"`` (logits ``(B, C)``, labels ``(B,)``; regression when ``C == 1``),
+``"token_classification"`` (logits ``(B, T, C)``, labels ``(B, T)``) and ``"causal_lm"`` (logits ``(B, T, V)``,
+labels ``(B, T)`` shifted here so position ``t`` predicts token ``t + 1``). Label ``-100`` is ignored everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .reduction import reduce_items
+
+IGNORE_INDEX = -100
+TASK_KINDS = ("sequence_classification", "token_classification", "causal_lm")
+
+
+def align_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Logits at prediction positions: causal LMs drop the last position, ``(B, T, V) -> (B, T-1, V)``."""
+    return logits[:, :-1] if task == "causal_lm" else logits
+
+
+def target_mask(task: str, labels: torch.Tensor | None, attention_mask: torch.Tensor | None, batch_shape):
+    """Boolean mask over the (aligned) logits' batch dimensions of positions that count as items.
+
+    Sequence classification: every example with a label other than -100 (all examples when unlabelled).
+    Token-level tasks: labels != -100 (shifted for causal LMs), else the attention mask, else everything.
+    Returns ``None`` when every position counts.
+    """
+    if task == "sequence_classification":
+        if labels is None or labels.dim() != 1:
+            return None
+        return labels != IGNORE_INDEX
+    if labels is not None:
+        return (labels[:, 1:] if task == "causal_lm" else labels) != IGNORE_INDEX
+    if attention_mask is not None:
+        return (attention_mask[:, 1:] if task == "causal_lm" else attention_mask).bool()
+    return None
+
+
+def task_loss(logits, labels, *, task, problem_type=None, normalizer=None):
+    """Hard-label loss of the student, summed over target items and divided by ``normalizer``.
+
+    Cross-entropy for classification and causal LM, MSE for regression (``C == 1`` or
+    ``problem_type == "regression"``), binary cross-entropy per label for ``multi_label_classification``.
+    ``logits`` must already be aligned (see :func:`align_logits`); ``labels`` are the raw, unshifted labels.
+    """
+    if task == "causal_lm":
+        labels = labels[:, 1:]
+    if problem_type == "regression" or (task == "sequence_classification" and logits.shape[-1] == 1):
+        valid = labels != IGNORE_INDEX if labels.dtype != torch.float32 else torch.ones_like(labels, dtype=torch.bool)
+        per_item = (logits.float().squeeze(-1)[valid] - labels[valid].float()).pow(2)
+        return reduce_items(per_item, normalizer)
+    if problem_type == "multi_label_classification":
+        per_item = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(-1)
+        return reduce_items(per_item, normalizer)
+    per_item = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return reduce_items(per_item[labels.reshape(-1) != IGNORE_INDEX], normalizer)

@@ -1,0 +1,1 @@
+"""End-to-end jobs, importable so that the CLI can run them."""
