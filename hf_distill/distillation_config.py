@@ -157,13 +157,11 @@ class DistillationConfig(TrainingArguments):
         return config
 
     def to_yaml(self, path: str, all_fields: bool = False) -> None:
-        """Write the fields that differ from their defaults (or all of them) as YAML."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
-        values = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.init and (all_fields or getattr(self, f.name) != defaults.get(f.name, object()))
-        }
-        values = {k: (v.value if hasattr(v, "value") else v) for k, v in values.items()}
+        """Write the fields that differ from a default config (or all of them) as YAML; tokens are masked."""
+        values = self.to_dict()
+        if not all_fields:
+            defaults = type(self)(output_dir=self.output_dir).to_dict()
+            values = {k: v for k, v in values.items() if k == "output_dir" or v != defaults.get(k)}
+        init_fields = {f.name for f in dataclasses.fields(self) if f.init}
         with open(path, "w") as f:
-            yaml.safe_dump(values, f, sort_keys=True)
+            yaml.safe_dump({k: v for k, v in values.items() if k in init_fields}, f, sort_keys=True)

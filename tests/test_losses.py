@@ -1,0 +1,185 @@
+"""Every loss pinned against a naive reference written from its definition."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_distill.losses import available_losses, get_loss, mix_teacher_logits, register_loss, task_loss
+from hf_distill.losses.registry import _LOSSES
+
+torch.manual_seed(0)
+
+
+def probs(z, t):
+    return [math.exp(v / t) / sum(math.exp(u / t) for u in z) for v in z]
+
+
+def kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+
+
+def ref_divergence(name, s_rows, t_rows, temperature, beta=0.5):
+    """Mean over rows of the divergence, from scalar Python maths."""
+    out = []
+    for s, t in zip(s_rows, t_rows):
+        ps, pt = probs(s, temperature), probs(t, temperature)
+        if name == "kl":
+            d = kl(pt, ps)
+        elif name == "reverse_kl":
+            d = kl(ps, pt)
+        elif name == "jsd":
+            m = [beta * a + (1 - beta) * b for a, b in zip(pt, ps)]
+            d = beta * kl(pt, m) + (1 - beta) * kl(ps, m)
+        out.append(d * temperature**2)
+    return sum(out) / len(out)
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_divergences_match_reference(name, temperature):
+    s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    got = get_loss("logits", name)(s, t, mask=mask, temperature=temperature, beta=0.3 if name == "jsd" else 0.5)
+    rows = [(b, i) for b in range(2) for i in range(3) if mask[b, i]]
+    want = ref_divergence(name, [s[b, i].tolist() for b, i in rows], [t[b, i].tolist() for b, i in rows], temperature, 0.3)
+    assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "mse"])
+def test_logit_losses_zero_for_identical_and_ignore_padding(name):
+    z = torch.randn(2, 5, 11)
+    assert get_loss("logits", name)(z, z.clone(), temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[:, 3:] = False
+    s2, t2 = s.clone(), t.clone()
+    s2[:, 3:] += 100.0  # garbage at padded positions changes nothing
+    t2[:, 3:] -= 50.0
+    fn = get_loss("logits", name)
+    assert fn(s2, t2, mask=mask).item() == pytest.approx(fn(s, t, mask=mask).item(), rel=1e-6)
+
+
+def test_temperature_squared_scaling():
+    """For nearly equal logits KL ~ |ds|^2 / (2 T^2) * var, so T^2 * KL(T) is roughly T-independent; exact check:
+    the loss at T equals T^2 times the unscaled KL of the softened distributions."""
+    s, t = torch.randn(4, 9), torch.randn(4, 9)
+    for temp in (1.0, 3.0):
+        unscaled = ref_divergence("kl", s.tolist(), t.tolist(), temp) / temp**2
+        assert get_loss("logits", "kl")(s, t, temperature=temp).item() == pytest.approx(unscaled * temp**2, rel=1e-5)
+
+
+def test_logits_mse_and_normalizer():
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    want = sum(((s[i] - t[i]) ** 2).mean().item() for i in range(3)) / 3
+    assert get_loss("logits", "mse")(s, t).item() == pytest.approx(want, rel=1e-6)
+    # an explicit normalizer divides the sum instead of taking the mean
+    assert get_loss("logits", "mse")(s, t, normalizer=6).item() == pytest.approx(want * 3 / 6, rel=1e-6)
+
+
+def test_gradient_reaches_student_only():
+    s = torch.randn(2, 4, 6, requires_grad=True)
+    t = torch.randn(2, 4, 6, requires_grad=True)
+    for name in ("kl", "reverse_kl", "jsd", "mse"):
+        s.grad = None
+        get_loss("logits", name)(s, t.detach(), temperature=2.0).backward()
+        assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="logit KD needs the same"):
+        get_loss("logits", "kl")(torch.randn(2, 5), torch.randn(2, 6))
+
+
+def test_hidden_losses_match_reference():
+    s, t = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    tokens = [(b, i) for b in range(2) for i in range(4) if mask[b, i]]
+    mse = sum(((s[b, i] - t[b, i]) ** 2).mean().item() for b, i in tokens) / len(tokens)
+    cos = sum(1 - (s[b, i] @ t[b, i] / (s[b, i].norm() * t[b, i].norm())).item() for b, i in tokens) / len(tokens)
+    assert get_loss("hidden", "mse")(s, t, mask=mask).item() == pytest.approx(mse, rel=1e-5)
+    assert get_loss("hidden", "cosine")(s, t, mask=mask).item() == pytest.approx(cos, rel=1e-5)
+    for name in ("mse", "cosine"):
+        assert get_loss("hidden", name)(s, s.clone(), mask=mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _attn(b, h, t):
+    return torch.randn(b, h, t, t).softmax(-1)
+
+
+def test_attention_map_losses_match_reference():
+    s, t = _attn(2, 3, 5), _attn(2, 3, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
+    rows = [(b, q) for b in range(2) for q in range(5) if mask[b, q]]
+    mse = sum(((s[b, :, q] - t[b, :, q]) ** 2).mean().item() for b, q in rows) / len(rows)
+    kls = []
+    for b, q in rows:
+        kls.append(sum(kl(t[b, h, q].tolist(), s[b, h, q].tolist()) for h in range(3)) / 3)
+    assert get_loss("attention", "mse")(s, t, mask=mask).item() == pytest.approx(mse, rel=1e-5)
+    assert get_loss("attention", "kl")(s, t, mask=mask).item() == pytest.approx(sum(kls) / len(kls), rel=1e-5)
+    assert get_loss("attention", "kl")(s, s.clone(), mask=mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_relation_kd_matches_reference_and_needs_no_equal_widths():
+    s, t = torch.randn(2, 5, 12), torch.randn(2, 5, 24)  # different widths, 3 relation heads
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    heads = 3
+
+    def rel(x, b, r):
+        n = int(mask[b].sum())
+        d = x.shape[-1] // heads
+        xr = x[b, :n, r * d : (r + 1) * d]
+        return ((xr @ xr.T) / math.sqrt(d)).softmax(-1)
+
+    vals = []
+    for b in range(2):
+        for q in range(int(mask[b].sum())):
+            vals.append(sum(kl(rel(t, b, r)[q].tolist(), rel(s, b, r)[q].tolist()) for r in range(heads)) / heads)
+    got = get_loss("attention", "relation")(s, t, mask=mask, num_relation_heads=heads)
+    assert got.item() == pytest.approx(sum(vals) / len(vals), rel=1e-4)
+    x = torch.randn(2, 5, 12)
+    assert get_loss("attention", "relation")(x, x.clone(), mask=mask, num_relation_heads=heads).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_task_losses():
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([0, 2, -100, 1])
+    want = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+    assert task_loss(logits, labels, task="sequence_classification").item() == pytest.approx(want.item(), rel=1e-6)
+    reg = torch.randn(4, 1)
+    target = torch.randn(4)
+    want = ((reg.squeeze(-1) - target) ** 2).mean()
+    assert task_loss(reg, target, task="sequence_classification").item() == pytest.approx(want.item(), rel=1e-6)
+    lm_logits = torch.randn(2, 5, 7)  # already aligned: positions 0..4 of a 6-token sequence
+    lm_labels = torch.tensor([[-100, 1, 2, 3, -100, -100], [-100, -100, 4, 5, 6, 0]])
+    want = torch.nn.functional.cross_entropy(lm_logits.reshape(-1, 7), lm_labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert task_loss(lm_logits, lm_labels, task="causal_lm").item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_mixing_teachers_averages_distributions():
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    mixed = mix_teacher_logits([a, b], [3.0, 1.0], temperature=2.0, loss="kl")
+    want = 0.75 * (a / 2).softmax(-1) + 0.25 * (b / 2).softmax(-1)
+    torch.testing.assert_close((mixed / 2).softmax(-1), want)
+    torch.testing.assert_close(mix_teacher_logits([a, b], [1.0, 1.0], 2.0, "mse"), (a + b) / 2)
+    assert mix_teacher_logits([a], [1.0], 2.0, "kl") is a
+
+
+def test_registry_rejects_duplicates_and_lists_names():
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("logits", "kl")(lambda *a, **k: 0)
+    with pytest.raises(ValueError, match=r"choose one of \['jsd', 'kl', 'mse', 'reverse_kl'\]"):
+        get_loss("logits", "nope")
+    with pytest.raises(ValueError, match="Unknown loss kind"):
+        register_loss("nope", "x")
+
+    @register_loss("hidden", "l1_for_test")
+    def l1(s, t, **_):
+        return (s - t).abs().mean()
+
+    try:
+        assert "l1_for_test" in available_losses("hidden")
+    finally:
+        del _LOSSES[("hidden", "l1_for_test")]

@@ -1,0 +1,221 @@
+"""DistillationTrainer end to end on tiny models: GA exactness, training moves the right weights, save/reload,
+resume, logging, checks, causal LMs, several teachers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import safetensors.torch
+import torch
+from conftest import classification_dataset, lm_dataset, tiny_bert, tiny_llama
+from transformers import AutoModelForSequenceClassification, TrainerCallback
+
+from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, DistillationTrainer, build_student
+from hf_distill.mapping import ADAPTERS_ATTR, ADAPTERS_FILE
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
+
+
+def config(out, **kw):
+    base = dict(output_dir=out, report_to="none", per_device_train_batch_size=8, max_steps=3, learning_rate=1e-3,
+                logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0, use_cpu=True)
+    base.update(kw)
+    return DistillationConfig(**base)
+
+
+class GradCatcher(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def first_step_grads(out, batch, accum, **kw):
+    teacher = tiny_bert(hidden=48, heads=4, seed=1, **NO_DROPOUT)
+    student = tiny_bert(num_layers=2, hidden=32, heads=2, seed=2, **NO_DROPOUT)
+    catcher = GradCatcher()
+    args = config(out, per_device_train_batch_size=batch, gradient_accumulation_steps=accum, max_steps=1,
+                  alpha_task=1.0, alpha_logits=1.0, alpha_hidden=1.0, alpha_attention=1.0,
+                  attention_loss="relation", temperature=3.0, max_grad_norm=0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+                                  train_dataset=lm_free_dataset(), callbacks=[catcher])
+    trainer.train()
+    return catcher.grads
+
+
+def lm_free_dataset():
+    return classification_dataset(n=8, seq_len=12, seed=3)  # ragged lengths: token counts differ per micro-batch
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_out):
+    big = first_step_grads(tmp_out + "a", batch=8, accum=1)
+    accumulated = first_step_grads(tmp_out + "b", batch=2, accum=4)
+    assert big.keys() == accumulated.keys()
+    assert any(ADAPTERS_ATTR in n for n in big)  # widths differ (32 vs 48): projections exist and get gradients
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_training_moves_student_and_adapters_not_teacher(tmp_out):
+    teacher = tiny_bert(seed=1)
+    with torch.no_grad():  # perturb the teacher so that the student has something to learn
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student = build_student(teacher, layers=[1, 3], hidden_size=24, intermediate_size=30, num_attention_heads=4)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in student.state_dict().items()}
+    args = config(tmp_out, alpha_hidden=1.0, alpha_attention=1.0, attention_loss="kl", max_steps=4)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset())
+    adapters_before = {k: v.clone() for k, v in trainer.adapters.state_dict().items()}
+    assert len(adapters_before) == 6  # three hidden pairs (0:0, 1:2, 2:4), weight + bias each
+    trainer.train()
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in teacher_before.items())
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    changed = [k for k, v in student_before.items() if not torch.equal(student.state_dict()[k], v)]
+    assert len(changed) > len(student_before) // 2
+    assert all(not torch.equal(trainer.adapters.state_dict()[k], v) for k, v in adapters_before.items())
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    for key in ("loss/task", "loss/logits", "loss/hidden", "loss/attention"):
+        assert all(key in h and h[key] >= 0 for h in history), key
+
+
+def test_save_writes_the_student_alone_and_reloads(tmp_out):
+    teacher = tiny_bert(seed=1)
+    student = build_student(teacher, layers=[0, 2], hidden_size=16, intermediate_size=20, num_attention_heads=2)
+    args = config(tmp_out, alpha_hidden=1.0, teacher_model_name_or_path="my-org/teacher")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset())
+    trainer.train()
+    trainer.save_model()
+    weights = safetensors.torch.load_file(os.path.join(tmp_out, "model.safetensors"))
+    assert not any(ADAPTERS_ATTR in k for k in weights) and not any("teacher" in k for k in weights)
+    assert any(ADAPTERS_ATTR in k for k in trainer.model.state_dict())
+    record = json.load(open(os.path.join(tmp_out, DISTILLATION_CONFIG_FILE)))
+    assert record["teachers"] == ["my-org/teacher"] and record["student_layers_from_teacher"] == [0, 2]
+    assert record["alpha_hidden"] == 1.0 and record["temperature"] == 2.0 and record["layer_map"] == "uniform"
+    assert [(m["student_layer"], m["teacher_layer"]) for m in record["layer_matches"]] == [(0, 0), (1, 2), (2, 4)]
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_out).eval()
+    batch = classification_dataset(n=4, seed=9)[:]
+    inputs = {k: torch.tensor(batch[k]) for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, student.eval()(**inputs).logits)
+
+
+def test_resume_restores_adapters(tmp_out):
+    def make(max_steps):
+        teacher = tiny_bert(seed=1, **NO_DROPOUT)
+        student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **NO_DROPOUT)
+        args = config(tmp_out, alpha_hidden=1.0, max_steps=max_steps, save_strategy="steps", save_steps=2)
+        return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset(n=64))
+
+    first = make(2)
+    first.train()
+    checkpoint = os.path.join(tmp_out, "checkpoint-2")
+    saved = safetensors.torch.load_file(os.path.join(checkpoint, ADAPTERS_FILE))
+    assert saved and all(torch.equal(first.adapters.state_dict()[k], v) for k, v in saved.items())
+    assert not any(ADAPTERS_ATTR in k for k in safetensors.torch.load_file(os.path.join(checkpoint, "model.safetensors")))
+    second = make(4)
+    assert not all(torch.equal(second.adapters.state_dict()[k], v) for k, v in saved.items())
+    second._load_from_checkpoint(checkpoint)
+    assert all(torch.equal(second.adapters.state_dict()[k], v) for k, v in saved.items())
+    second.train(resume_from_checkpoint=checkpoint)
+    assert second.state.global_step == 4
+
+
+def test_evaluate_logs_every_term(tmp_out):
+    teacher = tiny_bert(seed=1)
+    student = build_student(teacher, layers=[1, 3])
+    args = config(tmp_out, alpha_hidden=1.0, alpha_attention=1.0, hidden_loss="cosine", attention_loss="mse", logit_loss="reverse_kl")
+    dev = classification_dataset(n=16, seed=5)
+
+    def metrics(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, eval_dataset=dev, compute_metrics=metrics)
+    result = trainer.evaluate()
+    for key in ("eval_loss", "eval_loss/task", "eval_loss/logits", "eval_loss/hidden", "eval_loss/attention", "eval_accuracy"):
+        assert key in result, key
+    # an all-layers student built from the teacher matches it: only the task term remains
+    twin = build_student(teacher, layers=[0, 1, 2, 3])
+    result = DistillationTrainer(model=twin, teacher_model=teacher, args=args, eval_dataset=dev).evaluate()
+    assert result["eval_loss/logits"] == pytest.approx(0, abs=1e-6) and result["eval_loss/hidden"] == pytest.approx(0, abs=1e-6)
+    assert result["eval_loss/attention"] == pytest.approx(0, abs=1e-6)
+
+
+def test_label_and_vocab_checks(tmp_out):
+    teacher = tiny_bert(id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    swapped = tiny_bert(num_layers=2, id2label={0: "positive", 1: "negative"}, label2id={"positive": 0, "negative": 1})
+    with pytest.raises(ValueError, match="different order"):
+        DistillationTrainer(model=swapped, teacher_model=teacher, args=config(tmp_out))
+    with pytest.raises(ValueError, match="3 labels and the teacher 2"):
+        DistillationTrainer(model=tiny_bert(num_labels=3), teacher_model=teacher, args=config(tmp_out))
+    small_vocab = tiny_llama(num_layers=2)
+    small_vocab.resize_token_embeddings(80)
+    with pytest.raises(ValueError, match="vocabulary"):
+        DistillationTrainer(model=small_vocab, teacher_model=tiny_llama(), args=config(tmp_out))
+    with pytest.raises(ValueError, match="No teacher"):
+        DistillationTrainer(model=tiny_bert(), args=config(tmp_out))
+    with pytest.raises(ValueError, match="equal head counts"):
+        trainer = DistillationTrainer(model=tiny_bert(num_layers=2, heads=2), teacher_model=teacher,
+                                      args=config(tmp_out, alpha_attention=1.0), train_dataset=classification_dataset())
+        trainer.train()
+
+
+def test_causal_lm_with_sdpa_teacher_switched_to_eager(tmp_out):
+    teacher = tiny_llama(seed=1)
+    assert teacher.config._attn_implementation == "sdpa"
+    student = build_student(teacher, layers=[0, 3])
+    args = config(tmp_out, alpha_task=0.5, alpha_logits=1.0, logit_loss="jsd", alpha_hidden=1.0, alpha_attention=1.0,
+                  attention_loss="kl", max_steps=3)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=lm_dataset())
+    assert teacher.config._attn_implementation == "eager" and student.config._attn_implementation == "eager"
+    trainer.train()
+    assert trainer.task == "causal_lm"
+    last = [h for h in trainer.state.log_history if "loss" in h][-1]
+    assert all(torch.isfinite(torch.tensor(last[f"loss/{k}"])) for k in ("task", "logits", "hidden", "attention"))
+
+
+def test_relation_kd_with_different_head_counts_and_widths(tmp_out):
+    teacher = tiny_llama(seed=1, heads=4, kv_heads=2)
+    student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=3)
+    args = config(tmp_out, alpha_attention=1.0, attention_loss="relation", layer_map="last", max_steps=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=lm_dataset())
+    assert student.config._attn_implementation == "sdpa"  # relation KD works with any backend
+    trainer.train()
+    assert trainer._relation_heads() == 2
+    assert [h for h in trainer.state.log_history if "loss" in h][-1]["loss/attention"] > 0
+
+
+def test_several_teachers_and_adapter_learning_rate(tmp_out):
+    teachers = [tiny_bert(seed=1), tiny_bert(seed=4)]
+    student = build_student(teachers[0], layers=[0, 2], hidden_size=16, intermediate_size=20, num_attention_heads=2)
+    args = config(tmp_out, teacher_weights=[0.75, 0.25], alpha_hidden=1.0, adapter_learning_rate=5e-2)
+    trainer = DistillationTrainer(model=student, teacher_model=teachers, args=args, train_dataset=classification_dataset())
+    trainer.train()
+    adapter_ids = {id(p) for p in trainer.adapters.parameters()}
+    groups = [g for g in trainer.optimizer.param_groups if {id(p) for p in g["params"]} == adapter_ids]
+    assert len(groups) == 1 and groups[0]["initial_lr"] == 5e-2
+    with pytest.raises(ValueError, match="2 entries for 1 teachers"):
+        DistillationTrainer(model=student, teacher_model=teachers[:1], args=config(tmp_out, teacher_weights=[1.0, 1.0]))
+
+
+def test_regression_head_uses_mse(tmp_out):
+    teacher = tiny_bert(num_labels=1, seed=1)
+    student = build_student(teacher, layers=[0, 2])
+    data = classification_dataset().map(lambda r: {"labels": float(r["labels"]) * 2.5})
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_out, logit_loss="kl"), train_dataset=data)
+    trainer.train()
+    assert trainer.regression and [h for h in trainer.state.log_history if "loss" in h][-1]["loss/task"] > 0
+
+
+def test_teacher_loaded_by_name_from_a_local_folder(tmp_path):
+    teacher = tiny_bert(seed=1)
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = build_student(teacher, layers=[0])
+    args = config(str(tmp_path / "out"), teacher_dtype="float32")
+    trainer = DistillationTrainer(model=student, teacher_model=str(tmp_path / "teacher"), args=args, train_dataset=classification_dataset())
+    assert trainer.teachers[0] is not teacher and not trainer.teachers[0].training
+    trainer.train()
