@@ -2,6 +2,19 @@
 
 __version__ = "0.1.0"
 
+import logging as _logging
+import os as _os
+
+# Like transformers, the library logger prints INFO by default (the resolved layer pairs, attention switches);
+# HF_DISTILL_VERBOSITY=warning (or error) quietens it.
+_logger = _logging.getLogger(__name__)
+if not _logger.handlers:
+    _handler = _logging.StreamHandler()
+    _handler.setFormatter(_logging.Formatter("[hf_distill] %(levelname)s %(message)s"))
+    _logger.addHandler(_handler)
+    _logger.setLevel(_os.environ.get("HF_DISTILL_VERBOSITY", "info").upper())
+    _logger.propagate = False
+
 from .distillation_config import DistillationConfig  # noqa: E402
 from .distillation_trainer import DISTILLATION_CONFIG_FILE, DistillationTrainer  # noqa: E402
 from .losses import available_losses, get_loss, register_loss  # noqa: E402

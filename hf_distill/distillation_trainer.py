@@ -71,6 +71,8 @@ class DistillationTrainer(Trainer):
         adapters = DistillationAdapters(self.matches, unwrap(model).config.hidden_size, self._teacher_width())
         if len(adapters):
             unwrap(model).add_module(ADAPTERS_ATTR, adapters)
+        self._projecting = False
+        unwrap(model).register_forward_hook(self._project_hidden_states)
         super().__init__(model=model, args=args, **kwargs)
         self._place_teachers()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -147,6 +149,8 @@ class DistillationTrainer(Trainer):
                 teacher.to(dtype)
 
     def _log_setup(self) -> None:
+        if not self.args.should_log:
+            return
         pairs = [f"{m.feature}: student {m.student_layer} <- teacher {m.teacher_layer} ({m.loss}, w={m.weight:.3g}, proj={m.projection})" for m in self.matches]
         logger.info("hf_distill: task=%s, %d teacher(s), layer matches:\n  %s", self.task, len(self.teachers), "\n  ".join(pairs) or "none")
 
@@ -202,9 +206,30 @@ class DistillationTrainer(Trainer):
         return sorted({(m.student_layer, m.teacher_layer)[index] for m in self.matches if m.loss == "relation"})
 
     def _forward(self, model, inputs, role):
-        with capture_qkv(unwrap(self.accelerator.unwrap_model(model)), self._relation_layers(role)) as qkv:
-            outputs = model(**inputs, **self._output_request(role))
+        self._projecting = role == "student"
+        try:
+            with capture_qkv(unwrap(self.accelerator.unwrap_model(model)), self._relation_layers(role)) as qkv:
+                outputs = model(**inputs, **self._output_request(role))
+        finally:
+            self._projecting = False
         return outputs, qkv
+
+    def _project_hidden_states(self, module, args, output):
+        """Forward hook on the student: project its matched hidden states to the teacher's width *inside* the
+        forward, so that DDP sees the adapters as used parameters and averages their gradients.
+
+        The projections are appended to ``output.hidden_states`` (one per hidden match, in order): DDP rebuilds
+        model outputs from their fields, so a new field would not survive.
+        """
+        if not self._projecting or not any(m.feature == "hidden" for m in self.matches):
+            return output
+        adapters = getattr(module, ADAPTERS_ATTR, None)
+        output.hidden_states = tuple(output.hidden_states) + tuple(
+            adapters.project(m, output.hidden_states[m.student_layer]) if adapters is not None else output.hidden_states[m.student_layer]
+            for m in self.matches
+            if m.feature == "hidden"
+        )
+        return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Weighted sum of the active terms; each term is normalised by its item count over the whole window."""
@@ -252,8 +277,9 @@ class DistillationTrainer(Trainer):
 
     def _hidden_term(self, student_out, teacher_out, mask, normalizer):
         total = 0.0
-        for m in (m for m in self.matches if m.feature == "hidden"):
-            student_h = self.adapters.project(m, student_out.hidden_states[m.student_layer]) if self.adapters else student_out.hidden_states[m.student_layer]
+        hidden_matches = [m for m in self.matches if m.feature == "hidden"]
+        projected = student_out.hidden_states[-len(hidden_matches) :]  # appended by _project_hidden_states
+        for m, student_h in zip(hidden_matches, projected):
             loss = get_loss("hidden", m.loss)(student_h, teacher_out.hidden_states[m.teacher_layer], mask=mask, normalizer=normalizer)
             total = total + m.weight * loss
         return total
