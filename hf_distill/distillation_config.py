@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -46,15 +45,15 @@ class DistillationConfig(TrainingArguments):
     """
 
     # --- teacher ---
-    teacher_model_name_or_path: Optional[str] = field(
+    teacher_model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Hub name or local folder of the teacher; recorded in distillation_config.json."},
     )
-    teacher_dtype: Optional[str] = field(
+    teacher_dtype: str | None = field(
         default=None,
         metadata={"help": f"dtype of the teacher: one of {list(_TEACHER_DTYPES)}; default: the student's dtype."},
     )
-    teacher_weights: Optional[list[float]] = field(
+    teacher_weights: list[float] | None = field(
         default=None,
         metadata={"help": "With several teachers: one non-negative weight each for averaging their soft targets."},
     )
@@ -88,13 +87,13 @@ class DistillationConfig(TrainingArguments):
     projection: str = field(
         default="linear", metadata={"help": "linear: trainable projection where widths differ; none: refuse."}
     )
-    adapter_learning_rate: Optional[float] = field(
+    adapter_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the projection adapters (default: learning_rate)."}
     )
     attention_head_reduction: str = field(
         default="none", metadata={"help": "none (equal head counts required) or mean (average maps over heads)."}
     )
-    relation_heads: Optional[int] = field(
+    relation_heads: int | None = field(
         default=None, metadata={"help": "Relation heads for attention_loss=relation (default: from the student)."}
     )
 
@@ -123,9 +122,13 @@ class DistillationConfig(TrainingArguments):
         if self.projection not in ("linear", "none"):
             raise ValueError(f"projection must be 'linear' or 'none', got {self.projection!r}.")
         if self.attention_head_reduction not in ("none", "mean"):
-            raise ValueError(f"attention_head_reduction must be 'none' or 'mean', got {self.attention_head_reduction!r}.")
+            raise ValueError(
+                f"attention_head_reduction must be 'none' or 'mean', got {self.attention_head_reduction!r}."
+            )
         if self.teacher_dtype is not None and self.teacher_dtype not in _TEACHER_DTYPES:
-            raise ValueError(f"teacher_dtype={self.teacher_dtype!r} is unknown; choose one of {list(_TEACHER_DTYPES)}.")
+            raise ValueError(
+                f"teacher_dtype={self.teacher_dtype!r} is unknown; choose one of {list(_TEACHER_DTYPES)}."
+            )
         if self.teacher_weights is not None and (
             any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0
         ):

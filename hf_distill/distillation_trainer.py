@@ -87,7 +87,9 @@ class DistillationTrainer(Trainer):
             raise ValueError("No teacher: pass teacher_model= or set teacher_model_name_or_path in the config.")
         teachers = list(teacher_model) if isinstance(teacher_model, list | tuple) else [teacher_model]
         if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
-            raise ValueError(f"teacher_weights {args.teacher_weights} has {len(args.teacher_weights)} entries for {len(teachers)} teachers.")
+            raise ValueError(
+                f"teacher_weights {args.teacher_weights} has {len(args.teacher_weights)} entries for {len(teachers)} teachers."
+            )
         maps = args.alpha_attention > 0 and args.attention_loss != "relation"
         return [
             load_model(
@@ -151,8 +153,16 @@ class DistillationTrainer(Trainer):
     def _log_setup(self) -> None:
         if not self.args.should_log:
             return
-        pairs = [f"{m.feature}: student {m.student_layer} <- teacher {m.teacher_layer} ({m.loss}, w={m.weight:.3g}, proj={m.projection})" for m in self.matches]
-        logger.info("hf_distill: task=%s, %d teacher(s), layer matches:\n  %s", self.task, len(self.teachers), "\n  ".join(pairs) or "none")
+        pairs = [
+            f"{m.feature}: student {m.student_layer} <- teacher {m.teacher_layer} ({m.loss}, w={m.weight:.3g}, proj={m.projection})"
+            for m in self.matches
+        ]
+        logger.info(
+            "hf_distill: task=%s, %d teacher(s), layer matches:\n  %s",
+            self.task,
+            len(self.teachers),
+            "\n  ".join(pairs) or "none",
+        )
 
     @property
     def adapters(self) -> DistillationAdapters | None:
@@ -165,7 +175,13 @@ class DistillationTrainer(Trainer):
             ids = {id(p) for p in self.adapters.parameters()}
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in ids]
-            optimizer.add_param_group({"params": list(self.adapters.parameters()), "lr": self.args.adapter_learning_rate, "weight_decay": 0.0})
+            optimizer.add_param_group(
+                {
+                    "params": list(self.adapters.parameters()),
+                    "lr": self.args.adapter_learning_rate,
+                    "weight_decay": 0.0,
+                }
+            )
         return optimizer
 
     # ---- item counts (gradient accumulation and DDP exactness) ----
@@ -174,14 +190,20 @@ class DistillationTrainer(Trainer):
         labels, attention_mask = batch.get("labels"), batch.get("attention_mask")
         input_ids = batch.get("input_ids")
         shape = input_ids.shape if input_ids is not None else attention_mask.shape
-        aligned = shape[:1] if self.task == "sequence_classification" else (shape[0], shape[1] - (self.task == "causal_lm"))
+        aligned = (
+            shape[:1] if self.task == "sequence_classification" else (shape[0], shape[1] - (self.task == "causal_lm"))
+        )
         targets = count_items(target_mask(self.task, labels, attention_mask, aligned), aligned)
         return targets, count_items(attention_mask, shape)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Fetch the accumulation window and count its items over all micro-batches and processes."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = torch.tensor([sum(c) for c in zip(*(self._batch_counts(b) for b in batch_samples))] or [0, 0], dtype=torch.float64, device=device)
+        counts = torch.tensor(
+            [sum(c) for c in zip(*(self._batch_counts(b) for b in batch_samples))] or [0, 0],
+            dtype=torch.float64,
+            device=device,
+        )
         scale = 1.0
         if self.args.world_size > 1:
             counts = self.accelerator.gather(counts.view(1, -1)).sum(0)
@@ -225,7 +247,9 @@ class DistillationTrainer(Trainer):
             return output
         adapters = getattr(module, ADAPTERS_ATTR, None)
         output.hidden_states = tuple(output.hidden_states) + tuple(
-            adapters.project(m, output.hidden_states[m.student_layer]) if adapters is not None else output.hidden_states[m.student_layer]
+            adapters.project(m, output.hidden_states[m.student_layer])
+            if adapters is not None
+            else output.hidden_states[m.student_layer]
             for m in self.matches
             if m.feature == "hidden"
         )
@@ -259,20 +283,29 @@ class DistillationTrainer(Trainer):
         mask = target_mask(self.task, labels, attention_mask, s_logits.shape[:-1])
         if args.alpha_task > 0 and labels is not None:
             problem_type = "regression" if self.regression else unwrap(self.model).config.problem_type
-            terms["task"] = task_loss(s_logits, labels, task=self.task, problem_type=problem_type, normalizer=counts.targets)
+            terms["task"] = task_loss(
+                s_logits, labels, task=self.task, problem_type=problem_type, normalizer=counts.targets
+            )
         if args.alpha_logits > 0:
             loss_name = "mse" if self.regression else args.logit_loss
             t_logits = [align_logits(out.logits, self.task) for out, _ in teacher_outs]
             weights = args.teacher_weights or [1.0] * len(t_logits)
             target = mix_teacher_logits(t_logits, weights, args.temperature, loss_name)
             terms["logits"] = get_loss("logits", loss_name)(
-                s_logits, target, mask=mask, temperature=args.temperature, normalizer=counts.targets, beta=args.jsd_beta
+                s_logits,
+                target,
+                mask=mask,
+                temperature=args.temperature,
+                normalizer=counts.targets,
+                beta=args.jsd_beta,
             )
         teacher_out, teacher_qkv = teacher_outs[0]
         if args.alpha_hidden > 0:
             terms["hidden"] = self._hidden_term(student_out, teacher_out, attention_mask, counts.tokens)
         if args.alpha_attention > 0:
-            terms["attention"] = self._attention_term(student_out, teacher_out, student_qkv, teacher_qkv, attention_mask, counts.tokens)
+            terms["attention"] = self._attention_term(
+                student_out, teacher_out, student_qkv, teacher_qkv, attention_mask, counts.tokens
+            )
         return terms
 
     def _hidden_term(self, student_out, teacher_out, mask, normalizer):
@@ -280,7 +313,9 @@ class DistillationTrainer(Trainer):
         hidden_matches = [m for m in self.matches if m.feature == "hidden"]
         projected = student_out.hidden_states[-len(hidden_matches) :]  # appended by _project_hidden_states
         for m, student_h in zip(hidden_matches, projected):
-            loss = get_loss("hidden", m.loss)(student_h, teacher_out.hidden_states[m.teacher_layer], mask=mask, normalizer=normalizer)
+            loss = get_loss("hidden", m.loss)(
+                student_h, teacher_out.hidden_states[m.teacher_layer], mask=mask, normalizer=normalizer
+            )
             total = total + m.weight * loss
         return total
 
@@ -294,9 +329,13 @@ class DistillationTrainer(Trainer):
                 loss = sum(fn(s, t, mask=mask, normalizer=normalizer, num_relation_heads=heads) for s, t in pairs) / 3
             else:
                 if student_out.attentions is None or teacher_out.attentions is None:
-                    raise RuntimeError("The models returned no attention maps: attention-map KD needs eager attention.")
+                    raise RuntimeError(
+                        "The models returned no attention maps: attention-map KD needs eager attention."
+                    )
                 s_attn, t_attn = match_heads(
-                    student_out.attentions[m.student_layer - 1], teacher_out.attentions[m.teacher_layer - 1], self.args.attention_head_reduction
+                    student_out.attentions[m.student_layer - 1],
+                    teacher_out.attentions[m.teacher_layer - 1],
+                    self.args.attention_head_reduction,
                 )
                 loss = fn(s_attn, t_attn, mask=mask, normalizer=normalizer)
             total = total + m.weight * loss
@@ -338,11 +377,17 @@ class DistillationTrainer(Trainer):
         if self.args.should_save:
             adapters = adapter_state(state_dict)
             if adapters:
-                safetensors.torch.save_file({k: v.contiguous() for k, v in adapters.items()}, os.path.join(output_dir, ADAPTERS_FILE))
+                safetensors.torch.save_file(
+                    {k: v.contiguous() for k, v in adapters.items()}, os.path.join(output_dir, ADAPTERS_FILE)
+                )
             self._write_distillation_config(output_dir)
 
     def _write_distillation_config(self, output_dir: str) -> None:
-        names = [self.args.teacher_model_name_or_path] if self.args.teacher_model_name_or_path else [t.config.name_or_path for t in self.teachers]
+        names = (
+            [self.args.teacher_model_name_or_path]
+            if self.args.teacher_model_name_or_path
+            else [t.config.name_or_path for t in self.teachers]
+        )
         record = {
             "hf_distill_version": __version__,
             "task": self.task,

@@ -13,7 +13,16 @@ from .mapping import get_layers, layers_prefix
 logger = logging.getLogger(__name__)
 
 # config fields whose change alters tensor shapes: such students start those tensors from random init
-_WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "n_embd", "n_inner", "n_head")
+_WIDTH_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "n_embd",
+    "n_inner",
+    "n_head",
+)
 
 
 def _select_layers(teacher_layers: int, layers) -> list[int]:

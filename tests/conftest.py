@@ -22,8 +22,15 @@ VOCAB = 99
 def tiny_bert(num_layers=4, hidden=32, heads=4, num_labels=2, seed=0, **kw):
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-        intermediate_size=37, max_position_embeddings=64, num_labels=num_labels, attn_implementation="eager", **kw,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        attn_implementation="eager",
+        **kw,
     )
     return BertForSequenceClassification(config).eval()
 
@@ -31,8 +38,14 @@ def tiny_bert(num_layers=4, hidden=32, heads=4, num_labels=2, seed=0, **kw):
 def tiny_llama(num_layers=4, hidden=32, heads=4, kv_heads=2, seed=0, **kw):
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, intermediate_size=37, max_position_embeddings=64, **kw,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        **kw,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -40,16 +53,23 @@ def tiny_llama(num_layers=4, hidden=32, heads=4, kv_heads=2, seed=0, **kw):
 def tiny_qwen2(num_layers=4, seed=0, **kw):
     torch.manual_seed(seed)
     config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=37, max_position_embeddings=64, **kw,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        **kw,
     )
     return Qwen2ForCausalLM(config).eval()
 
 
 def tiny_gpt2(num_layers=4, seed=0, **kw):
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=num_layers, n_head=4, n_positions=64,
-                        bos_token_id=0, eos_token_id=0, **kw)
+    config = GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=num_layers, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0, **kw
+    )
     return GPT2LMHeadModel(config).eval()
 
 

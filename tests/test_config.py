@@ -45,8 +45,25 @@ def test_layer_map_accepts_a_list_of_pairs(tmp_path):
 def test_cli_round_trip(tmp_path):
     parser = HfArgumentParser(DistillationConfig)
     (config,) = parser.parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--temperature", "4", "--alpha_hidden", "1", "--logit_loss", "jsd",
-         "--jsd_beta", "0.3", "--layer_map", "0:0,1:2", "--teacher_weights", "0.7", "0.3", "--report_to", "none"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--temperature",
+            "4",
+            "--alpha_hidden",
+            "1",
+            "--logit_loss",
+            "jsd",
+            "--jsd_beta",
+            "0.3",
+            "--layer_map",
+            "0:0,1:2",
+            "--teacher_weights",
+            "0.7",
+            "0.3",
+            "--report_to",
+            "none",
+        ]
     )
     assert (config.temperature, config.alpha_hidden, config.logit_loss, config.jsd_beta) == (4.0, 1.0, "jsd", 0.3)
     assert config.layer_map == "0:0,1:2" and config.teacher_weights == [0.7, 0.3]
@@ -62,8 +79,15 @@ def test_help_documents_every_distillation_field():
 
 
 def test_yaml_round_trip(tmp_path):
-    config = make(tmp_path, temperature=3.0, alpha_attention=0.5, attention_loss="relation", layer_map="last",
-                  teacher_model_name_or_path="some/teacher", learning_rate=3e-4)
+    config = make(
+        tmp_path,
+        temperature=3.0,
+        alpha_attention=0.5,
+        attention_loss="relation",
+        layer_map="last",
+        teacher_model_name_or_path="some/teacher",
+        learning_rate=3e-4,
+    )
     path = tmp_path / "c.yaml"
     config.to_yaml(str(path))
     values = yaml.safe_load(path.read_text())

@@ -22,7 +22,17 @@ def free_port() -> int:
 
 def test_ddp_keeps_adapters_synchronised(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), str(HERE / "ddp_worker.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(HERE / "ddp_worker.py"),
+        str(tmp_path),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if result.returncode != 0:
         pytest.fail(result.stdout[-3000:] + result.stderr[-3000:])

@@ -36,7 +36,10 @@ def test_last_and_explicit():
     assert resolve_layer_pairs([[0, 0], [2, 7]], 3, 12) == [(0, 0), (2, 7)]
 
 
-@pytest.mark.parametrize("spec, message", [("4:1", "out of range"), ("1:13", "out of range"), ("a:b", "Bad layer_map"), ("", "Bad layer_map")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [("4:1", "out of range"), ("1:13", "out of range"), ("a:b", "Bad layer_map"), ("", "Bad layer_map")],
+)
 def test_explicit_errors(spec, message):
     with pytest.raises(ValueError, match=message):
         resolve_layer_pairs(spec, 3, 12)
@@ -44,7 +47,9 @@ def test_explicit_errors(spec, message):
 
 def test_matches_weights_and_projection():
     pairs = resolve_layer_pairs("uniform", 2, 4)
-    matches = build_layer_matches(pairs, student_hidden_size=16, teacher_hidden_size=32, hidden_loss="mse", attention_loss="kl")
+    matches = build_layer_matches(
+        pairs, student_hidden_size=16, teacher_hidden_size=32, hidden_loss="mse", attention_loss="kl"
+    )
     hidden = [m for m in matches if m.feature == "hidden"]
     attn = [m for m in matches if m.feature == "attention"]
     assert [(m.student_layer, m.teacher_layer) for m in hidden] == [(0, 0), (1, 2), (2, 4)]
@@ -52,6 +57,15 @@ def test_matches_weights_and_projection():
     assert all(m.projection == "linear" for m in hidden)
     assert sum(m.weight for m in hidden) == pytest.approx(1) and sum(m.weight for m in attn) == pytest.approx(1)
     with pytest.raises(ValueError, match="needs a projection"):
-        build_layer_matches(pairs, student_hidden_size=16, teacher_hidden_size=32, hidden_loss="mse", attention_loss=None, projection="none")
-    same = build_layer_matches(pairs, student_hidden_size=32, teacher_hidden_size=32, hidden_loss="cosine", attention_loss=None)
+        build_layer_matches(
+            pairs,
+            student_hidden_size=16,
+            teacher_hidden_size=32,
+            hidden_loss="mse",
+            attention_loss=None,
+            projection="none",
+        )
+    same = build_layer_matches(
+        pairs, student_hidden_size=32, teacher_hidden_size=32, hidden_loss="cosine", attention_loss=None
+    )
     assert all(m.projection is None and m.loss == "cosine" for m in same)

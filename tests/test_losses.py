@@ -44,7 +44,9 @@ def test_divergences_match_reference(name, temperature):
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
     got = get_loss("logits", name)(s, t, mask=mask, temperature=temperature, beta=0.3 if name == "jsd" else 0.5)
     rows = [(b, i) for b in range(2) for i in range(3) if mask[b, i]]
-    want = ref_divergence(name, [s[b, i].tolist() for b, i in rows], [t[b, i].tolist() for b, i in rows], temperature, 0.3)
+    want = ref_divergence(
+        name, [s[b, i].tolist() for b, i in rows], [t[b, i].tolist() for b, i in rows], temperature, 0.3
+    )
     assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-7)
 
 
@@ -140,7 +142,9 @@ def test_relation_kd_matches_reference_and_needs_no_equal_widths():
     got = get_loss("attention", "relation")(s, t, mask=mask, num_relation_heads=heads)
     assert got.item() == pytest.approx(sum(vals) / len(vals), rel=1e-4)
     x = torch.randn(2, 5, 12)
-    assert get_loss("attention", "relation")(x, x.clone(), mask=mask, num_relation_heads=heads).item() == pytest.approx(0, abs=1e-6)
+    assert get_loss("attention", "relation")(
+        x, x.clone(), mask=mask, num_relation_heads=heads
+    ).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_task_losses():

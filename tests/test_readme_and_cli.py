@@ -24,12 +24,19 @@ def test_readme_quickstart_runs_as_written(tmp_path, monkeypatch):
 
 def test_cli_help_and_quickstart(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "hf_distill.cli", "--help"], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "hf_distill.cli", "--help"], capture_output=True, text=True, env=env, check=True
+    )
     assert "quickstart" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "hf_distill.cli", "nope"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown command" in bad.stderr
-    subprocess.run([sys.executable, "-m", "hf_distill.cli", "quickstart", "--output_dir", str(tmp_path), "--max_steps", "20"],
-                   capture_output=True, text=True, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "hf_distill.cli", "quickstart", "--output_dir", str(tmp_path), "--max_steps", "20"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["student_parameters"] < results["teacher_parameters"]
     assert 0.0 <= results["student_accuracy"] <= 1.0

@@ -21,7 +21,12 @@ def test_copying_every_layer_reproduces_the_teacher(arch):
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     with torch.no_grad():
-        torch.testing.assert_close(student(input_ids=ids, attention_mask=mask).logits, teacher(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            student(input_ids=ids, attention_mask=mask).logits,
+            teacher(input_ids=ids, attention_mask=mask).logits,
+            rtol=0,
+            atol=0,
+        )
 
 
 @pytest.mark.parametrize("arch", list(FACTORIES))
@@ -39,7 +44,12 @@ def test_selected_layers_are_copied(arch):
 
 
 def test_default_is_every_other_layer_and_layer_types_follow():
-    teacher = tiny_qwen2(num_layers=4, layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"], use_sliding_window=True, sliding_window=4)
+    teacher = tiny_qwen2(
+        num_layers=4,
+        layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        use_sliding_window=True,
+        sliding_window=4,
+    )
     student = build_student(teacher)
     assert student.config.distillation_teacher_layers == [0, 2]
     assert student.config.layer_types == ["full_attention", "full_attention"]
@@ -54,7 +64,9 @@ def test_width_change_starts_fresh_where_shapes_differ():
     assert s_layer.intermediate.dense.weight.shape == (20, 32)
 
 
-@pytest.mark.parametrize("layers, message", [([4], "out of range"), ([2, 1], "strictly increasing"), ([], "at least one")])
+@pytest.mark.parametrize(
+    "layers, message", [([4], "out of range"), ([2, 1], "strictly increasing"), ([], "at least one")]
+)
 def test_bad_layers(layers, message):
     with pytest.raises(ValueError, match=message):
         build_student(tiny_bert(), layers=layers)

@@ -19,8 +19,18 @@ NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "
 
 
 def config(out, **kw):
-    base = dict(output_dir=out, report_to="none", per_device_train_batch_size=8, max_steps=3, learning_rate=1e-3,
-                logging_steps=1, save_strategy="no", disable_tqdm=True, seed=0, use_cpu=True)
+    base = dict(
+        output_dir=out,
+        report_to="none",
+        per_device_train_batch_size=8,
+        max_steps=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+    )
     base.update(kw)
     return DistillationConfig(**base)
 
@@ -38,11 +48,22 @@ def first_step_grads(out, batch, accum, **kw):
     teacher = tiny_bert(hidden=48, heads=4, seed=1, **NO_DROPOUT)
     student = tiny_bert(num_layers=2, hidden=32, heads=2, seed=2, **NO_DROPOUT)
     catcher = GradCatcher()
-    args = config(out, per_device_train_batch_size=batch, gradient_accumulation_steps=accum, max_steps=1,
-                  alpha_task=1.0, alpha_logits=1.0, alpha_hidden=1.0, alpha_attention=1.0,
-                  attention_loss="relation", temperature=3.0, max_grad_norm=0)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
-                                  train_dataset=lm_free_dataset(), callbacks=[catcher])
+    args = config(
+        out,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        max_steps=1,
+        alpha_task=1.0,
+        alpha_logits=1.0,
+        alpha_hidden=1.0,
+        alpha_attention=1.0,
+        attention_loss="relation",
+        temperature=3.0,
+        max_grad_norm=0,
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=lm_free_dataset(), callbacks=[catcher]
+    )
     trainer.train()
     return catcher.grads
 
@@ -69,7 +90,9 @@ def test_training_moves_student_and_adapters_not_teacher(tmp_out):
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
     args = config(tmp_out, alpha_hidden=1.0, alpha_attention=1.0, attention_loss="kl", max_steps=4)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset())
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset()
+    )
     adapters_before = {k: v.clone() for k, v in trainer.adapters.state_dict().items()}
     assert len(adapters_before) == 6  # three hidden pairs (0:0, 1:2, 2:4), weight + bias each
     trainer.train()
@@ -87,7 +110,9 @@ def test_save_writes_the_student_alone_and_reloads(tmp_out):
     teacher = tiny_bert(seed=1)
     student = build_student(teacher, layers=[0, 2], hidden_size=16, intermediate_size=20, num_attention_heads=2)
     args = config(tmp_out, alpha_hidden=1.0, teacher_model_name_or_path="my-org/teacher")
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset())
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset()
+    )
     trainer.train()
     trainer.save_model()
     weights = safetensors.torch.load_file(os.path.join(tmp_out, "model.safetensors"))
@@ -109,14 +134,18 @@ def test_resume_restores_adapters(tmp_out):
         teacher = tiny_bert(seed=1, **NO_DROPOUT)
         student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **NO_DROPOUT)
         args = config(tmp_out, alpha_hidden=1.0, max_steps=max_steps, save_strategy="steps", save_steps=2)
-        return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset(n=64))
+        return DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset(n=64)
+        )
 
     first = make(2)
     first.train()
     checkpoint = os.path.join(tmp_out, "checkpoint-2")
     saved = safetensors.torch.load_file(os.path.join(checkpoint, ADAPTERS_FILE))
     assert saved and all(torch.equal(first.adapters.state_dict()[k], v) for k, v in saved.items())
-    assert not any(ADAPTERS_ATTR in k for k in safetensors.torch.load_file(os.path.join(checkpoint, "model.safetensors")))
+    assert not any(
+        ADAPTERS_ATTR in k for k in safetensors.torch.load_file(os.path.join(checkpoint, "model.safetensors"))
+    )
     second = make(4)
     assert not all(torch.equal(second.adapters.state_dict()[k], v) for k, v in saved.items())
     second._load_from_checkpoint(checkpoint)
@@ -128,20 +157,38 @@ def test_resume_restores_adapters(tmp_out):
 def test_evaluate_logs_every_term(tmp_out):
     teacher = tiny_bert(seed=1)
     student = build_student(teacher, layers=[1, 3])
-    args = config(tmp_out, alpha_hidden=1.0, alpha_attention=1.0, hidden_loss="cosine", attention_loss="mse", logit_loss="reverse_kl")
+    args = config(
+        tmp_out,
+        alpha_hidden=1.0,
+        alpha_attention=1.0,
+        hidden_loss="cosine",
+        attention_loss="mse",
+        logit_loss="reverse_kl",
+    )
     dev = classification_dataset(n=16, seed=5)
 
     def metrics(p):
         return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
 
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, eval_dataset=dev, compute_metrics=metrics)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, eval_dataset=dev, compute_metrics=metrics
+    )
     result = trainer.evaluate()
-    for key in ("eval_loss", "eval_loss/task", "eval_loss/logits", "eval_loss/hidden", "eval_loss/attention", "eval_accuracy"):
+    for key in (
+        "eval_loss",
+        "eval_loss/task",
+        "eval_loss/logits",
+        "eval_loss/hidden",
+        "eval_loss/attention",
+        "eval_accuracy",
+    ):
         assert key in result, key
     # an all-layers student built from the teacher matches it: only the task term remains
     twin = build_student(teacher, layers=[0, 1, 2, 3])
     result = DistillationTrainer(model=twin, teacher_model=teacher, args=args, eval_dataset=dev).evaluate()
-    assert result["eval_loss/logits"] == pytest.approx(0, abs=1e-6) and result["eval_loss/hidden"] == pytest.approx(0, abs=1e-6)
+    assert result["eval_loss/logits"] == pytest.approx(0, abs=1e-6) and result["eval_loss/hidden"] == pytest.approx(
+        0, abs=1e-6
+    )
     assert result["eval_loss/attention"] == pytest.approx(0, abs=1e-6)
 
 
@@ -159,8 +206,12 @@ def test_label_and_vocab_checks(tmp_out):
     with pytest.raises(ValueError, match="No teacher"):
         DistillationTrainer(model=tiny_bert(), args=config(tmp_out))
     with pytest.raises(ValueError, match="equal head counts"):
-        trainer = DistillationTrainer(model=tiny_bert(num_layers=2, heads=2), teacher_model=teacher,
-                                      args=config(tmp_out, alpha_attention=1.0), train_dataset=classification_dataset())
+        trainer = DistillationTrainer(
+            model=tiny_bert(num_layers=2, heads=2),
+            teacher_model=teacher,
+            args=config(tmp_out, alpha_attention=1.0),
+            train_dataset=classification_dataset(),
+        )
         trainer.train()
 
 
@@ -168,8 +219,16 @@ def test_causal_lm_with_sdpa_teacher_switched_to_eager(tmp_out):
     teacher = tiny_llama(seed=1)
     assert teacher.config._attn_implementation == "sdpa"
     student = build_student(teacher, layers=[0, 3])
-    args = config(tmp_out, alpha_task=0.5, alpha_logits=1.0, logit_loss="jsd", alpha_hidden=1.0, alpha_attention=1.0,
-                  attention_loss="kl", max_steps=3)
+    args = config(
+        tmp_out,
+        alpha_task=0.5,
+        alpha_logits=1.0,
+        logit_loss="jsd",
+        alpha_hidden=1.0,
+        alpha_attention=1.0,
+        attention_loss="kl",
+        max_steps=3,
+    )
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=lm_dataset())
     assert teacher.config._attn_implementation == "eager" and student.config._attn_implementation == "eager"
     trainer.train()
@@ -193,20 +252,26 @@ def test_several_teachers_and_adapter_learning_rate(tmp_out):
     teachers = [tiny_bert(seed=1), tiny_bert(seed=4)]
     student = build_student(teachers[0], layers=[0, 2], hidden_size=16, intermediate_size=20, num_attention_heads=2)
     args = config(tmp_out, teacher_weights=[0.75, 0.25], alpha_hidden=1.0, adapter_learning_rate=5e-2)
-    trainer = DistillationTrainer(model=student, teacher_model=teachers, args=args, train_dataset=classification_dataset())
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teachers, args=args, train_dataset=classification_dataset()
+    )
     trainer.train()
     adapter_ids = {id(p) for p in trainer.adapters.parameters()}
     groups = [g for g in trainer.optimizer.param_groups if {id(p) for p in g["params"]} == adapter_ids]
     assert len(groups) == 1 and groups[0]["initial_lr"] == 5e-2
     with pytest.raises(ValueError, match="2 entries for 1 teachers"):
-        DistillationTrainer(model=student, teacher_model=teachers[:1], args=config(tmp_out, teacher_weights=[1.0, 1.0]))
+        DistillationTrainer(
+            model=student, teacher_model=teachers[:1], args=config(tmp_out, teacher_weights=[1.0, 1.0])
+        )
 
 
 def test_regression_head_uses_mse(tmp_out):
     teacher = tiny_bert(num_labels=1, seed=1)
     student = build_student(teacher, layers=[0, 2])
     data = classification_dataset().map(lambda r: {"labels": float(r["labels"]) * 2.5})
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_out, logit_loss="kl"), train_dataset=data)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=config(tmp_out, logit_loss="kl"), train_dataset=data
+    )
     trainer.train()
     assert trainer.regression and [h for h in trainer.state.log_history if "loss" in h][-1]["loss/task"] > 0
 
@@ -216,6 +281,8 @@ def test_teacher_loaded_by_name_from_a_local_folder(tmp_path):
     teacher.save_pretrained(tmp_path / "teacher")
     student = build_student(teacher, layers=[0])
     args = config(str(tmp_path / "out"), teacher_dtype="float32")
-    trainer = DistillationTrainer(model=student, teacher_model=str(tmp_path / "teacher"), args=args, train_dataset=classification_dataset())
+    trainer = DistillationTrainer(
+        model=student, teacher_model=str(tmp_path / "teacher"), args=args, train_dataset=classification_dataset()
+    )
     assert trainer.teachers[0] is not teacher and not trainer.teachers[0].training
     trainer.train()

@@ -23,7 +23,9 @@ class ArchFacts:
 _BERT = ArchFacts(
     "encoder.layer", ("attention.self.query", "attention.self.key", "attention.self.value"), "attention.self.dropout"
 )
-_LLAMA = ArchFacts("layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.attention_dropout")
+_LLAMA = ArchFacts(
+    "layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.attention_dropout"
+)
 
 MODEL_FACTS: dict[str, ArchFacts] = {
     "bert": _BERT,

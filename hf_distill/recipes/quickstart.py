@@ -11,7 +11,13 @@ import os
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainingArguments,
+)
 
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
@@ -23,7 +29,9 @@ def synthetic_dataset(n: int, seed: int, seq_len: int = 16, vocab: int = 30) -> 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (n, seq_len), generator=g)
     labels = ((ids == 5).sum(1) > (ids == 7).sum(1)).long()
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * seq_len] * n, "labels": labels.tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": [[1] * seq_len] * n, "labels": labels.tolist()}
+    )
 
 
 def accuracy(eval_pred) -> dict:
@@ -34,28 +42,71 @@ def accuracy(eval_pred) -> dict:
 def run(output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     train, dev = synthetic_dataset(2048, seed), synthetic_dataset(512, seed + 1)
-    config = BertConfig(vocab_size=30, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                        num_labels=2, id2label={0: "no", 1: "yes"}, label2id={"no": 0, "yes": 1}, attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=2,
+        id2label={0: "no", 1: "yes"},
+        label2id={"no": 0, "yes": 1},
+        attn_implementation="eager",
+    )
     teacher = BertForSequenceClassification(config)
-    common = dict(per_device_train_batch_size=32, learning_rate=1e-3, max_steps=steps, logging_steps=50, report_to="none", seed=seed, disable_tqdm=False)
+    common = dict(
+        per_device_train_batch_size=32,
+        learning_rate=1e-3,
+        max_steps=steps,
+        logging_steps=50,
+        report_to="none",
+        seed=seed,
+        disable_tqdm=False,
+    )
     print(f"[quickstart] 1/3 training a 4-layer teacher for {steps} steps")
-    Trainer(model=teacher, args=TrainingArguments(output_dir=os.path.join(output_dir, "teacher"), **common),
-            train_dataset=train, eval_dataset=dev, compute_metrics=accuracy).train()
+    Trainer(
+        model=teacher,
+        args=TrainingArguments(output_dir=os.path.join(output_dir, "teacher"), **common),
+        train_dataset=train,
+        eval_dataset=dev,
+        compute_metrics=accuracy,
+    ).train()
 
     print("[quickstart] 2/3 distilling a 2-layer student (teacher layers 1 and 3) with logit + hidden + attention KD")
     student = build_student(teacher, layers=[1, 3])
-    args = DistillationConfig(output_dir=os.path.join(output_dir, "student"), temperature=4.0, alpha_task=0.5, alpha_logits=0.5,
-                              alpha_hidden=1.0, alpha_attention=1.0, layer_map="uniform", **common)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train, eval_dataset=dev, compute_metrics=accuracy)
+    args = DistillationConfig(
+        output_dir=os.path.join(output_dir, "student"),
+        temperature=4.0,
+        alpha_task=0.5,
+        alpha_logits=0.5,
+        alpha_hidden=1.0,
+        alpha_attention=1.0,
+        layer_map="uniform",
+        **common,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        compute_metrics=accuracy,
+    )
     trainer.train()
     trainer.save_model()
 
     print("[quickstart] 3/3 evaluating teacher and reloaded student")
     reloaded = AutoModelForSequenceClassification.from_pretrained(args.output_dir)
-    eval_args = TrainingArguments(output_dir=os.path.join(output_dir, "eval"), report_to="none", per_device_eval_batch_size=128)
+    eval_args = TrainingArguments(
+        output_dir=os.path.join(output_dir, "eval"), report_to="none", per_device_eval_batch_size=128
+    )
     results = {
-        "teacher_accuracy": Trainer(model=teacher, args=eval_args, compute_metrics=accuracy).evaluate(dev)["eval_accuracy"],
-        "student_accuracy": Trainer(model=reloaded, args=eval_args, compute_metrics=accuracy).evaluate(dev)["eval_accuracy"],
+        "teacher_accuracy": Trainer(model=teacher, args=eval_args, compute_metrics=accuracy).evaluate(dev)[
+            "eval_accuracy"
+        ],
+        "student_accuracy": Trainer(model=reloaded, args=eval_args, compute_metrics=accuracy).evaluate(dev)[
+            "eval_accuracy"
+        ],
         "teacher_parameters": teacher.num_parameters(),
         "student_parameters": reloaded.num_parameters(),
     }
