@@ -36,7 +36,8 @@ class DistillationConfig(TrainingArguments):
             (MiniLM v2 Q/K/V self-relations; any head count, any attention backend).
 
     Parameters that control layer matching:
-        layer_map (`str`): ``uniform``, ``last`` or explicit ``student:teacher`` pairs such as ``0:0,1:2,2:4``.
+        layer_map (`str`): ``uniform``, ``last``, ``init`` (the layers ``build_student`` copied) or explicit
+            ``student:teacher`` pairs such as ``0:0,1:2,2:4``.
         projection (`str`): ``linear`` adds a trainable projection where widths differ; ``none`` refuses.
         adapter_learning_rate (`float` or `None`): learning rate of the projections (default: ``learning_rate``).
         attention_head_reduction (`str`): ``none`` (head counts must match) or ``mean`` (average over heads).
@@ -82,7 +83,10 @@ class DistillationConfig(TrainingArguments):
     # --- layer matching ---
     layer_map: str = field(
         default="uniform",
-        metadata={"help": "uniform, last, or 'student:teacher' pairs such as '0:0,1:2,2:4' (0 = embeddings)."},
+        metadata={
+            "help": "uniform, last, init (the teacher layers build_student copied), or 'student:teacher' pairs "
+            "such as '0:0,1:2,2:4' (0 = embeddings)."
+        },
     )
     projection: str = field(
         default="linear", metadata={"help": "linear: trainable projection where widths differ; none: refuse."}
@@ -117,7 +121,7 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"jsd_beta must lie strictly between 0 and 1, got {self.jsd_beta}.")
         if not isinstance(self.layer_map, str):  # a list of pairs from Python or YAML
             self.layer_map = ",".join(f"{s}:{t}" for s, t in parse_layer_pairs(self.layer_map))
-        if self.layer_map not in ("uniform", "last"):
+        if self.layer_map not in ("uniform", "last", "init"):
             parse_layer_pairs(self.layer_map)
         if self.projection not in ("linear", "none"):
             raise ValueError(f"projection must be 'linear' or 'none', got {self.projection!r}.")

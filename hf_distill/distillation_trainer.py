@@ -71,8 +71,6 @@ class DistillationTrainer(Trainer):
         adapters = DistillationAdapters(self.matches, unwrap(model).config.hidden_size, self._teacher_width())
         if len(adapters):
             unwrap(model).add_module(ADAPTERS_ATTR, adapters)
-        self._projecting = False
-        unwrap(model).register_forward_hook(self._project_hidden_states)
         super().__init__(model=model, args=args, **kwargs)
         self._place_teachers()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -111,14 +109,24 @@ class DistillationTrainer(Trainer):
                 raise ValueError(f"The student solves {self.task} but a teacher solves {infer_task(teacher)}.")
             if args.alpha_logits > 0 and self.task == "causal_lm":
                 check_vocabularies(student, teacher)
-            elif args.alpha_logits > 0 or args.alpha_task > 0:
+            elif self.task != "causal_lm":
                 check_label_spaces(student.config, teacher.config)
-        self.regression = self.task == "sequence_classification" and (
-            student.config.num_labels == 1 or student.config.problem_type == "regression"
-        )
-        if self.regression and args.logit_loss != "mse":
-            logger.warning("Regression head (num_labels=1): using logit_loss='mse' instead of %r.", args.logit_loss)
+        self.problem_type = student.config.problem_type
+        if self.task == "sequence_classification" and student.config.num_labels == 1:
+            self.problem_type = "regression"
+        self.regression = self.problem_type == "regression"
+        if self.problem_type in ("regression", "multi_label_classification") and args.logit_loss != "mse":
+            # a softmax over one output (or over independent sigmoid outputs) is no distribution to match
+            logger.warning(
+                "problem_type=%s: using logit_loss='mse' instead of %r.", self.problem_type, args.logit_loss
+            )
         if args.alpha_attention > 0 and args.attention_loss != "relation":
+            s_heads, t_heads = student.config.num_attention_heads, self.teachers[0].config.num_attention_heads
+            if s_heads != t_heads and args.attention_head_reduction == "none":
+                raise ValueError(
+                    f"Attention KD on maps needs equal head counts (student {s_heads}, teacher {t_heads}); set "
+                    "attention_head_reduction='mean' or attention_loss='relation'."
+                )
             ensure_eager_attention(student, "student")
             ensure_eager_attention(self.teachers[0], "teacher")
             if disable_attention_dropout(student):
@@ -131,7 +139,12 @@ class DistillationTrainer(Trainer):
         if args.alpha_hidden == 0 and args.alpha_attention == 0:
             return []
         s_cfg, t_cfg = unwrap(model).config, self.teachers[0].config
-        pairs = resolve_layer_pairs(args.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
+        pairs = resolve_layer_pairs(
+            args.layer_map,
+            s_cfg.num_hidden_layers,
+            t_cfg.num_hidden_layers,
+            getattr(s_cfg, "distillation_teacher_layers", None),
+        )
         return build_layer_matches(
             pairs,
             student_hidden_size=s_cfg.hidden_size,
@@ -170,8 +183,9 @@ class DistillationTrainer(Trainer):
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the projection adapters in their own group when they have their own lr."""
+        fresh = self.optimizer is None
         optimizer = super().create_optimizer(model)
-        if self.args.adapter_learning_rate is not None and self.adapters is not None:
+        if fresh and self.args.adapter_learning_rate is not None and self.adapters is not None:
             ids = {id(p) for p in self.adapters.parameters()}
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in ids]
@@ -214,6 +228,8 @@ class DistillationTrainer(Trainer):
     # ---- the loss ----
 
     def _output_request(self, role: str) -> dict:
+        if role == "other_teacher":  # only the first teacher's internals are distilled
+            return {}
         index = 0 if role == "student" else 1
         request = {}
         hidden = sorted({(m.student_layer, m.teacher_layer)[index] for m in self.matches if m.feature == "hidden"})
@@ -224,16 +240,21 @@ class DistillationTrainer(Trainer):
         return request
 
     def _relation_layers(self, role: str) -> list[int]:
+        if role == "other_teacher":
+            return []
         index = 0 if role == "student" else 1
         return sorted({(m.student_layer, m.teacher_layer)[index] for m in self.matches if m.loss == "relation"})
 
     def _forward(self, model, inputs, role):
-        self._projecting = role == "student"
+        """Run one model asking for what the losses need; ``role`` is student, teacher or other_teacher."""
+        inner = unwrap(self.accelerator.unwrap_model(model))
+        hook = inner.register_forward_hook(self._project_hidden_states) if role == "student" else None
         try:
-            with capture_qkv(unwrap(self.accelerator.unwrap_model(model)), self._relation_layers(role)) as qkv:
+            with capture_qkv(inner, self._relation_layers(role)) as qkv:
                 outputs = model(**inputs, **self._output_request(role))
         finally:
-            self._projecting = False
+            if hook is not None:
+                hook.remove()
         return outputs, qkv
 
     def _project_hidden_states(self, module, args, output):
@@ -243,7 +264,7 @@ class DistillationTrainer(Trainer):
         The projections are appended to ``output.hidden_states`` (one per hidden match, in order): DDP rebuilds
         model outputs from their fields, so a new field would not survive.
         """
-        if not self._projecting or not any(m.feature == "hidden" for m in self.matches):
+        if not any(m.feature == "hidden" for m in self.matches):
             return output
         adapters = getattr(module, ADAPTERS_ATTR, None)
         output.hidden_states = tuple(output.hidden_states) + tuple(
@@ -262,7 +283,9 @@ class DistillationTrainer(Trainer):
         labels = inputs.pop("labels", None)
         student_out, student_qkv = self._forward(model, inputs, "student")
         with torch.no_grad():
-            teacher_outs = [self._forward(t, inputs, "teacher") for t in self.teachers]
+            teacher_outs = [
+                self._forward(t, inputs, "teacher" if i == 0 else "other_teacher") for i, t in enumerate(self.teachers)
+            ]
         local = ItemCounts(*self._batch_counts({**inputs, "labels": labels}))
         counts = self._window_counts if (mode == "train" and self._window_counts is not None) else local
         terms = self._loss_terms(student_out, student_qkv, teacher_outs, inputs, labels, counts)
@@ -282,12 +305,16 @@ class DistillationTrainer(Trainer):
         s_logits = align_logits(student_out.logits, self.task)
         mask = target_mask(self.task, labels, attention_mask, s_logits.shape[:-1])
         if args.alpha_task > 0 and labels is not None:
-            problem_type = "regression" if self.regression else unwrap(self.model).config.problem_type
             terms["task"] = task_loss(
-                s_logits, labels, task=self.task, problem_type=problem_type, normalizer=counts.targets
+                s_logits,
+                labels,
+                task=self.task,
+                problem_type=self.problem_type,
+                normalizer=counts.targets,
+                label_smoothing=args.label_smoothing_factor,
             )
         if args.alpha_logits > 0:
-            loss_name = "mse" if self.regression else args.logit_loss
+            loss_name = "mse" if self.problem_type in ("regression", "multi_label_classification") else args.logit_loss
             t_logits = [align_logits(out.logits, self.task) for out, _ in teacher_outs]
             weights = args.teacher_weights or [1.0] * len(t_logits)
             target = mix_teacher_logits(t_logits, weights, args.temperature, loss_name)
@@ -357,11 +384,17 @@ class DistillationTrainer(Trainer):
 
     # ---- logging ----
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        self._metric_key_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log (``loss/...`` in training, ``eval_loss/...``)."""
         mode = "train" if "loss" in logs else "eval"
         metrics = {key: sum(vals) / len(vals) for key, vals in self._metrics[mode].items() if vals}
         if mode == "eval":
-            metrics = {f"eval_{key}": val for key, val in metrics.items()}
+            prefix = getattr(self, "_metric_key_prefix", "eval")
+            metrics = {f"{prefix}_{key}": val for key, val in metrics.items()}
         logs.update(metrics)
         self._metrics[mode].clear()
         super().log(logs, start_time)
@@ -383,11 +416,9 @@ class DistillationTrainer(Trainer):
             self._write_distillation_config(output_dir)
 
     def _write_distillation_config(self, output_dir: str) -> None:
-        names = (
-            [self.args.teacher_model_name_or_path]
-            if self.args.teacher_model_name_or_path
-            else [t.config.name_or_path for t in self.teachers]
-        )
+        names = [t.config.name_or_path or f"{type(t).__name__} (built in memory)" for t in self.teachers]
+        if self.args.teacher_model_name_or_path:
+            names[0] = self.args.teacher_model_name_or_path
         record = {
             "hf_distill_version": __version__,
             "task": self.task,

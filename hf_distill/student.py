@@ -12,22 +12,10 @@ from .mapping import get_layers, layers_prefix
 
 logger = logging.getLogger(__name__)
 
-# config fields whose change alters tensor shapes: such students start those tensors from random init
-_WIDTH_FIELDS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "n_embd",
-    "n_inner",
-    "n_head",
-)
-
 
 def _select_layers(teacher_layers: int, layers) -> list[int]:
-    if layers is None:  # DistilBERT: every other layer
-        return list(range(0, teacher_layers, 2))
+    if layers is None:  # every other layer, ending with the last one (so that the `uniform` map lines up)
+        return list(range(teacher_layers - 1, -1, -2))[::-1]
     layers = [int(i) for i in layers]
     if not layers:
         raise ValueError("layers must name at least one teacher layer.")
@@ -65,7 +53,8 @@ def build_student(teacher: PreTrainedModel, layers=None, **config_overrides) -> 
     Args:
         teacher: a transformers model whose ``config.model_type`` is in ``hf_distill.mapping.MODEL_FACTS``
             (BERT family, Llama/Qwen2/Mistral/Gemma, GPT-2...).
-        layers: 0-based teacher block indices to keep, strictly increasing. Default: every other layer.
+        layers: 0-based teacher block indices to keep, strictly increasing. Default: every other layer, ending
+            with the last (``[1, 3, 5]`` of 6), which lines up with ``layer_map="uniform"``.
         **config_overrides: config fields to change, e.g. ``hidden_size=256``. Tensors whose shape changes
             start from the model's random initialisation; all others are copied.
 

@@ -69,3 +69,9 @@ def test_matches_weights_and_projection():
         pairs, student_hidden_size=32, teacher_hidden_size=32, hidden_loss="cosine", attention_loss=None
     )
     assert all(m.projection is None and m.loss == "cosine" for m in same)
+
+
+def test_init_follows_the_layers_build_student_copied():
+    assert resolve_layer_pairs("init", 3, 12, [0, 5, 11]) == [(0, 0), (1, 1), (2, 6), (3, 12)]
+    with pytest.raises(ValueError, match="needs a student made by build_student"):
+        resolve_layer_pairs("init", 3, 12, None)

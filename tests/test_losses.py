@@ -115,7 +115,7 @@ def test_attention_map_losses_match_reference():
     s, t = _attn(2, 3, 5), _attn(2, 3, 5)
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]])
     rows = [(b, q) for b in range(2) for q in range(5) if mask[b, q]]
-    mse = sum(((s[b, :, q] - t[b, :, q]) ** 2).mean().item() for b, q in rows) / len(rows)
+    mse = sum(((s[b, :, q] - t[b, :, q]) ** 2).sum(-1).mean().item() for b, q in rows) / len(rows)
     kls = []
     for b, q in rows:
         kls.append(sum(kl(t[b, h, q].tolist(), s[b, h, q].tolist()) for h in range(3)) / 3)
@@ -187,3 +187,21 @@ def test_registry_rejects_duplicates_and_lists_names():
         assert "l1_for_test" in available_losses("hidden")
     finally:
         del _LOSSES[("hidden", "l1_for_test")]
+
+
+def test_attention_mse_does_not_depend_on_padding_length():
+    a, b = _attn(1, 2, 4), _attn(1, 2, 4)
+    pad = torch.zeros(1, 2, 8, 8)
+    pa, pb = pad.clone(), pad.clone()
+    pa[..., :4, :4], pb[..., :4, :4] = a, b
+    short = get_loss("attention", "mse")(a, b, mask=torch.ones(1, 4))
+    long = get_loss("attention", "mse")(pa, pb, mask=torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0]]))
+    assert short.item() == pytest.approx(long.item(), rel=1e-6)
+
+
+def test_fused_qkv_widths_follow_grouped_query_attention():
+    from transformers import Phi3Config
+
+    from hf_distill.capture import qkv_widths
+
+    assert qkv_widths(Phi3Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2)) == [32, 16, 16]

@@ -286,3 +286,37 @@ def test_teacher_loaded_by_name_from_a_local_folder(tmp_path):
     )
     assert trainer.teachers[0] is not teacher and not trainer.teachers[0].training
     trainer.train()
+
+
+def test_no_hooks_left_behind_and_optimizer_built_once(tmp_out):
+    teacher = tiny_bert(seed=1)
+    student = build_student(teacher, layers=[0, 2], hidden_size=16, intermediate_size=20, num_attention_heads=2)
+    args = config(tmp_out, alpha_hidden=1.0, adapter_learning_rate=1e-2, max_steps=1)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset()
+    )
+    trainer.train()
+    assert not student._forward_hooks
+    first = trainer.optimizer
+    assert trainer.create_optimizer() is first and len(first.param_groups) == 3  # decay, no decay, adapters
+    assert all(len(g["params"]) > 0 for g in first.param_groups)
+
+
+def test_only_the_first_teacher_is_asked_for_internals(tmp_out):
+    first, second = tiny_llama(seed=1), tiny_llama(seed=4)
+    student = build_student(first, layers=[1, 3])
+    args = config(tmp_out, alpha_attention=1.0, attention_loss="kl", max_steps=1)
+    trainer = DistillationTrainer(model=student, teacher_model=[first, second], args=args, train_dataset=lm_dataset())
+    trainer.train()
+    assert first.config._attn_implementation == "eager" and second.config._attn_implementation == "sdpa"
+
+
+def test_label_smoothing_reaches_the_task_loss(tmp_out):
+    teacher = tiny_bert(seed=1, **NO_DROPOUT)
+    data = classification_dataset(n=8)
+    results = []
+    for smoothing in (0.0, 0.2):
+        student = build_student(teacher, layers=[0, 2])
+        args = config(tmp_out, label_smoothing_factor=smoothing)
+        results.append(DistillationTrainer(model=student, teacher_model=teacher, args=args).evaluate(data))
+    assert results[0]["eval_loss/task"] != pytest.approx(results[1]["eval_loss/task"])

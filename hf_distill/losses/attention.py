@@ -43,9 +43,12 @@ def _rows(attn: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 @register_loss("attention", "mse")
 def attention_mse(student_attn, teacher_attn, *, mask=None, normalizer=None, **_):
-    """Per query row, the mean over heads and keys of ``(a_s - a_t)^2`` on probabilities."""
+    """Per query row, the mean over heads of the sum over keys of ``(a_s - a_t)^2`` on probabilities.
+
+    Summing over keys (not averaging) keeps the loss of an example independent of how far its batch is padded.
+    """
     s, t = _rows(student_attn, mask), _rows(teacher_attn, mask)
-    return reduce_items((s - t).pow(2).mean(dim=(-1, -2)), normalizer)
+    return reduce_items((s - t).pow(2).sum(-1).mean(-1), normalizer)
 
 
 @register_loss("attention", "kl")

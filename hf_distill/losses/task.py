@@ -39,23 +39,28 @@ def target_mask(task: str, labels: torch.Tensor | None, attention_mask: torch.Te
     return None
 
 
-def task_loss(logits, labels, *, task, problem_type=None, normalizer=None):
+def task_loss(logits, labels, *, task, problem_type=None, normalizer=None, label_smoothing=0.0):
     """Hard-label loss of the student, summed over target items and divided by ``normalizer``.
 
     Cross-entropy for classification and causal LM, MSE for regression (``C == 1`` or
     ``problem_type == "regression"``), binary cross-entropy per label for ``multi_label_classification``.
     ``logits`` must already be aligned (see :func:`align_logits`); ``labels`` are the raw, unshifted labels.
+    ``label_smoothing`` applies to the cross-entropy cases (as ``TrainingArguments.label_smoothing_factor``).
     """
     if task == "causal_lm":
         labels = labels[:, 1:]
     if problem_type == "regression" or (task == "sequence_classification" and logits.shape[-1] == 1):
-        valid = labels != IGNORE_INDEX if labels.dtype != torch.float32 else torch.ones_like(labels, dtype=torch.bool)
+        valid = labels != IGNORE_INDEX
         per_item = (logits.float().squeeze(-1)[valid] - labels[valid].float()).pow(2)
         return reduce_items(per_item, normalizer)
     if problem_type == "multi_label_classification":
         per_item = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(-1)
         return reduce_items(per_item, normalizer)
     per_item = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+        label_smoothing=label_smoothing,
     )
     return reduce_items(per_item[labels.reshape(-1) != IGNORE_INDEX], normalizer)

@@ -3,7 +3,8 @@
 Layers are numbered as in ``outputs.hidden_states``: ``0`` is the embedding output and ``i`` (``1..L``) the output
 of transformer block ``i``. A hidden-state match may use ``0``; an attention match uses the attention of block
 ``i`` (``i >= 1``). A map is ``"uniform"`` (TinyBERT: student layer ``m`` learns from teacher layer
-``round(m * Lt / Ls)``, embeddings included), ``"last"`` (only the last blocks) or explicit pairs
+``round(m * Lt / Ls)``, embeddings included), ``"last"`` (only the last blocks), ``"init"`` (each student block
+learns from the teacher block it was copied from by ``build_student``, embeddings included) or explicit pairs
 ``"1:2,2:4,3:6"`` (``student:teacher``), also accepted as a list of pairs.
 """
 
@@ -48,9 +49,22 @@ def parse_layer_pairs(spec) -> list[tuple[int, int]]:
     return pairs
 
 
-def resolve_layer_pairs(spec, num_student_layers: int, num_teacher_layers: int) -> list[tuple[int, int]]:
-    """Resolve a layer-map spec into ``(student, teacher)`` hidden-state indices for the given depths."""
+def resolve_layer_pairs(
+    spec, num_student_layers: int, num_teacher_layers: int, init_layers: list[int] | None = None
+) -> list[tuple[int, int]]:
+    """Resolve a layer-map spec into ``(student, teacher)`` hidden-state indices for the given depths.
+
+    ``init_layers`` (for ``"init"``) are the 0-based teacher blocks the student was built from
+    (``config.distillation_teacher_layers``).
+    """
     ls, lt = num_student_layers, num_teacher_layers
+    if spec == "init":
+        if not init_layers or len(init_layers) != ls:
+            raise ValueError(
+                "layer_map='init' needs a student made by build_student (config.distillation_teacher_layers with one "
+                f"entry per student layer, got {init_layers}); use 'uniform' or explicit pairs instead."
+            )
+        return [(0, 0)] + [(j + 1, i + 1) for j, i in enumerate(init_layers)]
     if spec == "uniform":
         # round(m * lt / ls) in integer arithmetic, so that m = ls maps to lt exactly
         return [(m, (2 * m * lt + ls) // (2 * ls)) for m in range(ls + 1)]

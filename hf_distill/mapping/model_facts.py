@@ -81,14 +81,6 @@ def layers_prefix(model: nn.Module) -> str:
     raise ValueError(f"Could not locate the layer list of {type(model).__name__}.")
 
 
-def num_layers(config) -> int:
-    return int(config.num_hidden_layers)
-
-
-def num_heads(config) -> int:
-    return int(config.num_attention_heads)
-
-
 def disable_attention_dropout(model: nn.Module) -> int:
     """Set the attention-probability dropout of every block to 0; returns how many were non-zero.
 
