@@ -1,40 +1,74 @@
-"""The ``hf-distill`` command line: one subcommand per job."""
+"""The ``hf-distill`` command line: one subcommand per job, each with ``--config file.yaml`` and flag overrides."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+import yaml
+from transformers import HfArgumentParser
 
 from . import __version__
 
 
-def _quickstart(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hf-distill quickstart", description="Distill a tiny BERT on a synthetic task (no network)."
-    )
-    parser.add_argument(
-        "--output_dir", default="out/quickstart", help="Where the teacher, student and results.json go."
-    )
-    parser.add_argument(
-        "--max_steps", type=int, default=150, help="Optimizer steps for the teacher and for the student."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Random seed.")
-    args = parser.parse_args(argv)
-    from .recipes.quickstart import run
+def parse_with_config(dataclass_types, argv: list[str], prog: str):
+    """Parse ``argv`` into the dataclasses; ``--config file.yaml`` supplies defaults that flags override.
 
+    Every dataclass field is a flag (``--help`` shows each with its help text); a YAML key that is no field is an
+    error naming it.
+    """
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser.add_argument("--config", default=None, help="YAML file of flag values; flags on the command line win.")
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ValueError("--config needs a YAML file path.")
+        config_path = argv[i + 1]
+    elif any(a.startswith("--config=") for a in argv):
+        config_path = next(a for a in argv if a.startswith("--config="))[len("--config=") :]
+    if config_path:
+        with open(config_path) as f:
+            values = yaml.safe_load(f) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{config_path}: unknown keys {unknown}; run with --help for the valid flags.")
+        parser.set_defaults(**values)
+    *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if rest:
+        raise ValueError(f"Unrecognised arguments {rest}; run with --help for the valid flags.")
+    return parsed[: len(dataclass_types)]  # a trailing namespace holds --config itself
+
+
+def _quickstart(argv: list[str]) -> int:
+    from .recipes.quickstart import QuickstartArguments, run
+
+    (args,) = parse_with_config([QuickstartArguments], argv, "hf-distill quickstart")
     run(output_dir=args.output_dir, steps=args.max_steps, seed=args.seed)
     return 0
 
 
-COMMANDS = {"quickstart": (_quickstart, "distill a tiny BERT teacher on a synthetic task, end to end")}
+def _glue(argv: list[str]) -> int:
+    from .distillation_config import DistillationConfig
+    from .recipes.glue import GlueArguments, run
+
+    glue_args, args = parse_with_config([GlueArguments, DistillationConfig], argv, "hf-distill glue")
+    run(glue_args, args)
+    return 0
+
+
+COMMANDS = {
+    "quickstart": (_quickstart, "distill a tiny BERT teacher on a synthetic task, end to end (no network)"),
+    "glue": (_glue, "fine-tune (optionally) and distill a BERT-family teacher on a GLUE task, with a report"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(
-            f"hf-distill {__version__}: knowledge distillation for Hugging Face models\n\nusage: hf-distill <command> [--help]\n\ncommands:"
-        )
+        print(f"hf-distill {__version__}: knowledge distillation for Hugging Face models\n")
+        print("usage: hf-distill <command> [--config file.yaml] [--flag value ...]   (hf-distill <command> --help)\n")
+        print("commands:")
         for name, (_, help_text) in COMMANDS.items():
             print(f"  {name:<12} {help_text}")
         return 0
@@ -44,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"hf-distill: unknown command {argv[0]!r}; choose one of {sorted(COMMANDS)}", file=sys.stderr)
         return 2
-    return COMMANDS[argv[0]][0](argv[1:])
+    try:
+        return COMMANDS[argv[0]][0](argv[1:])
+    except ValueError as err:
+        print(f"hf-distill {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -282,10 +282,15 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
         student_out, student_qkv = self._forward(model, inputs, "student")
-        with torch.no_grad():
-            teacher_outs = [
-                self._forward(t, inputs, "teacher" if i == 0 else "other_teacher") for i, t in enumerate(self.teachers)
-            ]
+        with torch.no_grad():  # without KD terms (a no-KD baseline) the teachers are not run at all
+            teacher_outs = (
+                []
+                if not self._uses_teacher()
+                else [
+                    self._forward(t, inputs, "teacher" if i == 0 else "other_teacher")
+                    for i, t in enumerate(self.teachers)
+                ]
+            )
         local = ItemCounts(*self._batch_counts({**inputs, "labels": labels}))
         counts = self._window_counts if (mode == "train" and self._window_counts is not None) else local
         terms = self._loss_terms(student_out, student_qkv, teacher_outs, inputs, labels, counts)
@@ -298,6 +303,9 @@ class DistillationTrainer(Trainer):
         if return_outputs:
             return loss, type(student_out)(loss=loss, logits=student_out.logits)
         return loss
+
+    def _uses_teacher(self) -> bool:
+        return any(getattr(self.args, f"alpha_{k}") > 0 for k in ("logits", "hidden", "attention"))
 
     def _loss_terms(self, student_out, student_qkv, teacher_outs, inputs, labels, counts: ItemCounts) -> dict:
         args, terms = self.args, {}
@@ -326,6 +334,8 @@ class DistillationTrainer(Trainer):
                 normalizer=counts.targets,
                 beta=args.jsd_beta,
             )
+        if not teacher_outs:
+            return terms
         teacher_out, teacher_qkv = teacher_outs[0]
         if args.alpha_hidden > 0:
             terms["hidden"] = self._hidden_term(student_out, teacher_out, attention_mask, counts.tokens)

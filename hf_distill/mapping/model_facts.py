@@ -2,7 +2,7 @@
 
 ``layers`` is the attribute path, from the bare base model (``model.base_model``), to the ``nn.ModuleList`` of
 transformer blocks. ``qkv`` names the query/key/value projections inside one block: three names, or one fused
-projection whose output splits into three equal parts (GPT-2's ``c_attn``). ``attn_dropout`` is the dropout on
+projection whose output is split by ``capture.qkv_widths`` (GPT-2 ``c_attn``). ``attn_dropout`` is the dropout on
 attention probabilities, switched off for attention-map KD (the returned maps are taken after it). Add a row to support a new family.
 """
 

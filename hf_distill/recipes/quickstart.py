@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
@@ -22,6 +23,13 @@ from transformers import (
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
 from ..student import build_student
+
+
+@dataclass
+class QuickstartArguments:
+    output_dir: str = field(default="out/quickstart", metadata={"help": "Where teacher, student and results.json go."})
+    max_steps: int = field(default=150, metadata={"help": "Optimizer steps for the teacher and for the student."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
 
 
 def synthetic_dataset(n: int, seed: int, seq_len: int = 16, vocab: int = 30) -> Dataset:

@@ -1,0 +1,247 @@
+"""The GLUE job: fine-tune the teacher if asked, build a student from its layers, distill, evaluate both, report.
+
+Output layout: ``output_dir/`` holds the distilled student (weights, config, tokenizer, distillation_config.json),
+``results.json`` and ``report.png``; ``output_dir/teacher/`` the fine-tuned teacher (with ``--finetune_teacher``);
+``output_dir/student_no_kd/`` the baseline student (with ``--baseline_no_kd``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+
+from ..distillation_config import DistillationConfig
+from ..distillation_trainer import DistillationTrainer
+from ..modeling import resolve_model_path
+from ..report import build_results, write_report
+from ..student import build_student
+from ..tasks import compute_metrics_for, get_task, load_glue, tokenize_glue
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GlueArguments:
+    """What to distill on which GLUE task (the training knobs are in DistillationConfig)."""
+
+    task_name: str = field(
+        default="sst2", metadata={"help": "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli."}
+    )
+    data_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder with the task's train.tsv and dev.tsv (GLUE download format); default: the Hub."},
+    )
+    finetune_teacher: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune the teacher on the task first (for a base, not task-tuned, model)."},
+    )
+    teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of teacher fine-tuning."})
+    teacher_learning_rate: Optional[float] = field(
+        default=None, metadata={"help": "Learning rate of teacher fine-tuning (default: learning_rate)."}
+    )
+    student_layers: Optional[str] = field(
+        default=None,
+        metadata={"help": "0-based teacher layers the student keeps, e.g. '1,3,5' (default: every other one)."},
+    )
+    student_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Use this (smaller) model as the student instead of teacher layers."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Subsample the training set to this many examples (seeded shuffle)."}
+    )
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Evaluate on at most this many examples of each evaluation split."}
+    )
+    baseline_no_kd: bool = field(
+        default=False,
+        metadata={"help": "Also train the same student without KD (alpha_task only), same budget, for the report."},
+    )
+    speed_batch_size: int = field(default=32, metadata={"help": "Batch size of the latency measurement."})
+    speed_seq_len: int = field(default=64, metadata={"help": "Sequence length of the latency measurement."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for Hub downloads."})
+
+
+def _data(glue_args: GlueArguments, tokenizer, seed: int):
+    task = get_task(glue_args.task_name)
+    data_dir = glue_args.data_dir
+    if data_dir is not None and not os.path.isdir(data_dir):
+        logger.warning("data_dir %s does not exist: loading %s from the Hub (nyu-mll/glue).", data_dir, task.name)
+        data_dir = None
+    raw = load_glue(task, data_dir=data_dir, cache_dir=glue_args.cache_dir)
+    train = raw["train"]
+    if glue_args.max_train_samples is not None and glue_args.max_train_samples < len(train):
+        logger.warning(
+            "Subsampled the training set to %d of %d examples (max_train_samples).",
+            glue_args.max_train_samples,
+            len(train),
+        )
+        train = train.shuffle(seed=seed).select(range(glue_args.max_train_samples))
+        raw["train"] = train
+    for split in task.eval_splits:
+        if glue_args.max_eval_samples is not None and glue_args.max_eval_samples < len(raw[split]):
+            raw[split] = raw[split].select(range(glue_args.max_eval_samples))
+    return task, tokenize_glue(raw, tokenizer, task, max_length=glue_args.max_seq_length)
+
+
+def _teacher(glue_args, args: DistillationConfig, task, data, tokenizer, collator):
+    name = resolve_model_path(args.teacher_model_name_or_path)
+    labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
+    teacher = AutoModelForSequenceClassification.from_pretrained(
+        name, num_labels=task.num_labels, use_safetensors=True, trust_remote_code=args.trust_remote_code, **labels
+    )
+    if not glue_args.finetune_teacher:
+        return teacher
+    teacher_dir = os.path.join(args.output_dir, "teacher")
+    teacher_args = TrainingArguments(
+        **{k: getattr(args, k) for k in _SHARED_TRAINING_FIELDS},
+        learning_rate=glue_args.teacher_learning_rate or args.learning_rate,
+        num_train_epochs=glue_args.teacher_num_train_epochs,
+        output_dir=teacher_dir,
+        save_strategy="no",
+    )
+    print(f"[glue] fine-tuning the teacher on {task.name} ({len(data['train'])} examples)")
+    trainer = Trainer(
+        model=teacher,
+        args=teacher_args,
+        train_dataset=data["train"],
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(teacher_dir)
+    return teacher
+
+
+# TrainingArguments fields that teacher fine-tuning takes over from the distillation run
+_SHARED_TRAINING_FIELDS = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "seed",
+    "bf16",
+    "fp16",
+    "use_cpu",
+    "logging_steps",
+    "report_to",
+    "disable_tqdm",
+    "dataloader_num_workers",
+)
+
+
+def _student(glue_args: GlueArguments, args, teacher, task):
+    if glue_args.student_model_name_or_path:
+        labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(glue_args.student_model_name_or_path), num_labels=task.num_labels, **labels
+        )
+    layers = [int(i) for i in glue_args.student_layers.split(",")] if glue_args.student_layers else None
+    torch.manual_seed(args.seed)
+    return build_student(teacher, layers=layers)
+
+
+def _evaluate(model, args, task, data, collator, compute_metrics) -> dict:
+    """Every metric of the task on its first eval split; later splits (MNLI mismatched) get a ``_mm`` suffix."""
+    eval_args = TrainingArguments(
+        output_dir=os.path.join(args.output_dir, "eval"),
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        report_to="none",
+        use_cpu=args.use_cpu,
+        disable_tqdm=args.disable_tqdm,
+    )
+    trainer = Trainer(model=model, args=eval_args, data_collator=collator, compute_metrics=compute_metrics)
+    scores = {}
+    for i, split in enumerate(task.eval_splits):
+        metrics = trainer.evaluate(data[split], metric_key_prefix="eval")
+        suffix = "" if i == 0 else "_mm"
+        scores.update({f"{k}{suffix}": v for k, v in metrics.items()})
+    return scores
+
+
+def _distill(model, teacher, args, data, collator, tokenizer, compute_metrics, eval_split):
+    trainer = DistillationTrainer(
+        model=model,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data[eval_split],
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+    )
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    return trainer
+
+
+def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
+    """Run the whole job and return the ``results.json`` object."""
+    if args.teacher_model_name_or_path is None:
+        raise ValueError(
+            "Set --teacher_model_name_or_path (a fine-tuned teacher, or a base model with --finetune_teacher)."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.teacher_model_name_or_path))
+    task, data = _data(glue_args, tokenizer, args.seed)
+    collator = DataCollatorWithPadding(tokenizer)
+    compute_metrics = compute_metrics_for(task)
+    teacher = _teacher(glue_args, args, task, data, tokenizer, collator)
+
+    print(f"[glue] distilling a student on {task.name} ({len(data['train'])} examples)")
+    student = _student(glue_args, args, teacher, task)
+    trainer = _distill(student, teacher, args, data, collator, tokenizer, compute_metrics, task.eval_splits[0])
+
+    baseline = None
+    if glue_args.baseline_no_kd:
+        print("[glue] training the same student without KD (same budget)")
+        base_args = dataclasses.replace(
+            args,
+            output_dir=os.path.join(args.output_dir, "student_no_kd"),
+            alpha_task=1.0,
+            alpha_logits=0.0,
+            alpha_hidden=0.0,
+            alpha_attention=0.0,
+        )
+        baseline = _student(glue_args, args, teacher, task)
+        _distill(baseline, teacher, base_args, data, collator, tokenizer, compute_metrics, task.eval_splits[0])
+
+    print("[glue] evaluating teacher and student(s), measuring speed")
+    scores = {
+        name: _evaluate(m, args, task, data, collator, compute_metrics)
+        for name, m in (("teacher", teacher), ("student", student))
+    }
+    results = build_results(
+        task.name,
+        task.metric,
+        scores["teacher"],
+        scores["student"],
+        teacher,
+        student,
+        baseline_scores=_evaluate(baseline, args, task, data, collator, compute_metrics) if baseline else None,
+        baseline_model=baseline,
+        batch_size=glue_args.speed_batch_size,
+        seq_len=glue_args.speed_seq_len,
+        extra={
+            "train_examples": len(data["train"]),
+            "max_steps": trainer.state.global_step,
+            "teacher_model": args.teacher_model_name_or_path,
+            "student_layers": getattr(student.config, "distillation_teacher_layers", None),
+        },
+    )
+    if args.should_save:
+        write_report(results, args.output_dir, log_history=trainer.state.log_history, title=f"GLUE {task.name}")
+    return results

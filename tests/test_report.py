@@ -1,0 +1,260 @@
+"""report: parameter counts, on-disk size, latency measurement, results.json, the text table and the figure."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import tiny_bert, tiny_gpt2, tiny_llama
+
+from hf_distill.report import (
+    build_results,
+    count_parameters,
+    format_table,
+    measure_speed,
+    size_on_disk_mb,
+    write_report,
+)
+
+TEACHER_SCORES = {
+    "eval_loss": 0.31,
+    "eval_accuracy": 0.90,
+    "eval_f1": 0.88,
+    "eval_runtime": 1.5,
+    "eval_samples_per_second": 600.0,
+    "eval_steps_per_second": 5.0,
+    "eval_loss/task": 0.2,
+    "epoch": 3.0,
+}
+STUDENT_SCORES = {"eval_loss": 0.4, "eval_accuracy": 0.855, "eval_f1": 0.80, "eval_runtime": 0.7, "epoch": 3.0}
+BASELINE_SCORES = {"eval_accuracy": 0.81, "eval_f1": 0.75, "eval_loss": 0.5}
+SMALL = {"batch_size": 4, "seq_len": 16, "devices": ["cpu"]}
+
+
+def _log_history(steps=8):
+    """What DistillationTrainer logs: per-term train losses with a step, plus an eval entry."""
+    log = [
+        {"loss": 2.0 / s, "loss/task": 0.7 / s, "loss/logits": 1.0 / s, "loss/hidden": 0.3 / s, "step": 5 * s}
+        for s in range(1, steps + 1)
+    ]
+    return log + [{"eval_loss": 0.4, "eval_loss/task": 0.3, "eval_accuracy": 0.8, "step": 5 * steps}]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_bert(num_layers=4), tiny_bert(num_layers=2, seed=1), tiny_bert(num_layers=2, seed=2)
+
+
+@pytest.fixture(scope="module")
+def results(models):
+    teacher, student, baseline = models
+    return build_results(
+        "sst2",
+        "accuracy",
+        TEACHER_SCORES,
+        STUDENT_SCORES,
+        teacher,
+        student,
+        baseline_scores=BASELINE_SCORES,
+        baseline_model=baseline,
+        extra={"teacher_name": "tiny-bert-4l"},
+        **SMALL,
+    )
+
+
+# ---- size ----
+
+
+@pytest.mark.parametrize("factory", [tiny_bert, tiny_llama, tiny_gpt2])
+def test_count_parameters_counts_every_parameter_once(factory):
+    model = factory()
+    model.get_input_embeddings().weight.requires_grad_(False)  # frozen parameters count too
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(model) == model.num_parameters()
+
+
+def test_size_on_disk_is_four_bytes_per_fp32_parameter_and_halves_in_fp16():
+    model = tiny_bert(num_layers=2, hidden=128, heads=4)
+    expected = 4 * count_parameters(model) / 1e6
+    fp32 = size_on_disk_mb(model)
+    assert expected <= fp32 < expected * 1.03  # only the safetensors header on top
+    assert size_on_disk_mb(model.half()) == pytest.approx(fp32 / 2, rel=0.03)
+
+
+# ---- speed ----
+
+
+def test_measure_speed_returns_positive_numbers_and_restores_the_model():
+    model = tiny_bert().train()
+    model.bert.pooler.eval()  # mixed modes must come back exactly as they were
+    out = measure_speed(model, batch_size=4, seq_len=16, warmup=1, iters=3)
+    assert set(out) == {"latency_ms", "throughput", "batch_size", "seq_len", "device"}
+    assert out["latency_ms"] > 0 and out["throughput"] > 0
+    assert out["throughput"] == pytest.approx(4 / (out["latency_ms"] / 1e3))
+    assert (out["batch_size"], out["seq_len"], out["device"]) == (4, 16, "cpu")
+    assert model.training and model.bert.encoder.training and not model.bert.pooler.training
+    assert next(model.parameters()).device.type == "cpu"
+    assert torch.is_grad_enabled()
+
+
+def test_measure_speed_works_without_token_type_ids():
+    out = measure_speed(tiny_llama(), batch_size=2, seq_len=8, iters=2)
+    assert out["latency_ms"] > 0
+
+
+def test_a_much_bigger_model_is_slower():
+    # timings are noisy on a shared machine, so only a gap of orders of magnitude is asserted, with a 4x margin
+    big = tiny_bert(num_layers=12, hidden=256, heads=4)
+    small = tiny_bert(num_layers=1, hidden=16, heads=2)
+    big_ms, small_ms = float("inf"), float("inf")
+    for _ in range(3):  # best of three, interleaved, so a burst of load on the shared CPU cannot decide it
+        big_ms = min(big_ms, measure_speed(big, batch_size=8, seq_len=32, iters=3)["latency_ms"])
+        small_ms = min(small_ms, measure_speed(small, batch_size=8, seq_len=32, iters=3)["latency_ms"])
+    assert big_ms > 4 * small_ms
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"seq_len": 65}, "max_position_embeddings"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"iters": 0}, "iters"),
+        ({"warmup": -1}, "warmup"),
+    ],
+)
+def test_measure_speed_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        measure_speed(tiny_bert(), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")
+def test_measure_speed_on_missing_cuda_is_a_value_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        measure_speed(tiny_bert(), device="cuda")
+
+
+# ---- results ----
+
+
+def test_build_results_has_every_field(results):
+    assert {
+        "task",
+        "metric",
+        "teacher",
+        "student",
+        "student_no_kd",
+        "retention",
+        "speedup",
+        "kd_gain",
+        "speed",
+    } <= set(results)
+    assert results["task"] == "sst2" and results["metric"] == "accuracy"
+    assert results["teacher_name"] == "tiny-bert-4l"  # extra is merged at the top level
+    for role in ("teacher", "student", "student_no_kd"):
+        assert set(results[role]) == {"accuracy", "f1", "num_parameters", "size_mb", "latency_ms", "throughput"}
+        cpu = results["speed"]["cpu"][role]
+        assert results[role]["latency_ms"] == cpu["latency_ms"] and results[role]["throughput"] == cpu["throughput"]
+    assert results["speed"]["batch_size"] == 4 and results["speed"]["seq_len"] == 16
+    assert "cuda" not in results["speed"]
+
+
+def test_build_results_strips_eval_prefixes_and_bookkeeping(results):
+    assert results["teacher"]["accuracy"] == 0.90 and results["teacher"]["f1"] == 0.88
+    assert not any(k.startswith(("eval_", "loss", "epoch", "runtime")) for k in results["teacher"])
+
+
+def test_build_results_arithmetic(results, models):
+    teacher, student = results["teacher"], results["student"]
+    assert results["retention"] == pytest.approx(0.855 / 0.90)
+    assert results["speedup"] == pytest.approx(teacher["latency_ms"] / student["latency_ms"])
+    assert results["kd_gain"] == pytest.approx(0.855 - 0.81)
+    assert teacher["num_parameters"] == count_parameters(models[0]) > student["num_parameters"]
+    assert teacher["size_mb"] > student["size_mb"] > 0
+
+
+def test_build_results_without_baseline_and_with_eval_prefixed_metric(models):
+    teacher, student, _ = models
+    out = build_results("sst2", "eval_f1", TEACHER_SCORES, STUDENT_SCORES, teacher, student, **SMALL)
+    assert out["metric"] == "f1" and out["retention"] == pytest.approx(0.80 / 0.88)
+    assert "student_no_kd" not in out and "kd_gain" not in out
+
+
+def test_baseline_scores_alone_reuse_the_student_size_and_speed(models):
+    teacher, student, _ = models
+    out = build_results(
+        "sst2", "accuracy", TEACHER_SCORES, STUDENT_SCORES, teacher, student, baseline_scores=BASELINE_SCORES, **SMALL
+    )
+    for key in ("num_parameters", "size_mb", "latency_ms", "throughput"):
+        assert out["student_no_kd"][key] == out["student"][key]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"metric": "matthews_correlation"}, "not among the teacher scores"),
+        ({"devices": ["cuda"]}, "must include 'cpu'"),
+        ({"extra": {"speedup": 2.0}}, "would overwrite"),
+        ({"baseline_model": "student"}, "without baseline_scores"),
+    ],
+)
+def test_build_results_rejects_bad_input(models, kwargs, match):
+    teacher, student, _ = models
+    kwargs = {"metric": "accuracy", "devices": ["cpu"], **kwargs}
+    if kwargs.get("baseline_model") == "student":
+        kwargs["baseline_model"] = student
+    with pytest.raises(ValueError, match=match):
+        build_results(
+            "sst2",
+            teacher_scores=TEACHER_SCORES,
+            student_scores=STUDENT_SCORES,
+            teacher_model=teacher,
+            student_model=student,
+            batch_size=2,
+            seq_len=8,
+            **kwargs,
+        )
+
+
+# ---- table and files ----
+
+
+def test_format_table_shows_metrics_rows_and_summary(results):
+    table = format_table(results)
+    for text in (
+        "accuracy",
+        "f1",
+        "teacher",
+        "student",
+        "student (no KD)",
+        "params (M)",
+        "retention",
+        "speedup",
+        "kd_gain",
+    ):
+        assert text in table
+    assert "95.0 %" in table  # 0.855 / 0.90
+    assert "+0.0450" in table
+    rows = [line for line in table.splitlines() if line.startswith(("model", "teacher", "student"))]
+    assert len({len(line) for line in rows}) == 1  # fixed width
+
+
+def _check_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(path) > 20_000
+
+
+def test_write_report_writes_json_and_png(results, tmp_out, capsys):
+    paths = write_report(results, tmp_out, log_history=_log_history(), title="tiny BERT 4L -> 2L")
+    assert paths == {"results": os.path.join(tmp_out, "results.json"), "figure": os.path.join(tmp_out, "report.png")}
+    with open(paths["results"]) as f:
+        assert json.load(f) == json.loads(json.dumps(results))
+    _check_png(paths["figure"])
+    assert "retention" in capsys.readouterr().out
+
+
+def test_write_report_without_log_history(results, tmp_out):
+    paths = write_report(results, tmp_out)
+    _check_png(paths["figure"])
