@@ -1,0 +1,103 @@
+"""The GLUE recipe end to end on a tiny BERT and real SST-2 rows; every shipped YAML config parses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_bert
+from transformers import BertTokenizerFast
+
+from hf_distill import DistillationConfig
+from hf_distill.cli import parse_with_config
+from hf_distill.recipes.glue import GlueArguments, run
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = ROOT.parent / "shared/data/glue/SST-2"
+CONFIGS = sorted((ROOT / "examples").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_says_how_to_run_it(path):
+    text = path.read_text()
+    assert text.startswith("#") and "hf-distill" in text.split("\n\n")[0], "open with a comment giving the run command"
+    # bf16 recipes are for GPUs: TrainingArguments refuses bf16 on a CPU-only machine, so parse them with it off
+    cpu_only = [] if torch.cuda.is_available() or "bf16: true" not in text else ["--bf16", "false"]
+    parsed = parse_with_config([GlueArguments, DistillationConfig], ["--config", str(path), *cpu_only], "test")
+    assert isinstance(parsed[1], DistillationConfig)
+
+
+def test_flags_override_the_config(tmp_path):
+    config = ROOT / "examples/glue/configs/kd-minilm_l3_from_minilm_l6-sst2.yaml"
+    glue_args, args = parse_with_config(
+        [GlueArguments, DistillationConfig],
+        ["--config", str(config), "--temperature", "7", "--task_name", "cola"],
+        "t",
+    )
+    assert args.temperature == 7.0 and glue_args.task_name == "cola"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task_name: sst2\ntemprature: 3\n")
+    with pytest.raises(ValueError, match="unknown keys \\['temprature'\\]"):
+        parse_with_config([GlueArguments, DistillationConfig], ["--config", str(bad)], "t")
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path):
+    """A tiny BERT with a word-level vocabulary of the most common SST-2 words, saved with its tokenizer."""
+    words = sorted(
+        {w for line in (SST2 / "dev.tsv").read_text().splitlines()[1:200] for w in line.split("\t")[0].split()}
+    )
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words[:94]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    teacher = tiny_bert(num_layers=4)
+    folder = tmp_path / "teacher"
+    teacher.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
+def test_recipe_runs_end_to_end_on_tiny_models(tiny_teacher_dir, tmp_path):
+    out = tmp_path / "out"
+    glue_args = GlueArguments(
+        task_name="sst2",
+        data_dir=str(SST2),
+        finetune_teacher=True,
+        student_layers="1,3",
+        max_seq_length=32,
+        max_train_samples=64,
+        max_eval_samples=48,
+        baseline_no_kd=True,
+        speed_batch_size=4,
+        speed_seq_len=16,
+    )
+    args = DistillationConfig(
+        output_dir=str(out),
+        teacher_model_name_or_path=tiny_teacher_dir,
+        max_steps=3,
+        per_device_train_batch_size=16,
+        alpha_hidden=1.0,
+        alpha_attention=1.0,
+        attention_loss="relation",
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+    )
+    results = run(glue_args, args)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    for key in ("task", "metric", "teacher", "student", "retention", "speedup", "student_no_kd", "kd_gain"):
+        assert key in saved, key
+    assert saved["task"] == "sst2" and saved["metric"] == "accuracy"
+    for who in ("teacher", "student"):
+        for key in ("accuracy", "num_parameters", "size_mb", "latency_ms", "throughput"):
+            assert saved[who][key] > 0, (who, key)
+    assert saved["student"]["num_parameters"] < saved["teacher"]["num_parameters"]
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "model.safetensors").exists() and (out / "distillation_config.json").exists()
+    assert (out / "tokenizer.json").exists() or (out / "vocab.txt").exists()
+    assert (out / "teacher" / "model.safetensors").exists() and (out / "student_no_kd" / "model.safetensors").exists()
