@@ -74,7 +74,7 @@ class GlueArguments:
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for Hub downloads."})
 
 
-def _data(glue_args: GlueArguments, tokenizer, seed: int):
+def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
     task = get_task(glue_args.task_name)
     data_dir = glue_args.data_dir
     if data_dir is not None and not os.path.isdir(data_dir):
@@ -96,7 +96,7 @@ def _data(glue_args: GlueArguments, tokenizer, seed: int):
     return task, tokenize_glue(raw, tokenizer, task, max_length=glue_args.max_seq_length)
 
 
-def _teacher(glue_args, args: DistillationConfig, task, data, tokenizer, collator):
+def load_teacher(glue_args, args: DistillationConfig, task, data, tokenizer, collator):
     name = resolve_model_path(args.teacher_model_name_or_path)
     labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
     teacher = AutoModelForSequenceClassification.from_pretrained(
@@ -144,7 +144,7 @@ _SHARED_TRAINING_FIELDS = (
 )
 
 
-def _student(glue_args: GlueArguments, args, teacher, task):
+def make_student(glue_args: GlueArguments, args, teacher, task):
     if glue_args.student_model_name_or_path:
         labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
         return AutoModelForSequenceClassification.from_pretrained(
@@ -155,7 +155,7 @@ def _student(glue_args: GlueArguments, args, teacher, task):
     return build_student(teacher, layers=layers)
 
 
-def _evaluate(model, args, task, data, collator, compute_metrics) -> dict:
+def evaluate_model(model, args, task, data, collator, compute_metrics) -> dict:
     """Every metric of the task on its first eval split; later splits (MNLI mismatched) get a ``_mm`` suffix."""
     eval_args = TrainingArguments(
         output_dir=os.path.join(args.output_dir, "eval"),
@@ -173,7 +173,7 @@ def _evaluate(model, args, task, data, collator, compute_metrics) -> dict:
     return scores
 
 
-def _distill(model, teacher, args, data, collator, tokenizer, compute_metrics, eval_split):
+def distill(model, teacher, args, data, collator, tokenizer, compute_metrics, eval_split):
     trainer = DistillationTrainer(
         model=model,
         teacher_model=teacher,
@@ -196,14 +196,14 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
             "Set --teacher_model_name_or_path (a fine-tuned teacher, or a base model with --finetune_teacher)."
         )
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.teacher_model_name_or_path))
-    task, data = _data(glue_args, tokenizer, args.seed)
+    task, data = prepare_data(glue_args, tokenizer, args.seed)
     collator = DataCollatorWithPadding(tokenizer)
     compute_metrics = compute_metrics_for(task)
-    teacher = _teacher(glue_args, args, task, data, tokenizer, collator)
+    teacher = load_teacher(glue_args, args, task, data, tokenizer, collator)
 
     print(f"[glue] distilling a student on {task.name} ({len(data['train'])} examples)")
-    student = _student(glue_args, args, teacher, task)
-    trainer = _distill(student, teacher, args, data, collator, tokenizer, compute_metrics, task.eval_splits[0])
+    student = make_student(glue_args, args, teacher, task)
+    trainer = distill(student, teacher, args, data, collator, tokenizer, compute_metrics, task.eval_splits[0])
 
     baseline = None
     if glue_args.baseline_no_kd:
@@ -216,12 +216,12 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
             alpha_hidden=0.0,
             alpha_attention=0.0,
         )
-        baseline = _student(glue_args, args, teacher, task)
-        _distill(baseline, teacher, base_args, data, collator, tokenizer, compute_metrics, task.eval_splits[0])
+        baseline = make_student(glue_args, args, teacher, task)
+        distill(baseline, teacher, base_args, data, collator, tokenizer, compute_metrics, task.eval_splits[0])
 
     print("[glue] evaluating teacher and student(s), measuring speed")
     scores = {
-        name: _evaluate(m, args, task, data, collator, compute_metrics)
+        name: evaluate_model(m, args, task, data, collator, compute_metrics)
         for name, m in (("teacher", teacher), ("student", student))
     }
     results = build_results(
@@ -231,7 +231,7 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
         scores["student"],
         teacher,
         student,
-        baseline_scores=_evaluate(baseline, args, task, data, collator, compute_metrics) if baseline else None,
+        baseline_scores=evaluate_model(baseline, args, task, data, collator, compute_metrics) if baseline else None,
         baseline_model=baseline,
         batch_size=glue_args.speed_batch_size,
         seq_len=glue_args.speed_seq_len,
