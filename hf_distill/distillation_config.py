@@ -30,7 +30,8 @@ class DistillationConfig(TrainingArguments):
         temperature (`float`): softmax temperature ``T`` of the soft targets; the soft terms are scaled by ``T^2``.
         alpha_task, alpha_logits, alpha_hidden, alpha_attention (`float`): weights of the student's own loss and of
             the logit, hidden-state and attention KD terms (each >= 0, not all zero).
-        logit_loss (`str`): ``kl`` (forward KL), ``reverse_kl``, ``jsd`` (generalised, with ``jsd_beta``) or ``mse``.
+        logit_loss (`str`): ``kl`` (forward KL), ``reverse_kl``, ``jsd`` (generalised, with ``jsd_beta``),
+            ``skew_kl`` / ``skew_reverse_kl`` (DistiLLM, skew ``jsd_beta``) or ``mse``.
         hidden_loss (`str`): ``mse`` or ``cosine``.
         attention_loss (`str`): ``kl`` or ``mse`` on attention probabilities (eager attention), or ``relation``
             (MiniLM v2 Q/K/V self-relations; any head count, any attention backend).
@@ -70,10 +71,18 @@ class DistillationConfig(TrainingArguments):
     alpha_hidden: float = field(default=0.0, metadata={"help": "Weight of the hidden-state KD loss (>= 0)."})
     alpha_attention: float = field(default=0.0, metadata={"help": "Weight of the attention KD loss (>= 0)."})
     logit_loss: str = field(
-        default="kl", metadata={"help": "Logit KD loss: kl (forward), reverse_kl, jsd (with jsd_beta) or mse."}
+        default="kl",
+        metadata={
+            "help": "Logit KD loss: kl (forward), reverse_kl, jsd, skew_kl, skew_reverse_kl (the last three use "
+            "jsd_beta) or mse."
+        },
     )
     jsd_beta: float = field(
-        default=0.5, metadata={"help": "beta of the generalised JSD, strictly between 0 and 1 (0.5: symmetric)."}
+        default=0.5,
+        metadata={
+            "help": "beta of the generalised JSD (strictly between 0 and 1, 0.5: symmetric), and the skew of "
+            "skew_kl / skew_reverse_kl (the mixture weight of the distribution being matched)."
+        },
     )
     hidden_loss: str = field(default="mse", metadata={"help": "Hidden-state KD loss: mse or cosine."})
     attention_loss: str = field(

@@ -33,16 +33,20 @@ def ref_divergence(name, s_rows, t_rows, temperature, beta=0.5):
         elif name == "jsd":
             m = [beta * a + (1 - beta) * b for a, b in zip(pt, ps)]
             d = beta * kl(pt, m) + (1 - beta) * kl(ps, m)
+        elif name == "skew_kl":  # KL(p_t || beta p_t + (1 - beta) p_s)
+            d = kl(pt, [beta * a + (1 - beta) * b for a, b in zip(pt, ps)])
+        elif name == "skew_reverse_kl":  # KL(p_s || beta p_s + (1 - beta) p_t)
+            d = kl(ps, [beta * b + (1 - beta) * a for a, b in zip(pt, ps)])
         out.append(d * temperature**2)
     return sum(out) / len(out)
 
 
-@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"])
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
 def test_divergences_match_reference(name, temperature):
     s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
-    got = get_loss("logits", name)(s, t, mask=mask, temperature=temperature, beta=0.3 if name == "jsd" else 0.5)
+    got = get_loss("logits", name)(s, t, mask=mask, temperature=temperature, beta=0.3)
     rows = [(b, i) for b in range(2) for i in range(3) if mask[b, i]]
     want = ref_divergence(
         name, [s[b, i].tolist() for b, i in rows], [t[b, i].tolist() for b, i in rows], temperature, 0.3
@@ -50,7 +54,7 @@ def test_divergences_match_reference(name, temperature):
     assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-7)
 
 
-@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "mse"])
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "mse"])
 def test_logit_losses_zero_for_identical_and_ignore_padding(name):
     z = torch.randn(2, 5, 11)
     assert get_loss("logits", name)(z, z.clone(), temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
@@ -62,6 +66,20 @@ def test_logit_losses_zero_for_identical_and_ignore_padding(name):
     t2[:, 3:] -= 50.0
     fn = get_loss("logits", name)
     assert fn(s2, t2, mask=mask).item() == pytest.approx(fn(s, t, mask=mask).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name, plain", [("skew_kl", "kl"), ("skew_reverse_kl", "reverse_kl")])
+def test_skew_kl_limits_and_beta_range(name, plain):
+    s, t = torch.randn(3, 4, 9), torch.randn(3, 4, 9)
+    fn = get_loss("logits", name)
+    # beta = 0 is the plain KL; the skewed target only ever lowers the divergence (KL is convex in its 2nd argument)
+    assert fn(s, t, beta=0.0, temperature=2.0).item() == pytest.approx(
+        get_loss("logits", plain)(s, t, temperature=2.0).item(), rel=1e-6
+    )
+    assert 0 < fn(s, t, beta=0.9).item() < fn(s, t, beta=0.1).item() < get_loss("logits", plain)(s, t).item()
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=rf"{name} skew beta must lie in \[0, 1\)"):
+            fn(s, t, beta=bad)
 
 
 def test_temperature_squared_scaling():
@@ -84,7 +102,7 @@ def test_logits_mse_and_normalizer():
 def test_gradient_reaches_student_only():
     s = torch.randn(2, 4, 6, requires_grad=True)
     t = torch.randn(2, 4, 6, requires_grad=True)
-    for name in ("kl", "reverse_kl", "jsd", "mse"):
+    for name in ("kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "mse"):
         s.grad = None
         get_loss("logits", name)(s, t.detach(), temperature=2.0).backward()
         assert s.grad is not None and s.grad.abs().sum() > 0
@@ -174,7 +192,9 @@ def test_mixing_teachers_averages_distributions():
 def test_registry_rejects_duplicates_and_lists_names():
     with pytest.raises(ValueError, match="already registered"):
         register_loss("logits", "kl")(lambda *a, **k: 0)
-    with pytest.raises(ValueError, match=r"choose one of \['jsd', 'kl', 'mse', 'reverse_kl'\]"):
+    with pytest.raises(
+        ValueError, match=r"choose one of \['jsd', 'kl', 'mse', 'reverse_kl', 'skew_kl', 'skew_reverse_kl'\]"
+    ):
         get_loss("logits", "nope")
     with pytest.raises(ValueError, match="Unknown loss kind"):
         register_loss("nope", "x")

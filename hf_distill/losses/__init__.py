@@ -2,6 +2,7 @@
 
 from . import attention, hidden, logits  # noqa: F401  (registers the built-in losses)
 from .attention import match_heads, self_relation
+from .chunked import chunked_token_kd
 from .logits import mix_teacher_logits
 from .reduction import count_items, flatten_valid, reduce_items
 from .registry import LOSS_KINDS, available_losses, get_loss, register_loss
@@ -13,6 +14,7 @@ __all__ = [
     "TASK_KINDS",
     "align_logits",
     "available_losses",
+    "chunked_token_kd",
     "count_items",
     "flatten_valid",
     "get_loss",

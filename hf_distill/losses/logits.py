@@ -28,6 +28,13 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
 
 
+def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight: float) -> torch.Tensor:
+    """``log(weight * p + (1 - weight) * q)`` elementwise from log-probabilities, for ``0 <= weight < 1``."""
+    if weight == 0.0:
+        return log_q
+    return torch.logaddexp(log_p + math.log(weight), log_q + math.log1p(-weight))
+
+
 def _valid_rows(student_logits, teacher_logits, mask):
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -64,8 +71,42 @@ def generalized_jsd(student_logits, teacher_logits, *, mask=None, temperature=1.
         raise ValueError(f"jsd beta must lie strictly between 0 and 1, got {beta}.")
     s, t = _valid_rows(student_logits, teacher_logits, mask)
     log_ps, log_pt = _log_probs(s, temperature), _log_probs(t, temperature)
-    log_m = torch.logsumexp(torch.stack([log_pt + math.log(beta), log_ps + math.log(1 - beta)]), dim=0)
+    log_m = _log_mixture(log_pt, log_ps, beta)
     per_item = beta * _kl_rows(log_pt, log_m) + (1 - beta) * _kl_rows(log_ps, log_m)
+    return reduce_items(per_item, normalizer) * temperature**2
+
+
+def _check_skew(name: str, beta: float) -> None:
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"{name} skew beta must lie in [0, 1) (beta = 0 is the plain KL), got {beta}.")
+
+
+@register_loss("logits", "skew_kl")
+def skew_forward_kl(student_logits, teacher_logits, *, mask=None, temperature=1.0, normalizer=None, beta=0.5, **_):
+    """Skew forward KL (DistiLLM, Ko et al. 2024), times ``T^2``.
+
+    ``SKL_beta = KL(p_t || beta * p_t + (1 - beta) * p_s)``. The mixture keeps the target finite where the student
+    puts almost no mass; ``beta = 0`` is the forward KL, and the loss shrinks towards 0 as ``beta`` approaches 1.
+    DistiLLM uses ``beta = 0.1``. ``beta`` must lie in ``[0, 1)``.
+    """
+    _check_skew("skew_kl", beta)
+    s, t = _valid_rows(student_logits, teacher_logits, mask)
+    log_ps, log_pt = _log_probs(s, temperature), _log_probs(t, temperature)
+    per_item = _kl_rows(log_pt, _log_mixture(log_pt, log_ps, beta))
+    return reduce_items(per_item, normalizer) * temperature**2
+
+
+@register_loss("logits", "skew_reverse_kl")
+def skew_reverse_kl(student_logits, teacher_logits, *, mask=None, temperature=1.0, normalizer=None, beta=0.5, **_):
+    """Skew reverse KL (DistiLLM, Ko et al. 2024), times ``T^2``.
+
+    ``SRKL_beta = KL(p_s || beta * p_s + (1 - beta) * p_t)``; ``beta = 0`` is the reverse KL. ``beta`` must lie in
+    ``[0, 1)``.
+    """
+    _check_skew("skew_reverse_kl", beta)
+    s, t = _valid_rows(student_logits, teacher_logits, mask)
+    log_ps, log_pt = _log_probs(s, temperature), _log_probs(t, temperature)
+    per_item = _kl_rows(log_ps, _log_mixture(log_ps, log_pt, beta))
     return reduce_items(per_item, normalizer) * temperature**2
 
 

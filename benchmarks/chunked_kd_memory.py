@@ -1,0 +1,162 @@
+"""Memory and time of token-level logit KD: the naive loss on full logits vs chunked_token_kd, on CPU.
+
+The shapes of issue #4 (batch 8 x seq 512, SmolLM2's vocabulary 49,152 and width 576): one (B, T, V) float32 tensor
+is 0.8 GB. Each variant runs forward + backward of the KD loss alone, from the student's last hidden states and
+lm_head, in a fresh subprocess, and reports
+
+- saved for backward: the distinct storages autograd holds for the backward pass when the forward returns
+  (torch.autograd.graph.saved_tensors_hooks; the head's weight counts when it is saved);
+- peak RSS increase: the process's resident-memory high-water mark (VmHWM, reset through /proc/self/clear_refs)
+  during forward + backward, above the resident memory before it: the real peak, transient chunk tensors and the
+  gradients included (Linux only);
+- time: wall time of one forward + backward (after one warm-up run).
+
+    python benchmarks/chunked_kd_memory.py                      # the issue's shapes, about a minute or two
+    python benchmarks/chunked_kd_memory.py --seq 128 --vocab 8192  # quicker
+
+Timings are noisy on shared machines: compare the ratios measured within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hf_distill.losses import chunked_token_kd, get_loss  # noqa: E402
+
+
+class _Saved:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def _rss_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (high-water mark) of this process from /proc, in MB (Linux only)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: resets VmHWM to the current RSS
+
+
+def _inputs(args):
+    """Student hidden (B, T, D) + lm_head, teacher hidden (B, T, Dt) + head, bf16 teacher logits (B, T, V), mask."""
+    torch.manual_seed(0)
+    head = nn.Linear(args.dim, args.vocab, bias=False)
+    teacher_head = nn.Linear(args.teacher_dim, args.vocab, bias=False)
+    hidden = torch.randn(args.batch, args.seq, args.dim, requires_grad=True)
+    teacher_hidden = torch.randn(args.batch, args.seq, args.teacher_dim)
+    teacher_logits = torch.empty(args.batch, args.seq, args.vocab, dtype=torch.bfloat16)
+    with torch.no_grad():  # row by row, so that no full float32 (B, T, V) tensor raises the RSS high-water mark
+        for b in range(args.batch):
+            teacher_logits[b] = teacher_head(teacher_hidden[b]).to(torch.bfloat16)
+    mask = torch.ones(args.batch, args.seq, dtype=torch.bool)
+    mask[:, : args.seq // 8] = False  # a prompt that is not distilled
+    return head, hidden, teacher_head, teacher_hidden, teacher_logits, mask
+
+
+def _loss(variant, teacher, args, head, hidden, teacher_head, teacher_hidden, teacher_logits, mask):
+    kw = {"mask": mask, "temperature": args.temperature, "beta": args.beta}
+    if variant == "naive":
+        if teacher == "hidden":
+            with torch.no_grad():
+                teacher_logits = teacher_head(teacher_hidden)  # (B, T, V) float32
+        return get_loss("logits", args.loss)(head(hidden), teacher_logits, **kw)
+    teacher_kw = (
+        {"teacher_logits": teacher_logits}
+        if teacher == "logits"
+        else {"teacher_hidden": teacher_hidden, "teacher_head": teacher_head}
+    )
+    return chunked_token_kd(hidden, head, **teacher_kw, loss=args.loss, chunk_size=args.chunk_size, **kw)
+
+
+def run_variant(variant: str, teacher: str, args) -> dict:
+    inputs = _inputs(args)
+    head, hidden = inputs[0], inputs[1]
+    times, saved = [], {}
+    for _ in range(2):  # warm-up (thread pools, kernels, first-touch pages), then the measured run
+        head.zero_grad(set_to_none=True)
+        hidden.grad = None
+        loss = None
+        _reset_peak_rss()
+        rss_before = _rss_mb("VmRSS")
+        packed = weakref.WeakSet()
+
+        def pack(t, packed=packed):
+            packed.add(s := _Saved(t))
+            return s
+
+        start = time.perf_counter()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.tensor):
+            loss = _loss(variant, teacher, args, *inputs)
+        saved = {s.tensor.untyped_storage().data_ptr(): s.tensor.untyped_storage().nbytes() for s in packed}
+        loss.backward()
+        times.append(time.perf_counter() - start)
+        peak = _rss_mb("VmHWM") - rss_before
+    return {
+        "loss": loss.item(),
+        "saved_mb": sum(saved.values()) / 2**20,
+        "peak_mb": peak,
+        "time_s": times[-1],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=49152)
+    parser.add_argument("--dim", type=int, default=576)
+    parser.add_argument("--teacher_dim", type=int, default=576)
+    parser.add_argument("--chunk_sizes", type=int, nargs="+", default=[1024, 256])
+    parser.add_argument("--chunk_size", type=int, default=1024, help=argparse.SUPPRESS)  # internal, per variant
+    parser.add_argument("--loss", default="kl")
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--beta", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.variant:
+        print(json.dumps(run_variant(*args.variant.split(":"), args)))
+        return
+    full = args.batch * args.seq * args.vocab * 4 / 2**20
+    print(
+        f"{args.loss} KD loss, B={args.batch} T={args.seq} V={args.vocab} D={args.dim} Dt={args.teacher_dim}, "
+        f"temperature {args.temperature}, {torch.get_num_threads()} threads; "
+        f"one (B, T, V) float32 tensor = {full:.0f} MB"
+    )
+    print(f"{'loss':<14} {'teacher':<14} {'saved for bwd MB':>17} {'peak RSS +MB':>13} {'fwd+bwd s':>10} {'loss':>10}")
+    for teacher in ("logits", "hidden"):
+        for variant, chunk_size in [("naive", None)] + [("chunked", c) for c in args.chunk_sizes]:
+            extra = [] if chunk_size is None else ["--chunk_size", str(chunk_size)]
+            cmd = [sys.executable, __file__, *sys.argv[1:], *extra, "--variant", f"{variant}:{teacher}"]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            label = "naive" if chunk_size is None else f"chunked {chunk_size}"
+            name = "bf16 logits" if teacher == "logits" else "hidden + head"
+            print(
+                f"{label:<14} {name:<14} {r['saved_mb']:>17.1f} {r['peak_mb']:>13.0f} {r['time_s']:>10.2f} "
+                f"{r['loss']:>10.5f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""chunked_token_kd equals the unchunked registry loss on full logits, in value and gradients, and saves far less."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+from hf_distill.losses import chunked_token_kd, get_loss
+
+DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
+B, T, D, DT, V = 3, 6, 8, 12, 37
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: thread hand-offs would dominate, and on a busy machine they cost milliseconds per op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_inputs(seed=0, teacher_dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    head = nn.Linear(D, V)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, D, generator=g))
+        head.bias.copy_(torch.randn(V, generator=g))
+    hidden = torch.randn(B, T, D, generator=g, requires_grad=True)
+    teacher_head = nn.Linear(DT, V)
+    teacher_hidden = torch.randn(B, T, DT, generator=g)
+    teacher_logits = (3 * torch.randn(B, T, V, generator=g)).to(teacher_dtype)
+    # prompt tokens (row 1 starts with 2 of them) and right padding are masked
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    return head, hidden, teacher_head, teacher_hidden, teacher_logits, mask
+
+
+def grads(loss, head, hidden):
+    return torch.autograd.grad(loss, [hidden, head.weight, head.bias])
+
+
+def assert_close(got, want):
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 * max(w.abs().max().item(), 1.0))
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+@pytest.mark.parametrize("teacher", ["logits", "hidden"])
+def test_value_and_gradients_match_unchunked(name, temperature, teacher):
+    head, hidden, t_head, t_hidden, t_logits, mask = make_inputs()
+    if teacher == "hidden":
+        with torch.no_grad():
+            t_logits = t_head(t_hidden)
+        teacher_kw = {"teacher_hidden": t_hidden, "teacher_head": t_head}
+    else:
+        teacher_kw = {"teacher_logits": t_logits}
+    kw = {"mask": mask, "temperature": temperature, "beta": 0.3}
+    want = get_loss("logits", name)(head(hidden), t_logits, **kw)
+    want_grads = grads(want, head, hidden)
+    for chunk_size in (1, 7, 64):  # one row, chunks not dividing N = 12, one chunk larger than N
+        got = chunked_token_kd(hidden, head, **teacher_kw, loss=name, chunk_size=chunk_size, **kw)
+        assert got.dtype == torch.float32 and got.dim() == 0
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        assert_close(grads(got, head, hidden), want_grads)
+
+
+@pytest.mark.parametrize("name", [*DIVERGENCES, "mse"])
+def test_bf16_teacher_logits_and_no_mask(name):
+    head, hidden, _, _, t_logits, _ = make_inputs(seed=1, teacher_dtype=torch.bfloat16)
+    want = get_loss("logits", name)(head(hidden), t_logits, temperature=2.0)
+    got = chunked_token_kd(hidden, head, t_logits, loss=name, temperature=2.0, chunk_size=5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert_close(grads(got, head, hidden), grads(want, head, hidden))
+
+
+def test_head_as_weight_tensor_or_pair_normalizer_and_scaled_backward():
+    head, hidden, _, _, t_logits, mask = make_inputs(seed=2)
+    weight = head.weight
+    want = 0.25 * get_loss("logits", "jsd")(hidden @ weight.T, t_logits, mask=mask, normalizer=40, beta=0.7)
+    got = 0.25 * chunked_token_kd(hidden, weight, t_logits, mask=mask, loss="jsd", normalizer=40, beta=0.7)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, [hidden, weight]), torch.autograd.grad(want, [hidden, weight])):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-8)
+    # (weight, bias) pair and a tensor normalizer (the gradient-accumulation count)
+    want = get_loss("logits", "kl")(head(hidden), t_logits, mask=mask, normalizer=torch.tensor(30))
+    pair = (head.weight, head.bias)
+    got = chunked_token_kd(hidden, pair, t_logits, mask=mask, normalizer=torch.tensor(30), chunk_size=4)
+    torch.testing.assert_close(got, want)
+    assert_close(grads(got, head, hidden), grads(want, head, hidden))
+
+
+def test_masked_and_garbage_positions_get_no_gradient_and_teacher_none():
+    head, hidden, t_head, t_hidden, _, mask = make_inputs(seed=3)
+    t_hidden = t_hidden.clone().requires_grad_()
+    t_head.requires_grad_(True)
+    loss = chunked_token_kd(hidden, head, teacher_hidden=t_hidden, teacher_head=t_head, mask=mask, chunk_size=4)
+    loss.backward()
+    assert hidden.grad[~mask].abs().sum() == 0 and hidden.grad[mask].abs().sum() > 0
+    assert t_hidden.grad is None and t_head.weight.grad is None  # no gradient reaches the teacher
+
+
+def test_identical_teacher_gives_zero_and_all_masked_gives_zero():
+    head, hidden, _, _, _, mask = make_inputs(seed=4)
+    for name in DIVERGENCES:
+        loss = chunked_token_kd(hidden, head, teacher_hidden=hidden.detach(), teacher_head=head, loss=name)
+        assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    empty = torch.zeros_like(mask)
+    loss = chunked_token_kd(hidden, head, torch.randn(B, T, V), mask=empty)
+    assert loss.item() == 0.0
+    assert all(g.abs().sum() == 0 for g in grads(loss, head, hidden))
+
+
+def test_frozen_head_no_grad_mode_and_bf16_student():
+    head, hidden, _, _, t_logits, mask = make_inputs(seed=5)
+    head.requires_grad_(False)
+    loss = chunked_token_kd(hidden, head, t_logits, mask=mask, chunk_size=5)
+    (g,) = torch.autograd.grad(loss, [hidden])
+    torch.testing.assert_close(
+        g, torch.autograd.grad(get_loss("logits", "kl")(head(hidden), t_logits, mask=mask), [hidden])[0]
+    )
+    with torch.no_grad():
+        assert not chunked_token_kd(hidden, head, t_logits, mask=mask).requires_grad
+    # a bf16 student: same rounding as the unchunked loss up to bf16 precision
+    head16 = nn.Linear(D, V).to(torch.bfloat16)
+    h16 = hidden.detach().to(torch.bfloat16).requires_grad_()
+    want = get_loss("logits", "kl")(head16(h16), t_logits, mask=mask, temperature=2.0)
+    got = chunked_token_kd(h16, head16, t_logits, mask=mask, temperature=2.0, chunk_size=5)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    for g, w in zip(grads(got, head16, h16), grads(want, head16, h16)):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2 * w.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"teacher_logits": torch.randn(B, T, V + 1)}, "logit KD needs the same"),
+        ({"teacher_logits": torch.randn(B, T + 1, V)}, "teacher tokens"),
+        ({"teacher_logits": torch.randn(B, T, V), "teacher_hidden": torch.randn(B, T, DT)}, "Give either"),
+        ({"teacher_hidden": torch.randn(B, T, DT)}, "Give either"),
+        ({"teacher_logits": torch.randn(B, T, V), "chunk_size": 0}, "chunk_size must be >= 1, got 0"),
+        ({"teacher_logits": torch.randn(B, T, V), "loss": "kld"}, r"choose one of \['jsd', 'kl'"),
+        ({"teacher_logits": torch.randn(B, T, V), "mask": torch.ones(B, T + 1)}, "mask"),
+        ({"teacher_hidden": torch.randn(B, T, DT), "teacher_head": nn.Linear(DT + 1, V)}, "Teacher hidden size"),
+    ],
+)
+def test_bad_inputs_raise_value_error(kwargs, message):
+    head, hidden, *_ = make_inputs()
+    with pytest.raises(ValueError, match=message):
+        chunked_token_kd(hidden, head, **kwargs)
+
+
+class _Saved:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages that autograd holds for the backward pass of ``fn()``'s result.
+
+    Tensors saved by a graph that is already freed (the per-chunk graphs inside the chunked loss) don't count.
+    """
+    packed = weakref.WeakSet()
+
+    def pack(t):
+        packed.add(saved := _Saved(t))
+        return saved
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved.tensor):
+        result = fn()  # noqa: F841 (keeps the graph alive while we count)
+    storages = {s.tensor.untyped_storage().data_ptr(): s.tensor.untyped_storage().nbytes() for s in packed}
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("name", ["kl", "jsd"])
+def test_saves_o_of_hidden_plus_head_not_tokens_times_vocab(name):
+    b, t, d, v, chunk = 4, 64, 16, 1024, 64
+    n = b * t
+    head = nn.Linear(d, v)
+    hidden = torch.randn(b, t, d, requires_grad=True)
+    teacher = torch.randn(b, t, v)
+    mask = torch.ones(b, t, dtype=torch.bool)
+    naive = saved_bytes(lambda: get_loss("logits", name)(head(hidden), teacher, mask=mask))
+    chunked = saved_bytes(lambda: chunked_token_kd(hidden, head, teacher, mask=mask, loss=name, chunk_size=chunk))
+    assert naive >= 2 * n * v * 4  # several (N, V) float32 tensors
+    # gradients for hidden (N, D), weight (V, D) and bias (V,), the token indices (N,), nothing of size N x V
+    assert chunked <= 4 * (n * d + v * d + v) + 8 * n + 1024
+    assert chunked * 20 < naive
