@@ -57,9 +57,42 @@ def _glue(argv: list[str]) -> int:
     return 0
 
 
+def _push(argv: list[str]) -> int:
+    from .hub import PushArguments, check_student_folder, push_student, render_model_card, student_files
+
+    if argv and not argv[0].startswith("-"):  # `hf-distill push out/sst2 --repo_id ...`
+        argv = ["--folder", argv[0], *argv[1:]]
+    (args,) = parse_with_config([PushArguments], argv, "hf-distill push")
+    if args.folder is None or (args.repo_id is None and not args.dry_run):
+        raise ValueError("usage: hf-distill push FOLDER --repo_id NAMESPACE/NAME [--private] [--revision BRANCH]")
+    card = {"license": args.license} if args.license else {}
+    if args.dry_run:
+        check_student_folder(args.folder)
+        print("would upload:", ", ".join(sorted({*student_files(args.folder, args.include_teacher), "README.md"})))
+        print(render_model_card(args.folder, args.repo_id, **card))
+        return 0
+    try:
+        info = push_student(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            include_teacher=args.include_teacher,
+            regenerate_card=args.regenerate_card,
+            **card,
+        )
+    except RuntimeError as err:  # the Hub refused or the connection dropped: say so without a traceback
+        print(f"hf-distill push: error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.folder} to {info.repo_url} (commit {info.oid[:8]})")
+    return 0
+
+
 COMMANDS = {
     "quickstart": (_quickstart, "distill a tiny BERT teacher on a synthetic task, end to end (no network)"),
     "glue": (_glue, "fine-tune (optionally) and distill a BERT-family teacher on a GLUE task, with a report"),
+    "push": (_push, "upload a distilled student (weights, config, tokenizer, report, model card) to the Hub"),
 }
 
 

@@ -457,3 +457,44 @@ class DistillationTrainer(Trainer):
         # the adapters are restored from their own file, so their absence from model.safetensors is expected
         load_result.missing_keys[:] = [k for k in load_result.missing_keys if ADAPTERS_ATTR not in k]
         super()._issue_warnings_after_load(load_result)
+
+    # ---- publishing ----
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **card,
+    ):
+        """Save the student and push it with the hf_distill model card through [`hf_distill.hub.push_student`].
+
+        Unlike ``Trainer.push_to_hub`` (which uploads all of ``output_dir`` with a Trainer card), only the student goes
+        up: weights, config, tokenizer, distillation_config.json, results.json, report.png and a freshly rendered
+        README.md; adapters and training_args.bin stay local. ``card`` takes ``license``, ``tags``, ``datasets``,
+        ``language`` and ``base_model``. Returns the ``CommitInfo`` (a ``Future`` of it when ``blocking=False``).
+        """
+        from huggingface_hub import HfApi
+
+        from .hub import push_student  # hub imports this module
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self._finish_current_push()
+        output_dir = self.args.output_dir
+        kwargs = {
+            "private": private if private is not None else self.args.hub_private_repo,
+            "revision": revision or self.args.hub_revision,
+            "commit_message": commit_message,
+            "token": token or self.args.hub_token,
+            "regenerate_card": True,
+            **card,
+        }
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+        if blocking:
+            return push_student(output_dir, repo_id, **kwargs)
+        return HfApi().run_as_future(push_student, output_dir, repo_id, **kwargs)
