@@ -89,9 +89,18 @@ def _push(argv: list[str]) -> int:
     return 0
 
 
+def _compare(argv: list[str]) -> int:
+    from .recipes.glue import CompareArguments, compare
+
+    (args,) = parse_with_config([CompareArguments], argv, "hf-distill compare")
+    compare(args)
+    return 0
+
+
 COMMANDS = {
     "quickstart": (_quickstart, "distill a tiny BERT teacher on a synthetic task, end to end (no network)"),
     "glue": (_glue, "fine-tune (optionally) and distill a BERT-family teacher on a GLUE task, with a report"),
+    "compare": (_compare, "score and time a teacher and a student on a GLUE task's dev split, with a report"),
     "push": (_push, "upload a distilled student (weights, config, tokenizer, report, model card) to the Hub"),
 }
 

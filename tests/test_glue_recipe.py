@@ -101,3 +101,41 @@ def test_recipe_runs_end_to_end_on_tiny_models(tiny_teacher_dir, tmp_path):
     assert (out / "model.safetensors").exists() and (out / "distillation_config.json").exists()
     assert (out / "tokenizer.json").exists() or (out / "vocab.txt").exists()
     assert (out / "teacher" / "model.safetensors").exists() and (out / "student_no_kd" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
+def test_compare_scores_and_times_two_saved_models(tiny_teacher_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_distill.cli import main
+    from hf_distill.student import build_student
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    student_dir = tmp_path / "student"
+    build_student(teacher, layers=[1, 3]).save_pretrained(student_dir)
+    AutoTokenizer.from_pretrained(tiny_teacher_dir).save_pretrained(student_dir)
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "--teacher_model_name_or_path",
+            tiny_teacher_dir,
+            "--student_model_name_or_path",
+            str(student_dir),
+            "--data_dir",
+            str(SST2),
+            "--max_eval_samples",
+            "40",
+            "--output_dir",
+            str(out),
+            "--speed_batch_size",
+            "4",
+            "--speed_seq_len",
+            "16",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "sst2" and 0 <= results["student"]["accuracy"] <= 1
+    assert results["student"]["num_parameters"] < results["teacher"]["num_parameters"] and results["speedup"] > 0
+    assert main(["compare", "--teacher_model_name_or_path", tiny_teacher_dir]) == 2  # no student: clear error

@@ -245,3 +245,59 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     if args.should_save:
         write_report(results, args.output_dir, log_history=trainer.state.log_history, title=f"GLUE {task.name}")
     return results
+
+
+@dataclass
+class CompareArguments:
+    """Two finished models, one GLUE task: scores, size and speed side by side (no training)."""
+
+    teacher_model_name_or_path: str = field(default=None, metadata={"help": "The teacher (a task-tuned model)."})
+    student_model_name_or_path: str = field(default=None, metadata={"help": "The student (e.g. a distilled run)."})
+    task_name: str = field(default="sst2", metadata={"help": "GLUE task whose dev split is scored."})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "Local GLUE task folder; default: the Hub."})
+    output_dir: str = field(default="out/compare", metadata={"help": "Where results.json and report.png go."})
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Score at most this many examples."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    speed_batch_size: int = field(default=32, metadata={"help": "Batch size of the latency measurement."})
+    speed_seq_len: int = field(default=64, metadata={"help": "Sequence length of the latency measurement."})
+
+
+def compare(cmp: CompareArguments) -> dict:
+    """Score teacher and student on the task's dev split, measure both, write ``results.json`` and ``report.png``."""
+    for name in ("teacher_model_name_or_path", "student_model_name_or_path"):
+        if not getattr(cmp, name):
+            raise ValueError(f"Set --{name}.")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cmp.student_model_name_or_path))
+    glue_args = GlueArguments(
+        task_name=cmp.task_name,
+        data_dir=cmp.data_dir,
+        max_seq_length=cmp.max_seq_length,
+        max_train_samples=1,
+        max_eval_samples=cmp.max_eval_samples,
+    )
+    task, data = prepare_data(glue_args, tokenizer, seed=0)
+    collator = DataCollatorWithPadding(tokenizer)
+    eval_args = TrainingArguments(
+        output_dir=cmp.output_dir, per_device_eval_batch_size=cmp.per_device_eval_batch_size, disable_tqdm=True
+    )
+    models = {
+        role: AutoModelForSequenceClassification.from_pretrained(resolve_model_path(path), use_safetensors=True)
+        for role, path in (("teacher", cmp.teacher_model_name_or_path), ("student", cmp.student_model_name_or_path))
+    }
+    scores = {
+        r: evaluate_model(m, eval_args, task, data, collator, compute_metrics_for(task)) for r, m in models.items()
+    }
+    results = build_results(
+        task.name,
+        task.metric,
+        scores["teacher"],
+        scores["student"],
+        models["teacher"],
+        models["student"],
+        batch_size=cmp.speed_batch_size,
+        seq_len=cmp.speed_seq_len,
+        extra={"teacher_model": cmp.teacher_model_name_or_path, "student_model": cmp.student_model_name_or_path},
+    )
+    write_report(results, cmp.output_dir, title=f"GLUE {task.name}: teacher vs student")
+    return results
