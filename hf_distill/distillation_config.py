@@ -39,6 +39,7 @@ class DistillationConfig(TrainingArguments):
     Parameters that control layer matching:
         layer_map (`str`): ``uniform``, ``last``, ``init`` (the layers ``build_student`` copied) or explicit
             ``student:teacher`` pairs such as ``0:0,1:2,2:4``.
+        attention_layer_map (`str` or `None`): the attention term's own map (e.g. ``last``); default ``layer_map``.
         projection (`str`): ``linear`` adds a trainable projection where widths differ; ``none`` refuses.
         adapter_learning_rate (`float` or `None`): learning rate of the projections (default: ``learning_rate``).
         attention_head_reduction (`str`): ``none`` (head counts must match) or ``mean`` (average over heads).
@@ -97,6 +98,13 @@ class DistillationConfig(TrainingArguments):
             "such as '0:0,1:2,2:4' (0 = embeddings)."
         },
     )
+    attention_layer_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "Layer map of the attention term only (same syntax as layer_map), e.g. 'last' for MiniLM v2 "
+            "relations on the last layer; default: layer_map."
+        },
+    )
     projection: str = field(
         default="linear", metadata={"help": "linear: trainable projection where widths differ; none: refuse."}
     )
@@ -130,8 +138,11 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"jsd_beta must lie strictly between 0 and 1, got {self.jsd_beta}.")
         if not isinstance(self.layer_map, str):  # a list of pairs from Python or YAML
             self.layer_map = ",".join(f"{s}:{t}" for s, t in parse_layer_pairs(self.layer_map))
-        if self.layer_map not in ("uniform", "last", "init"):
-            parse_layer_pairs(self.layer_map)
+        if self.attention_layer_map is not None and not isinstance(self.attention_layer_map, str):
+            self.attention_layer_map = ",".join(f"{s}:{t}" for s, t in parse_layer_pairs(self.attention_layer_map))
+        for spec in (self.layer_map, self.attention_layer_map):
+            if spec is not None and spec not in ("uniform", "last", "init"):
+                parse_layer_pairs(spec)
         if self.projection not in ("linear", "none"):
             raise ValueError(f"projection must be 'linear' or 'none', got {self.projection!r}.")
         if self.attention_head_reduction not in ("none", "mean"):

@@ -139,20 +139,26 @@ class DistillationTrainer(Trainer):
         if args.alpha_hidden == 0 and args.alpha_attention == 0:
             return []
         s_cfg, t_cfg = unwrap(model).config, self.teachers[0].config
-        pairs = resolve_layer_pairs(
-            args.layer_map,
-            s_cfg.num_hidden_layers,
-            t_cfg.num_hidden_layers,
-            getattr(s_cfg, "distillation_teacher_layers", None),
-        )
-        return build_layer_matches(
-            pairs,
-            student_hidden_size=s_cfg.hidden_size,
-            teacher_hidden_size=t_cfg.hidden_size,
+
+        def pairs(spec):
+            init = getattr(s_cfg, "distillation_teacher_layers", None)
+            return resolve_layer_pairs(spec, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers, init)
+
+        widths = {"student_hidden_size": s_cfg.hidden_size, "teacher_hidden_size": t_cfg.hidden_size}
+        hidden = build_layer_matches(
+            pairs(args.layer_map),
+            **widths,
             hidden_loss=args.hidden_loss if args.alpha_hidden > 0 else None,
-            attention_loss=args.attention_loss if args.alpha_attention > 0 else None,
+            attention_loss=None,
             projection=args.projection,
         )
+        attention = build_layer_matches(
+            pairs(args.attention_layer_map or args.layer_map),
+            **widths,
+            hidden_loss=None,
+            attention_loss=args.attention_loss if args.alpha_attention > 0 else None,
+        )
+        return hidden + attention
 
     def _place_teachers(self) -> None:
         student_dtype = next(unwrap(self.model).parameters()).dtype

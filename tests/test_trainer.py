@@ -320,3 +320,20 @@ def test_label_smoothing_reaches_the_task_loss(tmp_out):
         args = config(tmp_out, label_smoothing_factor=smoothing)
         results.append(DistillationTrainer(model=student, teacher_model=teacher, args=args).evaluate(data))
     assert results[0]["eval_loss/task"] != pytest.approx(results[1]["eval_loss/task"])
+
+
+def test_attention_layer_map_is_separate_from_the_hidden_map(tmp_out):
+    teacher = tiny_llama(seed=1)
+    student = build_student(teacher, layers=[1, 3])
+    args = config(
+        tmp_out, alpha_hidden=1.0, alpha_attention=1.0, attention_loss="relation", attention_layer_map="last"
+    )
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=lm_dataset())
+    pairs = {
+        f: [(m.student_layer, m.teacher_layer) for m in trainer.matches if m.feature == f]
+        for f in ("hidden", "attention")
+    }
+    assert pairs == {"hidden": [(0, 0), (1, 2), (2, 4)], "attention": [(2, 4)]}
+    trainer.train()
+    with pytest.raises(ValueError, match="Bad layer_map entry"):
+        config(tmp_out, attention_layer_map="2-4")
