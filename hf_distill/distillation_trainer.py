@@ -70,7 +70,11 @@ class DistillationTrainer(Trainer):
         self.matches = self._build_matches(model, args)
         adapters = DistillationAdapters(self.matches, unwrap(model).config.hidden_size, self._teacher_width())
         if len(adapters):
-            unwrap(model).add_module(ADAPTERS_ATTR, adapters)
+            inner = unwrap(model)
+            inner.add_module(ADAPTERS_ATTR, adapters)
+            # training-only weights: a plain `student.save_pretrained()` leaves them out too, not just save_model
+            ignored = {f"{ADAPTERS_ATTR}.{key}" for key in adapters.state_dict()}
+            inner._keys_to_ignore_on_save = set(inner._keys_to_ignore_on_save or ()) | ignored
         super().__init__(model=model, args=args, **kwargs)
         self._place_teachers()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from .mapping import ADAPTERS_ATTR
+
 # Trainer.evaluate() bookkeeping that is not a quality metric (after the "eval_" prefix is removed)
 _NON_METRICS = {
     "loss",
@@ -34,8 +36,11 @@ _MARKERS = {"teacher": ("s", "tab:blue"), "student": ("o", "tab:orange"), "stude
 
 
 def count_parameters(model) -> int:
-    """Number of parameters of ``model``, all of them (trainable or not); tied weights are counted once."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of parameters of ``model``, all of them (trainable or not); tied weights are counted once.
+
+    The projection adapters a DistillationTrainer attaches for training are not part of the student: not counted.
+    """
+    return sum(p.numel() for name, p in model.named_parameters() if ADAPTERS_ATTR not in name)
 
 
 def size_on_disk_mb(model) -> float:

@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, DistillationTrainer, build_student
 from hf_distill.mapping import ADAPTERS_ATTR, ADAPTERS_FILE
+from hf_distill.report import count_parameters
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 
@@ -122,6 +123,11 @@ def test_save_writes_the_student_alone_and_reloads(tmp_out):
     assert record["teachers"] == ["my-org/teacher"] and record["student_layers_from_teacher"] == [0, 2]
     assert record["alpha_hidden"] == 1.0 and record["temperature"] == 2.0 and record["layer_map"] == "uniform"
     assert [(m["student_layer"], m["teacher_layer"]) for m in record["layer_matches"]] == [(0, 0), (1, 2), (2, 4)]
+    # a plain save_pretrained of the trained student leaves the training-only adapters out as well
+    student.save_pretrained(tmp_out + "-plain")
+    plain = safetensors.torch.load_file(os.path.join(tmp_out + "-plain", "model.safetensors"))
+    assert plain.keys() == weights.keys()
+    assert count_parameters(student) == sum(v.numel() for v in weights.values())
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_out).eval()
     batch = classification_dataset(n=4, seed=9)[:]
     inputs = {k: torch.tensor(batch[k]) for k in ("input_ids", "attention_mask")}
