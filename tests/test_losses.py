@@ -82,13 +82,14 @@ def test_skew_kl_limits_and_beta_range(name, plain):
             fn(s, t, beta=bad)
 
 
-def test_temperature_squared_scaling():
-    """For nearly equal logits KL ~ |ds|^2 / (2 T^2) * var, so T^2 * KL(T) is roughly T-independent; exact check:
-    the loss at T equals T^2 times the unscaled KL of the softened distributions."""
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"])
+def test_temperature_squared_scaling(name):
+    """Softening at T is dividing the logits by T; the loss then carries the factor T^2 on top."""
     s, t = torch.randn(4, 9), torch.randn(4, 9)
-    for temp in (1.0, 3.0):
-        unscaled = ref_divergence("kl", s.tolist(), t.tolist(), temp) / temp**2
-        assert get_loss("logits", "kl")(s, t, temperature=temp).item() == pytest.approx(unscaled * temp**2, rel=1e-5)
+    fn = get_loss("logits", name)
+    for temp in (2.0, 3.0):
+        softened_at_one = fn(s / temp, t / temp, temperature=1.0)
+        assert fn(s, t, temperature=temp).item() == pytest.approx(temp**2 * softened_at_one.item(), rel=1e-5)
 
 
 def test_logits_mse_and_normalizer():
