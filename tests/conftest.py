@@ -35,9 +35,9 @@ def tiny_bert(num_layers=4, hidden=32, heads=4, num_labels=2, seed=0, **kw):
     return BertForSequenceClassification(config).eval()
 
 
-def tiny_llama(num_layers=4, hidden=32, heads=4, kv_heads=2, seed=0, **kw):
+def _tiny_decoder(config_cls, model_cls, num_layers, hidden, heads, kv_heads, seed, **kw):
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = config_cls(
         vocab_size=VOCAB,
         hidden_size=hidden,
         num_hidden_layers=num_layers,
@@ -47,22 +47,15 @@ def tiny_llama(num_layers=4, hidden=32, heads=4, kv_heads=2, seed=0, **kw):
         max_position_embeddings=64,
         **kw,
     )
-    return LlamaForCausalLM(config).eval()
+    return model_cls(config).eval()
+
+
+def tiny_llama(num_layers=4, hidden=32, heads=4, kv_heads=2, seed=0, **kw):
+    return _tiny_decoder(LlamaConfig, LlamaForCausalLM, num_layers, hidden, heads, kv_heads, seed, **kw)
 
 
 def tiny_qwen2(num_layers=4, seed=0, **kw):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        **kw,
-    )
-    return Qwen2ForCausalLM(config).eval()
+    return _tiny_decoder(Qwen2Config, Qwen2ForCausalLM, num_layers, 32, 4, 2, seed, **kw)
 
 
 def tiny_gpt2(num_layers=4, seed=0, **kw):
