@@ -92,3 +92,40 @@ def lm_dataset(n=32, seq_len=12, seed=0) -> Dataset:
 @pytest.fixture
 def tmp_out(tmp_path):
     return str(tmp_path / "out")
+
+
+# A word-level tokenizer over VOCAB entries (whitespace split), with special tokens and a chat template, for the
+# causal-LM data and trainer tests. Words outside the list map to <unk>.
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
+WORDS = (
+    "the a an and or but if of to in on at by for with from as is are was were be been it this that these those "
+    "i you he she we they me him her us them my your his our their what which who when where why how all any some "
+    "no not yes one two three cat dog bird fish tree house king queen lord good bad old new big small red blue "
+    "green say said go went come came see saw"
+).split()
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def tiny_tokenizer(extra_words: tuple[str, ...] = ()):
+    """A ``PreTrainedTokenizerFast`` with ``VOCAB`` ids (pad 0, bos 1, eos 2, unk 3) and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = SPECIAL_TOKENS + [w for w in WORDS if w not in SPECIAL_TOKENS] + list(extra_words)
+    tokens = list(dict.fromkeys(tokens))[:VOCAB]
+    tokens += [f"w{i}" for i in range(VOCAB - len(tokens))]
+    model = models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>")
+    backend = Tokenizer(model)
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
