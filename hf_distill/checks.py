@@ -1,4 +1,4 @@
-"""Checks run before training: label spaces, vocabularies and attention backends of teacher and student."""
+"""Checks run before training: label spaces and attention backends of teacher and student (vocabularies: vocab.py)."""
 
 from __future__ import annotations
 
@@ -37,25 +37,6 @@ def check_label_spaces(student_config, teacher_config) -> None:
         raise ValueError(
             f"Student id2label {s_map} and teacher id2label {t_map} differ{hint}. Build the student from the teacher "
             "(build_student) or pass the teacher's id2label/label2id when creating the student."
-        )
-
-
-def output_vocab_size(model: nn.Module) -> int:
-    """Rows of the output layer (the logits' last dimension)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.vocab_size)
-
-
-def check_vocabularies(student: nn.Module, teacher: nn.Module) -> None:
-    """Token-level logit KD compares distributions over the same vocabulary: refuse different output sizes."""
-    s_v, t_v = output_vocab_size(student), output_vocab_size(teacher)
-    if s_v != t_v:
-        raise ValueError(
-            f"Student vocabulary ({s_v} output rows, {student.config.name_or_path or type(student).__name__}) and "
-            f"teacher vocabulary ({t_v}, {teacher.config.name_or_path or type(teacher).__name__}) differ; token-level "
-            "logit KD needs one tokenizer. Use a student built from the teacher or set alpha_logits=0."
         )
 
 

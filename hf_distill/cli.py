@@ -57,6 +57,15 @@ def _glue(argv: list[str]) -> int:
     return 0
 
 
+def _causal_lm(argv: list[str]) -> int:
+    from .distillation_config import DistillationConfig
+    from .recipes.causal_lm import CausalLMArguments, run
+
+    lm_args, args = parse_with_config([CausalLMArguments, DistillationConfig], argv, "hf-distill causal-lm")
+    run(lm_args, args)
+    return 0
+
+
 def _push(argv: list[str]) -> int:
     from .hub import PushArguments, check_student_folder, push_student, render_model_card, student_files
 
@@ -100,6 +109,7 @@ def _compare(argv: list[str]) -> int:
 COMMANDS = {
     "quickstart": (_quickstart, "distill a tiny BERT teacher on a synthetic task, end to end (no network)"),
     "glue": (_glue, "fine-tune (optionally) and distill a BERT-family teacher on a GLUE task, with a report"),
+    "causal-lm": (_causal_lm, "distill a causal LM into a smaller one (chunked token-level KD), with perplexities"),
     "compare": (_compare, "score and time a teacher and a student on a GLUE task's dev split, with a report"),
     "push": (_push, "upload a distilled student (weights, config, tokenizer, report, model card) to the Hub"),
 }

@@ -45,6 +45,15 @@ class DistillationConfig(TrainingArguments):
         attention_head_reduction (`str`): ``none`` (head counts must match) or ``mean`` (average over heads).
         relation_heads (`int` or `None`): relation heads for ``attention_loss=relation`` (default: picked from
             the student's head count).
+
+    Parameters of causal-LM distillation:
+        kd_chunk_size (`int`): the next-token and token-level KD losses are computed together over chunks of this
+            many tokens from the last hidden states, so that no ``(batch, seq, vocab)`` logits exist (``0``: full
+            logits, the naive way).
+        lmbda (`float`): fraction of training batches whose completions the student generates itself (on-policy
+            KD, GKD's lambda); needs prompts in the data.
+        seq_kd (`bool`): the teacher generates the completions of the other batches (sequence-level KD).
+        max_new_tokens, generation_temperature, generation_top_p: sampling of those completions.
     """
 
     # --- teacher ---
@@ -118,6 +127,25 @@ class DistillationConfig(TrainingArguments):
         default=None, metadata={"help": "Relation heads for attention_loss=relation (default: from the student)."}
     )
 
+    # --- causal LMs ---
+    kd_chunk_size: int = field(
+        default=1024,
+        metadata={
+            "help": "Causal LMs: compute the next-token and KD losses over chunks of this many tokens from the last "
+            "hidden states (memory O(chunk x vocab) instead of batch x seq x vocab); 0: full logits."
+        },
+    )
+    lmbda: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of batches whose completions the student generates (on-policy KD, 0 to 1)."},
+    )
+    seq_kd: bool = field(
+        default=False, metadata={"help": "The teacher generates the completions of the other batches (seq-level KD)."}
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per completion."})
+    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of completions."})
+    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of completions (0 < p <= 1)."})
+
     def __post_init__(self):
         self._validate_distillation()
         super().__post_init__()
@@ -159,6 +187,16 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"teacher_weights must be >= 0 with a positive sum, got {self.teacher_weights}.")
         if self.relation_heads is not None and self.relation_heads < 1:
             raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}.")
+        if self.kd_chunk_size < 0:
+            raise ValueError(f"kd_chunk_size must be >= 0 (0: full logits), got {self.kd_chunk_size}.")
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda must lie in [0, 1] (the fraction of on-policy batches), got {self.lmbda}.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if not self.generation_temperature > 0:
+            raise ValueError(f"generation_temperature must be > 0, got {self.generation_temperature}.")
+        if not 0.0 < self.generation_top_p <= 1.0:
+            raise ValueError(f"generation_top_p must lie in (0, 1], got {self.generation_top_p}.")
         if self.adapter_learning_rate is not None and self.adapter_learning_rate <= 0:
             raise ValueError(f"adapter_learning_rate must be > 0, got {self.adapter_learning_rate}.")
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import os
+import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -16,9 +18,12 @@ from transformers import Trainer
 
 from . import __version__
 from .capture import capture_qkv
-from .checks import check_label_spaces, check_vocabularies, ensure_eager_attention
+from .checks import check_label_spaces, ensure_eager_attention
 from .distillation_config import DistillationConfig
+from .generation import generate_completions
 from .losses import align_logits, count_items, get_loss, match_heads, mix_teacher_logits, target_mask, task_loss
+from .losses.token import TeacherTargets, fused_causal_lm_loss
+from .losses.topk import topk_token_kd
 from .mapping import (
     ADAPTERS_ATTR,
     ADAPTERS_FILE,
@@ -30,11 +35,19 @@ from .mapping import (
     strip_adapters,
 )
 from .modeling import infer_task, load_model, resolve_dtype, unwrap
+from .teacher_cache import TEACHER_CACHE_COLUMNS
+from .vocab import load_tokenizer_for, shared_vocab_rows
 
 logger = logging.getLogger(__name__)
 
 DISTILLATION_CONFIG_FILE = "distillation_config.json"
 TERMS = ("task", "logits", "hidden", "attention")
+# batch columns that are no model inputs but must survive `remove_unused_columns`: the top-k teacher cache and the
+# prompts that on-policy / sequence-level KD generate from
+GENERATION_COLUMNS = ("prompt_input_ids", "prompt_attention_mask", "prompt_length")
+EXTRA_COLUMNS = (*TEACHER_CACHE_COLUMNS, *GENERATION_COLUMNS)
+# config attributes of output heads that are not a plain linear map (the fused causal-LM loss needs a linear head)
+_NONLINEAR_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 @dataclass
@@ -50,14 +63,23 @@ class DistillationTrainer(Trainer):
     """Train ``model`` (the student) to match ``teacher_model`` as configured by a [`DistillationConfig`].
 
     ``teacher_model`` is a model, a Hub name / local folder, or a list of them (their soft targets are averaged with
-    ``args.teacher_weights``; hidden-state and attention KD use the first teacher). Every other argument is the
-    ``Trainer``'s.
+    ``args.teacher_weights``; hidden-state and attention KD use the first teacher). It may be left out when the
+    training data carries a top-k teacher cache (:mod:`hf_distill.teacher_cache`). ``teacher_processing_class`` is
+    the teacher's tokenizer, compared with the student's (``processing_class``) before token-level KD; by default it
+    is loaded from the teacher's folder, or taken to be the student's. Every other argument is the ``Trainer``'s.
     """
 
     # compute_loss normalises by the item count of the whole accumulation window itself
     loss_is_scaled_for_ga = True
 
-    def __init__(self, model=None, teacher_model=None, args: DistillationConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        teacher_model=None,
+        args: DistillationConfig | None = None,
+        teacher_processing_class=None,
+        **kwargs,
+    ):
         if args is None:
             args = DistillationConfig(output_dir="tmp_trainer")
         if not isinstance(args, DistillationConfig):
@@ -65,11 +87,13 @@ class DistillationTrainer(Trainer):
         if model is None or isinstance(model, str):
             raise ValueError("DistillationTrainer needs the student model object as `model` (see build_student).")
         self.task = infer_task(model)
-        self.teachers = self._load_teachers(teacher_model, args)
-        self._check_pair(model, args)
+        self.teachers = self._load_teachers(teacher_model, args, kwargs.get("train_dataset"))
+        self._check_pair(model, args, kwargs.get("processing_class"), teacher_processing_class)
         self.matches = self._build_matches(model, args)
-        adapters = DistillationAdapters(self.matches, unwrap(model).config.hidden_size, self._teacher_width())
-        if len(adapters):
+        adapters = None
+        if self.matches:
+            adapters = DistillationAdapters(self.matches, unwrap(model).config.hidden_size, self._teacher_width())
+        if adapters is not None and len(adapters):
             inner = unwrap(model)
             inner.add_module(ADAPTERS_ATTR, adapters)
             # training-only weights: a plain `student.save_pretrained()` leaves them out too, not just save_model
@@ -79,14 +103,27 @@ class DistillationTrainer(Trainer):
         self._place_teachers()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_counts: ItemCounts | None = None
+        self._fused = self.task == "causal_lm" and args.kd_chunk_size > 0 and self._fusable(model)
+        self._generation_rng = random.Random(args.seed)
         self._log_setup()
 
     # ---- set-up ----
 
-    def _load_teachers(self, teacher_model, args) -> list[nn.Module]:
+    def _load_teachers(self, teacher_model, args, train_dataset) -> list[nn.Module]:
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if teacher_model is None:
-            raise ValueError("No teacher: pass teacher_model= or set teacher_model_name_or_path in the config.")
+            columns = getattr(train_dataset, "column_names", None) or []
+            if all(c in columns for c in TEACHER_CACHE_COLUMNS):
+                if args.alpha_hidden > 0 or args.alpha_attention > 0 or args.lmbda > 0 or args.seq_kd:
+                    raise ValueError(
+                        "Training from a teacher cache without the teacher: hidden-state/attention KD and generated "
+                        "completions need the teacher itself (set alpha_hidden=alpha_attention=lmbda=0, seq_kd=False)."
+                    )
+                return []  # the soft targets come with the data
+            raise ValueError(
+                "No teacher: pass teacher_model=, set teacher_model_name_or_path in the config, or train on data "
+                "with a top-k teacher cache (hf_distill.teacher_cache.build_teacher_cache)."
+            )
         teachers = list(teacher_model) if isinstance(teacher_model, list | tuple) else [teacher_model]
         if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
             raise ValueError(
@@ -106,13 +143,24 @@ class DistillationTrainer(Trainer):
             for t in teachers
         ]
 
-    def _check_pair(self, model, args) -> None:
+    def _check_pair(self, model, args, student_tokenizer=None, teacher_tokenizer=None) -> None:
         student = unwrap(model)
+        self.vocab_rows = None  # token-level KD compares the first vocab_rows outputs (padded embeddings differ)
         for teacher in self.teachers:
             if infer_task(teacher) != self.task:
                 raise ValueError(f"The student solves {self.task} but a teacher solves {infer_task(teacher)}.")
             if args.alpha_logits > 0 and self.task == "causal_lm":
-                check_vocabularies(student, teacher)
+                rows = shared_vocab_rows(
+                    student,
+                    teacher,
+                    student_tokenizer,
+                    teacher_tokenizer or load_tokenizer_for(teacher),
+                )
+                if self.vocab_rows not in (None, rows):
+                    raise ValueError(
+                        f"The teachers share {self.vocab_rows} and {rows} vocabulary rows with the student."
+                    )
+                self.vocab_rows = rows
             elif self.task != "causal_lm":
                 check_label_spaces(student.config, teacher.config)
         self.problem_type = student.config.problem_type
@@ -135,6 +183,19 @@ class DistillationTrainer(Trainer):
             ensure_eager_attention(self.teachers[0], "teacher")
             if disable_attention_dropout(student):
                 logger.warning("Attention-map KD: set the student's attention-probability dropout to 0.")
+
+    def _fusable(self, model) -> bool:
+        """Whether the student and teachers have plain linear heads and take ``logits_to_keep`` (for the fused loss)."""
+        reasons = []
+        for role, m in [("student", unwrap(model)), *(("teacher", t) for t in self.teachers)]:
+            if "logits_to_keep" not in inspect.signature(m.forward).parameters or m.get_output_embeddings() is None:
+                reasons.append(f"the {role} ({type(m).__name__}) takes no logits_to_keep or has no output embeddings")
+            for attr in _NONLINEAR_HEAD_ATTRS:
+                if getattr(m.config, attr, None) not in (None, 1, 1.0):
+                    reasons.append(f"the {role}'s head is not linear ({attr}={getattr(m.config, attr)})")
+        if reasons:
+            logger.warning("kd_chunk_size: computing full logits instead of chunks, as %s.", "; ".join(reasons))
+        return not reasons
 
     def _teacher_width(self) -> int:
         return self.teachers[0].config.hidden_size
@@ -181,9 +242,10 @@ class DistillationTrainer(Trainer):
             for m in self.matches
         ]
         logger.info(
-            "hf_distill: task=%s, %d teacher(s), layer matches:\n  %s",
+            "hf_distill: task=%s, %d teacher(s), %s, layer matches:\n  %s",
             self.task,
             len(self.teachers),
+            f"chunked LM loss ({self.args.kd_chunk_size} tokens a chunk)" if self._fused else "full logits",
             "\n  ".join(pairs) or "none",
         )
 
@@ -208,6 +270,11 @@ class DistillationTrainer(Trainer):
             )
         return optimizer
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the teacher-cache and prompt columns through ``remove_unused_columns``: no forward argument, but ours."""
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_COLUMNS]))
+
     # ---- item counts (gradient accumulation and DDP exactness) ----
 
     def _batch_counts(self, batch) -> tuple[int, int]:
@@ -223,6 +290,7 @@ class DistillationTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Fetch the accumulation window and count its items over all micro-batches and processes."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples = [self._maybe_generate(batch) for batch in batch_samples]
         counts = torch.tensor(
             [sum(c) for c in zip(*(self._batch_counts(b) for b in batch_samples))] or [0, 0],
             dtype=torch.float64,
@@ -234,6 +302,39 @@ class DistillationTrainer(Trainer):
             scale = float(self.args.world_size)  # DDP averages gradients over processes
         self._window_counts = ItemCounts(float(counts[0]), float(counts[1]), scale)
         return batch_samples, num_items_in_batch
+
+    # ---- completions generated by the student (on-policy) or the teacher (sequence-level KD) ----
+
+    def _maybe_generate(self, batch: dict) -> dict:
+        """With probability ``lmbda`` the student, else (with ``seq_kd``) the teacher, writes the batch's completions."""
+        args = self.args
+        if args.lmbda == 0 and not args.seq_kd:
+            return batch
+        if self._generation_rng.random() < args.lmbda:
+            model = self.model
+        elif args.seq_kd:
+            model = self.teachers[0]
+        else:
+            return batch
+        if "prompt_input_ids" not in batch:
+            raise ValueError(
+                "lmbda > 0 or seq_kd needs prompts: train on prompt/completion or messages data, or give the text "
+                "data a prompt_length column (hf-distill causal-lm --generation_prompt_length)."
+            )
+        tokenizer = self.processing_class
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        eos_id = getattr(tokenizer, "eos_token_id", None) or unwrap(self.model).config.eos_token_id
+        generated = generate_completions(
+            model,
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            max_new_tokens=args.max_new_tokens,
+            pad_token_id=pad_id if pad_id is not None else eos_id,
+            eos_token_id=eos_id,
+            temperature=args.generation_temperature,
+            top_p=args.generation_top_p,
+        )
+        return generated
 
     # ---- the loss ----
 
@@ -255,13 +356,22 @@ class DistillationTrainer(Trainer):
         index = 0 if role == "student" else 1
         return sorted({(m.student_layer, m.teacher_layer)[index] for m in self.matches if m.loss == "relation"})
 
-    def _forward(self, model, inputs, role):
-        """Run one model asking for what the losses need; ``role`` is student, teacher or other_teacher."""
+    def _forward(self, model, inputs, role, fused=False):
+        """Run one model asking for what the losses need; ``role`` is student, teacher or other_teacher.
+
+        ``fused``: the causal-LM loss is computed in chunks from the last hidden states, so ask for those and for
+        the logits of one position only.
+        """
         inner = unwrap(self.accelerator.unwrap_model(model))
+        request = self._output_request(role)
+        if fused:
+            last = inner.config.num_hidden_layers
+            request["output_hidden_states"] = sorted({*request.get("output_hidden_states", []), last})
+            request["logits_to_keep"] = 1
         hook = inner.register_forward_hook(self._project_hidden_states) if role == "student" else None
         try:
             with capture_qkv(inner, self._relation_layers(role)) as qkv:
-                outputs = model(**inputs, **self._output_request(role))
+                outputs = model(**inputs, **request)
         finally:
             if hook is not None:
                 hook.remove()
@@ -291,21 +401,25 @@ class DistillationTrainer(Trainer):
         mode = "train" if model.training else "eval"
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
-        student_out, student_qkv = self._forward(model, inputs, "student")
+        cache = {k: inputs.pop(k) for k in TEACHER_CACHE_COLUMNS if k in inputs}
+        for key in GENERATION_COLUMNS:
+            inputs.pop(key, None)
+        # metrics need the full logits; the loss alone does not
+        fused = self._fused and not (return_outputs and self.compute_metrics is not None)
+        student_out, student_qkv = self._forward(model, inputs, "student", fused)
         with torch.no_grad():  # without KD terms (a no-KD baseline) the teachers are not run at all
             teacher_outs = (
-                []
-                if not self._uses_teacher()
-                else [
-                    self._forward(t, inputs, "teacher" if i == 0 else "other_teacher")
+                [
+                    self._forward(t, inputs, "teacher" if i == 0 else "other_teacher", fused)
                     for i, t in enumerate(self.teachers)
                 ]
+                if self._runs_teachers(cache)
+                else []
             )
         local = ItemCounts(*self._batch_counts({**inputs, "labels": labels}))
         counts = self._window_counts if (mode == "train" and self._window_counts is not None) else local
-        terms = self._loss_terms(student_out, student_qkv, teacher_outs, inputs, labels, counts)
-        alphas = {k: getattr(self.args, f"alpha_{k}") for k in TERMS}
-        loss = sum(alphas[k] * v for k, v in terms.items()) * counts.scale
+        loss, terms = self._loss_terms(student_out, student_qkv, teacher_outs, inputs, labels, counts, cache, fused)
+        loss = loss * counts.scale
         for name, value in terms.items():  # log per-micro-batch means, whatever the normaliser
             norm = counts.targets if name in ("task", "logits") else counts.tokens
             own = local.targets if name in ("task", "logits") else local.tokens
@@ -317,9 +431,52 @@ class DistillationTrainer(Trainer):
     def _uses_teacher(self) -> bool:
         return any(getattr(self.args, f"alpha_{k}") > 0 for k in ("logits", "hidden", "attention"))
 
-    def _loss_terms(self, student_out, student_qkv, teacher_outs, inputs, labels, counts: ItemCounts) -> dict:
-        args, terms = self.args, {}
+    def _runs_teachers(self, cache: dict) -> bool:
+        """The teachers run when a KD term needs them: not for a no-KD baseline, not for logits from a cache."""
+        args = self.args
+        return bool(self.teachers) and (
+            args.alpha_hidden > 0 or args.alpha_attention > 0 or (args.alpha_logits > 0 and not cache)
+        )
+
+    def _loss_terms(self, student_out, student_qkv, teacher_outs, inputs, labels, counts, cache, fused):
+        """``(weighted sum, {term: value})`` of the active terms."""
+        args = self.args
         attention_mask = inputs.get("attention_mask")
+        if fused:
+            loss, terms = self._fused_lm_terms(student_out, teacher_outs, inputs, labels, counts, cache)
+        else:
+            terms = self._output_terms(student_out, teacher_outs, attention_mask, labels, counts, cache)
+            loss = sum(getattr(args, f"alpha_{k}") * v for k, v in terms.items())
+        if teacher_outs:
+            teacher_out, teacher_qkv = teacher_outs[0]
+            if args.alpha_hidden > 0:
+                terms["hidden"] = self._hidden_term(student_out, teacher_out, attention_mask, counts.tokens)
+            if args.alpha_attention > 0:
+                terms["attention"] = self._attention_term(
+                    student_out, teacher_out, student_qkv, teacher_qkv, attention_mask, counts.tokens
+                )
+            loss = loss + sum(getattr(args, f"alpha_{k}") * terms[k] for k in ("hidden", "attention") if k in terms)
+        return loss, terms
+
+    def _logit_loss_name(self) -> str:
+        return "mse" if self.problem_type in ("regression", "multi_label_classification") else self.args.logit_loss
+
+    def _check_soft_targets(self, teacher_outs, cache) -> bool:
+        """Whether the logit term can be computed; training without any source of soft targets is an error."""
+        if self.args.alpha_logits == 0:
+            return False
+        if teacher_outs or cache:
+            return True
+        if self.model.training:
+            raise ValueError(
+                "alpha_logits > 0 but there is no teacher and this batch has no teacher cache columns "
+                f"{list(TEACHER_CACHE_COLUMNS)}."
+            )
+        return False  # e.g. evaluation data without a cache: the KD term is left out
+
+    def _output_terms(self, student_out, teacher_outs, attention_mask, labels, counts, cache) -> dict:
+        """The task and logit terms from full logits."""
+        args, terms = self.args, {}
         s_logits = align_logits(student_out.logits, self.task)
         mask = target_mask(self.task, labels, attention_mask, s_logits.shape[:-1])
         if args.alpha_task > 0 and labels is not None:
@@ -331,29 +488,60 @@ class DistillationTrainer(Trainer):
                 normalizer=counts.targets,
                 label_smoothing=args.label_smoothing_factor,
             )
-        if args.alpha_logits > 0:
-            loss_name = "mse" if self.problem_type in ("regression", "multi_label_classification") else args.logit_loss
-            t_logits = [align_logits(out.logits, self.task) for out, _ in teacher_outs]
-            weights = args.teacher_weights or [1.0] * len(t_logits)
-            target = mix_teacher_logits(t_logits, weights, args.temperature, loss_name)
-            terms["logits"] = get_loss("logits", loss_name)(
-                s_logits,
-                target,
-                mask=mask,
-                temperature=args.temperature,
-                normalizer=counts.targets,
-                beta=args.jsd_beta,
-            )
-        if not teacher_outs:
+        if not self._check_soft_targets(teacher_outs, cache):
             return terms
-        teacher_out, teacher_qkv = teacher_outs[0]
-        if args.alpha_hidden > 0:
-            terms["hidden"] = self._hidden_term(student_out, teacher_out, attention_mask, counts.tokens)
-        if args.alpha_attention > 0:
-            terms["attention"] = self._attention_term(
-                student_out, teacher_out, student_qkv, teacher_qkv, attention_mask, counts.tokens
-            )
+        rows = self.vocab_rows
+        kw = {"mask": mask, "temperature": args.temperature, "normalizer": counts.targets, "beta": args.jsd_beta}
+        s_kd = s_logits[..., :rows] if rows else s_logits
+        if cache:
+            ids, logprobs = (align_logits(cache[k], self.task) for k in TEACHER_CACHE_COLUMNS)
+            terms["logits"] = topk_token_kd(s_kd, ids, logprobs, loss=args.logit_loss, **kw)
+            return terms
+        loss_name = self._logit_loss_name()
+        t_logits = [align_logits(out.logits, self.task) for out, _ in teacher_outs]
+        t_logits = [t[..., :rows] if rows else t for t in t_logits]
+        target = mix_teacher_logits(
+            t_logits, args.teacher_weights or [1.0] * len(t_logits), args.temperature, loss_name
+        )
+        terms["logits"] = get_loss("logits", loss_name)(s_kd, target, **kw)
         return terms
+
+    def _fused_lm_terms(self, student_out, teacher_outs, inputs, labels, counts, cache):
+        """The causal LM's task and logit terms, chunked from the last hidden states (no full logits)."""
+        args = self.args
+        student = unwrap(self.accelerator.unwrap_model(self.model))
+        s_hidden = align_logits(student_out.hidden_states[student.config.num_hidden_layers], self.task)  # (B, T-1, D)
+        mask = target_mask(self.task, labels, inputs.get("attention_mask"), s_hidden.shape[:-1])
+        teacher = None
+        if self._check_soft_targets(teacher_outs, cache):
+            if cache:
+                ids, logprobs = (align_logits(cache[k], self.task) for k in TEACHER_CACHE_COLUMNS)
+                teacher = TeacherTargets(topk_ids=ids, topk_logprobs=logprobs)
+            else:
+                teacher = TeacherTargets(
+                    hidden=[
+                        align_logits(out.hidden_states[t.config.num_hidden_layers], self.task)
+                        for (out, _), t in zip(teacher_outs, self.teachers)
+                    ],
+                    heads=[t.get_output_embeddings() for t in self.teachers],
+                    weights=args.teacher_weights,
+                )
+        return fused_causal_lm_loss(
+            s_hidden,
+            student.get_output_embeddings(),
+            labels=labels[:, 1:] if labels is not None else None,
+            mask=mask,
+            teacher=teacher,
+            alpha_task=args.alpha_task,
+            alpha_logits=args.alpha_logits,
+            loss=args.logit_loss,
+            temperature=args.temperature,
+            beta=args.jsd_beta,
+            vocab_rows=self.vocab_rows,
+            label_smoothing=args.label_smoothing_factor,
+            normalizer=counts.targets,
+            chunk_size=args.kd_chunk_size,
+        )
 
     def _hidden_term(self, student_out, teacher_out, mask, normalizer):
         total = 0.0

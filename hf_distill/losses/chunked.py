@@ -64,16 +64,15 @@ def _check_shapes(student_hidden, weight, batch_shape, teacher_logits, teacher_h
         raise ValueError(f"mask {tuple(mask.shape)} does not match the tokens {tuple(batch_shape)}.")
 
 
-class _ChunkedLinearKD(torch.autograd.Function):
-    """Sum over the selected rows of ``loss_fn(hidden @ weight.T + bias, teacher)``; the gradients are computed chunk
+class _ChunkedLinearLoss(torch.autograd.Function):
+    """Sum over the selected rows of ``loss_fn(hidden @ weight.T + bias, targets)``; the gradients are computed chunk
     by chunk in the forward pass and scaled by the incoming gradient in the backward pass."""
 
     @staticmethod
-    def forward(
-        ctx, hidden, weight, bias, rows, teacher_chunk: Callable, loss_fn: Callable, chunk_size, want_grad, kw
-    ):
+    def forward(ctx, hidden, weight, bias, rows, targets: dict, loss_fn: Callable, chunk_size, want_grad):
         # hidden (M, D) all tokens, weight (V, D), bias (V,) or None, rows (N,) the valid tokens or None for all;
-        # teacher_chunk(start, end) -> teacher logits (end - start, V) of valid tokens start..end
+        # targets: name -> (M, ...) per-token tensors (teacher logits or hidden states, labels, top-k tables), whose
+        # chunk rows reach loss_fn(logits (n, V), {name: (n, ...)}) -> the chunk's summed loss (float32 scalar)
         need_h, need_w, need_b = (want_grad and needs for needs in ctx.needs_input_grad[:3])
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
@@ -83,10 +82,10 @@ class _ChunkedLinearKD(torch.autograd.Function):
         for start in range(0, num_rows, chunk_size):
             end = min(start + chunk_size, num_rows)
             h = hidden[start:end] if rows is None else hidden.index_select(0, rows[start:end])  # (n, D)
-            target = teacher_chunk(start, end)  # (n, V), no graph: the teacher gets no gradient
+            chunk = {name: _take_rows(t, rows, start, end) for name, t in targets.items()}
             logits = F.linear(h, weight, bias).requires_grad_(need_h or need_w or need_b)  # (n, V)
             with torch.enable_grad():
-                value = loss_fn(logits, target, normalizer=1, **kw)  # sum over the chunk's rows, float32
+                value = loss_fn(logits, chunk)  # summed over the chunk's rows, float32
             if logits.requires_grad:
                 (d_logits,) = torch.autograd.grad(value, logits)  # (n, V), in the head's dtype
                 if need_h and rows is None:
@@ -100,7 +99,7 @@ class _ChunkedLinearKD(torch.autograd.Function):
                 if need_b:
                     grad_b.add_(d_logits.sum(0, dtype=torch.float32))
             total += value.detach()
-            del target, logits, value  # free the chunk's (n, V) tensors before the next chunk
+            del chunk, logits, value  # free the chunk's (n, V) tensors before the next chunk
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total
@@ -109,7 +108,59 @@ class _ChunkedLinearKD(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         grads = [None if g is None else (g * grad_output).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None)
+
+
+def _take_rows(t: torch.Tensor, rows: torch.Tensor | None, start: int, end: int) -> torch.Tensor:
+    """Rows ``start:end`` of the valid tokens of a flattened ``(M, ...)`` tensor (which may live on another device)."""
+    if rows is None:
+        return t[start:end]
+    return t.index_select(0, rows[start:end].to(t.device))
+
+
+def chunked_linear_loss(
+    hidden: torch.Tensor,
+    head,
+    loss_fn: Callable,
+    targets: dict[str, torch.Tensor] | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """``sum over valid tokens of loss_fn(head(hidden), targets)``, computed ``chunk_size`` tokens at a time.
+
+    The building block of :func:`chunked_token_kd` and of the fused causal-LM loss: the ``(N, V)`` logits never
+    exist in full, the gradients w.r.t. ``hidden`` and the head's parameters are exact.
+
+    Args:
+        hidden: ``(*batch, D)`` hidden states (the head's input).
+        head: an ``nn.Linear``-like module, a weight ``(V, D)`` or a ``(weight, bias)`` pair.
+        loss_fn: ``loss_fn(logits (n, V), {name: (n, ...)}) -> float32 scalar``, the SUM of the chunk's loss; it runs
+            with gradients enabled for the logits only (targets carry no graph).
+        targets: name -> ``(*batch, ...)`` per-token tensors; each chunk's rows of them are passed to ``loss_fn``.
+        mask: ``(*batch)`` boolean/0-1 valid tokens; ``None`` for all.
+        chunk_size: tokens per chunk (>= 1).
+
+    Returns:
+        A float32 scalar (the unnormalised sum).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    weight, bias = _head_params(head, "head")
+    if hidden.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"Hidden size {hidden.shape[-1]} does not match the head's weight {tuple(weight.shape)}.")
+    batch_shape = hidden.shape[:-1]
+    if mask is not None and mask.shape != batch_shape:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match the tokens {tuple(batch_shape)}.")
+    flat = {}
+    for name, t in (targets or {}).items():
+        if t.shape[: len(batch_shape)] != batch_shape:
+            raise ValueError(f"Target {name!r} {tuple(t.shape)} does not match the tokens {tuple(batch_shape)}.")
+        flat[name] = t.detach().reshape(batch_shape.numel(), *t.shape[len(batch_shape) :])
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # (B*T, D)
+    rows = None if mask is None else mask.reshape(-1).bool().nonzero().squeeze(1).to(hidden.device)  # (N,)
+    want_grad = torch.is_grad_enabled()
+    return _ChunkedLinearLoss.apply(flat_hidden, weight, bias, rows, flat, loss_fn, chunk_size, want_grad)
 
 
 def chunked_token_kd(
@@ -157,31 +208,25 @@ def chunked_token_kd(
     Returns:
         A float32 scalar.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     if (teacher_logits is None) == (teacher_hidden is None) or (teacher_hidden is None) != (teacher_head is None):
         raise ValueError("Give either teacher_logits, or teacher_hidden together with teacher_head.")
-    loss_fn = get_loss("logits", loss)
-    weight, bias = _head_params(student_head, "student_head")
+    divergence = get_loss("logits", loss)
+    weight, _ = _head_params(student_head, "student_head")
     teacher_weight, teacher_bias = (None, None) if teacher_head is None else _head_params(teacher_head, "teacher_head")
-    batch_shape = student_hidden.shape[:-1]
-    _check_shapes(student_hidden, weight, batch_shape, teacher_logits, teacher_hidden, teacher_weight, mask)
+    _check_shapes(
+        student_hidden, weight, student_hidden.shape[:-1], teacher_logits, teacher_hidden, teacher_weight, mask
+    )
+    teacher = teacher_logits if teacher_logits is not None else teacher_hidden
 
-    # The valid tokens are the rows `rows` (N,) of the flattened (B*T, D) hidden states, taken chunk by chunk.
-    hidden = student_hidden.reshape(-1, student_hidden.shape[-1])  # (B*T, D)
-    rows = None if mask is None else mask.reshape(-1).bool().nonzero().squeeze(1).to(hidden.device)  # (N,)
-    teacher = teacher_logits if teacher_logits is not None else teacher_hidden.detach()
-    teacher = teacher.reshape(-1, teacher.shape[-1])  # (B*T, V) logits or (B*T, Dt) hidden states
-    teacher_rows = None if rows is None else rows.to(teacher.device)  # the teacher may live on another device
+    def loss_fn(logits, chunk):
+        target = chunk["teacher"].to(logits.device)
+        if teacher_hidden is not None:
+            with torch.no_grad():
+                target = F.linear(target, teacher_weight, teacher_bias)  # (n, V)
+        return divergence(logits, target, normalizer=1, temperature=temperature, beta=beta)
 
-    @torch.no_grad()
-    def teacher_chunk(start: int, end: int) -> torch.Tensor:
-        t = teacher[start:end] if rows is None else teacher.index_select(0, teacher_rows[start:end])
-        t = t if teacher_hidden is None else F.linear(t, teacher_weight, teacher_bias)  # (n, V)
-        return t.to(hidden.device)
-
-    kw = {"temperature": temperature, "beta": beta}
-    want_grad = torch.is_grad_enabled()
-    total = _ChunkedLinearKD.apply(hidden, weight, bias, rows, teacher_chunk, loss_fn, chunk_size, want_grad, kw)
-    count = hidden.shape[0] if rows is None else rows.shape[0]
+    total = chunked_linear_loss(
+        student_hidden, student_head, loss_fn, {"teacher": teacher}, mask=mask, chunk_size=chunk_size
+    )
+    count = student_hidden.shape[:-1].numel() if mask is None else int(mask.bool().sum())
     return reduce_items(total.reshape(1), count if normalizer is None else normalizer)

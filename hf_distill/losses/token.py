@@ -1,0 +1,147 @@
+"""The causal-LM loss of one step, fused and chunked: the student's next-token cross-entropy and the token-level KD
+term computed together, ``chunk_size`` tokens at a time, from the student's last hidden states and output head.
+
+The student's ``(B, T, V)`` logits are never materialised, and neither are the teacher's: the teacher's rows come
+chunk by chunk from its last hidden states and head (or from precomputed logits, or from a top-k cache). Each chunk's
+student logits serve both terms, so the head's matmul runs once per token. Values and gradients equal those of
+:func:`~hf_distill.losses.task_loss` plus the registered divergence on full logits (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .chunked import _head_params, chunked_linear_loss
+from .logits import mix_teacher_logits
+from .registry import get_loss
+from .task import IGNORE_INDEX
+
+
+@dataclass
+class TeacherTargets:
+    """Where the soft targets of the tokens come from (exactly one source).
+
+    ``logits``: one ``(B, T, V)`` tensor per teacher. ``hidden`` and ``heads``: one ``(B, T, Dt)`` last hidden state
+    and one linear head per teacher (the logits are computed per chunk). ``topk_ids`` / ``topk_logprobs``: a top-k
+    cache ``(B, T, k)`` (see :mod:`hf_distill.teacher_cache`). ``weights``: one per teacher (default equal).
+    """
+
+    logits: list[torch.Tensor] | None = None
+    hidden: list[torch.Tensor] | None = None
+    heads: list = field(default_factory=list)
+    topk_ids: torch.Tensor | None = None
+    topk_logprobs: torch.Tensor | None = None
+    weights: list[float] | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-token tensors, by name, for :func:`chunked_linear_loss`."""
+        if self.topk_ids is not None:
+            return {"topk_ids": self.topk_ids, "topk_logprobs": self.topk_logprobs}
+        source = self.logits if self.logits is not None else self.hidden
+        return {f"teacher{i}": t for i, t in enumerate(source or [])}
+
+    def chunk_logits(self, chunk: dict, device) -> list[torch.Tensor]:
+        """The teachers' ``(n, V)`` logits of one chunk (no gradient)."""
+        with torch.no_grad():
+            out = []
+            for i in range(len(self.logits if self.logits is not None else self.hidden)):
+                t = chunk[f"teacher{i}"].to(device)
+                if self.logits is None:
+                    weight, bias = _head_params(self.heads[i], "teacher head")
+                    t = F.linear(t.to(weight.device, weight.dtype), weight, bias).to(device)
+                out.append(t)
+            return out
+
+
+def fused_causal_lm_loss(
+    student_hidden: torch.Tensor,
+    student_head,
+    *,
+    labels: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    teacher: TeacherTargets | None,
+    alpha_task: float,
+    alpha_logits: float,
+    loss: str = "kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    vocab_rows: int | None = None,
+    label_smoothing: float = 0.0,
+    normalizer: float | None = None,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``alpha_task * CE + alpha_logits * KD`` over the target tokens, chunked; returns ``(total, terms)``.
+
+    Args:
+        student_hidden: ``(B, T, D)`` the student's last hidden states at the prediction positions (already aligned:
+            position ``t`` predicts ``labels[:, t]``).
+        student_head: the student's linear output head (weight ``(V, D)``).
+        labels: ``(B, T)`` aligned next-token ids, ``-100`` where not a target; ``None`` when there is no task term.
+        mask: ``(B, T)`` the target tokens (``labels != -100``, or the attention mask without labels).
+        teacher: the soft-target source; ``None`` when there is no KD term.
+        alpha_task, alpha_logits: weights of the two terms (a zero weight skips its term).
+        loss: a registered logits divergence; temperature, beta: as for the registered losses.
+        vocab_rows: compare only the first ``vocab_rows`` outputs in the KD term (identical tokenizers whose
+            embeddings are padded to different sizes); the cross-entropy uses every row of the student.
+        label_smoothing: of the cross-entropy.
+        normalizer: both sums are divided by it (default: the number of target tokens).
+        chunk_size: tokens per chunk.
+
+    Returns:
+        ``total`` (a differentiable float32 scalar) and the detached normalised terms ``{"task": ..., "logits": ...}``
+        (only those with a non-zero weight).
+    """
+    use_task = alpha_task > 0 and labels is not None
+    use_kd = alpha_logits > 0 and teacher is not None
+    divergence = get_loss("logits", loss) if use_kd else None
+    sums = {
+        name: student_hidden.new_zeros((), dtype=torch.float32)
+        for name, on in (("task", use_task), ("logits", use_kd))
+        if on
+    }
+    targets = dict(teacher.tensors()) if use_kd else {}
+    if use_task:
+        targets["labels"] = labels
+
+    def loss_fn(logits: torch.Tensor, chunk: dict) -> torch.Tensor:  # logits (n, V): the chunk's target tokens
+        total = logits.new_zeros((), dtype=torch.float32)
+        if use_task:
+            ce = F.cross_entropy(
+                logits.float(),
+                chunk["labels"].to(logits.device),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+                label_smoothing=label_smoothing,
+            )
+            sums["task"] += ce.detach()
+            total = total + alpha_task * ce
+        if use_kd:
+            student = logits[:, :vocab_rows] if vocab_rows else logits
+            if teacher.topk_ids is not None:
+                from .topk import topk_token_kd
+
+                kd = topk_token_kd(
+                    student,
+                    chunk["topk_ids"].to(logits.device),
+                    chunk["topk_logprobs"].to(logits.device),
+                    loss=loss,
+                    temperature=temperature,
+                    beta=beta,
+                    normalizer=1,
+                )
+            else:
+                rows = [t[:, :vocab_rows] if vocab_rows else t for t in teacher.chunk_logits(chunk, logits.device)]
+                target = mix_teacher_logits(rows, teacher.weights or [1.0] * len(rows), temperature, loss)
+                kd = divergence(student, target, normalizer=1, temperature=temperature, beta=beta)
+            sums["logits"] += kd.detach()
+            total = total + alpha_logits * kd
+        return total
+
+    total = chunked_linear_loss(student_hidden, student_head, loss_fn, targets, mask=mask, chunk_size=chunk_size)
+    if normalizer is None:
+        normalizer = student_hidden.shape[:-1].numel() if mask is None else int(mask.bool().sum())
+    scale = 0.0 if float(normalizer) == 0 else 1.0 / float(normalizer)  # no target token: a zero loss, no NaN
+    return total * scale, {name: value * scale for name, value in sums.items()}

@@ -1,0 +1,278 @@
+"""The causal-LM job: load the teacher, build (or load) the student, distill on text / prompt-completion / chat data,
+on generated completions, or on teacher samples when no data is given, and report perplexities.
+
+Output layout: ``output_dir/`` holds the student (a full model, a LoRA adapter, or the merged model), its tokenizer,
+``distillation_config.json`` and ``results.json``::
+
+    {"task": "causal_lm", "teacher": {"num_parameters": ..., "perplexity": {"valid.txt": ...}},
+     "student": {...}, "student_before_training": {...}, "train_examples": ..., "max_steps": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..data import DistillationDataCollator, load_lm_dataset, perplexity, read_text_split, tokenize_lm_dataset
+from ..distillation_config import DistillationConfig
+from ..distillation_trainer import DistillationTrainer
+from ..generation import sample_sequences
+from ..modeling import resolve_dtype, resolve_model_path
+from ..report import count_parameters
+from ..student import build_student
+from ..teacher_cache import CACHE_META_FILE, build_teacher_cache, load_teacher_cache
+from ..vocab import check_tokenizers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CausalLMArguments:
+    """Data, student and evaluation of the causal-LM job (the training knobs are in DistillationConfig)."""
+
+    student_layers: Optional[str] = field(
+        default=None,
+        metadata={"help": "0-based teacher layers the student keeps, e.g. '0,2,4' (default: every other one)."},
+    )
+    student_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Use this smaller causal LM (same tokenizer) as the student instead."}
+    )
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset of the training data."})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Config name of the Hub dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split of the Hub dataset to train on."})
+    train_file: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Local training data: .txt (plain text), .json/.jsonl (text, prompt/completion or messages)."
+        },
+    )
+    validation_split_percentage: int = field(
+        default=0,
+        metadata={
+            "help": "Hold out the last N percent of a .txt train_file (cut at a line) and report its perplexity "
+            "as '<file> (held out)'; tinyshakespeare's usual split is 10."
+        },
+    )
+    validation_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Text files whose perplexity is reported (keyed by file name); Hub split names also work."},
+    )
+    block_size: int = field(default=128, metadata={"help": "Tokens per training block / longest example."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use at most this many examples."})
+    max_eval_blocks: Optional[int] = field(
+        default=None, metadata={"help": "Score at most this many blocks of each validation text."}
+    )
+    generation_prompt_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Plain-text data with lmbda > 0 or seq_kd: the first N tokens of each block are the prompt "
+            "that the student / teacher continues (default: half the block)."
+        },
+    )
+    data_free_samples: int = field(
+        default=0,
+        metadata={"help": "With no training data: sample this many sequences from the teacher and train on them."},
+    )
+    teacher_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Top-k teacher cache folder: built from the training data when missing, then used for the "
+            "logit term instead of running the teacher (hidden-state KD still needs the teacher)."
+        },
+    )
+    teacher_cache_k: int = field(default=32, metadata={"help": "Teacher logits kept per token in the cache."})
+    eval_teacher: bool = field(default=True, metadata={"help": "Also report the teacher's perplexities."})
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter on the student (peft)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Modules given LoRA adapters: 'all-linear' or names, comma-separated."}
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Save the student with the LoRA adapter merged in (else the adapter alone)."}
+    )
+
+
+def load_text_data(lm: CausalLMArguments, tokenizer):
+    """``(train dataset, {name: validation text})`` from the arguments (Hub, local files), tokenized."""
+    texts = {}
+    for entry in lm.validation_files:
+        if os.path.isfile(entry):
+            texts[os.path.basename(entry)] = read_text_split(entry, part="all")
+        elif lm.dataset_name:
+            split = load_lm_dataset(lm.dataset_name, lm.dataset_config_name, split=entry)
+            texts[entry] = "\n\n".join(split["text"])
+        else:
+            raise ValueError(f"validation_files entry {entry!r} is neither a file nor a split of --dataset_name.")
+    if lm.train_file is None and lm.dataset_name is None:
+        return None, texts
+    if lm.validation_split_percentage:
+        if not (lm.train_file and lm.train_file.endswith(".txt")):
+            raise ValueError("validation_split_percentage needs a .txt train_file.")
+        fraction = lm.validation_split_percentage / 100
+        texts[f"{os.path.basename(lm.train_file)} (held out)"] = read_text_split(lm.train_file, "validation", fraction)
+        from datasets import Dataset
+
+        raw = Dataset.from_dict({"text": [read_text_split(lm.train_file, "train", fraction)]})
+    else:
+        raw = load_lm_dataset(lm.dataset_name, lm.dataset_config_name, lm.train_file, split=lm.dataset_split)
+    train = tokenize_lm_dataset(raw, tokenizer, block_size=lm.block_size)
+    if lm.max_train_samples is not None and lm.max_train_samples < len(train):
+        train = train.select(range(lm.max_train_samples))
+    return train, texts
+
+
+def add_text_prompts(train, lm: CausalLMArguments, args: DistillationConfig):
+    """Plain-text blocks get a ``prompt_length`` when completions are generated (on-policy or sequence-level KD)."""
+    if (args.lmbda == 0 and not args.seq_kd) or "prompt_length" in train.column_names:
+        return train
+    n = lm.generation_prompt_length or lm.block_size // 2
+    return train.add_column("prompt_length", [min(n, len(ids)) for ids in train["input_ids"]])
+
+
+def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, tokenizer):
+    if lm.student_model_name_or_path:
+        path = resolve_model_path(lm.student_model_name_or_path)
+        student = AutoModelForCausalLM.from_pretrained(path, dtype=next(teacher.parameters()).dtype)
+        check_tokenizers(AutoTokenizer.from_pretrained(path), tokenizer, "student", "teacher")
+    else:
+        layers = [int(i) for i in lm.student_layers.split(",")] if lm.student_layers else None
+        torch.manual_seed(args.seed)
+        student = build_student(teacher, layers=layers)
+    if lm.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        targets = lm.lora_target_modules
+        student = get_peft_model(
+            student,
+            LoraConfig(
+                r=lm.lora_r,
+                lora_alpha=lm.lora_alpha,
+                lora_dropout=lm.lora_dropout,
+                target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return student
+
+
+def score(model, texts: dict, tokenizer, lm: CausalLMArguments) -> dict:
+    """``num_parameters`` and ``perplexity`` per validation text of ``model``."""
+    ppl = {
+        name: perplexity(model, text, tokenizer, block_size=lm.block_size, max_blocks=lm.max_eval_blocks)["perplexity"]
+        for name, text in texts.items()
+    }
+    return {"num_parameters": count_parameters(model), "perplexity": ppl}
+
+
+def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
+    """Run the whole job and return the ``results.json`` object."""
+    if args.teacher_model_name_or_path is None:
+        raise ValueError("Set --teacher_model_name_or_path (a causal LM: Hub name or local folder).")
+    teacher_path = resolve_model_path(args.teacher_model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = resolve_dtype(args.teacher_dtype, torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype).eval()
+    train, texts = load_text_data(lm, tokenizer)
+    if train is None:
+        if lm.data_free_samples < 1:
+            raise ValueError("No training data: set --train_file or --dataset_name, or --data_free_samples N.")
+        print(f"[causal-lm] no data given: sampling {lm.data_free_samples} sequences from the teacher")
+        train = sample_sequences(
+            teacher, tokenizer, num_samples=lm.data_free_samples, max_length=lm.block_size, seed=args.seed
+        )
+    train = add_text_prompts(train, lm, args)
+    use_cache = lm.teacher_cache_dir is not None
+    if use_cache:
+        train = _teacher_cache(lm, args, teacher, train, tokenizer)
+
+    student = make_student(lm, args, teacher, tokenizer)
+    print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
+    results = {"task": "causal_lm", "teacher_model": args.teacher_model_name_or_path}
+    if lm.eval_teacher:
+        results["teacher"] = score(teacher, texts, tokenizer, lm)
+    results["student_before_training"] = score(student, texts, tokenizer, lm)
+
+    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens")
+    needs_teacher = not use_cache or args.alpha_hidden > 0 or args.alpha_attention > 0 or args.lmbda or args.seq_kd
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher if needs_teacher else None,
+        args=args,
+        train_dataset=train,
+        data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        teacher_processing_class=tokenizer,
+    )
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    model = trainer.model
+    if lm.use_peft and lm.merge_lora:
+        model = model.merge_and_unload()
+        if args.should_save:
+            _save_merged(model, args.output_dir)
+    results["student"] = score(model, texts, tokenizer, lm)
+    results.update(
+        {
+            "train_examples": len(train),
+            "max_steps": trainer.state.global_step,
+            "student_layers": getattr(model.config, "distillation_teacher_layers", None),
+            "losses": {"alpha_task": args.alpha_task, "alpha_logits": args.alpha_logits, "loss": args.logit_loss},
+        }
+    )
+    if args.should_save:
+        with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    print(format_results(results))
+    return results
+
+
+def _save_merged(model, output_dir: str) -> None:
+    """The merged student in ``output_dir``; the adapter moves to ``output_dir/lora_adapter`` (else transformers
+    would load ``output_dir`` as base model + adapter)."""
+    adapter_dir = os.path.join(output_dir, "lora_adapter")
+    os.makedirs(adapter_dir, exist_ok=True)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        if os.path.isfile(os.path.join(output_dir, name)):
+            os.replace(os.path.join(output_dir, name), os.path.join(adapter_dir, name))
+    model.save_pretrained(output_dir)
+
+
+def _teacher_cache(lm, args, teacher, train, tokenizer):
+    if os.path.isfile(os.path.join(lm.teacher_cache_dir, CACHE_META_FILE)):
+        print(f"[causal-lm] training from the teacher cache in {lm.teacher_cache_dir}")
+        cached, _ = load_teacher_cache(lm.teacher_cache_dir, temperature=args.temperature)
+        return cached
+    print(f"[causal-lm] caching the teacher's top-{lm.teacher_cache_k} log-probs in {lm.teacher_cache_dir}")
+    return build_teacher_cache(
+        teacher,
+        train,
+        k=lm.teacher_cache_k,
+        temperature=args.temperature,
+        output_dir=lm.teacher_cache_dir,
+        teacher_name=args.teacher_model_name_or_path,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def format_results(results: dict) -> str:
+    """A table of perplexities (rows: models, columns: validation texts) and parameter counts."""
+    roles = [r for r in ("teacher", "student_before_training", "student") if r in results]
+    names = list(results[roles[0]]["perplexity"]) if roles else []
+    header = f"{'model':<26}{'params':>12}" + "".join(f"{n[:24]:>26}" for n in names)
+    lines = [header, "-" * len(header)]
+    for role in roles:
+        r = results[role]
+        lines.append(
+            f"{role:<26}{r['num_parameters'] / 1e6:>11.1f}M" + "".join(f"{r['perplexity'][n]:>26.2f}" for n in names)
+        )
+    return "\n".join(lines)

@@ -1,0 +1,334 @@
+"""Causal-LM distillation: the fused chunked loss equals the full-logits loss (values and gradients), the trainer's
+chunked path equals its full path, teacher caches, padded vocabularies, on-policy / sequence-level KD."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import lm_dataset, tiny_llama, tiny_qwen2, tiny_tokenizer
+from datasets import Dataset
+from torch import nn
+
+from hf_distill import DistillationConfig, DistillationTrainer, build_student
+from hf_distill.data import DistillationDataCollator
+from hf_distill.losses import get_loss, task_loss
+from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
+from hf_distill.losses.topk import teacher_topk, topk_token_kd
+from hf_distill.teacher_cache import build_teacher_cache
+
+B, T, D, V = 3, 7, 8, 23
+DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
+
+
+def inputs(seed=0, teachers=1, teacher_rows=V):
+    g = torch.Generator().manual_seed(seed)
+    head = nn.Linear(D, V, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, D, generator=g))
+    hidden = torch.randn(B, T, D, generator=g, requires_grad=True)
+    t_heads = [nn.Linear(D + 2, teacher_rows, bias=True) for _ in range(teachers)]
+    t_hidden = [torch.randn(B, T, D + 2, generator=g) for _ in range(teachers)]
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[0, :2] = -100  # a prompt
+    labels[2, 4:] = -100  # padding
+    return head, hidden, t_heads, t_hidden, labels
+
+
+def reference(head, hidden, t_logits, labels, alpha_task, alpha_logits, loss, temperature, rows=None, weights=None):
+    """Task loss + registry divergence on full logits, written out from the unfused pieces."""
+    from hf_distill.losses import mix_teacher_logits
+
+    logits = head(hidden)  # (B, T, V)
+    padded = torch.cat([logits, logits[:, :1]], 1)  # task_loss takes unshifted causal-LM labels: shift them back
+    full_labels = torch.cat([torch.full_like(labels[:, :1], -100), labels], 1)
+    task = task_loss(padded[:, :-1], full_labels, task="causal_lm")
+    mask = labels != -100
+    rows = rows or V
+    target = mix_teacher_logits([t[..., :rows] for t in t_logits], weights or [1.0] * len(t_logits), temperature, loss)
+    kd = get_loss("logits", loss)(logits[..., :rows], target, mask=mask, temperature=temperature)
+    return alpha_task * task + alpha_logits * kd, task, kd
+
+
+@pytest.mark.parametrize("loss", DIVERGENCES)
+@pytest.mark.parametrize("chunk_size", [1, 5, 64])
+def test_fused_loss_equals_task_plus_kd_on_full_logits(loss, chunk_size):
+    head, hidden, t_heads, t_hidden, labels = inputs()
+    t_logits = [h(x) for h, x in zip(t_heads, t_hidden)]
+    want, want_task, want_kd = reference(head, hidden, t_logits, labels, 0.3, 0.7, loss, 2.0)
+    got, terms = fused_causal_lm_loss(
+        hidden,
+        head,
+        labels=labels,
+        mask=labels != -100,
+        teacher=TeacherTargets(hidden=t_hidden, heads=t_heads),
+        alpha_task=0.3,
+        alpha_logits=0.7,
+        loss=loss,
+        temperature=2.0,
+        chunk_size=chunk_size,
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["task"], want_task.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["logits"], want_kd.detach(), rtol=1e-5, atol=1e-6)
+    for g, w in zip(torch.autograd.grad(got, [hidden, head.weight]), torch.autograd.grad(want, [hidden, head.weight])):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_loss_with_two_teachers_padded_rows_and_a_normaliser():
+    head, hidden, t_heads, t_hidden, labels = inputs(seed=1, teachers=2, teacher_rows=V + 5)
+    t_logits = [h(x) for h, x in zip(t_heads, t_hidden)]
+    want, _, _ = reference(head, hidden, t_logits, labels, 1.0, 1.0, "kl", 1.0, rows=V - 3, weights=[0.25, 0.75])
+    n = int((labels != -100).sum())
+    got, _ = fused_causal_lm_loss(
+        hidden,
+        head,
+        labels=labels,
+        mask=labels != -100,
+        teacher=TeacherTargets(logits=t_logits, weights=[0.25, 0.75]),
+        alpha_task=1.0,
+        alpha_logits=1.0,
+        vocab_rows=V - 3,
+        normalizer=2 * n,  # e.g. the count of a two-micro-batch window
+        chunk_size=4,
+    )
+    torch.testing.assert_close(got, want / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_loss_from_a_topk_cache_equals_topk_kd_on_full_logits():
+    head, hidden, t_heads, t_hidden, labels = inputs(seed=2)
+    ids, logprobs = teacher_topk(t_heads[0](t_hidden[0]).detach(), k=5, temperature=2.0)
+    mask = labels != -100
+    want = topk_token_kd(head(hidden), ids, logprobs, mask=mask, loss="jsd", temperature=2.0)
+    got, terms = fused_causal_lm_loss(
+        hidden,
+        head,
+        labels=labels,
+        mask=mask,
+        teacher=TeacherTargets(topk_ids=ids, topk_logprobs=logprobs),
+        alpha_task=0.0,
+        alpha_logits=1.0,
+        loss="jsd",
+        temperature=2.0,
+        chunk_size=3,
+    )
+    assert set(terms) == {"logits"}
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(got, hidden)[0], torch.autograd.grad(want, hidden)[0])
+
+
+def test_fused_loss_without_targets_is_zero_not_nan():
+    head, hidden, *_ = inputs()
+    labels = torch.full((B, T), -100)
+    got, terms = fused_causal_lm_loss(
+        hidden, head, labels=labels, mask=labels != -100, teacher=None, alpha_task=1.0, alpha_logits=0.0
+    )
+    assert got.item() == 0.0 and terms["task"].item() == 0.0
+
+
+# ---- the trainer ----
+
+
+def lm_config(out, **kw):
+    base = dict(
+        output_dir=out,
+        report_to="none",
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+        alpha_task=0.5,
+        alpha_logits=1.0,
+        temperature=2.0,
+    )
+    base.update(kw)
+    return DistillationConfig(**base)
+
+
+def first_step(out, chunk, teacher=None, student=None, data=None, **kw):
+    """Loss, logged terms and gradients of one compute_loss + backward on the first 8 rows."""
+    teacher = teacher or tiny_llama(seed=1)
+    student = student or build_student(teacher, layers=[0, 3])
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=lm_config(out, kd_chunk_size=chunk, **kw),
+        train_dataset=data or lm_dataset(n=8),
+        data_collator=DistillationDataCollator(pad_token_id=0),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    student.train()
+    loss = trainer.compute_loss(student, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    return trainer, loss.detach(), logged, grads
+
+
+@pytest.mark.parametrize("loss", ["kl", "jsd"])
+def test_trainer_chunked_path_equals_full_logits_path(tmp_out, loss):
+    chunked, loss_c, logged_c, grads_c = first_step(tmp_out + "c", 5, logit_loss=loss, alpha_hidden=1.0)
+    full, loss_f, logged_f, grads_f = first_step(tmp_out + "f", 0, logit_loss=loss, alpha_hidden=1.0)
+    assert chunked._fused and not full._fused
+    torch.testing.assert_close(loss_c, loss_f, rtol=1e-5, atol=1e-6)
+    assert logged_c.keys() == logged_f.keys() == {"loss/task", "loss/logits", "loss/hidden"}
+    for key in logged_c:
+        assert logged_c[key] == pytest.approx(logged_f[key], rel=1e-5)
+    assert grads_c.keys() == grads_f.keys() and len(grads_c) > 10
+    for name in grads_c:
+        torch.testing.assert_close(grads_c[name], grads_f[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_chunked_student_forward_computes_one_position_of_logits(tmp_out):
+    trainer, *_ = first_step(tmp_out, 4)
+    seen = []
+    head = trainer.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape)))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(trainer.model, batch)
+    handle.remove()
+    assert seen and all(shape[1] == 1 for shape in seen)  # the (B, T, V) logits are never built
+
+
+def test_padded_teacher_vocabulary_is_aligned_on_the_shared_rows(tmp_out):
+    tokenizer = tiny_tokenizer()
+    teacher = tiny_qwen2(seed=1)
+    teacher.resize_token_embeddings(112)  # the same 99-token tokenizer, embeddings padded to 112 (as Qwen2.5-7B)
+    student = tiny_qwen2(num_layers=2, seed=2)
+    args = lm_config(tmp_out, kd_chunk_size=4)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=lm_dataset(n=8),
+        processing_class=tokenizer,
+        teacher_processing_class=tokenizer,
+        data_collator=DistillationDataCollator(pad_token_id=0),
+    )
+    assert trainer.vocab_rows == 99
+    trainer.train()
+    other = tiny_tokenizer(extra_words=("zebra",))  # one word swapped in: a different vocabulary
+    with pytest.raises(ValueError, match="first at id"):
+        DistillationTrainer(
+            model=tiny_qwen2(num_layers=2), teacher_model=teacher, args=args, processing_class=tokenizer,
+            teacher_processing_class=other,
+        )  # fmt: skip
+
+
+def test_training_from_a_teacher_cache_without_the_teacher(tmp_path):
+    teacher = tiny_llama(seed=1)
+    data = lm_dataset(n=16)
+    cache_dir = str(tmp_path / "cache")
+    build_teacher_cache(teacher, data, k=8, temperature=2.0, output_dir=cache_dir, batch_size=4)
+    from hf_distill.teacher_cache import load_teacher_cache
+
+    cached, meta = load_teacher_cache(cache_dir, temperature=2.0)
+    student = build_student(teacher, layers=[0, 3])
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=None,
+        args=lm_config(str(tmp_path / "out"), kd_chunk_size=4, max_steps=3, remove_unused_columns=True),
+        train_dataset=cached,
+        data_collator=DistillationDataCollator(pad_token_id=0),
+    )
+    assert trainer.teachers == []
+    seen = []
+    original = trainer.compute_loss
+
+    def spy(model, inputs, *a, **kw):
+        seen.append(set(inputs))
+        return original(model, inputs, *a, **kw)
+
+    trainer.compute_loss = spy
+    trainer.train()
+    assert all({"teacher_topk_ids", "teacher_topk_logprobs"} <= keys for keys in seen)  # survived column removal
+    assert any(not torch.equal(student.state_dict()[k], v) for k, v in before.items())
+    logged = [h for h in trainer.state.log_history if "loss/logits" in h]
+    assert logged and all(h["loss/logits"] > 0 for h in logged)
+    with pytest.raises(ValueError, match="teacher cache without the teacher"):
+        DistillationTrainer(
+            model=student, args=lm_config(str(tmp_path / "o2"), alpha_hidden=1.0), train_dataset=cached
+        )
+
+
+def test_cached_loss_equals_live_topk_loss(tmp_path):
+    """The loss from a float32 cache equals topk_token_kd against the live teacher."""
+    teacher = tiny_llama(seed=1)
+    data = lm_dataset(n=8)
+    cached = build_teacher_cache(teacher, data, k=6, temperature=1.0, dtype="float32", batch_size=8)
+    student = build_student(teacher, layers=[1, 2])
+    trainer = DistillationTrainer(
+        model=student,
+        args=lm_config(str(tmp_path), kd_chunk_size=3, alpha_task=0.0, temperature=1.0),
+        train_dataset=cached,
+        data_collator=DistillationDataCollator(pad_token_id=0),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    got = trainer.compute_loss(student, batch)
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        ids, logprobs = teacher_topk(t_logits, k=6, temperature=1.0)
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    want = topk_token_kd(s_logits, ids, logprobs, mask=batch["labels"][:, 1:] != -100, loss="kl")
+    torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-5)
+
+
+def prompt_data(n=8):
+    g = torch.Generator().manual_seed(5)
+    rows = {"input_ids": [], "labels": [], "prompt_length": []}
+    for i in range(n):
+        p, c = 2 + i % 3, 3 + i % 2
+        ids = torch.randint(4, 99, (p + c,), generator=g).tolist()
+        rows["input_ids"].append(ids)
+        rows["labels"].append([-100] * p + ids[p:])
+        rows["prompt_length"].append(p)
+    return Dataset.from_dict(rows)
+
+
+@pytest.mark.parametrize("mode", [{"lmbda": 1.0}, {"seq_kd": True}])
+def test_on_policy_and_sequence_level_kd_train_on_generated_completions(tmp_out, mode):
+    teacher = tiny_llama(seed=1)
+    student = build_student(teacher, layers=[0, 3])
+    generated = []
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=lm_config(tmp_out, kd_chunk_size=4, max_new_tokens=5, **mode),
+        train_dataset=prompt_data(),
+        processing_class=tiny_tokenizer(),
+        data_collator=DistillationDataCollator(pad_token_id=0),
+    )
+    original = trainer._maybe_generate
+
+    def spy(batch):
+        out = original(batch)
+        generated.append((batch, out))
+        return out
+
+    trainer._maybe_generate = spy
+    trainer.train()
+    assert generated
+    for batch, out in generated:
+        assert out is not batch and out["input_ids"].shape[1] > batch["prompt_input_ids"].shape[1]
+        # the prompts are kept, the targets are the generated tokens only
+        for i in range(out["input_ids"].shape[0]):
+            prompt = batch["prompt_input_ids"][i][batch["prompt_attention_mask"][i].bool()]
+            assert torch.equal(out["input_ids"][i, : len(prompt)], prompt)
+            assert (out["labels"][i, : len(prompt)] == -100).all() and (out["labels"][i, len(prompt) :] != -100).any()
+
+
+def test_generation_needs_prompts(tmp_out):
+    teacher = tiny_llama(seed=1)
+    trainer = DistillationTrainer(
+        model=build_student(teacher, layers=[0, 3]),
+        teacher_model=teacher,
+        args=lm_config(tmp_out, lmbda=1.0),
+        train_dataset=lm_dataset(n=8),
+        processing_class=tiny_tokenizer(),
+    )
+    with pytest.raises(ValueError, match="needs prompts"):
+        trainer.train()

@@ -1,0 +1,139 @@
+"""The causal-LM job (`hf-distill causal-lm`) end to end on a tiny Llama saved with a tiny tokenizer: text and JSONL
+data, held-out text, results.json, LoRA students, data-free distillation, the teacher cache, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+from conftest import WORDS, tiny_llama, tiny_tokenizer
+
+from hf_distill.cli import main, parse_with_config
+from hf_distill.distillation_config import DistillationConfig
+from hf_distill.recipes.causal_lm import CausalLMArguments, run
+from hf_distill.teacher_cache import CACHE_META_FILE
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher")
+    tiny_llama(seed=1, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def write_text(path, lines=200, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(lines):
+            f.write(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + "\n")
+    return str(path)
+
+
+def job(tmp_path, teacher_dir, *flags):
+    argv = [
+        "--teacher_model_name_or_path", teacher_dir, "--output_dir", str(tmp_path / "out"), "--block_size", "16",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--kd_chunk_size", "8", "--save_strategy", "no", *flags,
+    ]  # fmt: skip
+    return parse_with_config([CausalLMArguments, DistillationConfig], argv, "test")
+
+
+def test_text_job_writes_results_with_perplexities(tmp_path, teacher_dir):
+    train = write_text(tmp_path / "train.txt")
+    other = write_text(tmp_path / "other.txt", lines=60, seed=1)
+    lm, args = job(
+        tmp_path, teacher_dir, "--train_file", train, "--validation_split_percentage", "10",
+        "--validation_files", other, "--student_layers", "0,3",
+    )  # fmt: skip
+    results = run(lm, args)
+    saved = json.load(open(tmp_path / "out" / "results.json"))
+    assert saved == json.loads(json.dumps(results))
+    names = {"other.txt", "train.txt (held out)"}
+    for role in ("teacher", "student_before_training", "student"):
+        assert set(saved[role]["perplexity"]) == names
+        assert all(1 < v < 1e4 for v in saved[role]["perplexity"].values())
+    assert saved["student"]["num_parameters"] < saved["teacher"]["num_parameters"]
+    assert saved["student"]["perplexity"] != saved["student_before_training"]["perplexity"]  # it trained
+    assert saved["max_steps"] == 2 and saved["student_layers"] == [0, 3]
+    assert os.path.isfile(tmp_path / "out" / "model.safetensors")
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_lora_student_saved_as_adapter_or_merged(tmp_path, teacher_dir, merge):
+    train = write_text(tmp_path / "train.txt")
+    flags = ["--train_file", train, "--validation_files", train, "--use_peft", "true", "--lora_r", "4"]
+    lm, args = job(tmp_path, teacher_dir, *flags, *(["--merge_lora", "true"] if merge else []))
+    run(lm, args)
+    files = os.listdir(tmp_path / "out")
+    if merge:
+        assert "model.safetensors" in files
+        from transformers import AutoModelForCausalLM
+
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+        assert not any("lora" in n for n, _ in merged.named_parameters())
+    else:
+        assert "adapter_model.safetensors" in files and "adapter_config.json" in files
+
+
+def test_prompt_completion_jsonl_with_on_policy_batches(tmp_path, teacher_dir):
+    rng = random.Random(0)
+    path = tmp_path / "data.jsonl"
+    with open(path, "w") as f:
+        for _ in range(16):
+            words = [rng.choice(WORDS) for _ in range(8)]
+            f.write(json.dumps({"prompt": " ".join(words[:4]), "completion": " ".join(words[4:])}) + "\n")
+    lm, args = job(
+        tmp_path, teacher_dir, "--train_file", str(path), "--lmbda", "0.5", "--seq_kd", "true",
+        "--max_new_tokens", "4", "--validation_files", write_text(tmp_path / "v.txt", 40),
+    )  # fmt: skip
+    results = run(lm, args)
+    assert results["train_examples"] == 16 and results["max_steps"] == 2
+
+
+def test_data_free_distillation_from_teacher_samples(tmp_path, teacher_dir):
+    lm, args = job(
+        tmp_path, teacher_dir, "--data_free_samples", "8", "--validation_files", write_text(tmp_path / "v.txt", 40)
+    )
+    results = run(lm, args)
+    assert results["train_examples"] == 8
+
+
+def test_teacher_cache_is_built_once_then_trained_from(tmp_path, teacher_dir, capsys):
+    train = write_text(tmp_path / "train.txt")
+    cache = str(tmp_path / "cache")
+    flags = [
+        "--train_file",
+        train,
+        "--validation_files",
+        train,
+        "--teacher_cache_dir",
+        cache,
+        "--teacher_cache_k",
+        "4",
+    ]
+    run(*job(tmp_path, teacher_dir, *flags))
+    assert os.path.isfile(os.path.join(cache, CACHE_META_FILE))
+    assert "caching the teacher" in capsys.readouterr().out
+    run(*job(tmp_path, teacher_dir, *flags))
+    assert "training from the teacher cache" in capsys.readouterr().out
+
+
+def test_cli_lists_causal_lm_and_documents_its_flags(capsys):
+    assert main([]) == 0
+    assert "causal-lm" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["causal-lm", "--help"])
+    out = capsys.readouterr().out
+    for flag in (
+        "--train_file",
+        "--validation_files",
+        "--kd_chunk_size",
+        "--lmbda",
+        "--teacher_cache_dir",
+        "--use_peft",
+    ):
+        assert flag in out
+    assert main(["causal-lm", "--output_dir", "x"]) == 2  # no teacher: a clear error, not a traceback

@@ -1,0 +1,315 @@
+"""Top-k logit KD pinned against the full loss and a naive reference; the teacher cache round-trips a live teacher."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from conftest import VOCAB, lm_dataset, tiny_llama
+from datasets import Dataset
+
+from hf_distill.losses import get_loss, teacher_topk, topk_token_kd
+from hf_distill.teacher_cache import (
+    CACHE_META_FILE,
+    TEACHER_CACHE_COLUMNS,
+    build_teacher_cache,
+    cache_bytes_per_token,
+    is_teacher_cache_batch,
+    load_teacher_cache,
+)
+
+DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
+B, T, V = 3, 5, 11
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: thread hand-offs would dominate on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_logits(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    student = 2 * torch.randn(B, T, V, generator=g)
+    teacher = 3 * torch.randn(B, T, V, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    return student, teacher, mask
+
+
+# --- naive reference, from the definitions, in Python floats --------------------------------------------------------
+
+
+def softmax(z, t):
+    e = [math.exp(v / t) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+
+
+def divergence(name, pt, ps, beta):
+    if name == "kl":
+        return kl(pt, ps)
+    if name == "reverse_kl":
+        return kl(ps, pt)
+    if name == "jsd":
+        m = [beta * a + (1 - beta) * b for a, b in zip(pt, ps)]
+        return beta * kl(pt, m) + (1 - beta) * kl(ps, m)
+    if name == "skew_kl":
+        return kl(pt, [beta * a + (1 - beta) * b for a, b in zip(pt, ps)])
+    return kl(ps, [beta * b + (1 - beta) * a for a, b in zip(pt, ps)])  # skew_reverse_kl
+
+
+def reference(name, s_rows, t_rows, k, temperature, tail, beta=0.3):
+    """Mean over rows of the divergence between the coarsened (or renormalised) distributions, times T^2."""
+    out = []
+    for s, t in zip(s_rows, t_rows):
+        ps, pt = softmax(s, temperature), softmax(t, temperature)
+        top = sorted(range(len(t)), key=lambda i: -pt[i])[:k]
+        p, q = [pt[i] for i in top], [ps[i] for i in top]
+        if tail == "bucket":
+            p, q = p + [1 - sum(p)], q + [1 - sum(q)]
+        else:
+            p, q = [v / sum(p) for v in p], [v / sum(q) for v in q]
+        out.append(divergence(name, p, q, beta) * temperature**2)
+    return sum(out) / len(out)
+
+
+# --- the loss -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_full_vocabulary_topk_equals_full_loss(name, temperature):
+    student, teacher, mask = make_logits()
+    ids, logprobs = teacher_topk(teacher, V, temperature)
+    kw = {"mask": mask, "temperature": temperature, "beta": 0.3}
+    for normalizer in (None, 1):
+        want = get_loss("logits", name)(student, teacher, normalizer=normalizer, **kw)
+        for tail in ("bucket", "renormalize"):
+            got = topk_token_kd(student, ids, logprobs, loss=name, tail=tail, normalizer=normalizer, **kw)
+            assert got.dtype == torch.float32 and got.dim() == 0
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The tail bucket is empty here on both sides: its floor keeps the gradient finite (no 0 * log 0).
+    student.requires_grad_(True)
+    (grad,) = torch.autograd.grad(topk_token_kd(student, ids, logprobs, loss=name, **kw), student)
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_matches_naive_reference(name, tail):
+    g = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(4, 6, generator=g), 2 * torch.randn(4, 6, generator=g)
+    ids, logprobs = teacher_topk(teacher, 2, temperature=2.0)
+    got = topk_token_kd(student, ids, logprobs, loss=name, temperature=2.0, beta=0.3, tail=tail)
+    want = reference(name, student.tolist(), teacher.tolist(), 2, 2.0, tail)
+    assert want > 1e-3
+    assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_zero_for_identical_and_the_tail_bucket_sees_the_tail(name):
+    _, teacher, mask = make_logits(seed=2)
+    ids, logprobs = teacher_topk(teacher, 3)
+    for tail in ("bucket", "renormalize"):
+        zero = topk_token_kd(teacher.clone(), ids, logprobs, mask=mask, loss=name, tail=tail)
+        assert zero.abs().item() < 1e-6
+    # The same top-3 ratios but far less mass elsewhere: invisible after renormalising, not to the bucket.
+    outside = torch.ones_like(teacher, dtype=torch.bool).scatter(-1, ids, False)
+    student = teacher - 3.0 * outside
+    renorm = topk_token_kd(student, ids, logprobs, mask=mask, loss=name, tail="renormalize")
+    bucket = topk_token_kd(student, ids, logprobs, mask=mask, loss=name, tail="bucket")
+    assert renorm.abs().item() < 1e-6 and bucket.item() > 1e-2
+
+
+def test_masked_rows_are_ignored_and_never_read():
+    student, teacher, mask = make_logits(seed=3)
+    ids, logprobs = teacher_topk(teacher, 4, temperature=2.0)
+    want = topk_token_kd(student, ids, logprobs, mask=mask, temperature=2.0)
+    student2, ids2, logprobs2 = student.clone(), ids.clone(), logprobs.clone()
+    student2[~mask] = 1e4 * torch.randn_like(student2[~mask])
+    ids2[~mask] = -100  # a collator's padding value: out of range, but never read
+    logprobs2[~mask] = 0.0
+    got = topk_token_kd(student2, ids2, logprobs2, mask=mask, temperature=2.0)
+    torch.testing.assert_close(got, want)
+    total = topk_token_kd(student, ids, logprobs, mask=mask.long(), temperature=2.0, normalizer=1)
+    torch.testing.assert_close(total, want * mask.sum())
+
+
+def test_gradient_reaches_student_only_and_cache_dtypes_work():
+    student, teacher, mask = make_logits(seed=4)
+    student.requires_grad_(True)
+    ids, logprobs = teacher_topk(teacher, 4)
+    logprobs = logprobs.half().requires_grad_(True)  # as read from a float16 cache, int32 ids
+    loss = topk_token_kd(student, ids.int(), logprobs, mask=mask, loss="jsd")
+    loss.backward()
+    assert student.grad is not None and student.grad[mask].abs().sum() > 0
+    assert student.grad[~mask].abs().sum() == 0
+    assert logprobs.grad is None
+
+
+def test_teacher_topk_matches_torch_topk_of_log_softmax():
+    _, teacher, _ = make_logits(seed=5)
+    ids, logprobs = teacher_topk(teacher.bfloat16(), 4, temperature=2.0)
+    assert ids.dtype == torch.int64 and logprobs.dtype == torch.float32 and ids.shape == (B, T, 4)
+    want_values, want_ids = torch.log_softmax(teacher.bfloat16().float() / 2.0, dim=-1).topk(4, dim=-1)
+    torch.testing.assert_close(logprobs, want_values)
+    assert torch.equal(ids, want_ids)
+    assert (logprobs.exp().sum(-1) <= 1 + 1e-6).all()
+    with pytest.raises(ValueError, match="k must lie between 1 and the vocabulary size 11"):
+        teacher_topk(teacher, V + 1)
+
+
+def test_errors_name_the_bad_value():
+    student, teacher, mask = make_logits()
+    ids, logprobs = teacher_topk(teacher, 3)
+    with pytest.raises(ValueError, match="mse"):
+        topk_token_kd(student, ids, logprobs, loss="mse")
+    with pytest.raises(ValueError, match="Unknown tail 'drop'"):
+        topk_token_kd(student, ids, logprobs, tail="drop")
+    with pytest.raises(ValueError, match="Unknown logits loss"):
+        topk_token_kd(student, ids, logprobs, loss="nope")
+    with pytest.raises(ValueError, match="differ"):
+        topk_token_kd(student, ids, logprobs[..., :2])
+    with pytest.raises(ValueError, match="different tokens"):
+        topk_token_kd(student[:, :-1], ids, logprobs)
+    with pytest.raises(ValueError, match="mask"):
+        topk_token_kd(student, ids, logprobs, mask=mask[:, :-1])
+    with pytest.raises(ValueError, match=r"ids in \[0, 50\] but the student's vocabulary has V = 11"):
+        topk_token_kd(student, ids.clone().fill_(50).index_fill_(-1, torch.tensor([0]), 0), logprobs)
+    with pytest.raises(ValueError, match="k = 12"):
+        topk_token_kd(student, torch.zeros(B, T, 12, dtype=torch.long), torch.zeros(B, T, 12))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        topk_token_kd(student, ids, logprobs, temperature=0.0)
+
+
+# --- the cache ------------------------------------------------------------------------------------------------------
+
+
+def ragged_dataset(n=7, seed=0):
+    """Rows of different lengths, no attention_mask, an extra column that must survive."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 10, (n,), generator=g).tolist()
+    rows = [torch.randint(1, VOCAB, (m,), generator=g).tolist() for m in lengths]
+    return Dataset.from_dict({"input_ids": rows, "source": [f"doc{i}" for i in range(n)]})
+
+
+def assert_matches_live(teacher, row_ids, row_mask, cached_ids, cached_logprobs, k, temperature, atol):
+    """Cached rows == teacher_topk of the live teacher, robust to near-ties swapping the order of ids."""
+    with torch.no_grad():
+        logits = teacher(input_ids=torch.tensor([row_ids]), attention_mask=torch.tensor([row_mask])).logits[0]
+    live_ids, live_logprobs = teacher_topk(logits, k, temperature)
+    cached_ids, cached_logprobs = torch.tensor(cached_ids), torch.tensor(cached_logprobs, dtype=torch.float32)
+    assert cached_ids.shape == cached_logprobs.shape == (len(row_ids), k)
+    torch.testing.assert_close(cached_logprobs, live_logprobs, rtol=2e-3, atol=atol)
+    full = torch.log_softmax(logits.float() / temperature, dim=-1)
+    torch.testing.assert_close(cached_logprobs, full.gather(-1, cached_ids.long()), rtol=2e-3, atol=atol)
+    assert (cached_ids == live_ids).float().mean() > 0.95
+
+
+def test_cache_round_trip_with_a_live_teacher(tmp_path):
+    teacher = tiny_llama().train()
+    data = lm_dataset(n=6, seq_len=10)
+    out = str(tmp_path / "cache")
+    built = build_teacher_cache(teacher, data, k=8, temperature=2.0, batch_size=4, output_dir=out, teacher_name="tiny")
+    assert teacher.training  # put back in its mode
+    cached, meta = load_teacher_cache(out, temperature=2.0, vocab_size=VOCAB)
+    assert len(built) == len(cached) == 6
+    assert cached.column_names == ["input_ids", "attention_mask", "labels", *TEACHER_CACHE_COLUMNS]
+    assert cached.features["teacher_topk_ids"].feature.feature.dtype == "int32"
+    assert cached.features["teacher_topk_logprobs"].feature.feature.dtype == "float16"
+    assert cached["labels"] == data["labels"]
+    for i in range(len(cached)):
+        row = cached[i]
+        assert_matches_live(
+            teacher, row["input_ids"], row["attention_mask"], row["teacher_topk_ids"],
+            row["teacher_topk_logprobs"], k=8, temperature=2.0, atol=5e-3,
+        )  # fmt: skip
+
+    assert meta["teacher"] == "tiny" and meta["k"] == 8 and meta["temperature"] == 2.0 and meta["tail"] == "bucket"
+    assert meta["vocab_size"] == VOCAB and meta["dtype"] == "float16" and meta["num_examples"] == 6
+    assert meta["num_tokens"] == 60 and meta["hf_distill_version"]
+    # 8 * (4 + 2) = 48 bytes of payload, plus 8 bytes of offsets per example; the files also hold input_ids, labels...
+    assert cache_bytes_per_token(8) == 48 and cache_bytes_per_token(32, "float32") == 256
+    assert 48 <= meta["topk_bytes_per_token"] <= 48 + 8 / 10 and meta["bytes_per_token"] > meta["topk_bytes_per_token"]
+    assert json.load(open(os.path.join(out, CACHE_META_FILE))) == meta
+
+    # Training without the teacher: the cached loss equals the live one, to float16 rounding.
+    batch = cached[:4]
+    assert is_teacher_cache_batch(batch) and not is_teacher_cache_batch(data[:4])
+    student_logits = tiny_llama(num_layers=1, seed=1)(input_ids=torch.tensor(batch["input_ids"])).logits[:, :-1]
+    mask = torch.tensor(batch["attention_mask"])[:, 1:].bool()
+    ids, logprobs = torch.tensor(batch["teacher_topk_ids"]), torch.tensor(batch["teacher_topk_logprobs"])
+    got = topk_token_kd(student_logits, ids[:, :-1], logprobs[:, :-1], mask=mask, temperature=2.0)
+    with torch.no_grad():
+        live = teacher(input_ids=torch.tensor(batch["input_ids"])).logits[:, :-1]
+    want = topk_token_kd(student_logits, *teacher_topk(live, 8, 2.0), mask=mask, temperature=2.0)
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-4)
+
+
+def test_ragged_rows_float32_and_k32(tmp_path):
+    teacher = tiny_llama()
+    data = ragged_dataset()
+    out = str(tmp_path / "cache32")
+    build_teacher_cache(teacher, data, k=32, batch_size=3, output_dir=out, dtype="float32")
+    cached, meta = load_teacher_cache(out)
+    assert cached["source"] == data["source"]
+    assert cached.features["teacher_topk_logprobs"].feature.feature.dtype == "float32"
+    assert meta["num_tokens"] == sum(len(r) for r in data["input_ids"])
+    assert meta["teacher"] == "LlamaForCausalLM"
+    for i in range(len(cached)):
+        row = cached[i]
+        assert len(row["teacher_topk_ids"]) == len(row["input_ids"])  # padding cut back off
+        assert_matches_live(
+            teacher, row["input_ids"], [1] * len(row["input_ids"]), row["teacher_topk_ids"],
+            row["teacher_topk_logprobs"], k=32, temperature=1.0, atol=1e-5,
+        )  # fmt: skip
+    assert 256 <= meta["topk_bytes_per_token"] <= 256 + 8 / 3
+    print(f"bytes/token k=32 float32: top-k {meta['topk_bytes_per_token']:.1f}, files {meta['bytes_per_token']:.1f}")
+
+
+def test_refuses_unfinished_and_mismatched_caches(tmp_path, monkeypatch):
+    plain = str(tmp_path / "plain")
+    lm_dataset(n=2).save_to_disk(plain)
+    with pytest.raises(ValueError, match="not a finished teacher cache"):
+        load_teacher_cache(plain)
+
+    out = str(tmp_path / "cache")
+    data = lm_dataset(n=2, seq_len=6)
+    build_teacher_cache(tiny_llama(num_layers=1), data, k=4, output_dir=out)
+    with pytest.raises(ValueError, match=r"temperature 1\.0.*temperature 2\.0; rebuild the cache"):
+        load_teacher_cache(out, temperature=2.0)
+    with pytest.raises(ValueError, match="vocabulary of 99 tokens, but the student has 100"):
+        load_teacher_cache(out, vocab_size=100)
+
+    # A rebuild that dies while saving leaves no meta file: the folder no longer reads as a finished cache.
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Dataset, "save_to_disk", crash)
+    with pytest.raises(OSError, match="disk full"):
+        build_teacher_cache(tiny_llama(num_layers=1), data, k=4, output_dir=out)
+    with pytest.raises(ValueError, match="not a finished teacher cache"):
+        load_teacher_cache(out)
+
+
+def test_build_errors():
+    teacher, data = tiny_llama(num_layers=1), lm_dataset(n=2, seq_len=6)
+    with pytest.raises(ValueError, match="Unknown cache dtype 'bfloat16'"):
+        build_teacher_cache(teacher, data, k=4, dtype="bfloat16")
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        build_teacher_cache(teacher, data, k=0)
+    with pytest.raises(ValueError, match="input_ids"):
+        build_teacher_cache(teacher, data.rename_column("input_ids", "ids"), k=4)
+    with pytest.raises(ValueError, match="already has"):
+        build_teacher_cache(teacher, build_teacher_cache(teacher, data, k=4), k=4)
+    with pytest.raises(ValueError, match="vocabulary size 99"):
+        build_teacher_cache(teacher, data, k=VOCAB + 1)
