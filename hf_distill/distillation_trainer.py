@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from .mapping import (
     resolve_layer_pairs,
     strip_adapters,
 )
-from .modeling import infer_task, load_model, resolve_dtype, unwrap
+from .modeling import fused_loss_blockers, infer_task, load_model, resolve_dtype, unwrap
 from .teacher_cache import TEACHER_CACHE_COLUMNS
 from .vocab import load_tokenizer_for, shared_vocab_rows
 
@@ -46,8 +45,6 @@ TERMS = ("task", "logits", "hidden", "attention")
 # prompts that on-policy / sequence-level KD generate from
 GENERATION_COLUMNS = ("prompt_input_ids", "prompt_attention_mask", "prompt_length")
 EXTRA_COLUMNS = (*TEACHER_CACHE_COLUMNS, *GENERATION_COLUMNS)
-# config attributes of output heads that are not a plain linear map (the fused causal-LM loss needs a linear head)
-_NONLINEAR_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 @dataclass
@@ -103,7 +100,10 @@ class DistillationTrainer(Trainer):
         self._place_teachers()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_counts: ItemCounts | None = None
-        self._fused = self.task == "causal_lm" and args.kd_chunk_size > 0 and self._fusable(model)
+        blockers = fused_loss_blockers([unwrap(model), *self.teachers]) if self.task == "causal_lm" else []
+        if blockers and args.kd_chunk_size > 0:
+            logger.warning("kd_chunk_size: computing full logits instead of chunks, as %s.", "; ".join(blockers))
+        self._fused = self.task == "causal_lm" and args.kd_chunk_size > 0 and not blockers
         self._generation_rng = random.Random(args.seed)
         self._log_setup()
 
@@ -183,19 +183,6 @@ class DistillationTrainer(Trainer):
             ensure_eager_attention(self.teachers[0], "teacher")
             if disable_attention_dropout(student):
                 logger.warning("Attention-map KD: set the student's attention-probability dropout to 0.")
-
-    def _fusable(self, model) -> bool:
-        """Whether the student and teachers have plain linear heads and take ``logits_to_keep`` (for the fused loss)."""
-        reasons = []
-        for role, m in [("student", unwrap(model)), *(("teacher", t) for t in self.teachers)]:
-            if "logits_to_keep" not in inspect.signature(m.forward).parameters or m.get_output_embeddings() is None:
-                reasons.append(f"the {role} ({type(m).__name__}) takes no logits_to_keep or has no output embeddings")
-            for attr in _NONLINEAR_HEAD_ATTRS:
-                if getattr(m.config, attr, None) not in (None, 1, 1.0):
-                    reasons.append(f"the {role}'s head is not linear ({attr}={getattr(m.config, attr)})")
-        if reasons:
-            logger.warning("kd_chunk_size: computing full logits instead of chunks, as %s.", "; ".join(reasons))
-        return not reasons
 
     def _teacher_width(self) -> int:
         return self.teachers[0].config.hidden_size
@@ -427,9 +414,6 @@ class DistillationTrainer(Trainer):
         if return_outputs:
             return loss, type(student_out)(loss=loss, logits=student_out.logits)
         return loss
-
-    def _uses_teacher(self) -> bool:
-        return any(getattr(self.args, f"alpha_{k}") > 0 for k in ("logits", "hidden", "attention"))
 
     def _runs_teachers(self, cache: dict) -> bool:
         """The teachers run when a KD term needs them: not for a no-KD baseline, not for logits from a cache."""

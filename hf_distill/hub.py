@@ -76,6 +76,11 @@ _ATTENTION_LOSSES = {
 }
 _HIDDEN_LOSSES = {"mse": "mean squared error", "cosine": "cosine distance"}
 _SIZE_KEYS = ("num_parameters", "size_mb", "latency_ms", "throughput")
+_PERPLEXITY_ROLES = (  # causal-LM results.json key -> row of the card's table
+    ("teacher", "teacher"),
+    ("student_before_training", "student before training"),
+    ("student", "student (distilled)"),
+)
 
 
 @dataclass
@@ -207,6 +212,10 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
+def _parameters(n: int) -> str:
+    return f"{_human(n)} ({n:,})"
+
+
 def _dataset(results: dict | None) -> dict:
     """Where the scores were measured: GLUE tasks map to nyu-mll/glue with their config and splits."""
     task = (results or {}).get("task")
@@ -259,7 +268,7 @@ def _result_rows(results: dict, metrics: list[str]) -> list[dict]:
             continue
         cells = ["-" if entry.get(m) is None else f"{entry[m]:.4f}" for m in metrics]
         cells += [
-            f"{_human(entry['num_parameters'])} ({entry['num_parameters']:,})",
+            _parameters(entry["num_parameters"]),
             f"{entry['size_mb']:.2f}",
             f"{entry['latency_ms']:.2f}",
             f"{entry['throughput']:.1f}",
@@ -290,15 +299,112 @@ def _loss_terms(dist: dict) -> list[str]:
     return terms
 
 
+@dataclass
+class _ResultsSection:
+    """What one kind of ``results.json`` adds to the card: template variables and metadata."""
+
+    context: dict = field(default_factory=dict)
+    datasets: Optional[list[str]] = None
+    tags: list[str] = field(default_factory=list)
+    eval_results: Optional[list[EvalResult]] = None
+
+
+def _score_section(results: dict, task_type: str) -> _ResultsSection:
+    """The GLUE job's results (report.build_results): a score per metric, size and CPU speed per model."""
+    dataset, task = _dataset(results), results.get("task")
+    metrics, speed = _metric_names(results), results.get("speed", {})
+    teacher_scores, student_scores = results["teacher"], results["student"]
+    scores = {
+        "metric": results["metric"],
+        "metrics": metrics,
+        "rows": _result_rows(results, metrics),
+        "dataset": dataset,
+        "retention": None if results.get("retention") is None else f"{results['retention'] * 100:.1f} %",
+        "speedup": f"{results['speedup']:.2f}×",
+        "param_share": f"{student_scores['num_parameters'] / teacher_scores['num_parameters'] * 100:.0f} %",
+        "kd_gain": None if results.get("kd_gain") is None else f"{results['kd_gain']:+.4f}",
+        "batch": f"{speed.get('batch_size', '?')} × {speed.get('seq_len', '?')} tokens",
+        "train_examples": results.get("train_examples"),
+        "max_steps": results.get("max_steps"),
+    }
+    return _ResultsSection(
+        context={"results": scores},
+        datasets=[dataset["id"]] if dataset["id"] else None,
+        tags=[*(["glue"] if task in GLUE_TASKS else []), *([task] if task else [])],
+        eval_results=_eval_results(results, dataset, task_type),
+    )
+
+
+def _perplexity_rows(results: dict, texts: list[str]) -> list[dict]:
+    rows = []
+    for role, label in _PERPLEXITY_ROLES:
+        entry = results.get(role)
+        if entry is None:
+            continue
+        cells = ["-" if entry["perplexity"].get(t) is None else f"{entry['perplexity'][t]:.2f}" for t in texts]
+        rows.append({"role": role, "name": label, "cells": [*cells, _parameters(entry["num_parameters"])]})
+    return rows
+
+
+def _perplexity_eval_results(results: dict, task_type: str) -> list[EvalResult]:
+    """The student's perplexities as model-index entries, one per evaluation text (lower is better)."""
+    return [
+        EvalResult(
+            task_type=task_type,
+            dataset_type=text,  # a local file or a split name: results.json records no Hub dataset id
+            dataset_name=text,
+            metric_type="perplexity",
+            metric_name="perplexity (lower is better)",  # model-index has no field for the direction
+            metric_value=round(float(value), 4),
+        )
+        for text, value in results["student"]["perplexity"].items()
+    ]
+
+
+def _perplexity_section(results: dict, task_type: str) -> _ResultsSection:
+    """The causal-LM job's results (recipes/causal_lm.py): perplexity per evaluation text and parameters per model;
+    ``teacher`` is absent when the job ran with ``--eval_teacher false``."""
+    texts = list(results["student"]["perplexity"])
+    rows = _perplexity_rows(results, texts)
+    first = {row["role"]: row["cells"][0] for row in rows} if texts else {}  # the headline's text, as in the table
+    teacher, student = results.get("teacher"), results["student"]
+    perplexity = {
+        "texts": texts,
+        "rows": rows,
+        "first_text": texts[0] if texts else None,
+        "student": first.get("student"),
+        "teacher": first.get("teacher"),
+        "before": first.get("student_before_training"),
+        "param_share": f"{student['num_parameters'] / teacher['num_parameters'] * 100:.0f} %" if teacher else None,
+        "train_examples": results.get("train_examples"),
+        "max_steps": results.get("max_steps"),
+    }
+    return _ResultsSection(
+        context={"perplexity": perplexity},
+        tags=["text-generation"],
+        eval_results=_perplexity_eval_results(results, task_type) or None,
+    )
+
+
+_RESULTS_SECTIONS = {"causal_lm": _perplexity_section}  # results.json "task" -> its section; GLUE tasks are scores
+
+
+def _results_section(results: dict | None, task_type: str) -> _ResultsSection:
+    if not results:
+        return _ResultsSection()
+    return _RESULTS_SECTIONS.get(results.get("task"), _score_section)(results, task_type)
+
+
 def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: dict, results: dict | None) -> dict:
-    """Everything the template shows, as plain strings and lists."""
+    """Everything the template shows but the results, as plain strings and lists."""
     config = _read_json(folder, "config.json") or {}
-    pipeline_tag, auto_class = _TASKS.get(dist.get("task"), ("text-classification", "AutoModel"))
+    task = dist.get("task") or (results or {}).get("task")  # results.json says causal_lm too
+    pipeline_tag, auto_class = _TASKS.get(task, ("text-classification", "AutoModel"))
     names = os.listdir(folder)
     has_tokenizer = any(n in TOKENIZER_FILES for n in names)
     model_type = config.get("model_type", "transformer")
     layers = config.get("num_hidden_layers", config.get("n_layer"))
-    context = {
+    return {
         "title": repo_id.split("/")[-1] if repo_id else os.path.basename(os.path.abspath(folder)),
         "repo": repo_id or folder,
         "version": dist.get("hf_distill_version", __version__),
@@ -318,25 +424,9 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         "pipeline_tag": pipeline_tag,
         "tokenizer_from": (repo_id or folder) if has_tokenizer else (teacher if _is_repo_id(teacher) else None),
         "has_report": "report.png" in names,
-        "results": None,
+        "results": None,  # scores, size and speed (GLUE job), see _score_section
+        "perplexity": None,  # perplexities per evaluation text (causal-LM job), see _perplexity_section
     }
-    if results:
-        metrics, speed = _metric_names(results), results.get("speed", {})
-        teacher_scores, student_scores = results["teacher"], results["student"]
-        context["results"] = {
-            "metric": results["metric"],
-            "metrics": metrics,
-            "rows": _result_rows(results, metrics),
-            "dataset": _dataset(results),
-            "retention": None if results.get("retention") is None else f"{results['retention'] * 100:.1f} %",
-            "speedup": f"{results['speedup']:.2f}×",
-            "param_share": f"{student_scores['num_parameters'] / teacher_scores['num_parameters'] * 100:.0f} %",
-            "kd_gain": None if results.get("kd_gain") is None else f"{results['kd_gain']:+.4f}",
-            "batch": f"{speed.get('batch_size', '?')} × {speed.get('seq_len', '?')} tokens",
-            "train_examples": results.get("train_examples"),
-            "max_steps": results.get("max_steps"),
-        }
-    return context
 
 
 def render_model_card(
@@ -360,19 +450,18 @@ def render_model_card(
     results = _read_json(folder, RESULTS_FILE)
     teacher = base_model or next(iter(dist.get("teachers") or []), None)
     context = _card_context(folder, repo_id, teacher, dist, results)
-    dataset = _dataset(results)
-    task = (results or {}).get("task")
+    section = _results_section(results, context["pipeline_tag"])
+    context.update(section.context)
     card_data = ModelCardData(
         base_model=teacher if _is_repo_id(teacher) else None,
-        datasets=datasets or ([dataset["id"]] if results and dataset["id"] else None),
+        datasets=datasets or section.datasets,
         language=language,
         library_name="transformers",
         license=license or _local_license(teacher),
         model_name=context["title"] if results else None,
         pipeline_tag=context["pipeline_tag"],
-        tags=["distillation", "hf-distill", *(["glue"] if task in GLUE_TASKS else []), *([task] if task else [])]
-        + list(tags or []),
-        eval_results=_eval_results(results, dataset, context["pipeline_tag"]) if results else None,
+        tags=["distillation", "hf-distill", *section.tags, *(tags or [])],
+        eval_results=section.eval_results,
     )
     template = resources.files("hf_distill").joinpath("templates/model_card.md").read_text(encoding="utf-8")
     return str(ModelCard.from_template(card_data, template_str=template, **context))

@@ -332,3 +332,13 @@ def test_generation_needs_prompts(tmp_out):
     )
     with pytest.raises(ValueError, match="needs prompts"):
         trainer.train()
+
+
+def test_a_head_that_is_not_linear_falls_back_to_full_logits(tmp_out, caplog):
+    teacher = tiny_llama(seed=1)
+    teacher.config.final_logit_softcapping = 30.0  # as Gemma 2: the fused loss cannot apply it per chunk
+    trainer = DistillationTrainer(
+        model=build_student(teacher, layers=[0, 3]), teacher_model=teacher, args=lm_config(tmp_out, kd_chunk_size=8)
+    )
+    assert not trainer._fused
+    assert "final_logit_softcapping=30.0" in caplog.text

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import random
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import WORDS, tiny_llama, tiny_tokenizer
 
 from hf_distill.cli import main, parse_with_config
@@ -137,3 +139,15 @@ def test_cli_lists_causal_lm_and_documents_its_flags(capsys):
     ):
         assert flag in out
     assert main(["causal-lm", "--output_dir", "x"]) == 2  # no teacher: a clear error, not a traceback
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples/causal_lm/configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_says_how_to_run_it(path):
+    text = path.read_text()
+    assert text.startswith("#") and "hf-distill causal-lm" in text.split("\n\n")[0]
+    cpu_only = [] if torch.cuda.is_available() or "bf16: true" not in text else ["--bf16", "false"]
+    lm, args = parse_with_config([CausalLMArguments, DistillationConfig], ["--config", str(path), *cpu_only], "t")
+    assert isinstance(args, DistillationConfig) and (lm.train_file or lm.dataset_name)

