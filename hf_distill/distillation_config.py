@@ -129,7 +129,7 @@ class DistillationConfig(TrainingArguments):
 
     # --- causal LMs ---
     kd_chunk_size: int = field(
-        default=1024,
+        default=256,
         metadata={
             "help": "Causal LMs: compute the next-token and KD losses over chunks of this many tokens from the last "
             "hidden states (memory O(chunk x vocab) instead of batch x seq x vocab); 0: full logits."

@@ -112,6 +112,8 @@ class DistillationTrainer(Trainer):
     def _load_teachers(self, teacher_model, args, train_dataset) -> list[nn.Module]:
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if teacher_model is None:
+            if not any(getattr(args, f"alpha_{k}") > 0 for k in ("logits", "hidden", "attention")) and not args.seq_kd:
+                return []  # a no-KD baseline: nothing needs a teacher
             columns = getattr(train_dataset, "column_names", None) or []
             if all(c in columns for c in TEACHER_CACHE_COLUMNS):
                 if args.alpha_hidden > 0 or args.alpha_attention > 0 or args.lmbda > 0 or args.seq_kd:
@@ -351,6 +353,8 @@ class DistillationTrainer(Trainer):
         """
         inner = unwrap(self.accelerator.unwrap_model(model))
         request = self._output_request(role)
+        if self.task == "causal_lm":
+            request["use_cache"] = False  # a training step needs no key/value cache (180 MB for SmolLM2 at 8 x 512)
         if fused:
             last = inner.config.num_hidden_layers
             request["output_hidden_states"] = sorted({*request.get("output_hidden_states", []), last})

@@ -342,3 +342,18 @@ def test_a_head_that_is_not_linear_falls_back_to_full_logits(tmp_out, caplog):
     )
     assert not trainer._fused
     assert "final_logit_softcapping=30.0" in caplog.text
+
+
+def test_no_kd_baseline_needs_no_teacher_and_steps_build_no_kv_cache(tmp_out):
+    student = tiny_llama(num_layers=2, seed=2)
+    trainer = DistillationTrainer(
+        model=student,
+        args=lm_config(tmp_out, alpha_task=1.0, alpha_logits=0.0, kd_chunk_size=4),
+        train_dataset=lm_dataset(n=8),
+        data_collator=DistillationDataCollator(pad_token_id=0),
+    )
+    assert trainer.teachers == []
+    calls = []
+    student.register_forward_pre_hook(lambda m, a, kw: calls.append(kw.get("use_cache")), with_kwargs=True)
+    trainer.train()
+    assert calls and all(c is False for c in calls)  # a training step keeps no key/value cache alive
