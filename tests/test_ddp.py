@@ -20,7 +20,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ddp_keeps_adapters_synchronised(tmp_path):
+@pytest.mark.parametrize("kind", ["encoder", "lm"])
+def test_ddp_keeps_adapters_synchronised(tmp_path, kind):
     env = {**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}", "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -32,6 +33,7 @@ def test_ddp_keeps_adapters_synchronised(tmp_path):
         str(free_port()),
         str(HERE / "ddp_worker.py"),
         str(tmp_path),
+        kind,
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if result.returncode != 0:
