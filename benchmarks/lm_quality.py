@@ -39,20 +39,25 @@ TEXT = ROOT.parent / "shared/data/text"
 SHAKESPEARE = TEXT / "tinyshakespeare/input.txt"
 WIKITEXT = TEXT / "wikitext-2/valid.txt"
 
-# name -> DistillationConfig overrides; "ce" is the no-KD baseline on the same budget
+KD_HIDDEN = {
+    "alpha_task": 0.0,
+    "alpha_logits": 1.0,
+    "temperature": 1.0,
+    "logit_loss": "kl",
+    "alpha_hidden": 1.0,
+    "hidden_loss": "cosine",
+    "layer_map": "init",
+}
+CONSTANT = {"lr_scheduler_type": "constant_with_warmup"}
+# name -> DistillationConfig overrides of BASE; "ce" is the no-KD baseline on the same budget
+BASE = {"learning_rate": 2e-4, "warmup_steps": 10, "lr_scheduler_type": "cosine"}
 RUNS = {
     "ce": {"alpha_task": 1.0, "alpha_logits": 0.0},
+    "ce_const": {"alpha_task": 1.0, "alpha_logits": 0.0, **CONSTANT},
+    "kd_hidden_const": {**KD_HIDDEN, **CONSTANT},
     "kd": {"alpha_task": 0.0, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
     "kd_ce": {"alpha_task": 0.5, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
-    "kd_hidden": {
-        "alpha_task": 0.0,
-        "alpha_logits": 1.0,
-        "temperature": 1.0,
-        "logit_loss": "kl",
-        "alpha_hidden": 1.0,
-        "hidden_loss": "cosine",
-        "layer_map": "init",
-    },
+    "kd_hidden": KD_HIDDEN,
     "jsd_hidden": {
         "alpha_task": 0.0,
         "alpha_logits": 1.0,
@@ -135,16 +140,13 @@ def main() -> None:
             output_dir=f"out/bench-lm/{key}",
             max_steps=opts.steps,
             per_device_train_batch_size=8,
-            learning_rate=2e-4,
-            warmup_steps=10,
-            lr_scheduler_type="cosine",
             logging_steps=10,
             save_strategy="no",
             report_to="none",
             disable_tqdm=True,
             use_cpu=True,
             seed=0,
-            **RUNS[name],
+            **{**BASE, **RUNS[name]},
         )
         curve = EvalAt([s for s in opts.curve if s < opts.steps], evaluate)
         trainer = DistillationTrainer(
@@ -161,7 +163,7 @@ def main() -> None:
         train_s = time.perf_counter() - start
         curve.curve[opts.steps] = evaluate(student)
         runs[key] = {
-            "config": RUNS[name],
+            "config": {**BASE, **RUNS[name]},
             "perplexity": curve.curve[opts.steps],
             "curve": curve.curve,
             "step_s": train_s / opts.steps,

@@ -8,12 +8,14 @@ import torch
 from conftest import lm_dataset, tiny_llama, tiny_qwen2, tiny_tokenizer
 from datasets import Dataset
 from torch import nn
+from transformers import TrainerCallback
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
 from hf_distill.data import DistillationDataCollator
 from hf_distill.losses import get_loss, task_loss
 from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
 from hf_distill.losses.topk import teacher_topk, topk_token_kd
+from hf_distill.mapping import ADAPTERS_ATTR
 from hf_distill.teacher_cache import build_teacher_cache
 
 B, T, D, V = 3, 7, 8, 23
@@ -357,3 +359,45 @@ def test_no_kd_baseline_needs_no_teacher_and_steps_build_no_kv_cache(tmp_out):
     student.register_forward_pre_hook(lambda m, a, kw: calls.append(kw.get("use_cache")), with_kwargs=True)
     trainer.train()
     assert calls and all(c is False for c in calls)  # a training step keeps no key/value cache alive
+
+
+class FirstGrads(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def accumulated_grads(out, batch, accum):
+    teacher = tiny_llama(seed=1)
+    student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=2)  # adapters: widths differ
+    catcher = FirstGrads()
+    args = lm_config(
+        out,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        max_steps=1,
+        kd_chunk_size=5,
+        alpha_hidden=1.0,
+        max_grad_norm=0,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=lm_dataset(n=8),  # ragged lengths and prompts: target counts differ per micro-batch
+        data_collator=DistillationDataCollator(pad_token_id=0),
+        callbacks=[catcher],
+    )
+    trainer.train()
+    return catcher.grads
+
+
+def test_chunked_loss_under_gradient_accumulation_matches_one_big_batch(tmp_out):
+    big = accumulated_grads(tmp_out + "a", batch=8, accum=1)
+    accumulated = accumulated_grads(tmp_out + "b", batch=2, accum=4)
+    assert big.keys() == accumulated.keys() and any(ADAPTERS_ATTR in n for n in big)
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
