@@ -12,6 +12,8 @@ from .losses import available_losses
 from .mapping import parse_layer_pairs
 
 _TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# written beside every saved student: the distillation settings, teachers and layer matches
+DISTILLATION_CONFIG_FILE = "distillation_config.json"
 
 
 @dataclass

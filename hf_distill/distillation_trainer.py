@@ -18,7 +18,7 @@ from transformers import Trainer
 from . import __version__
 from .capture import capture_qkv
 from .checks import check_label_spaces, ensure_eager_attention
-from .distillation_config import DistillationConfig
+from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .generation import generate_completions
 from .losses import align_logits, count_items, get_loss, match_heads, mix_teacher_logits, target_mask, task_loss
 from .losses.token import TeacherTargets, fused_causal_lm_loss
@@ -35,11 +35,11 @@ from .mapping import (
 )
 from .modeling import fused_loss_blockers, infer_task, load_model, resolve_dtype, unwrap
 from .teacher_cache import TEACHER_CACHE_COLUMNS
+from .trainer_hub import HubPushMixin
 from .vocab import load_tokenizer_for, shared_vocab_rows
 
 logger = logging.getLogger(__name__)
 
-DISTILLATION_CONFIG_FILE = "distillation_config.json"
 TERMS = ("task", "logits", "hidden", "attention")
 # batch columns that are no model inputs but must survive `remove_unused_columns`: the top-k teacher cache and the
 # prompts that on-policy / sequence-level KD generate from
@@ -56,7 +56,7 @@ class ItemCounts:
     scale: float = 1.0
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(HubPushMixin, Trainer):
     """Train ``model`` (the student) to match ``teacher_model`` as configured by a [`DistillationConfig`].
 
     ``teacher_model`` is a model, a Hub name / local folder, or a list of them (their soft targets are averaged with
@@ -643,44 +643,3 @@ class DistillationTrainer(Trainer):
         # the adapters are restored from their own file, so their absence from model.safetensors is expected
         load_result.missing_keys[:] = [k for k in load_result.missing_keys if ADAPTERS_ATTR not in k]
         super()._issue_warnings_after_load(load_result)
-
-    # ---- publishing ----
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **card,
-    ):
-        """Save the student and push it with the hf_distill model card through [`hf_distill.hub.push_student`].
-
-        Unlike ``Trainer.push_to_hub`` (which uploads all of ``output_dir`` with a Trainer card), only the student goes
-        up: weights, config, tokenizer, distillation_config.json, results.json, report.png and a freshly rendered
-        README.md; adapters and training_args.bin stay local. ``card`` takes ``license``, ``tags``, ``datasets``,
-        ``language`` and ``base_model``. Returns the ``CommitInfo`` (a ``Future`` of it when ``blocking=False``).
-        """
-        from huggingface_hub import HfApi
-
-        from .hub import push_student  # hub imports this module
-
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        self.save_model(_internal_call=True)
-        if not self.is_world_process_zero():
-            return None
-        self._finish_current_push()
-        output_dir = self.args.output_dir
-        kwargs = {
-            "private": private if private is not None else self.args.hub_private_repo,
-            "revision": revision or self.args.hub_revision,
-            "commit_message": commit_message,
-            "token": token or self.args.hub_token,
-            "regenerate_card": True,
-            **card,
-        }
-        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
-        if blocking:
-            return push_student(output_dir, repo_id, **kwargs)
-        return HfApi().run_as_future(push_student, output_dir, repo_id, **kwargs)

@@ -23,7 +23,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from . import __version__
-from .distillation_trainer import DISTILLATION_CONFIG_FILE
+from .distillation_config import DISTILLATION_CONFIG_FILE
 from .mapping import ADAPTERS_FILE
 from .tasks.glue import GLUE_TASKS
 
