@@ -55,6 +55,8 @@ RUNS = {
     "ce": {"alpha_task": 1.0, "alpha_logits": 0.0},
     "ce_const": {"alpha_task": 1.0, "alpha_logits": 0.0, **CONSTANT},
     "kd_hidden_const": {**KD_HIDDEN, **CONSTANT},
+    # on-policy: half of the batches continue the first 64 tokens of a block with 64 tokens the student samples
+    "gkd_hidden_const": {**KD_HIDDEN, **CONSTANT, "lmbda": 0.5, "max_new_tokens": 64},
     "kd": {"alpha_task": 0.0, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
     "kd_ce": {"alpha_task": 0.5, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
     "kd_hidden": KD_HIDDEN,
@@ -88,6 +90,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--curve", nargs="*", type=int, default=[], help="Also evaluate at these steps.")
     parser.add_argument("--eval_blocks", type=int, default=64)
+    parser.add_argument(
+        "--student_layers", default=None, help="Teacher layers kept, e.g. '0,2,4' (default: 1,3,...,29)."
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="benchmarks/results/lm_quality.json")
     opts = parser.parse_args()
@@ -130,12 +135,13 @@ def main() -> None:
         results["student_before_training"] = evaluate(build_student(teacher))
     runs = results.setdefault("runs", {})
     for name in opts.runs:
-        key = f"{name}@{opts.steps}"
+        key = f"{name}@{opts.steps}" + (f" layers {opts.student_layers}" if opts.student_layers else "")
         if key in runs:
             continue
         print(f"[bench] {key}", flush=True)
         torch.manual_seed(0)
-        student = build_student(teacher)
+        layers = [int(i) for i in opts.student_layers.split(",")] if opts.student_layers else None
+        student = build_student(teacher, layers=layers)
         args = DistillationConfig(
             output_dir=f"out/bench-lm/{key}",
             max_steps=opts.steps,
@@ -149,11 +155,14 @@ def main() -> None:
             **{**BASE, **RUNS[name]},
         )
         curve = EvalAt([s for s in opts.curve if s < opts.steps], evaluate)
+        data = train
+        if args.lmbda > 0 or args.seq_kd:  # the prompts that generation continues: the first half of each block
+            data = train.add_column("prompt_length", [64] * len(train))
         trainer = DistillationTrainer(
             model=student,
             teacher_model=teacher,
             args=args,
-            train_dataset=train,
+            train_dataset=data,
             data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
             processing_class=tokenizer,
             callbacks=[curve],
@@ -187,7 +196,7 @@ def table(results: dict) -> str:
         p, ratio = r["perplexity"], (f"{r['step_s'] / ce_step:>15.2f}x" if ce_step else "")
         lines.append(f"{key:<24}{p['shakespeare']:>16.1f}{p['wikitext2']:>16.1f}{r['step_s']:>9.2f}{ratio:>16}")
         for step, q in sorted(r["curve"].items(), key=lambda kv: int(kv[0])):
-            if int(step) != int(key.split("@")[1]):
+            if int(step) != int(key.split("@")[1].split()[0]):
                 lines.append(f"{'  at step ' + str(step):<24}{q['shakespeare']:>16.1f}{q['wikitext2']:>16.1f}")
     return "\n".join(lines)
 

@@ -401,3 +401,21 @@ def test_chunked_loss_under_gradient_accumulation_matches_one_big_batch(tmp_out)
     assert big.keys() == accumulated.keys() and any(ADAPTERS_ATTR in n for n in big)
     for name in big:
         torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("loss", ["kl", "jsd"])  # kl: the closed-form gradient; jsd: autograd
+def test_fused_loss_with_ignored_labels_inside_the_mask(loss):
+    """Rows in the mask whose label is -100 get the KD term but no cross-entropy (both code paths)."""
+    head, hidden, t_heads, t_hidden, labels = inputs(seed=3)
+    t_logits = t_heads[0](t_hidden[0]).detach()
+    logits = head(hidden)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), reduction="sum")
+    kd = get_loss("logits", loss)(logits, t_logits, temperature=2.0, normalizer=1)
+    want = (0.4 * ce + 0.6 * kd) / (B * T)
+    got, _ = fused_causal_lm_loss(
+        hidden, head, labels=labels, mask=None, teacher=TeacherTargets(logits=[t_logits]),
+        alpha_task=0.4, alpha_logits=0.6, loss=loss, temperature=2.0, chunk_size=4,
+    )  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(torch.autograd.grad(got, [hidden, head.weight]), torch.autograd.grad(want, [hidden, head.weight])):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

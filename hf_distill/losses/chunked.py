@@ -86,8 +86,13 @@ class _ChunkedLinearLoss(torch.autograd.Function):
             logits = F.linear(h, weight, bias).requires_grad_(need_h or need_w or need_b)  # (n, V)
             with torch.enable_grad():
                 value = loss_fn(logits, chunk)  # summed over the chunk's rows, float32
-            if logits.requires_grad:
+            d_logits = None
+            if isinstance(value, tuple):  # the loss gave its gradient in closed form (no autograd graph)
+                value, d_logits = value
+            elif logits.requires_grad:
                 (d_logits,) = torch.autograd.grad(value, logits)  # (n, V), in the head's dtype
+            if d_logits is not None:
+                d_logits = d_logits.to(weight.dtype)
                 if need_h and rows is None:
                     grad_h[start:end] = d_logits @ weight  # (n, V) @ (V, D)
                 elif need_h:
@@ -136,7 +141,9 @@ def chunked_linear_loss(
         hidden: ``(*batch, D)`` hidden states (the head's input).
         head: an ``nn.Linear``-like module, a weight ``(V, D)`` or a ``(weight, bias)`` pair.
         loss_fn: ``loss_fn(logits (n, V), {name: (n, ...)}) -> float32 scalar``, the SUM of the chunk's loss; it runs
-            with gradients enabled for the logits only (targets carry no graph).
+            with gradients enabled for the logits only (targets carry no graph). It may instead return
+            ``(value, d_value/d_logits (n, V))`` when it knows the gradient in closed form (``None`` when
+            ``logits.requires_grad`` is false); autograd is then skipped.
         targets: name -> ``(*batch, ...)`` per-token tensors; each chunk's rows of them are passed to ``loss_fn``.
         mask: ``(*batch)`` boolean/0-1 valid tokens; ``None`` for all.
         chunk_size: tokens per chunk (>= 1).

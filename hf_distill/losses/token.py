@@ -106,7 +106,22 @@ def fused_causal_lm_loss(
     if use_task:
         targets["labels"] = labels
 
-    def loss_fn(logits: torch.Tensor, chunk: dict) -> torch.Tensor:  # logits (n, V): the chunk's target tokens
+    closed_form = loss == "kl" and label_smoothing == 0 and (not use_kd or teacher.topk_ids is None)
+
+    def loss_fn(logits: torch.Tensor, chunk: dict):  # logits (n, V): the chunk's target tokens
+        if closed_form:
+            target = None
+            if use_kd:
+                rows = teacher.chunk_logits(chunk, logits.device)
+                rows = [t[:, :vocab_rows] if vocab_rows else t for t in rows]
+                target = mix_teacher_logits(rows, teacher.weights or [1.0] * len(rows), temperature, loss)
+            labels_chunk = chunk["labels"].to(logits.device) if use_task else None
+            value, grad, parts = _ce_kl_closed_form(
+                logits, labels_chunk, target, alpha_task, alpha_logits, temperature, logits.requires_grad
+            )
+            for name, part in parts.items():
+                sums[name] += part
+            return value, grad
         total = logits.new_zeros((), dtype=torch.float32)
         if use_task:
             ce = F.cross_entropy(
@@ -145,3 +160,43 @@ def fused_causal_lm_loss(
         normalizer = student_hidden.shape[:-1].numel() if mask is None else int(mask.bool().sum())
     scale = 0.0 if float(normalizer) == 0 else 1.0 / float(normalizer)  # no target token: a zero loss, no NaN
     return total * scale, {name: value * scale for name, value in sums.items()}
+
+
+@torch.no_grad()
+def _ce_kl_closed_form(logits, labels, target, alpha_task, alpha_kd, temperature, want_grad):
+    """``alpha_task * CE + alpha_kd * T^2 KL(p_t || p_s)`` summed over a chunk, with its gradient w.r.t. the logits.
+
+    Written out instead of differentiated: ``d CE / d s = softmax(s) - onehot(label)`` and
+    ``d T^2 KL / d s = T (softmax(s / T) - softmax(t / T))``, built in place, so a chunk holds about five
+    ``(n, V)`` float32 tensors and no autograd graph. ``logits`` ``(n, V)``; ``labels`` ``(n,)`` or ``None``;
+    ``target`` ``(n, R)`` teacher logits over the first ``R <= V`` rows, or ``None``.
+    Returns ``(value, grad (n, V) or None, {"task": ce, "logits": kd})``.
+    """
+    s = logits.float()
+    value, grad, parts = s.new_zeros(()), None, {}
+    if labels is not None:
+        valid = labels != IGNORE_INDEX  # (n,)
+        index = labels.clamp(min=0)[:, None]  # (n, 1)
+        log_p = torch.log_softmax(s, dim=-1)  # (n, V)
+        parts["task"] = -(log_p.gather(1, index).squeeze(1) * valid).sum()
+        value = value + alpha_task * parts["task"]
+        if want_grad:
+            grad = log_p.exp_()  # softmax(s), in place
+            grad.scatter_add_(1, index, -torch.ones_like(index, dtype=grad.dtype))
+            grad.mul_(valid[:, None].to(grad.dtype) * alpha_task)
+        del log_p
+    if target is not None:
+        rows = target.shape[-1]
+        log_q = torch.log_softmax(s[:, :rows] / temperature, dim=-1)  # (n, R) student at T
+        log_t = torch.log_softmax(target.float() / temperature, dim=-1)  # (n, R) teacher at T
+        p_t = log_t.exp()
+        pointwise = log_t.sub_(log_q).mul_(p_t)  # p_t (log p_t - log q), in place of log_t
+        parts["logits"] = torch.where(p_t > 0, pointwise, 0.0).sum() * temperature**2  # 0 log 0 = 0
+        value = value + alpha_kd * parts["logits"]
+        del pointwise
+        if want_grad:
+            kd_grad = log_q.exp_().sub_(p_t).mul_(alpha_kd * temperature)  # (n, R)
+            if grad is None:
+                grad = torch.zeros_like(s)
+            grad[:, :rows] += kd_grad
+    return value, grad, parts
