@@ -16,7 +16,7 @@ from hf_distill.recipes.glue import GlueArguments, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared/data/glue/SST-2"
-CONFIGS = sorted((ROOT / "examples").rglob("*.yaml"))
+CONFIGS = sorted((ROOT / "examples/glue/configs").glob("*.yaml"))  # causal-LM configs: test_causal_lm_recipe.py
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
