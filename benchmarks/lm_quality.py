@@ -57,6 +57,7 @@ RUNS = {
     "kd_hidden_const": {**KD_HIDDEN, **CONSTANT},
     # on-policy: half of the batches continue the first 64 tokens of a block with 64 tokens the student samples
     "gkd_hidden_const": {**KD_HIDDEN, **CONSTANT, "lmbda": 0.5, "max_new_tokens": 64},
+    "gkd1_hidden_const": {**KD_HIDDEN, **CONSTANT, "lmbda": 1.0, "max_new_tokens": 64},
     "kd": {"alpha_task": 0.0, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
     "kd_ce": {"alpha_task": 0.5, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
     "kd_hidden": KD_HIDDEN,
@@ -186,14 +187,18 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    ce_step = next((r["step_s"] for k, r in results["runs"].items() if k.startswith("ce@")), None)
+    def ce_step(key):  # the CE run of the same schedule and steps, measured in the same session
+        base = ("ce_const@" if "_const@" in key else "ce@") + key.split("@")[1]
+        return results["runs"].get(base, {}).get("step_s")
+
     lines = [f"{'model':<24}{'shakespeare ppl':>16}{'wikitext-2 ppl':>16}{'step s':>9}{'step / CE step':>16}"]
     lines.append("-" * len(lines[0]))
     for name in ("teacher", "student_before_training"):
         p = results[name]
         lines.append(f"{name:<24}{p['shakespeare']:>16.1f}{p['wikitext2']:>16.1f}")
     for key, r in results["runs"].items():
-        p, ratio = r["perplexity"], (f"{r['step_s'] / ce_step:>15.2f}x" if ce_step else "")
+        p, ce = r["perplexity"], ce_step(key)
+        ratio = f"{r['step_s'] / ce:>15.2f}x" if ce else ""
         lines.append(f"{key:<24}{p['shakespeare']:>16.1f}{p['wikitext2']:>16.1f}{r['step_s']:>9.2f}{ratio:>16}")
         for step, q in sorted(r["curve"].items(), key=lambda kv: int(kv[0])):
             if int(step) != int(key.split("@")[1].split()[0]):
