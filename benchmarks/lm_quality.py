@@ -57,7 +57,6 @@ RUNS = {
     "kd_hidden_const": {**KD_HIDDEN, **CONSTANT},
     # on-policy: half of the batches continue the first 64 tokens of a block with 64 tokens the student samples
     "gkd_hidden_const": {**KD_HIDDEN, **CONSTANT, "lmbda": 0.5, "max_new_tokens": 64},
-    "gkd1_hidden_const": {**KD_HIDDEN, **CONSTANT, "lmbda": 1.0, "max_new_tokens": 64},
     "kd": {"alpha_task": 0.0, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
     "kd_ce": {"alpha_task": 0.5, "alpha_logits": 1.0, "temperature": 1.0, "logit_loss": "kl"},
     "kd_hidden": KD_HIDDEN,
