@@ -14,6 +14,7 @@ from transformers import (
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    TrainerCallback,
 )
 
 VOCAB = 99
@@ -87,6 +88,17 @@ def lm_dataset(n=32, seq_len=12, seed=0) -> Dataset:
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :2] = -100
     return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
+
+
+class GradCatcher(TrainerCallback):
+    """Keeps a copy of the gradients of the first optimizer step."""
+
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.fixture

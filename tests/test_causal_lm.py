@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import lm_dataset, tiny_llama, tiny_qwen2, tiny_tokenizer
+from conftest import GradCatcher, lm_dataset, tiny_llama, tiny_qwen2, tiny_tokenizer
 from datasets import Dataset
 from torch import nn
-from transformers import TrainerCallback
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
 from hf_distill.data import DistillationDataCollator
@@ -361,19 +360,10 @@ def test_no_kd_baseline_needs_no_teacher_and_steps_build_no_kv_cache(tmp_out):
     assert calls and all(c is False for c in calls)  # a training step keeps no key/value cache alive
 
 
-class FirstGrads(TrainerCallback):
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def accumulated_grads(out, batch, accum):
     teacher = tiny_llama(seed=1)
     student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=2)  # adapters: widths differ
-    catcher = FirstGrads()
+    catcher = GradCatcher()
     args = lm_config(
         out,
         per_device_train_batch_size=batch,

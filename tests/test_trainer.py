@@ -9,8 +9,8 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from conftest import classification_dataset, lm_dataset, tiny_bert, tiny_llama
-from transformers import AutoModelForSequenceClassification, TrainerCallback
+from conftest import GradCatcher, classification_dataset, lm_dataset, tiny_bert, tiny_llama
+from transformers import AutoModelForSequenceClassification
 
 from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, DistillationTrainer, build_student
 from hf_distill.mapping import ADAPTERS_ATTR, ADAPTERS_FILE
@@ -34,15 +34,6 @@ def config(out, **kw):
     )
     base.update(kw)
     return DistillationConfig(**base)
-
-
-class GradCatcher(TrainerCallback):
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def first_step_grads(out, batch, accum, **kw):
