@@ -112,16 +112,14 @@ class DistillationTrainer(HubPushMixin, Trainer):
     def _load_teachers(self, teacher_model, args, train_dataset) -> list[nn.Module]:
         teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
         if teacher_model is None:
-            if not any(getattr(args, f"alpha_{k}") > 0 for k in ("logits", "hidden", "attention")) and not args.seq_kd:
-                return []  # a no-KD baseline: nothing needs a teacher
-            columns = getattr(train_dataset, "column_names", None) or []
-            if all(c in columns for c in TEACHER_CACHE_COLUMNS):
-                if args.alpha_hidden > 0 or args.alpha_attention > 0 or args.lmbda > 0 or args.seq_kd:
-                    raise ValueError(
-                        "Training from a teacher cache without the teacher: hidden-state/attention KD and generated "
-                        "completions need the teacher itself (set alpha_hidden=alpha_attention=lmbda=0, seq_kd=False)."
-                    )
-                return []  # the soft targets come with the data
+            cached = all(c in (getattr(train_dataset, "column_names", None) or []) for c in TEACHER_CACHE_COLUMNS)
+            if not args.needs_live_teacher(cached):
+                return []  # a no-KD baseline, or soft targets that come with the data
+            if cached:
+                raise ValueError(
+                    "Training from a teacher cache without the teacher: hidden-state/attention KD and generated "
+                    "completions need the teacher itself (set alpha_hidden=alpha_attention=lmbda=0, seq_kd=False)."
+                )
             raise ValueError(
                 "No teacher: pass teacher_model=, set teacher_model_name_or_path in the config, or train on data "
                 "with a top-k teacher cache (hf_distill.teacher_cache.build_teacher_cache)."

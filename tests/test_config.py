@@ -99,3 +99,19 @@ def test_yaml_round_trip(tmp_path):
     assert parsed.distillation_dict() == config.distillation_dict()
     override = DistillationConfig.from_yaml(str(path), temperature=5.0)
     assert override.temperature == 5.0
+
+
+@pytest.mark.parametrize(
+    "fields, cached, needed",
+    [
+        ({"alpha_task": 1.0, "alpha_logits": 0.0}, False, False),  # a no-KD baseline
+        ({"alpha_logits": 1.0}, False, True),
+        ({"alpha_logits": 1.0}, True, False),  # soft targets from the cache
+        ({"alpha_logits": 1.0, "lmbda": 0.5}, True, True),  # generated completions carry no cache
+        ({"alpha_logits": 1.0, "alpha_hidden": 1.0}, True, True),  # internals come from the teacher only
+        ({"alpha_task": 1.0, "alpha_logits": 0.0, "seq_kd": True}, True, True),  # the teacher writes the data
+    ],
+)
+def test_needs_live_teacher(tmp_path, fields, cached, needed):
+    args = DistillationConfig(output_dir=str(tmp_path), report_to="none", **fields)
+    assert args.needs_live_teacher(cached) is needed

@@ -43,17 +43,18 @@ class TeacherTargets:
         source = self.logits if self.logits is not None else self.hidden
         return {f"teacher{i}": t for i, t in enumerate(source or [])}
 
-    def chunk_logits(self, chunk: dict, device) -> list[torch.Tensor]:
-        """The teachers' ``(n, V)`` logits of one chunk (no gradient)."""
-        with torch.no_grad():
-            out = []
-            for i in range(len(self.logits if self.logits is not None else self.hidden)):
-                t = chunk[f"teacher{i}"].to(device)
-                if self.logits is None:
-                    weight, bias = _head_params(self.heads[i], "teacher head")
-                    t = F.linear(t.to(weight.device, weight.dtype), weight, bias).to(device)
-                out.append(t)
-            return out
+    @torch.no_grad()
+    def chunk_target(self, chunk: dict, device, vocab_rows: int | None, temperature: float, loss: str):
+        """The soft target of one chunk: the teachers' ``(n, V)`` logits over the first ``vocab_rows`` rows, several
+        teachers mixed (:func:`mix_teacher_logits`); no gradient."""
+        rows = []
+        for i in range(len(self.logits if self.logits is not None else self.hidden)):
+            t = chunk[f"teacher{i}"].to(device)
+            if self.logits is None:
+                weight, bias = _head_params(self.heads[i], "teacher head")
+                t = F.linear(t.to(weight.device, weight.dtype), weight, bias).to(device)
+            rows.append(t[:, :vocab_rows] if vocab_rows else t)
+        return mix_teacher_logits(rows, self.weights or [1.0] * len(rows), temperature, loss)
 
 
 def fused_causal_lm_loss(
@@ -110,11 +111,7 @@ def fused_causal_lm_loss(
 
     def loss_fn(logits: torch.Tensor, chunk: dict):  # logits (n, V): the chunk's target tokens
         if closed_form:
-            target = None
-            if use_kd:
-                rows = teacher.chunk_logits(chunk, logits.device)
-                rows = [t[:, :vocab_rows] if vocab_rows else t for t in rows]
-                target = mix_teacher_logits(rows, teacher.weights or [1.0] * len(rows), temperature, loss)
+            target = teacher.chunk_target(chunk, logits.device, vocab_rows, temperature, loss) if use_kd else None
             labels_chunk = chunk["labels"].to(logits.device) if use_task else None
             value, grad, parts = _ce_kl_closed_form(
                 logits, labels_chunk, target, alpha_task, alpha_logits, temperature, logits.requires_grad
@@ -148,8 +145,7 @@ def fused_causal_lm_loss(
                     normalizer=1,
                 )
             else:
-                rows = [t[:, :vocab_rows] if vocab_rows else t for t in teacher.chunk_logits(chunk, logits.device)]
-                target = mix_teacher_logits(rows, teacher.weights or [1.0] * len(rows), temperature, loss)
+                target = teacher.chunk_target(chunk, logits.device, vocab_rows, temperature, loss)
                 kd = divergence(student, target, normalizer=1, temperature=temperature, beta=beta)
             sums["logits"] += kd.detach()
             total = total + alpha_logits * kd

@@ -203,10 +203,9 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     results["student_before_training"] = score(student, texts, tokenizer, lm)
 
     print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens")
-    needs_teacher = not use_cache or args.alpha_hidden > 0 or args.alpha_attention > 0 or args.lmbda or args.seq_kd
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher if needs_teacher else None,
+        teacher_model=teacher if args.needs_live_teacher(cached=use_cache) else None,
         args=args,
         train_dataset=train,
         data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
