@@ -33,6 +33,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from memory import reset_peak_rss, rss_mb  # noqa: E402
+
 from hf_distill.losses import chunked_token_kd, get_loss  # noqa: E402
 
 
@@ -41,18 +43,6 @@ class _Saved:
 
     def __init__(self, tensor):
         self.tensor = tensor
-
-
-def _rss_mb(field: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (high-water mark) of this process from /proc, in MB (Linux only)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: resets VmHWM to the current RSS
 
 
 def _inputs(args):
@@ -94,8 +84,8 @@ def run_variant(variant: str, teacher: str, args) -> dict:
         head.zero_grad(set_to_none=True)
         hidden.grad = None
         loss = None
-        _reset_peak_rss()
-        rss_before = _rss_mb("VmRSS")
+        reset_peak_rss()
+        rss_before = rss_mb("VmRSS")
         packed = weakref.WeakSet()
 
         def pack(t, packed=packed):
@@ -108,7 +98,7 @@ def run_variant(variant: str, teacher: str, args) -> dict:
         saved = {s.tensor.untyped_storage().data_ptr(): s.tensor.untyped_storage().nbytes() for s in packed}
         loss.backward()
         times.append(time.perf_counter() - start)
-        peak = _rss_mb("VmHWM") - rss_before
+        peak = rss_mb("VmHWM") - rss_before
     return {
         "loss": loss.item(),
         "saved_mb": sum(saved.values()) / 2**20,

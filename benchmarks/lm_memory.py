@@ -39,8 +39,6 @@ noisy on shared machines: compare the ratios measured within one run.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
 import resource
@@ -57,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datasets import Dataset  # noqa: E402
+from memory import release_freed_memory, reset_peak_rss, rss_mb  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
@@ -70,30 +69,6 @@ MODES = ("student", "student_chunked", "naive_kd", "chunked_kd", "cached_kd")
 LIVE_TEACHER = ("naive_kd", "chunked_kd")
 CACHE_K = 32
 MB = 2**20
-
-
-# ---- memory readings (this process) ----
-
-
-def _rss_mb(field: str) -> float:
-    """``VmRSS`` (resident now) or ``VmHWM`` (high-water mark) of this process from /proc, in MB (Linux only)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: resets VmHWM to the current RSS
-
-
-def _release_freed_memory() -> None:
-    """Give freed heap pages back to the OS, so that the warm-up step's leftovers do not count as resident."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
 
 
 # ---- inputs ----
@@ -179,7 +154,7 @@ def _sync(device: str) -> None:
 
 def run_mode(mode: str, args, folder: str) -> dict:
     """Load what the mode needs, warm up once, then time ``repeats`` steps and read the peak memory."""
-    base_mb = _rss_mb("VmRSS")  # after the imports, before any model
+    base_mb = rss_mb("VmRSS")  # after the imports, before any model
     student = _load(os.path.join(folder, "student"), args.device).train()
     batch = {k: v.to(args.device) for k, v in _batch(args, student.config.vocab_size).items()}
     step, batch = _step_fn(mode, args, folder, student, batch)
@@ -188,9 +163,9 @@ def run_mode(mode: str, args, folder: str) -> dict:
         student.zero_grad(set_to_none=True)
         loss = None
         if i == 1:  # after the warm-up: models and batch loaded, gradients freed
-            _release_freed_memory()
-            loaded_mb = _rss_mb("VmRSS")
-            _reset_peak_rss()
+            release_freed_memory()
+            loaded_mb = rss_mb("VmRSS")
+            reset_peak_rss()
             if args.device == "cuda":
                 loaded_mb = torch.cuda.memory_allocated() / MB
                 torch.cuda.reset_peak_memory_stats()
@@ -200,7 +175,7 @@ def run_mode(mode: str, args, folder: str) -> dict:
         loss.backward()
         _sync(args.device)
         times.append(time.perf_counter() - start)
-    peak_mb = _rss_mb("VmHWM")
+    peak_mb = rss_mb("VmHWM")
     result = {
         "loss": loss.item(),
         "times_s": times[1:],
