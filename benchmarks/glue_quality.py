@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,7 +65,46 @@ def step_ms(trainer) -> float:
     return 1000 * trainer.state.log_history[-1]["train_runtime"] / max(trainer.state.global_step, 1)
 
 
-def run_one(task_name: str, seed: int, train_samples: int, out_dir: str) -> dict:
+NO_KD = {"alpha_task": 1.0, "alpha_logits": 0.0, "alpha_hidden": 0.0, "alpha_attention": 0.0}
+# name -> overrides of the recipe's DistillationConfig; "kd" is the shipped recipe itself
+VARIANTS = {
+    "no_kd": NO_KD,
+    "kd": {},
+    "kd_logits": {"alpha_hidden": 0.0, "alpha_attention": 0.0},
+    "kd_last": {"attention_layer_map": "last"},
+    "kd_cosine": {"hidden_loss": "cosine"},
+    "kd_hidden5": {"alpha_hidden": 5.0},
+    "kd_t1": {"temperature": 1.0},
+    "soft_t1": {
+        "alpha_task": 0.0,
+        "alpha_logits": 1.0,
+        "temperature": 1.0,
+        "alpha_hidden": 0.0,
+        "alpha_attention": 0.0,
+    },
+}
+DEFAULT_VARIANTS = ["no_kd", "kd", "kd_logits"]
+
+
+def _teacher(glue_args, args, task, data, tokenizer, collator, teacher_dir):
+    """The fine-tuned teacher of (task, seed), trained once and reused from ``teacher_dir`` (seconds spent, model)."""
+    labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
+    if os.path.exists(os.path.join(teacher_dir, "config.json")):
+        model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, num_labels=task.num_labels, **labels)
+        return None, model
+    start = time.perf_counter()
+    teacher = load_teacher(
+        glue_args, dataclasses.replace(args, output_dir=os.path.dirname(teacher_dir)), task, data, tokenizer, collator
+    )
+    seconds = time.perf_counter() - start
+    produced = os.path.join(os.path.dirname(teacher_dir), "teacher")
+    if produced != teacher_dir:
+        os.replace(produced, teacher_dir)
+    return seconds, teacher
+
+
+def run_one(task_name: str, seed: int, train_samples: int, out_dir: str, variants: list[str], done: dict) -> dict:
+    """Train the missing ``variants`` of (task, seed) and merge them into ``done`` (a previous result, or {})."""
     glue_args, args = parse_with_config([GlueArguments, DistillationConfig], ["--config", str(RECIPE)], "bench")
     glue_args = dataclasses.replace(
         glue_args,
@@ -81,78 +120,94 @@ def run_one(task_name: str, seed: int, train_samples: int, out_dir: str) -> dict
     task, data = prepare_data(glue_args, tokenizer, seed)
     collator = DataCollatorWithPadding(tokenizer)
     metrics = compute_metrics_for(task)
-
-    start = time.perf_counter()
-    teacher = load_teacher(glue_args, args, task, data, tokenizer, collator)
-    teacher_train_s = time.perf_counter() - start
-    no_kd_args = dataclasses.replace(
-        args,
-        output_dir=args.output_dir + "-nokd",
-        alpha_task=1.0,
-        alpha_logits=0.0,
-        alpha_hidden=0.0,
-        alpha_attention=0.0,
+    teacher_s, teacher = _teacher(
+        glue_args, args, task, data, tokenizer, collator, os.path.join(out_dir, "teachers", f"{task_name}-{seed}")
     )
-    logits_args = dataclasses.replace(
-        args, output_dir=args.output_dir + "-logits", alpha_hidden=0.0, alpha_attention=0.0
-    )
-    split = task.eval_splits[0]
-    no_kd = distill(
-        make_student(glue_args, args, teacher, task), teacher, no_kd_args, data, collator, tokenizer, metrics, split
-    )
-    kd = distill(
-        make_student(glue_args, args, teacher, task), teacher, args, data, collator, tokenizer, metrics, split
-    )
-    kd_logits = distill(
-        make_student(glue_args, args, teacher, task), teacher, logits_args, data, collator, tokenizer, metrics, split
-    )
-    scores = {
-        "teacher": evaluate_model(teacher, args, task, data, collator, metrics),
-        "no_kd": evaluate_model(no_kd.model, args, task, data, collator, metrics),
-        "kd": evaluate_model(kd.model, args, task, data, collator, metrics),
-        "kd_logits": evaluate_model(kd_logits.model, args, task, data, collator, metrics),
-    }
-    return {
+    result = {
         "task": task.name,
         "metric": task.metric,
         "seed": seed,
         "train_examples": len(data["train"]),
-        "steps": kd.state.global_step,
-        "scores": {k: v[f"eval_{task.metric}"] for k, v in scores.items()},
-        "all_scores": scores,
-        "teacher_train_s": teacher_train_s,
-        "student_step_ms": step_ms(no_kd),
-        "kd_step_ms": step_ms(kd),
-        "kd_logits_step_ms": step_ms(kd_logits),
-        "teacher_forward_ms": teacher_forward_ms(teacher, data, collator, args.per_device_train_batch_size),
+        "scores": {},
+        "all_scores": {},
+        "step_ms": {},
+        **{k: v for k, v in done.items() if k not in ("scores", "all_scores", "step_ms")},
     }
+    for key in ("scores", "all_scores", "step_ms"):
+        result[key].update(done.get(key, {}))
+    if teacher_s is not None:
+        result["teacher_train_s"] = teacher_s
+    split = task.eval_splits[0]
+    todo = [v for v in variants if v not in result["scores"]]
+    if "teacher" not in result["scores"] or todo:
+        scores = evaluate_model(teacher, args, task, data, collator, metrics)
+        result["scores"]["teacher"], result["all_scores"]["teacher"] = scores[f"eval_{task.metric}"], scores
+        result["teacher_forward_ms"] = teacher_forward_ms(teacher, data, collator, args.per_device_train_batch_size)
+    for name in todo:
+        print(f"[bench] {task_name} seed {seed}: {name}", flush=True)
+        run_args = dataclasses.replace(args, output_dir=f"{args.output_dir}-{name}", **VARIANTS[name])
+        trainer = distill(
+            make_student(glue_args, args, teacher, task), teacher, run_args, data, collator, tokenizer, metrics, split
+        )
+        scores = evaluate_model(trainer.model, args, task, data, collator, metrics)
+        result["scores"][name], result["all_scores"][name] = scores[f"eval_{task.metric}"], scores
+        result["step_ms"][name] = step_ms(trainer)
+        result["steps"] = trainer.state.global_step
+    return result
+
+
+def _upgrade(run: dict) -> dict:
+    """Results written before variants existed kept step times as ``<name>_step_ms``."""
+    legacy = {"no_kd": "student_step_ms", "kd": "kd_step_ms", "kd_logits": "kd_logits_step_ms"}
+    if "step_ms" not in run:
+        run["step_ms"] = {name: run.pop(key) for name, key in legacy.items() if key in run}
+    return run
 
 
 def summarise(runs: list[dict]) -> str:
+    """Means over seeds per task and variant: score, gain over no KD, retention, step time / student step."""
     lines = []
-    header = (
-        f"{'task':<5} {'metric':<21} {'seeds':<9} {'teacher':>8} {'no KD':>7} {'KD':>7} {'KD logits':>9} "
-        f"{'retention':>9} {'KD gain':>8} {'KD step/student':>15} {'logits step/student':>19} {'(student+teacher fwd)/student':>29}"
-    )
-    lines += [header, "-" * len(header)]
     for task in dict.fromkeys(r["task"] for r in runs):
         rs = [r for r in runs if r["task"] == task]
-        mean = {k: statistics.mean(100 * r["scores"][k] for r in rs) for k in ("teacher", "no_kd", "kd", "kd_logits")}
-        ratio = {k: statistics.mean(r[f"{k}_step_ms"] / r["student_step_ms"] for r in rs) for k in ("kd", "kd_logits")}
-        bound = statistics.mean((r["student_step_ms"] + r["teacher_forward_ms"]) / r["student_step_ms"] for r in rs)
-        lines.append(
-            f"{task:<5} {rs[0]['metric']:<21} {','.join(str(r['seed']) for r in rs):<9} {mean['teacher']:>8.2f} "
-            f"{mean['no_kd']:>7.2f} {mean['kd']:>7.2f} {mean['kd_logits']:>9.2f} {100 * mean['kd'] / mean['teacher']:>8.1f}% "
-            f"{mean['kd'] - mean['no_kd']:>+8.2f} {ratio['kd']:>14.2f}x {ratio['kd_logits']:>18.2f}x {bound:>28.2f}x"
+        names = [n for n in VARIANTS if any(n in r["scores"] for r in rs)]
+        teacher = statistics.mean(100 * r["scores"]["teacher"] for r in rs)
+        bound = (
+            statistics.mean(
+                (r["step_ms"]["no_kd"] + r["teacher_forward_ms"]) / r["step_ms"]["no_kd"]
+                for r in rs
+                if "no_kd" in r["step_ms"]
+            )
+            if any("no_kd" in r["step_ms"] for r in rs)
+            else float("nan")
         )
+        lines.append(
+            f"{task} ({rs[0]['metric']}, x100): teacher {teacher:.2f} over seeds "
+            f"{','.join(str(r['seed']) for r in rs)}; bound on a KD step (student + teacher forward) {bound:.2f}x"
+        )
+        header = f"  {'variant':<15} {'seeds':<9} {'score':>7} {'vs no KD':>9} {'retention':>9} {'step/student':>12}"
+        lines += [header, "  " + "-" * (len(header) - 2)]
+        for name in names:
+            have = [r for r in rs if name in r["scores"]]
+            pair = [r for r in have if "no_kd" in r["scores"]]
+            score = statistics.mean(100 * r["scores"][name] for r in have)
+            gain = (
+                statistics.mean(100 * (r["scores"][name] - r["scores"]["no_kd"]) for r in pair)
+                if pair
+                else float("nan")
+            )
+            ret = statistics.mean(r["scores"][name] / r["scores"]["teacher"] for r in have)
+            ratio = [r["step_ms"][name] / r["step_ms"]["no_kd"] for r in have if "no_kd" in r["step_ms"]]
+            lines.append(
+                f"  {name:<15} {','.join(str(r['seed']) for r in have):<9} {score:>7.2f} {gain:>+9.2f} "
+                f"{100 * ret:>8.1f}% {statistics.mean(ratio) if ratio else float('nan'):>11.2f}x"
+            )
     lines.append("per run (scores x100; step times in ms):")
     for r in runs:
-        sc = {k: 100 * v for k, v in r["scores"].items()}
-        lines.append(
-            f"  {r['task']}/{r['seed']}: teacher {sc['teacher']:.2f}, no KD {sc['no_kd']:.2f}, KD {sc['kd']:.2f}, "
-            f"KD logits {sc['kd_logits']:.2f}; {r['steps']} steps; student {r['student_step_ms']:.0f}, KD {r['kd_step_ms']:.0f}, "
-            f"KD logits {r['kd_logits_step_ms']:.0f}, teacher forward {r['teacher_forward_ms']:.0f}"
+        parts = ", ".join(
+            f"{n} {100 * v:.2f}" + (f" ({r['step_ms'][n]:.0f} ms)" if n in r["step_ms"] else "")
+            for n, v in r["scores"].items()
         )
+        lines.append(f"  {r['task']}/{r['seed']}: {parts}; teacher forward {r['teacher_forward_ms']:.0f} ms")
     return "\n".join(lines)
 
 
@@ -160,19 +215,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["sst2", "cola", "stsb"], choices=sorted(DIRS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=sorted(VARIANTS))
     parser.add_argument("--train_samples", type=int, default=16000)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--work_dir", default="out/bench-glue")
     parser.add_argument("--out", default="benchmarks/results/glue_quality.json")
     opts = parser.parse_args()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     runs = []
-    if os.path.exists(opts.out):  # resume: keep finished (task, seed) runs
-        runs = [r for r in json.load(open(opts.out))["runs"] if r["task"] in opts.tasks and r["seed"] in opts.seeds]
+    if os.path.exists(opts.out):  # resume: keep every finished (task, seed, variant)
+        runs = [_upgrade(r) for r in json.load(open(opts.out))["runs"]]
     for seed in opts.seeds:  # seed-major: an interrupted run still covers every task (and resumes later)
         for task in opts.tasks:
-            if any(r["task"] == task and r["seed"] == seed for r in runs):
+            old = next((r for r in runs if r["task"] == task and r["seed"] == seed), {})
+            if old and all(v in old["scores"] for v in opts.variants):
                 continue
             print(f"[bench] {task} seed {seed}", flush=True)
-            runs.append(run_one(task, seed, opts.train_samples, opts.work_dir))
+            new = run_one(task, seed, opts.train_samples, opts.work_dir, opts.variants, old)
+            runs = [r for r in runs if r is not old] + [new]
             os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
             with open(opts.out, "w") as f:
                 json.dump(
@@ -181,7 +242,7 @@ def main() -> None:
                     indent=2,
                 )
             print(summarise(runs), flush=True)
-    print(summarise(runs))
+    print(summarise([r for r in runs if r["task"] in opts.tasks and r["seed"] in opts.seeds]))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 CARD_FILE = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"  # a peft (LoRA) student saved as an adapter: no config.json of its own
 # what a student is made of, besides its *.safetensors weights (top level of the folder only)
 STUDENT_FILES = (
     "config.json",
     "generation_config.json",
     "model.safetensors.index.json",
+    ADAPTER_CONFIG,
     DISTILLATION_CONFIG_FILE,
     RESULTS_FILE,
     "report.png",
@@ -160,7 +162,16 @@ def check_student_folder(folder: str) -> None:
             "finished student: push the folder trainer.save_model() wrote (the run's output_dir)."
         )
     missing = []
-    if "config.json" not in names:
+    adapter = _read_json(folder, ADAPTER_CONFIG)
+    if adapter is not None:
+        base = adapter.get("base_model_name_or_path")
+        if not _is_repo_id(base):
+            raise ValueError(
+                f"{folder} holds a LoRA adapter whose base model is {base!r}, not a Hub repository, so nobody could "
+                "load it from the Hub: merge the adapter (hf-distill causal-lm --merge_lora true) and push the "
+                "merged student, or set base_model_name_or_path in adapter_config.json to the base's Hub id."
+            )
+    elif "config.json" not in names:
         missing.append("config.json (the model config)")
     weights = [n for n in names if n.endswith(".safetensors") and n != ADAPTERS_FILE]
     if not weights:
@@ -398,8 +409,11 @@ def _results_section(results: dict | None, task_type: str) -> _ResultsSection:
 def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: dict, results: dict | None) -> dict:
     """Everything the template shows but the results, as plain strings and lists."""
     config = _read_json(folder, "config.json") or {}
+    adapter = _read_json(folder, ADAPTER_CONFIG)
     task = dist.get("task") or (results or {}).get("task")  # results.json says causal_lm too
     pipeline_tag, auto_class = _TASKS.get(task, ("text-classification", "AutoModel"))
+    if adapter is not None:  # peft resolves the base model from adapter_config.json
+        auto_class = "AutoPeft" + auto_class.removeprefix("Auto")
     names = os.listdir(folder)
     has_tokenizer = any(n in TOKENIZER_FILES for n in names)
     model_type = config.get("model_type", "transformer")
@@ -424,6 +438,7 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         "pipeline_tag": pipeline_tag,
         "tokenizer_from": (repo_id or folder) if has_tokenizer else (teacher if _is_repo_id(teacher) else None),
         "has_report": "report.png" in names,
+        "adapter_base": adapter.get("base_model_name_or_path") if adapter else None,
         "results": None,  # scores, size and speed (GLUE job), see _score_section
         "perplexity": None,  # perplexities per evaluation text (causal-LM job), see _perplexity_section
     }
@@ -456,7 +471,7 @@ def render_model_card(
         base_model=teacher if _is_repo_id(teacher) else None,
         datasets=datasets or section.datasets,
         language=language,
-        library_name="transformers",
+        library_name="peft" if context["adapter_base"] else "transformers",
         license=license or _local_license(teacher),
         model_name=context["title"] if results else None,
         pipeline_tag=context["pipeline_tag"],
@@ -512,13 +527,18 @@ def _hub_license(api: HfApi, teacher: str | None) -> str | None:
     return card_data.license if card_data is not None else None
 
 
+_PLACEHOLDER = "[More Information Needed]"  # in the blank card huggingface_hub's template (and peft) write
+
+
 def _card_for_push(api, folder, files, repo_id, regenerate, card) -> str:
     """The folder's own README.md if it has one (validated), else a card rendered for ``repo_id``."""
     if CARD_FILE in files and not regenerate:
         with open(os.path.join(folder, CARD_FILE), encoding="utf-8") as f:
             text = f.read()
-        ModelCard(text)  # raises ValueError on metadata that is not a mapping
-        return text
+        if _PLACEHOLDER not in text:
+            ModelCard(text)  # raises ValueError on metadata that is not a mapping
+            return text
+        logger.info("%s is an unfilled template (peft writes one with every adapter): rendering the card.", CARD_FILE)
     if card.get("license") is None:
         dist = _read_json(folder, DISTILLATION_CONFIG_FILE) or {}
         teacher = card.get("base_model") or next(iter(dist.get("teachers") or []), None)

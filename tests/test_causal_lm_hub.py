@@ -147,3 +147,66 @@ def test_cli_push_then_from_pretrained_round_trip(student_dir, hub, tmp_path, ca
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, local(**inputs).logits)
     assert hub.unknown == []  # every request the client made is one the server implements
+
+
+def lora_job(root, *flags):
+    teacher = root / "teacher"
+    if not teacher.exists():
+        tiny_llama(seed=1, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(teacher)
+        tiny_tokenizer().save_pretrained(teacher)
+    argv = [
+        "--teacher_model_name_or_path", str(teacher), "--output_dir", str(root / "lora"), "--block_size", "16",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--kd_chunk_size", "8", "--save_strategy", "no", "--eval_teacher", "false",
+        "--train_file", write_text(root / "input.txt", 60, seed=0), "--use_peft", "true", "--lora_r", "4", *flags,
+    ]  # fmt: skip
+    return parse_with_config([CausalLMArguments, DistillationConfig], argv, "test")
+
+
+def test_lora_adapter_on_a_hub_base_is_pushed_and_loads_with_peft(hub, tmp_path):  # noqa: F811
+    """A LoRA student saved as an adapter on a base model from the Hub: the adapter names the base by its Hub id,
+    the card loads it with AutoPeftModelForCausalLM, and the pushed adapter reproduces the local one."""
+    from huggingface_hub import HfApi
+    from peft import AutoPeftModelForCausalLM
+
+    base = tmp_path / "base"
+    tiny_llama(num_layers=2, seed=2, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    HfApi().create_repo("tester/tiny-base")
+    HfApi().upload_folder(repo_id="tester/tiny-base", folder_path=str(base))
+    run(*lora_job(tmp_path, "--student_model_name_or_path", "tester/tiny-base"))
+    folder = tmp_path / "lora"
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "tester/tiny-base"
+    assert "config.json" not in {p.name for p in folder.iterdir()}
+
+    assert main(["push", str(folder), "--repo_id", "tester/tiny-lora"]) == 0
+    files = hub.files("tester/tiny-lora")
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
+    assert 'AutoPeftModelForCausalLM.from_pretrained("tester/tiny-lora")' in card.text
+    assert "LoRA adapter (peft) on `tester/tiny-base`" in card.text
+
+    pushed = AutoPeftModelForCausalLM.from_pretrained("tester/tiny-lora", cache_dir=tmp_path / "dl").eval()
+    local = AutoPeftModelForCausalLM.from_pretrained(str(folder)).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(pushed(input_ids=ids).logits, local(input_ids=ids).logits)
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in pushed.named_parameters())  # the trained adapter
+    assert hub.unknown == []
+
+
+def test_adapter_without_a_hub_base_is_refused(tmp_path):
+    """An adapter on a student built from teacher layers would name the (deeper) teacher as its base: the job
+    refuses to save it unmerged, and push refuses an adapter whose base is no Hub id."""
+    with pytest.raises(ValueError, match="--merge_lora true"):
+        run(*lora_job(tmp_path, "--student_layers", "0,3"))
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path)}))
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    from hf_distill.hub import check_student_folder
+
+    with pytest.raises(ValueError, match="not a Hub repository"):
+        check_student_folder(str(folder))

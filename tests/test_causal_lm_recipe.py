@@ -67,7 +67,14 @@ def test_text_job_writes_results_with_perplexities(tmp_path, teacher_dir):
 def test_lora_student_saved_as_adapter_or_merged(tmp_path, teacher_dir, merge):
     train = write_text(tmp_path / "train.txt")
     flags = ["--train_file", train, "--validation_files", train, "--use_peft", "true", "--lora_r", "4"]
-    lm, args = job(tmp_path, teacher_dir, *flags, *(["--merge_lora", "true"] if merge else []))
+    if merge:  # on a student built from teacher layers
+        flags += ["--merge_lora", "true"]
+    else:  # an adapter needs a base model of its own
+        base = tmp_path / "base"
+        tiny_llama(num_layers=2, seed=2, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(base)
+        tiny_tokenizer().save_pretrained(base)
+        flags += ["--student_model_name_or_path", str(base)]
+    lm, args = job(tmp_path, teacher_dir, *flags)
     run(lm, args)
     files = os.listdir(tmp_path / "out")
     if merge:

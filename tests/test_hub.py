@@ -147,6 +147,8 @@ def hub(tmp_path, monkeypatch):
     }
     for key, value in patched.items():
         monkeypatch.setattr(constants, key, value)
+    # the module-level HfApi behind huggingface_hub.file_exists & co. (used by peft) took its endpoint at import
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", server.url)
     huggingface_hub.close_session()  # a fresh HTTP client, built from this environment
     yield server
     server.stop()

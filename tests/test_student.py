@@ -51,9 +51,13 @@ def test_default_is_every_other_layer_and_layer_types_follow():
         sliding_window=4,
     )
     student = build_student(teacher)
-    assert student.config.distillation_teacher_layers == [1, 3]  # every other layer, ending with the last
-    assert student.config.layer_types == ["sliding_attention", "sliding_attention"]
+    assert student.config.distillation_teacher_layers == [0, 2]  # a decoder keeps its first block
+    assert student.config.layer_types == ["full_attention", "full_attention"]
+    # encoders: every other layer, ending with the last
     assert build_student(tiny_bert(num_layers=5)).config.distillation_teacher_layers == [0, 2, 4]
+    assert build_student(tiny_bert(num_layers=6)).config.distillation_teacher_layers == [1, 3, 5]
+    assert build_student(tiny_gpt2(num_layers=5)).config.distillation_teacher_layers == [0, 2, 4]
+    assert build_student(tiny_llama(num_layers=6)).config.distillation_teacher_layers == [0, 2, 4]
 
 
 def test_width_change_starts_fresh_where_shapes_differ():

@@ -3,7 +3,8 @@
 ``layers`` is the attribute path, from the bare base model (``model.base_model``), to the ``nn.ModuleList`` of
 transformer blocks. ``qkv`` names the query/key/value projections inside one block: three names, or one fused
 projection whose output is split by ``capture.qkv_widths`` (GPT-2 ``c_attn``). ``attn_dropout`` is the dropout on
-attention probabilities, switched off for attention-map KD (the returned maps are taken after it). Add a row to support a new family.
+attention probabilities, switched off for attention-map KD (the returned maps are taken after it). ``causal`` marks
+decoders, whose default student keeps the first block (see ``build_student``). Add a row to support a new family.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ class ArchFacts:
     layers: str
     qkv: tuple[str, ...]
     attn_dropout: str  # in a block: the dropout applied to attention probabilities (an nn.Dropout or a float)
+    causal: bool = False  # a decoder (causal attention): build_student keeps its first block by default
 
 
 _BERT = ArchFacts(
     "encoder.layer", ("attention.self.query", "attention.self.key", "attention.self.value"), "attention.self.dropout"
 )
 _LLAMA = ArchFacts(
-    "layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.attention_dropout"
+    "layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.attention_dropout", causal=True
 )
 
 MODEL_FACTS: dict[str, ArchFacts] = {
@@ -42,8 +44,8 @@ MODEL_FACTS: dict[str, ArchFacts] = {
     "qwen3": _LLAMA,
     "gemma": _LLAMA,
     "gemma2": _LLAMA,
-    "phi3": ArchFacts("layers", ("self_attn.qkv_proj",), "self_attn.attention_dropout"),
-    "gpt2": ArchFacts("h", ("attn.c_attn",), "attn.attn_dropout"),
+    "phi3": ArchFacts("layers", ("self_attn.qkv_proj",), "self_attn.attention_dropout", causal=True),
+    "gpt2": ArchFacts("h", ("attn.c_attn",), "attn.attn_dropout", causal=True),
 }
 
 

@@ -38,7 +38,10 @@ class CausalLMArguments:
 
     student_layers: Optional[str] = field(
         default=None,
-        metadata={"help": "0-based teacher layers the student keeps, e.g. '0,2,4' (default: every other one)."},
+        metadata={
+            "help": "0-based teacher layers the student keeps, e.g. '0,2,4' (default: every other one, starting with "
+            "the first)."
+        },
     )
     student_model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Use this smaller causal LM (same tokenizer) as the student instead."}
@@ -160,6 +163,8 @@ def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, token
                 task_type="CAUSAL_LM",
             ),
         )
+        if lm.student_model_name_or_path:  # the name users load, not the local folder it resolved to
+            student.peft_config["default"].base_model_name_or_path = lm.student_model_name_or_path
     return student
 
 
@@ -176,6 +181,12 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     """Run the whole job and return the ``results.json`` object."""
     if args.teacher_model_name_or_path is None:
         raise ValueError("Set --teacher_model_name_or_path (a causal LM: Hub name or local folder).")
+    if lm.use_peft and not lm.merge_lora and not lm.student_model_name_or_path:
+        raise ValueError(
+            "--use_peft on a student built from teacher layers must be saved merged (--merge_lora true): the adapter "
+            "alone would name the teacher, which has more layers, as its base model. To keep an adapter, give a "
+            "base model with --student_model_name_or_path."
+        )
     teacher_path = resolve_model_path(args.teacher_model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     if tokenizer.pad_token_id is None:
