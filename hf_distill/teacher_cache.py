@@ -14,6 +14,7 @@ bytes for full float32 logits. A finished cache is a ``save_to_disk`` folder plu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -43,6 +44,15 @@ def cache_bytes_per_token(k: int, dtype: str = "float16") -> int:
 def is_teacher_cache_batch(batch) -> bool:
     """Whether a batch (a mapping of columns) carries cached teacher top-k columns."""
     return all(name in batch for name in TEACHER_CACHE_COLUMNS)
+
+
+def data_fingerprint(dataset: datasets.Dataset) -> str:
+    """SHA-256 of the token ids of ``dataset`` (rows and their boundaries): a cache fits only the data it was built on."""
+    digest = hashlib.sha256()
+    column = dataset.with_format(None).data.column("input_ids").combine_chunks()
+    digest.update(np.asarray(column.offsets).astype(np.int64).tobytes())
+    digest.update(np.asarray(column.flatten()).astype(np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def _check_dtype(dtype: str) -> None:
@@ -176,6 +186,7 @@ def build_teacher_cache(
             "columns": list(TEACHER_CACHE_COLUMNS),
             "num_tokens": stats["num_tokens"],
             "num_examples": len(cached),
+            "data_sha256": data_fingerprint(dataset),
         }
         _save_cache(cached, output_dir, meta)
     return cached
@@ -211,7 +222,12 @@ def _save_cache(cached: datasets.Dataset, output_dir: str, meta: dict) -> None:
 
 
 def load_teacher_cache(
-    path: str, *, temperature: float | None = None, vocab_size: int | None = None
+    path: str,
+    *,
+    temperature: float | None = None,
+    vocab_size: int | None = None,
+    dataset: datasets.Dataset | None = None,
+    teacher_name: str | None = None,
 ) -> tuple[datasets.Dataset, dict]:
     """Load a cache written by :func:`build_teacher_cache`; returns ``(dataset, meta)``.
 
@@ -220,6 +236,9 @@ def load_teacher_cache(
         temperature: the training temperature; refused unless it equals the cache's (top-k log-probabilities are
             taken at one temperature and cannot be re-softened without the full logits).
         vocab_size: the student's vocabulary (output rows); refused unless it equals the teacher's.
+        dataset: the training data the caller means to use; refused unless its token ids are those the cache was
+            built on (:func:`data_fingerprint`).
+        teacher_name: the teacher the caller means to use; refused unless the cache names the same one.
     """
     meta_path = os.path.join(path, CACHE_META_FILE)
     if not os.path.isfile(meta_path):
@@ -242,8 +261,19 @@ def load_teacher_cache(
             f"student has {vocab_size}; logit KD needs the same vocabulary: use a student with the teacher's "
             "tokenizer and output size, or rebuild the cache with a matching teacher."
         )
-    dataset = datasets.load_from_disk(path)
-    missing = [c for c in TEACHER_CACHE_COLUMNS if c not in dataset.column_names]
+    if teacher_name is not None and teacher_name != meta["teacher"]:
+        raise ValueError(
+            f"The teacher cache at {path!r} was built with the teacher {meta['teacher']!r}, not {teacher_name!r}: "
+            "point --teacher_cache_dir at a new folder (or delete this one) to build a cache for this teacher."
+        )
+    if dataset is not None and meta.get("data_sha256") != data_fingerprint(dataset):
+        raise ValueError(
+            f"The teacher cache at {path!r} was built on other training data than the data given now (token ids "
+            "differ: another file, block size, tokenizer or sample count): point --teacher_cache_dir at a new "
+            "folder (or delete this one) to build a cache for this data."
+        )
+    cached = datasets.load_from_disk(path)
+    missing = [c for c in TEACHER_CACHE_COLUMNS if c not in cached.column_names]
     if missing:
         raise ValueError(f"The teacher cache at {path!r} lacks the columns {missing}; rebuild it.")
-    return dataset, meta
+    return cached, meta

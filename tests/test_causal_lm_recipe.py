@@ -128,6 +128,9 @@ def test_teacher_cache_is_built_once_then_trained_from(tmp_path, teacher_dir, ca
     assert "caching the teacher" in capsys.readouterr().out
     run(*job(tmp_path, teacher_dir, *flags))
     assert "training from the teacher cache" in capsys.readouterr().out
+    flags[1] = write_text(tmp_path / "other.txt", seed=3)  # other data, same cache folder: refused, not reused
+    with pytest.raises(ValueError, match="built on other training data"):
+        run(*job(tmp_path, teacher_dir, *flags))
 
 
 def test_cli_lists_causal_lm_and_documents_its_flags(capsys):

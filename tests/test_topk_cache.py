@@ -289,6 +289,13 @@ def test_refuses_unfinished_and_mismatched_caches(tmp_path, monkeypatch):
         load_teacher_cache(out, temperature=2.0)
     with pytest.raises(ValueError, match="vocabulary of 99 tokens, but the student has 100"):
         load_teacher_cache(out, vocab_size=100)
+    load_teacher_cache(out, dataset=data)  # the data it was built on
+    for other in (lm_dataset(n=2, seq_len=6, seed=1), lm_dataset(n=2, seq_len=5), lm_dataset(n=1, seq_len=6)):
+        with pytest.raises(ValueError, match="built on other training data"):
+            load_teacher_cache(out, dataset=other)
+    load_teacher_cache(out, teacher_name="LlamaForCausalLM")  # a model built in memory is named by its class
+    with pytest.raises(ValueError, match="built with the teacher 'LlamaForCausalLM', not 'org/other'"):
+        load_teacher_cache(out, teacher_name="org/other")
 
     # A rebuild that dies while saving leaves no meta file: the folder no longer reads as a finished cache.
     def crash(*args, **kwargs):

@@ -260,7 +260,12 @@ def _save_merged(model, output_dir: str) -> None:
 def _teacher_cache(lm, args, teacher, train, tokenizer):
     if os.path.isfile(os.path.join(lm.teacher_cache_dir, CACHE_META_FILE)):
         print(f"[causal-lm] training from the teacher cache in {lm.teacher_cache_dir}")
-        cached, _ = load_teacher_cache(lm.teacher_cache_dir, temperature=args.temperature)
+        cached, _ = load_teacher_cache(
+            lm.teacher_cache_dir,
+            temperature=args.temperature,
+            dataset=train,
+            teacher_name=args.teacher_model_name_or_path,
+        )
         return cached
     print(f"[causal-lm] caching the teacher's top-{lm.teacher_cache_k} log-probs in {lm.teacher_cache_dir}")
     return build_teacher_cache(
