@@ -103,8 +103,13 @@ def _teacher(glue_args, args, task, data, tokenizer, collator, teacher_dir):
     return seconds, teacher
 
 
-def run_one(task_name: str, seed: int, train_samples: int, out_dir: str, variants: list[str], done: dict) -> dict:
-    """Train the missing ``variants`` of (task, seed) and merge them into ``done`` (a previous result, or {})."""
+def run_one(
+    task_name: str, seed: int, train_samples: int, out_dir: str, variants: list[str], done: dict, epochs: float = 1.0
+) -> dict:
+    """Train the missing ``variants`` of (task, seed, epochs) and merge them into ``done`` (a previous result, or {}).
+
+    ``epochs`` is the budget of teacher fine-tuning and of every student alike (the issue's budget is 1).
+    """
     glue_args, args = parse_with_config([GlueArguments, DistillationConfig], ["--config", str(RECIPE)], "bench")
     glue_args = dataclasses.replace(
         glue_args,
@@ -112,21 +117,36 @@ def run_one(task_name: str, seed: int, train_samples: int, out_dir: str, variant
         data_dir=str(DATA / DIRS[task_name]),
         max_train_samples=train_samples,
         baseline_no_kd=False,
+        teacher_num_train_epochs=epochs,
     )
     args = dataclasses.replace(
-        args, output_dir=os.path.join(out_dir, f"{task_name}-{seed}"), seed=seed, disable_tqdm=True
+        args,
+        output_dir=os.path.join(out_dir, f"{task_name}-{seed}{_budget(epochs)}"),
+        seed=seed,
+        disable_tqdm=True,
+        num_train_epochs=epochs,
     )
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.teacher_model_name_or_path))
     task, data = prepare_data(glue_args, tokenizer, seed)
     collator = DataCollatorWithPadding(tokenizer)
     metrics = compute_metrics_for(task)
     teacher_s, teacher = _teacher(
-        glue_args, args, task, data, tokenizer, collator, os.path.join(out_dir, "teachers", f"{task_name}-{seed}")
+        glue_args,
+        args,
+        task,
+        data,
+        tokenizer,
+        collator,
+        os.path.join(out_dir, "teachers", f"{task_name}-{seed}{_budget(epochs)}"),
     )
+    if teacher_s is not None and done:  # a new teacher (training is not bit-reproducible across thread counts)
+        print(f"[bench] {task_name} seed {seed}: teacher retrained, earlier variants dropped", flush=True)
+        done = {}
     result = {
         "task": task.name,
         "metric": task.metric,
         "seed": seed,
+        "epochs": epochs,
         "train_examples": len(data["train"]),
         "scores": {},
         "all_scores": {},
@@ -156,8 +176,13 @@ def run_one(task_name: str, seed: int, train_samples: int, out_dir: str, variant
     return result
 
 
+def _budget(epochs: float) -> str:
+    return "" if epochs == 1 else f"-{epochs:g}ep"
+
+
 def _upgrade(run: dict) -> dict:
-    """Results written before variants existed kept step times as ``<name>_step_ms``."""
+    """Results written before variants existed kept step times as ``<name>_step_ms`` and had 1 epoch."""
+    run.setdefault("epochs", 1.0)
     legacy = {"no_kd": "student_step_ms", "kd": "kd_step_ms", "kd_logits": "kd_logits_step_ms"}
     if "step_ms" not in run:
         run["step_ms"] = {name: run.pop(key) for name, key in legacy.items() if key in run}
@@ -167,8 +192,8 @@ def _upgrade(run: dict) -> dict:
 def summarise(runs: list[dict]) -> str:
     """Means over seeds per task and variant: score, gain over no KD, retention, step time / student step."""
     lines = []
-    for task in dict.fromkeys(r["task"] for r in runs):
-        rs = [r for r in runs if r["task"] == task]
+    for task, epochs in dict.fromkeys((r["task"], r["epochs"]) for r in runs):
+        rs = [r for r in runs if r["task"] == task and r["epochs"] == epochs]
         names = [n for n in VARIANTS if any(n in r["scores"] for r in rs)]
         teacher = statistics.mean(100 * r["scores"]["teacher"] for r in rs)
         bound = (
@@ -181,7 +206,7 @@ def summarise(runs: list[dict]) -> str:
             else float("nan")
         )
         lines.append(
-            f"{task} ({rs[0]['metric']}, x100): teacher {teacher:.2f} over seeds "
+            f"{task}{'' if epochs == 1 else f', {epochs:g} epochs'} ({rs[0]['metric']}, x100): teacher {teacher:.2f} over seeds "
             f"{','.join(str(r['seed']) for r in rs)}; bound on a KD step (student + teacher forward) {bound:.2f}x"
         )
         header = f"  {'variant':<15} {'seeds':<9} {'score':>7} {'vs no KD':>9} {'retention':>9} {'step/student':>12}"
@@ -207,7 +232,9 @@ def summarise(runs: list[dict]) -> str:
             f"{n} {100 * v:.2f}" + (f" ({r['step_ms'][n]:.0f} ms)" if n in r["step_ms"] else "")
             for n, v in r["scores"].items()
         )
-        lines.append(f"  {r['task']}/{r['seed']}: {parts}; teacher forward {r['teacher_forward_ms']:.0f} ms")
+        lines.append(
+            f"  {r['task']}{_budget(r['epochs'])}/{r['seed']}: {parts}; teacher forward {r['teacher_forward_ms']:.0f} ms"
+        )
     return "\n".join(lines)
 
 
@@ -217,6 +244,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=sorted(VARIANTS))
     parser.add_argument("--train_samples", type=int, default=16000)
+    parser.add_argument("--epochs", type=float, default=1.0, help="Epochs of the teacher and of every student.")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--work_dir", default="out/bench-glue")
     parser.add_argument("--out", default="benchmarks/results/glue_quality.json")
@@ -228,11 +256,12 @@ def main() -> None:
         runs = [_upgrade(r) for r in json.load(open(opts.out))["runs"]]
     for seed in opts.seeds:  # seed-major: an interrupted run still covers every task (and resumes later)
         for task in opts.tasks:
-            old = next((r for r in runs if r["task"] == task and r["seed"] == seed), {})
+            same = (task, seed, opts.epochs)
+            old = next((r for r in runs if (r["task"], r["seed"], r["epochs"]) == same), {})
             if old and all(v in old["scores"] for v in opts.variants):
                 continue
             print(f"[bench] {task} seed {seed}", flush=True)
-            new = run_one(task, seed, opts.train_samples, opts.work_dir, opts.variants, old)
+            new = run_one(task, seed, opts.train_samples, opts.work_dir, opts.variants, old, opts.epochs)
             runs = [r for r in runs if r is not old] + [new]
             os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
             with open(opts.out, "w") as f:
