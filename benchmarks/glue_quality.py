@@ -104,11 +104,19 @@ def _teacher(glue_args, args, task, data, tokenizer, collator, teacher_dir):
 
 
 def run_one(
-    task_name: str, seed: int, train_samples: int, out_dir: str, variants: list[str], done: dict, epochs: float = 1.0
+    task_name: str,
+    seed: int,
+    train_samples: int,
+    out_dir: str,
+    variants: list[str],
+    done: dict,
+    epochs: float = 1.0,
+    save=None,
 ) -> dict:
     """Train the missing ``variants`` of (task, seed, epochs) and merge them into ``done`` (a previous result, or {}).
 
     ``epochs`` is the budget of teacher fine-tuning and of every student alike (the issue's budget is 1).
+    ``save(result)`` is called after each variant, so that an interrupted run keeps what it finished.
     """
     glue_args, args = parse_with_config([GlueArguments, DistillationConfig], ["--config", str(RECIPE)], "bench")
     glue_args = dataclasses.replace(
@@ -173,7 +181,13 @@ def run_one(
         result["scores"][name], result["all_scores"][name] = scores[f"eval_{task.metric}"], scores
         result["step_ms"][name] = step_ms(trainer)
         result["steps"] = trainer.state.global_step
+        if save is not None:
+            save(result)
     return result
+
+
+def _same(a: dict, b: dict) -> bool:
+    return (a["task"], a["seed"], a["epochs"]) == (b["task"], b["seed"], b["epochs"])
 
 
 def _budget(epochs: float) -> str:
@@ -261,15 +275,19 @@ def main() -> None:
             if old and all(v in old["scores"] for v in opts.variants):
                 continue
             print(f"[bench] {task} seed {seed}", flush=True)
-            new = run_one(task, seed, opts.train_samples, opts.work_dir, opts.variants, old, opts.epochs)
-            runs = [r for r in runs if r is not old] + [new]
-            os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
-            with open(opts.out, "w") as f:
-                json.dump(
-                    {"recipe": str(RECIPE.relative_to(ROOT)), "train_samples": opts.train_samples, "runs": runs},
-                    f,
-                    indent=2,
-                )
+
+            def save(result, old=old):
+                nonlocal runs
+                runs = [r for r in runs if r is not old and not _same(r, result)] + [result]
+                os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
+                with open(opts.out, "w") as f:
+                    json.dump(
+                        {"recipe": str(RECIPE.relative_to(ROOT)), "train_samples": opts.train_samples, "runs": runs},
+                        f,
+                        indent=2,
+                    )
+
+            save(run_one(task, seed, opts.train_samples, opts.work_dir, opts.variants, old, opts.epochs, save))
             print(summarise(runs), flush=True)
     print(summarise([r for r in runs if r["task"] in opts.tasks and r["seed"] in opts.seeds]))
 
