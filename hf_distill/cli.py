@@ -8,16 +8,20 @@ import yaml
 from transformers import HfArgumentParser
 
 from . import __version__
+from .launch import LAUNCH_FLAGS, add_launch_arguments, launch_if_asked
 
 
-def parse_with_config(dataclass_types, argv: list[str], prog: str):
+def parse_with_config(dataclass_types, argv: list[str], prog: str, launch_flags: bool = False):
     """Parse ``argv`` into the dataclasses; ``--config file.yaml`` supplies defaults that flags override.
 
     Every dataclass field is a flag (``--help`` shows each with its help text); a YAML key that is no field is an
-    error naming it.
+    error naming it. ``launch_flags``: ``--help`` also lists ``--accelerate_config`` and ``--num_processes``, which
+    `launch_if_asked` has taken out of ``argv`` before (command line only, no YAML keys).
     """
     parser = HfArgumentParser(dataclass_types, prog=prog)
     parser.add_argument("--config", default=None, help="YAML file of flag values; flags on the command line win.")
+    if launch_flags:
+        add_launch_arguments(parser)
     config_path = None
     if "--config" in argv:
         i = argv.index("--config")
@@ -29,8 +33,14 @@ def parse_with_config(dataclass_types, argv: list[str], prog: str):
     if config_path:
         with open(config_path) as f:
             values = yaml.safe_load(f) or {}
-        known = {action.dest for action in parser._actions}
+        known = {action.dest for action in parser._actions} - set(LAUNCH_FLAGS.values())
         unknown = sorted(set(values) - known)
+        launch_keys = sorted(set(unknown) & set(LAUNCH_FLAGS.values())) if launch_flags else []
+        if launch_keys:
+            raise ValueError(
+                f"{config_path}: {launch_keys} are command-line flags only: pass --accelerate_config NAME_OR_PATH "
+                "and/or --num_processes N on the command line."
+            )
         if unknown:
             raise ValueError(f"{config_path}: unknown keys {unknown}; run with --help for the valid flags.")
         parser.set_defaults(**values)
@@ -49,19 +59,29 @@ def _quickstart(argv: list[str]) -> int:
 
 
 def _glue(argv: list[str]) -> int:
+    code, argv = launch_if_asked("glue", argv)
+    if code is not None:
+        return code
     from .distillation_config import DistillationConfig
     from .recipes.glue import GlueArguments, run
 
-    glue_args, args = parse_with_config([GlueArguments, DistillationConfig], argv, "hf-distill glue")
+    glue_args, args = parse_with_config(
+        [GlueArguments, DistillationConfig], argv, "hf-distill glue", launch_flags=True
+    )
     run(glue_args, args)
     return 0
 
 
 def _causal_lm(argv: list[str]) -> int:
+    code, argv = launch_if_asked("causal-lm", argv)
+    if code is not None:
+        return code
     from .distillation_config import DistillationConfig
     from .recipes.causal_lm import CausalLMArguments, run
 
-    lm_args, args = parse_with_config([CausalLMArguments, DistillationConfig], argv, "hf-distill causal-lm")
+    lm_args, args = parse_with_config(
+        [CausalLMArguments, DistillationConfig], argv, "hf-distill causal-lm", launch_flags=True
+    )
     run(lm_args, args)
     return 0
 

@@ -19,6 +19,7 @@ from . import __version__
 from .capture import capture_qkv
 from .checks import check_label_spaces, ensure_eager_attention
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
+from .distributed import place_teacher, training_dtype
 from .generation import generate_completions
 from .losses import align_logits, count_items, get_loss, match_heads, mix_teacher_logits, target_mask, task_loss
 from .losses.token import TeacherTargets, fused_causal_lm_loss
@@ -213,13 +214,10 @@ class DistillationTrainer(HubPushMixin, Trainer):
         return hidden + attention
 
     def _place_teachers(self) -> None:
-        student_dtype = next(unwrap(self.model).parameters()).dtype
+        """Freeze the teachers and replicate, shard or wrap them as the run's strategy wants (see distributed.py)."""
+        student_dtype = training_dtype(self.accelerator, next(unwrap(self.model).parameters()).dtype)
         dtype = resolve_dtype(self.args.teacher_dtype, student_dtype)
-        for teacher in self.teachers:
-            teacher.eval().requires_grad_(False)
-            teacher.to(self.args.device)
-            if dtype != "auto":
-                teacher.to(dtype)
+        self.teachers = [place_teacher(teacher, self.accelerator, dtype) for teacher in self.teachers]
 
     def _log_setup(self) -> None:
         if not self.args.should_log:

@@ -1,43 +1,97 @@
-"""Run by test_ddp.py under `torchrun --nproc_per_node 2` (gloo on CPU): distill a tiny student under DDP and
-save each rank's adapter and student weights for the test to compare. ``argv[2] == "lm"``: a causal LM through the
-fused, chunked loss (the head is used outside the DDP forward, by the chunked autograd function)."""
+"""Run by test_ddp.py under `torchrun --nproc_per_node 2` (gloo on CPU): distill a tiny student under DDP.
+
+``python ddp_worker.py OUT KIND [grads BATCH ACCUM]``; ``KIND`` is ``encoder`` (BERT, hidden + attention KD through
+projection adapters: the student is narrower) or ``lm`` (a causal LM through the fused, chunked loss: the head is
+used outside the DDP forward, by the chunked autograd function).
+
+- default: train 3 steps and save each rank's student and adapter weights (``rank{i}.pt``) for the test to compare;
+- ``grads``: one optimizer step on a sequential sampler, each rank saving the gradients it is about to apply
+  (``grads_rank{i}.pt``); `first_step_grads` is imported by the test to get the same run on one process.
+"""
 
 import sys
 
 import torch
-from conftest import classification_dataset, lm_dataset, tiny_bert, tiny_llama
+from conftest import GradCatcher, classification_dataset, lm_dataset, tiny_bert, tiny_llama
 
 from hf_distill import DistillationConfig, DistillationTrainer
 
-out = sys.argv[1]
-lm = len(sys.argv) > 2 and sys.argv[2] == "lm"
-if lm:
-    teacher, data = tiny_llama(seed=1), lm_dataset(n=64)
-    student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=2)
-    extra = {"kd_chunk_size": 7, "hidden_loss": "cosine"}  # relation KD on a GQA student too
-else:
-    teacher, data = tiny_bert(seed=1), classification_dataset(n=64)
-    student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2)
-    extra = {}
-args = DistillationConfig(
-    output_dir=out,
-    report_to="none",
-    per_device_train_batch_size=4,
-    max_steps=3,
-    alpha_hidden=1.0,
-    alpha_attention=1.0,
-    attention_loss="relation",
-    save_strategy="no",
-    disable_tqdm=True,
-    use_cpu=True,
-    **extra,
-)
-trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
-assert trainer._fused == lm
-trainer.train()
-assert type(trainer.model_wrapped).__name__ == "DistributedDataParallel"
-torch.save(
-    {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
-    f"{out}/rank{trainer.args.process_index}.pt",
-)
-trainer.save_model()
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
+
+
+def build(kind: str, dropout: bool = True):
+    """``(teacher, student, data, extra config)`` of the ``encoder`` or ``lm`` run."""
+    if kind == "lm":  # Llama has no dropout
+        teacher, data = tiny_llama(seed=1), lm_dataset(n=64)
+        student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=2)
+        return teacher, student, data, {"kd_chunk_size": 7, "hidden_loss": "cosine"}  # relation KD on GQA too
+    kw = {} if dropout else NO_DROPOUT
+    teacher, data = tiny_bert(seed=1, **kw), classification_dataset(n=64)
+    student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **kw)
+    return teacher, student, data, {}
+
+
+def make_trainer(out: str, kind: str, dropout: bool = True, callbacks=(), **overrides) -> DistillationTrainer:
+    teacher, student, data, extra = build(kind, dropout)
+    config = {
+        "output_dir": out,
+        "report_to": "none",
+        "per_device_train_batch_size": 4,
+        "max_steps": 3,
+        "alpha_hidden": 1.0,
+        "alpha_attention": 1.0,
+        "attention_loss": "relation",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "use_cpu": True,
+        **extra,
+    }
+    args = DistillationConfig(**{**config, **overrides})
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=data, callbacks=list(callbacks)
+    )
+    assert trainer._fused == (kind == "lm")
+    return trainer
+
+
+def first_step_grads(out: str, kind: str, batch: int, accum: int = 1) -> dict:
+    """Gradients of the student (and adapters) at the first optimizer step, on this process's share of the data.
+
+    The sampler is sequential, so under accelerate's batch sharding rank ``r`` takes micro-batches ``r, r + world,
+    ...``: together the first window holds rows ``0 .. batch * accum * world - 1``, as one process with batch 8 does.
+    """
+    catcher = GradCatcher()
+    trainer = make_trainer(
+        out,
+        kind,
+        dropout=False,
+        callbacks=[catcher],
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
+        max_steps=1,
+        train_sampling_strategy="sequential",
+        max_grad_norm=0,  # compare the raw gradients
+    )
+    trainer.train()
+    return catcher.grads
+
+
+def main(out: str, kind: str, mode: str = "train", *numbers: str) -> None:
+    if mode == "grads":
+        batch, accum = (int(n) for n in numbers)
+        grads = first_step_grads(out, kind, batch, accum)
+        rank = torch.distributed.get_rank()
+        torch.save(grads, f"{out}/grads_rank{rank}.pt")
+        return
+    trainer = make_trainer(out, kind)
+    trainer.train()
+    assert type(trainer.model_wrapped).__name__ == "DistributedDataParallel"
+    torch.save(
+        {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+        f"{out}/rank{trainer.args.process_index}.pt",
+    )
+    trainer.save_model()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,4 +1,5 @@
-"""Two processes on CPU (gloo): the projection adapters and the student stay identical on every rank."""
+"""Two processes on CPU (gloo): the projection adapters and the student stay identical on every rank, and the first
+optimizer step's gradients equal those of one process on the same global batch."""
 
 import os
 import socket
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_worker import first_step_grads
 
 from hf_distill.mapping import ADAPTERS_ATTR
 
@@ -20,8 +22,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", ["encoder", "lm"])
-def test_ddp_keeps_adapters_synchronised(tmp_path, kind):
+def torchrun_worker(*args) -> None:
+    """``ddp_worker.py args`` on two CPU processes."""
     env = {**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}", "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -32,15 +34,37 @@ def test_ddp_keeps_adapters_synchronised(tmp_path, kind):
         "--master_port",
         str(free_port()),
         str(HERE / "ddp_worker.py"),
-        str(tmp_path),
-        kind,
+        *map(str, args),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     if result.returncode != 0:
         pytest.fail(result.stdout[-3000:] + result.stderr[-3000:])
+
+
+@pytest.mark.parametrize("kind", ["encoder", "lm"])
+def test_ddp_keeps_adapters_synchronised(tmp_path, kind):
+    torchrun_worker(tmp_path, kind)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     adapter_keys = [k for k in rank0 if ADAPTERS_ATTR in k]
     assert adapter_keys
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "distillation_config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "kind, batch, accum",
+    [("encoder", 4, 1), ("lm", 4, 1), ("encoder", 2, 2)],
+    ids=["encoder-hidden-attention-adapters", "causal-lm-chunked", "encoder-accumulation"],
+)
+def test_ddp_first_step_gradients_match_one_process(tmp_path, kind, batch, accum):
+    """Global batch 8 both ways: 2 ranks x ``batch`` x ``accum`` under DDP, 8 rows on one process. The rows have
+    ragged lengths, so each rank counts other numbers of tokens: the loss must be normalised by the global count."""
+    torchrun_worker(tmp_path, kind, "grads", batch, accum)
+    ddp = [torch.load(tmp_path / f"grads_rank{rank}.pt") for rank in (0, 1)]
+    single = first_step_grads(str(tmp_path / "single"), kind, batch=8)
+    assert ddp[0].keys() == ddp[1].keys() == single.keys()
+    assert any(ADAPTERS_ATTR in name for name in single)  # the students are narrower: projections get gradients
+    for name in single:
+        assert torch.equal(ddp[0][name], ddp[1][name]), name  # DDP averaged them
+        torch.testing.assert_close(ddp[0][name], single[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -1,0 +1,192 @@
+"""Where the teacher lives under DDP, FSDP2 and DeepSpeed (hf_distill.distributed).
+
+The FSDP2 sharding runs for real on 2 CPU processes (gloo); DeepSpeed is not installed here, so its paths are tested
+with a fake accelerator state and a fake ``deepspeed`` module that records what it was given.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.utils import DistributedType
+from conftest import classification_dataset, tiny_bert, tiny_llama
+from torch.nn.parallel import DistributedDataParallel
+
+from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill import distributed as hd
+
+HERE = Path(__file__).parent
+
+DS_CONFIG = {
+    "train_micro_batch_size_per_gpu": 4,
+    "gradient_accumulation_steps": 1,
+    "bf16": {"enabled": True},
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}},
+    "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}},
+    "zero_optimization": {
+        "stage": 3,
+        "reduce_bucket_size": "auto",
+        "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": 1000,
+    },
+}
+
+
+def fake_accelerator(distributed_type, zero=None, mixed_precision="no", is_fsdp2=False):
+    """The attributes of ``accelerate.Accelerator`` that hf_distill.distributed reads."""
+    plugin = None
+    if zero is not None:
+        config = json.loads(json.dumps(DS_CONFIG))
+        config["zero_optimization"]["stage"] = zero
+        plugin = types.SimpleNamespace(deepspeed_config=config, zero_stage=zero)
+    state = types.SimpleNamespace(deepspeed_plugin=plugin, fsdp_plugin=None)
+    return types.SimpleNamespace(
+        distributed_type=distributed_type,
+        state=state,
+        mixed_precision=mixed_precision,
+        is_fsdp2=is_fsdp2,
+        device=torch.device("cpu"),
+        torch_device_mesh=None,
+        parallelism_config=None,
+    )
+
+
+@pytest.fixture
+def fake_deepspeed(monkeypatch):
+    """A ``deepspeed`` module whose ``initialize`` records its arguments and returns a stand-in engine."""
+    calls = []
+
+    class DeepSpeedEngine(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    def initialize(model=None, config=None, **kwargs):
+        calls.append({"model": model, "config": config, **kwargs})
+        return DeepSpeedEngine(model), None, None, None
+
+    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(initialize=initialize))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "distributed_type,zero,expected",
+    [
+        (DistributedType.NO, None, "replicate"),
+        (DistributedType.MULTI_CPU, None, "replicate"),
+        (DistributedType.MULTI_GPU, None, "replicate"),
+        (DistributedType.FSDP, None, "fsdp"),
+        (DistributedType.DEEPSPEED, 1, "zero12"),
+        (DistributedType.DEEPSPEED, 2, "zero12"),
+        (DistributedType.DEEPSPEED, 3, "zero3"),
+    ],
+)
+def test_placement_follows_the_strategy(distributed_type, zero, expected):
+    assert hd.teacher_placement(fake_accelerator(distributed_type, zero)) == expected
+
+
+def test_zero3_teacher_is_an_inference_engine(fake_deepspeed):
+    teacher = tiny_llama(seed=1).train()
+    accelerator = fake_accelerator(DistributedType.DEEPSPEED, zero=3, mixed_precision="bf16")
+    engine = hd.place_teacher(teacher, accelerator, torch.float32)
+    (call,) = fake_deepspeed
+    assert call["model"] is teacher and engine.module is teacher and not engine.training
+    config = call["config"]
+    assert config["zero_optimization"]["stage"] == 3
+    assert "optimizer" not in config and "scheduler" not in config
+    hidden = teacher.config.hidden_size
+    assert config["zero_optimization"]["reduce_bucket_size"] == hidden * hidden  # "auto" filled from the teacher
+    assert config["zero_optimization"]["stage3_param_persistence_threshold"] == 1000  # a number is kept
+    # the accelerator's own config is untouched (the student's engine is built from it later)
+    assert "optimizer" in accelerator.state.deepspeed_plugin.deepspeed_config
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert hd.place_teacher(engine, accelerator) is engine  # an engine is left as it is
+    assert len(fake_deepspeed) == 1
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero12_teacher_stays_out_of_deepspeed(fake_deepspeed, stage):
+    teacher = tiny_llama(seed=1)
+    accelerator = fake_accelerator(DistributedType.DEEPSPEED, zero=stage, mixed_precision="bf16")
+    dtype = hd.training_dtype(accelerator, torch.float32)
+    assert dtype == torch.bfloat16  # DeepSpeed will run the student in bf16
+    placed = hd.place_teacher(teacher, accelerator, dtype)
+    assert fake_deepspeed == []
+    assert placed is teacher and next(teacher.parameters()).dtype == torch.bfloat16
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_deepspeed_config_auto_without_hidden_size_is_an_error():
+    with pytest.raises(ValueError, match="reduce_bucket_size='auto'"):
+        hd.deepspeed_inference_config(DS_CONFIG, hidden_size=None)
+
+
+def test_fsdp_strategy_shards_the_teacher(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hd, "shard_teacher", lambda teacher, mesh, **kw: calls.append((teacher, mesh, kw)) or teacher)
+    teacher = tiny_llama(seed=1)
+    accelerator = fake_accelerator(DistributedType.FSDP, is_fsdp2=True)
+    assert hd.place_teacher(teacher, accelerator, torch.bfloat16) is teacher
+    (call,) = calls
+    assert call[0] is teacher and call[1] is None and call[2]["device"] == torch.device("cpu")
+    assert next(teacher.parameters()).dtype == torch.bfloat16 and not teacher.training
+
+
+def test_shard_teacher_needs_a_process_group():
+    with pytest.raises(ValueError, match="torch.distributed"):
+        hd.shard_teacher(tiny_llama(seed=1))
+
+
+def test_replicated_teacher_is_frozen_and_unchanged_by_training(tmp_out):
+    teacher = tiny_bert(seed=1).train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    args = DistillationConfig(
+        output_dir=tmp_out,
+        report_to="none",
+        per_device_train_batch_size=8,
+        max_steps=2,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset()
+    )
+    assert trainer.teachers[0] is teacher and not teacher.training
+    trainer.train()
+    assert not isinstance(teacher, DistributedDataParallel)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+
+
+def test_sharded_teacher_on_two_cpu_processes(tmp_path):
+    """FSDP2 on a gloo mesh: half the weights a rank, the same logits and KD loss, and DDP training from it."""
+    env = {**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}", "OMP_NUM_THREADS": "1"}
+    # --standalone: torchrun picks a free port itself (no race with other jobs for a port chosen here)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*cmd, str(HERE / "fsdp_teacher_worker.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        pytest.fail(result.stdout[-3000:] + result.stderr[-3000:])
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for record in ranks:
+        assert record["local_fraction"] == pytest.approx(0.5, abs=0.02)
+        assert record["local_fraction_kept_head"] == pytest.approx(0.5, abs=0.02)
+        assert record["max_logit_diff"] < 1e-5
+        assert record["kd_sharded"] == pytest.approx(record["kd_whole"], rel=1e-6)
+        # a sharded and a whole teacher give the same training losses, step by step
+        assert len(record["losses_sharded"]) == 2
+        assert record["losses_sharded"] == pytest.approx(record["losses_whole"], rel=1e-6)
+    # the two ranks' shards are disjoint halves of the whole
+    assert ranks[0]["local_fraction"] + ranks[1]["local_fraction"] == pytest.approx(1.0, abs=1e-9)

@@ -1,0 +1,263 @@
+"""Launching on several processes: the shipped accelerate configs parse, the launch command is built right, and
+`hf-distill glue|causal-lm --num_processes 2` really runs two CPU ranks of which only the first writes outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+from accelerate.commands.launch import launch_command_parser
+from conftest import WORDS, tiny_bert, tiny_llama, tiny_tokenizer
+from transformers import BertTokenizerFast
+
+from hf_distill.cli import main
+from hf_distill.launch import (
+    CONFIG_DIR,
+    build_launch_command,
+    in_launched_worker,
+    resolve_config,
+    shipped_configs,
+    split_launch_args,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = ROOT.parent / "shared/data/glue/SST-2"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+PY = "/usr/bin/python3"
+
+
+# ---- the shipped configs ----
+
+
+def test_the_issue_configs_are_shipped():
+    assert set(shipped_configs()) == {"single_gpu", "multi_gpu", "fsdp", "zero2", "zero3", "multi_cpu"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_with_accelerate_and_says_how_to_run_it(path):
+    text = path.read_text()
+    opening = text.split("\ncompute_environment")[0]
+    assert text.startswith("#") and f"--accelerate_config {path.stem}" in opening, "open with the command to run it"
+    config = load_config_from_file(str(path))  # what `accelerate launch --config_file` does
+    assert isinstance(config, ClusterConfig) and config.num_processes >= 1
+    # nested keys are copied onto `accelerate launch` flags (fsdp_config.x -> --fsdp_x): each must name one
+    flags = {action.dest for action in launch_command_parser()._actions}
+    for key in {**config.fsdp_config, **config.deepspeed_config}:
+        assert key in flags, f"{path.name}: {key} is no `accelerate launch` option"
+    gpu = not config.use_cpu
+    assert config.mixed_precision == ("bf16" if gpu else "no")
+
+
+def test_sharded_configs_say_what_the_issue_asks():
+    fsdp = load_config_from_file(str(CONFIG_DIR / "fsdp.yaml")).fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_reshard_after_forward"] is True  # full shard
+    assert fsdp["fsdp_cpu_ram_efficient_loading"] is False  # would leave the teachers empty on ranks > 0
+    zero2 = load_config_from_file(str(CONFIG_DIR / "zero2.yaml")).deepspeed_config
+    zero3 = load_config_from_file(str(CONFIG_DIR / "zero3.yaml")).deepspeed_config
+    assert zero2["zero_stage"] == 2 and zero3["zero_stage"] == 3
+    assert zero3["zero3_init_flag"] is True and zero3["zero3_save_16bit_model"] is True
+    for ds in (zero2, zero3):  # left to the training flags, so DeepSpeed and the Trainer cannot disagree
+        assert "gradient_accumulation_steps" not in ds and "gradient_clipping" not in ds
+    cpu = load_config_from_file(str(CONFIG_DIR / "multi_cpu.yaml"))
+    assert cpu.use_cpu and cpu.distributed_type.value == "MULTI_CPU" and cpu.num_processes == 2
+
+
+# ---- building the launch command ----
+
+
+def test_config_names_and_paths_resolve(tmp_path):
+    assert resolve_config("fsdp") == str(CONFIG_DIR / "fsdp.yaml")
+    assert resolve_config("zero3.yaml") == str(CONFIG_DIR / "zero3.yaml")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("distributed_type: MULTI_GPU\n")
+    assert resolve_config(str(mine)) == str(mine)
+    with pytest.raises(
+        ValueError, match="'fdsp' is neither a shipped config \\(fsdp, multi_cpu, multi_gpu, single_gpu"
+    ):
+        resolve_config("fdsp")
+
+
+def test_launch_flags_are_split_from_the_job_flags():
+    argv = ["--config", "a.yaml", "--accelerate_config", "fsdp", "--num_processes=4", "--max_steps", "2"]
+    assert split_launch_args(argv) == ("fsdp", 4, ["--config", "a.yaml", "--max_steps", "2"])
+    assert split_launch_args(["--max_steps", "2"]) == (None, None, ["--max_steps", "2"])
+    for bad in (["--num_processes", "0"], ["--num_processes", "two"], ["--num_processes"], ["--accelerate_config"]):
+        with pytest.raises(ValueError, match="--num_processes|--accelerate_config"):
+            split_launch_args(bad)
+
+
+def test_inside_a_launched_worker_nothing_is_launched_again():
+    assert in_launched_worker({"LOCAL_RANK": "0", "WORLD_SIZE": "2"}) and not in_launched_worker({})
+
+
+def test_cpu_builds_torchrun_with_n_processes():
+    job = ["--config", "a.yaml", "--max_steps", "2"]
+    kw = {"config_path": None, "num_processes": 2, "cuda_devices": 0, "port": 1234, "python": PY}
+    assert build_launch_command("glue", job, **kw) == [
+        PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "1234",
+        "-m", "hf_distill.cli", "glue", *job, "--use_cpu", "true",
+    ]  # fmt: skip
+    # the config's count, and the CPU even where CUDA is there, when the config says so
+    kw.update(config_path=resolve_config("multi_cpu"), num_processes=None, cuda_devices=8)
+    cmd = build_launch_command("causal-lm", ["--use_cpu", "true"], **kw)
+    assert cmd[2:5] == ["torch.distributed.run", "--nproc_per_node", "2"] and cmd.count("--use_cpu") == 1
+    # a GPU config on a machine without CUDA: DDP over gloo on CPU processes
+    kw.update(config_path=resolve_config("fsdp"), num_processes=3, cuda_devices=0)
+    assert build_launch_command("glue", [], **kw)[2:5] == ["torch.distributed.run", "--nproc_per_node", "3"]
+
+
+def test_gpu_builds_accelerate_launch_with_the_config(tmp_path):
+    fsdp = resolve_config("fsdp")
+    kw = {"config_path": fsdp, "num_processes": None, "cuda_devices": 4, "port": 1234, "python": PY}
+    assert build_launch_command("causal-lm", ["--max_steps", "2"], **kw) == [
+        PY, "-m", "accelerate.commands.launch", "--config_file", fsdp, "--num_processes", "4",
+        "--main_process_port", "1234", "-m", "hf_distill.cli", "causal-lm", "--max_steps", "2",
+    ]  # fmt: skip
+    kw.update(config_path=None, num_processes=2)  # --num_processes alone: DDP with the multi_gpu config
+    assert build_launch_command("glue", [], **kw)[3:7] == [
+        "--config_file", resolve_config("multi_gpu"), "--num_processes", "2"
+    ]  # fmt: skip
+    mine = tmp_path / "mine.yaml"  # a config of your own keeps its count
+    mine.write_text("distributed_type: MULTI_GPU\nnum_processes: 3\n")
+    kw.update(config_path=str(mine), num_processes=None)
+    assert "--num_processes" not in build_launch_command("glue", [], **kw)
+    kw.update(config_path=resolve_config("single_gpu"), num_processes=None)
+    cmd = build_launch_command("glue", [], **kw)
+    assert "--num_processes" not in cmd and cmd[4] == resolve_config("single_gpu")
+    kw.update(num_processes=2)
+    with pytest.raises(ValueError, match="runs one process"):
+        build_launch_command("glue", [], **kw)
+
+
+def test_cli_relaunches_once_and_returns_the_exit_code(monkeypatch):
+    import hf_distill.launch as launch
+
+    calls = []
+    monkeypatch.setattr(launch.subprocess, "run", lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 3))
+    for key in ("LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["causal-lm", "--num_processes", "2", "--max_steps", "1"]) == 3
+    assert calls[0][2:5] == ["torch.distributed.run", "--nproc_per_node", "2"]
+    assert calls[0][-6:] == ["hf_distill.cli", "causal-lm", "--max_steps", "1", "--use_cpu", "true"]
+    # inside a launched process the flags are dropped and the job runs in that process
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert launch.launch_if_asked("glue", ["--num_processes", "2", "--seed", "1"]) == (None, ["--seed", "1"])
+    assert len(calls) == 1
+
+
+def test_cli_reports_a_bad_config_name_and_yaml_launch_keys(tmp_path, capsys):
+    assert main(["glue", "--accelerate_config", "nope"]) == 2
+    assert "shipped config (fsdp, multi_cpu" in capsys.readouterr().err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"num_processes": 2}))
+    assert main(["glue", "--config", str(recipe)]) == 2
+    assert "command-line flags only" in capsys.readouterr().err
+
+
+# ---- the real launch path: two CPU ranks, outputs from the first only ----
+
+# Loaded by every Python process of the launched job (it is first on PYTHONPATH): records, per rank, the files the
+# process opened for writing from Python (JSON, the report picture...; torch.save and safetensors write from native
+# code, unseen), through an audit hook, and the world size it ran in. Each rank first writes `started{rank}`, which
+# its record must show, so that an empty record means "wrote nothing", not "the probe saw nothing".
+PROBE = """
+import atexit, json, os, sys
+
+RANK, PROBE_DIR = os.environ.get("RANK"), os.environ.get("RANK_PROBE_DIR")
+if RANK is not None and PROBE_DIR:
+    written = []
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            mode, flags = args[1], args[2] or 0
+            if (mode and any(c in mode for c in "wax+")) or flags & (os.O_WRONLY | os.O_RDWR):
+                written.append(os.path.abspath(os.fsdecode(args[0])))
+
+    def dump():
+        record = {"rank": int(RANK), "world_size": int(os.environ["WORLD_SIZE"]), "written": list(written)}
+        with open(os.path.join(PROBE_DIR, f"rank{RANK}.json"), "w") as f:
+            json.dump(record, f)
+
+    sys.addaudithook(hook)
+    atexit.register(dump)
+    with open(os.path.join(PROBE_DIR, f"started{RANK}"), "w") as f:
+        f.write(RANK)
+"""
+
+
+def run_launched(tmp_path, job: str, *flags: str) -> tuple[Path, list[dict]]:
+    """``hf-distill job flags`` in a subprocess (a fresh environment, as a user runs it), with the rank probe."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(PROBE)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env.update(PYTHONPATH=f"{probe}:{ROOT}", RANK_PROBE_DIR=str(probe), OMP_NUM_THREADS="1")
+    common = ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
+              "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", "2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "hf_distill.cli", job, *common, *flags]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    if result.returncode != 0:
+        pytest.fail(result.stdout[-3000:] + result.stderr[-3000:])
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert not (probe / "rank2.json").exists()
+    return out, ranks
+
+
+def check_two_ranks_one_writer(out: Path, ranks: list[dict], outputs: list[str]) -> None:
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert all(any(p.endswith(f"started{r['rank']}") for p in r["written"]) for r in ranks)  # the probe works
+    checkpoint = out / "checkpoint-2"  # the Trainer saves one RNG state per process
+    assert (checkpoint / "rng_state_0.pth").exists() and (checkpoint / "rng_state_1.pth").exists()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["epoch"] == 0.5  # 32 rows, 8 a step over both ranks: 4 steps an epoch
+    mine = [[Path(p).relative_to(out).as_posix() for p in r["written"] if Path(p).is_relative_to(out)] for r in ranks]
+    assert mine[1] == [], mine[1]  # rank 1 wrote nothing (its checkpoint-2/rng_state_1.pth is torch.save's)
+    for name in outputs:
+        assert mine[0].count(name) == 1, (name, mine[0])
+    results = json.loads((out / "results.json").read_text())
+    assert results["max_steps"] == 2 and results["train_examples"] == 32
+
+
+@pytest.fixture
+def glue_teacher(tmp_path):
+    words = sorted(
+        {w for line in (SST2 / "dev.tsv").read_text().splitlines()[1:200] for w in line.split("\t")[0].split()}
+    )
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:94]]) + "\n")
+    folder = tmp_path / "teacher"
+    tiny_bert(num_layers=4).save_pretrained(folder)
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
+def test_glue_num_processes_2_runs_two_ranks_and_rank0_writes(tmp_path, glue_teacher):
+    out, ranks = run_launched(
+        tmp_path, "glue", "--teacher_model_name_or_path", glue_teacher, "--data_dir", str(SST2),
+        "--student_layers", "1,3", "--max_seq_length", "32", "--max_train_samples", "32", "--max_eval_samples", "16",
+        "--speed_batch_size", "2", "--speed_seq_len", "8", "--alpha_hidden", "1", "--num_processes", "2",
+    )  # fmt: skip
+    check_two_ranks_one_writer(out, ranks, ["results.json", "report.png", "config.json", "distillation_config.json"])
+
+
+def test_causal_lm_multi_cpu_config_runs_two_ranks_and_rank0_writes(tmp_path):
+    teacher = tmp_path / "teacher"
+    tiny_llama(seed=1, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(teacher)
+    tiny_tokenizer().save_pretrained(teacher)
+    lines = [" ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(12)) for i in range(80)]
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
+    out, ranks = run_launched(
+        tmp_path, "causal-lm", "--teacher_model_name_or_path", str(teacher), "--train_file", str(tmp_path / "train.txt"),
+        "--validation_files", str(tmp_path / "train.txt"), "--block_size", "16", "--max_train_samples", "32",
+        "--max_eval_blocks", "4", "--kd_chunk_size", "8", "--accelerate_config", "multi_cpu",
+    )  # fmt: skip
+    check_two_ranks_one_writer(out, ranks, ["results.json", "config.json", "distillation_config.json"])
