@@ -47,7 +47,13 @@ def parse_with_config(dataclass_types, argv: list[str], prog: str, launch_flags:
     *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if rest:
         raise ValueError(f"Unrecognised arguments {rest}; run with --help for the valid flags.")
-    return parsed[: len(dataclass_types)]  # a trailing namespace holds --config itself
+    extra = parsed[len(dataclass_types)]  # a trailing namespace holds --config (and the launch flags' slots)
+    given = [flag for flag, dest in LAUNCH_FLAGS.items() if getattr(extra, dest, None) is not None]
+    if given:
+        # `launch_if_asked` takes out only the full spellings; argparse would take `--num_proc 2` for
+        # --num_processes here and drop it: the job would silently run on one process
+        raise ValueError(f"Spell {', '.join(given)} out in full: an abbreviated launch flag starts no processes.")
+    return parsed[: len(dataclass_types)]
 
 
 def _quickstart(argv: list[str]) -> int:

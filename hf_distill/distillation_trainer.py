@@ -19,7 +19,7 @@ from . import __version__
 from .capture import capture_qkv
 from .checks import check_label_spaces, ensure_eager_attention
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
-from .distributed import place_teacher, training_dtype
+from .distributed import place_teacher, teacher_placement, training_dtype
 from .generation import generate_completions
 from .losses import align_logits, count_items, get_loss, match_heads, mix_teacher_logits, target_mask, task_loss
 from .losses.token import TeacherTargets, fused_causal_lm_loss
@@ -101,7 +101,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
         self._place_teachers()
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_counts: ItemCounts | None = None
-        blockers = fused_loss_blockers([unwrap(model), *self.teachers]) if self.task == "causal_lm" else []
+        blockers = self._fused_loss_blockers(model) if self.task == "causal_lm" else []
         if blockers and args.kd_chunk_size > 0:
             logger.warning("kd_chunk_size: computing full logits instead of chunks, as %s.", "; ".join(blockers))
         self._fused = self.task == "causal_lm" and args.kd_chunk_size > 0 and not blockers
@@ -212,6 +212,14 @@ class DistillationTrainer(HubPushMixin, Trainer):
             attention_loss=args.attention_loss if args.alpha_attention > 0 else None,
         )
         return hidden + attention
+
+    def _fused_loss_blockers(self, model) -> list[str]:
+        """Why the chunked causal-LM loss cannot run here (see ``fused_loss_blockers``), ZeRO-3 included."""
+        if teacher_placement(self.accelerator) == "zero3":
+            # the teachers are DeepSpeed engines by now, and the student becomes one: asking them for logits_to_keep
+            # would give an accidental reason, this is the real one
+            return ["ZeRO-3 partitions the output heads that the chunked loss reads outside the forward"]
+        return fused_loss_blockers([unwrap(model), *self.teachers])
 
     def _place_teachers(self) -> None:
         """Freeze the teachers and replicate, shard or wrap them as the run's strategy wants (see distributed.py)."""

@@ -1,5 +1,5 @@
 """Where a frozen teacher lives when training runs on many processes: replicated (DDP), sharded with torch's FSDP2
-``fully_shard``, or handed to DeepSpeed (ZeRO-3 only).
+``fully_shard`` (under accelerate's FSDP2 only), or handed to DeepSpeed (ZeRO-3 only).
 
 The teacher is inference-only everywhere: ``eval()``, no ``requires_grad``, never wrapped in
 ``DistributedDataParallel`` (it has no gradients to average), never seen by an optimizer. What changes with the
@@ -7,8 +7,10 @@ strategy is whether every rank holds the whole teacher:
 
 - no distribution, DDP, multi-CPU, ZeRO-1/2: a plain module on the device, in the training dtype. ZeRO-1/2
   partition optimizer states and gradients, which a frozen teacher has none of, so it is not given to DeepSpeed.
-- FSDP (accelerate's FSDP plugin, FSDP1 or FSDP2): the teacher is sharded with FSDP2 ``fully_shard``, one unit per
-  transformer block and one for the rest, resharded after every forward.
+- FSDP2 (accelerate's FSDP plugin with ``fsdp_version: 2``): the teacher is sharded with FSDP2 ``fully_shard``, one
+  unit per transformer block and one for the rest, resharded after every forward, under the plugin's mixed-precision
+  policy. Under accelerate's FSDP1 the teacher is replicated instead, with a warning: an FSDP2 teacher beside an
+  FSDP1 student has never been run.
 - ZeRO-3: the teacher is wrapped in an inference DeepSpeed engine (no optimizer), which partitions its weights
   (TRL's ``prepare_deepspeed`` does the same for reference and teacher models).
 """
@@ -51,15 +53,17 @@ def teacher_placement(accelerator) -> str:
     distributed_type = accelerator.distributed_type
     if distributed_type == DistributedType.DEEPSPEED:
         return "zero3" if zero_stage(accelerator) == 3 else "zero12"
-    if distributed_type == DistributedType.FSDP or getattr(accelerator, "is_fsdp2", False):
+    if distributed_type == DistributedType.FSDP and getattr(accelerator, "is_fsdp2", False):
         return "fsdp"
-    return "replicate"
+    return "replicate"  # FSDP1 too: see place_teacher
 
 
 def training_dtype(accelerator, default: torch.dtype) -> torch.dtype:
-    """The dtype the student will run in: DeepSpeed casts models to its bf16/fp16 (``mixed_precision``), which has
-    not happened yet when the teacher is placed; elsewhere ``default`` (the student's dtype)."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+    """The dtype the teacher defaults to: under DeepSpeed and FSDP the ``mixed_precision`` bf16/fp16 (DeepSpeed casts
+    the student to it later, in ``train()``; FSDP computes the student's blocks in it, and a teacher sharded under
+    the same policy must match it, output head included); elsewhere ``default`` (the student's dtype, fp32 under
+    autocast)."""
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         return _HALF_DTYPES.get(str(accelerator.mixed_precision), default)
     return default
 
@@ -87,6 +91,11 @@ def place_teacher(teacher: nn.Module, accelerator, dtype: torch.dtype | str | No
         return teacher
     dtype = None if dtype == "auto" else dtype
     placement = teacher_placement(accelerator)
+    if accelerator.distributed_type == DistributedType.FSDP and placement != "fsdp":
+        logger.warning(
+            "place_teacher: accelerate runs FSDP1 (fsdp_version: 1); the teacher is replicated on every rank, not "
+            "sharded (an FSDP2 teacher beside an FSDP1 student is untested). Use fsdp_version: 2 to shard it."
+        )
     if placement == "zero3":
         return deepspeed_inference_engine(teacher, accelerator)
     if dtype is not None:
@@ -156,6 +165,8 @@ def shard_teacher(
         mesh: a 1-D ``DeviceMesh`` (``None``: all ranks, on the accelerator if there is one, else the CPU).
         keep_output_head: leave the output head (and a tied input embedding) whole on every rank, because the
             chunked causal-LM loss reads the head's weight outside the teacher's forward. ``V x D`` weights per rank.
+            FSDP does not cast ignored weights, so with ``mp_policy`` the kept head is cast to its ``param_dtype``
+            (the sharded final norm hands it activations in that dtype).
         device: where the kept head goes (default: the mesh's device).
         mp_policy, offload_policy: FSDP2 policies, e.g. ``CPUOffloadPolicy()`` to keep the shards in CPU memory.
 
@@ -176,7 +187,9 @@ def shard_teacher(
     head = teacher.get_output_embeddings() if keep_output_head and hasattr(teacher, "get_output_embeddings") else None
     ignored = set(head.parameters()) if head is not None else set()
     if head is not None:
-        head.to(device if device is not None else _mesh_device(mesh))
+        # a tied input embedding shares the head's Parameter (`.to` swaps its data in place): it is cast with it
+        dtype = getattr(mp_policy, "param_dtype", None)
+        head.to(device=device if device is not None else _mesh_device(mesh), dtype=dtype)
     for block in _shard_units(teacher):
         fully_shard(block, ignored_params=ignored or None, **kwargs)
     fully_shard(teacher, ignored_params=ignored or None, **kwargs)

@@ -3,14 +3,16 @@ itself again under ``torchrun`` (CPU) or ``accelerate launch`` (GPU), with those
 
 On the CPU, ``accelerate launch`` starts a single process unless an MPI launcher is configured (every multi-process
 launcher in ``accelerate.commands.launch.launch_command`` is guarded by ``not args.cpu``), so CPU runs go through
-``python -m torch.distributed.run``, which does start N processes; the Trainer then runs DDP over gloo.
+``python -m torch.distributed.run --standalone``, which does start N processes; the Trainer then runs DDP over gloo.
+The processes started here carry ``HF_DISTILL_LAUNCHED=1``, and they (and those of an ``accelerate launch`` or
+``torchrun`` of your own, which set ``LOCAL_RANK``) run the job instead of launching again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "accelerate_configs"
 LAUNCH_FLAGS = {"--accelerate_config": "accelerate_config", "--num_processes": "num_processes"}
-# set by torchrun and by `accelerate launch` in every process they start
-WORKER_ENV = ("LOCAL_RANK", "WORLD_SIZE")
+# set in the processes `launch_if_asked` starts; LOCAL_RANK is set by torchrun and `accelerate launch` in every process
+# they start (WORLD_SIZE is not a sign: a SLURM or Kubernetes job may leave it set for the launching process)
+LAUNCHED_ENV = "HF_DISTILL_LAUNCHED"
 SHARDED_TYPES = ("FSDP", "DEEPSPEED")
 
 
@@ -51,14 +54,15 @@ def add_launch_arguments(parser) -> None:
         "--accelerate_config",
         default=None,
         help=f"Run on several processes with this accelerate config: a shipped name ({', '.join(shipped_configs())}) "
-        "or a YAML file. CPU configs (or no CUDA) start the processes with torchrun, GPU ones with accelerate launch.",
+        "or a YAML file. CPU configs (or no CUDA) start the processes with torchrun, GPU ones with accelerate launch. "
+        "Not TrainingArguments' --accelerator_config (options of the Accelerator object). Spell it out in full.",
     )
     group.add_argument(
         "--num_processes",
         type=int,
         default=None,
         help="Number of processes (default: the config's, or one per visible GPU). Alone: data parallel, "
-        "multi_cpu without CUDA, multi_gpu with it.",
+        "multi_cpu without CUDA, multi_gpu with it. Spell it out in full.",
     )
 
 
@@ -94,9 +98,10 @@ def split_launch_args(argv: list[str]) -> tuple[str | None, int | None, list[str
 
 
 def in_launched_worker(env=None) -> bool:
-    """Whether this process was started by torchrun / accelerate launch (so it must not launch again)."""
+    """Whether this process was started by hf-distill (``HF_DISTILL_LAUNCHED=1``) or by a torchrun / accelerate
+    launch of your own (``LOCAL_RANK``), so that it runs the job rather than launching again."""
     env = os.environ if env is None else env
-    return any(key in env for key in WORKER_ENV)
+    return env.get(LAUNCHED_ENV) == "1" or "LOCAL_RANK" in env
 
 
 def wants_cpu(argv: list[str]) -> bool:
@@ -132,15 +137,16 @@ def build_launch_command(
     config_path: str | None,
     num_processes: int | None,
     cuda_devices: int,
-    port: int,
     python: str = sys.executable,
 ) -> list[str]:
     """The command that runs ``hf-distill job argv`` on several processes (``argv`` without the launch flags).
 
-    CPU: ``python -m torch.distributed.run --nproc_per_node N --master_port PORT -m hf_distill.cli job argv
-    --use_cpu true``, N from ``num_processes`` or the config. GPU: ``python -m accelerate.commands.launch
-    --config_file YAML [--num_processes N] --main_process_port PORT -m hf_distill.cli job argv``; without a config,
-    ``multi_gpu`` (``single_gpu`` for one process); N as `_gpu_processes` says.
+    CPU: ``python -m torch.distributed.run --standalone --nproc_per_node N -m hf_distill.cli job argv --use_cpu
+    true``, N from ``num_processes`` or the config (``--standalone``: torchrun binds a free port itself, no port
+    picked here that another job could take first). GPU: ``python -m accelerate.commands.launch --config_file YAML
+    [--num_processes N] -m hf_distill.cli job argv``; without a config, ``multi_gpu`` (``single_gpu`` for one
+    process); N as `_gpu_processes` says. The port is the config's ``main_process_port``, else accelerate's 29500,
+    and accelerate goes standalone (a free port) on one machine when that one is taken.
     """
     config = read_config(config_path)
     module = ["-m", "hf_distill.cli", job, *argv]
@@ -149,14 +155,14 @@ def build_launch_command(
         if n is None:
             raise ValueError(f"The accelerate config {config_path} sets no num_processes: pass --num_processes N.")
         use_cpu = [] if any(a.split("=", 1)[0] == "--use_cpu" for a in argv) else ["--use_cpu", "true"]
-        runner = ["torch.distributed.run", "--nproc_per_node", str(n), "--master_port", str(port)]
+        runner = ["torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
         return [python, "-m", *runner, *module, *use_cpu]
     if config_path is None:
         config_path = resolve_config("single_gpu" if (num_processes or cuda_devices) == 1 else "multi_gpu")
         config = read_config(config_path)
     n = _gpu_processes(config, config_path, num_processes, cuda_devices)
     count = ["--num_processes", str(n)] if n else []
-    runner = ["accelerate.commands.launch", "--config_file", config_path, *count, "--main_process_port", str(port)]
+    runner = ["accelerate.commands.launch", "--config_file", config_path, *count]
     return [python, "-m", *runner, *module]
 
 
@@ -179,34 +185,55 @@ def _gpu_processes(config: dict, config_path: str, num_processes: int | None, cu
     return cuda_devices if shipped or _config_processes(config) is None else None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def exit_code(returncode: int) -> int:
+    """A child's exit status as a shell gives it: ``128 + N`` for a child killed by signal N (``returncode`` -N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _warn_cpu_fallbacks(config_name: str | None, config: dict, argv: list[str]) -> None:
+    """What of a GPU config a CPU (torchrun) run does not apply: its sharding and its mixed precision."""
+    if config.get("distributed_type") in SHARDED_TYPES:
+        logger.warning(
+            "%s is a GPU config (%s) but this run is on the CPU: plain DDP over gloo instead.",
+            config_name,
+            config["distributed_type"],
+        )
+    precision = str(config.get("mixed_precision", "no"))
+    if precision != "no" and not any(a.split("=", 1)[0] in ("--bf16", "--fp16") for a in argv):
+        logger.warning(
+            "%s sets mixed_precision: %s, which torchrun does not apply (it reads no accelerate config): this CPU "
+            "run is fp32. Pass --bf16 true for bf16.",
+            config_name,
+            precision,
+        )
 
 
 def launch_if_asked(job: str, argv: list[str]) -> tuple[int | None, list[str]]:
     """``(exit code, argv)`` of ``job`` re-launched on several processes when ``argv`` asks for it; ``(None, argv
-    without the launch flags)`` when it does not, or when this process is already one of the launched ones."""
+    without the launch flags)`` when it does not, when it asks for ``--help``, or when this process is already one of
+    the launched ones."""
     config_name, num_processes, rest = split_launch_args(argv)
     if config_name is None and num_processes is None:
         return None, rest
+    if "-h" in rest or "--help" in rest:  # printed once, here, with the launch flags listed
+        return None, rest
     if in_launched_worker():
-        logger.warning("Already in a launched process (LOCAL_RANK/WORLD_SIZE set): ignoring the launch flags.")
+        logger.warning(
+            "Already in a launched process (%s or LOCAL_RANK set): ignoring the launch flags.", LAUNCHED_ENV
+        )
         return None, rest
     import torch
 
     config_path = resolve_config(config_name) if config_name else None
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     config = read_config(config_path)
-    if runs_on_cpu(config, rest, cuda_devices) and config.get("distributed_type") in SHARDED_TYPES:
-        logger.warning(
-            "%s is a GPU config (%s) but this run is on the CPU: plain DDP over gloo instead.",
-            config_name,
-            config["distributed_type"],
-        )
+    if runs_on_cpu(config, rest, cuda_devices):
+        _warn_cpu_fallbacks(config_name, config, rest)
     cmd = build_launch_command(
-        job, rest, config_path=config_path, num_processes=num_processes, cuda_devices=cuda_devices, port=free_port()
+        job, rest, config_path=config_path, num_processes=num_processes, cuda_devices=cuda_devices
     )
     logger.info("launching: %s", " ".join(cmd))
-    return subprocess.run(cmd).returncode, rest
+    result = subprocess.run(cmd, env={**os.environ, LAUNCHED_ENV: "1"})
+    if result.returncode < 0:
+        logger.error("The launcher was killed by %s.", signal.Signals(-result.returncode).name)
+    return exit_code(result.returncode), rest

@@ -156,9 +156,11 @@ class HubPushMixin:
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """The pushes at each save when ``push_to_hub=True``: the student alone (as :meth:`push_to_hub`), and the
         checkpoint folder too when ``hub_strategy`` asks for it ("checkpoint": as last-checkpoint/)."""
-        args, pushing = self.args, self.push_in_progress is not None and not self.push_in_progress.is_done()
+        args = self.args
+        # first: only process zero has `push_in_progress` (Trainer.init_hf_repo sets it there alone)
         if not self.is_world_process_zero() or args.hub_strategy == HubStrategy.END:
             return
+        pushing = self.push_in_progress is not None and not self.push_in_progress.is_done()
         if pushing and not args.hub_always_push:  # the Trainer skips a save while the last one is still uploading
             return
         self.callback_handler.on_push_begin(args, self.state, self.control)

@@ -13,6 +13,7 @@ import sys
 
 import torch
 from conftest import GradCatcher, classification_dataset, lm_dataset, tiny_bert, tiny_llama
+from torch.nn.parallel import DistributedDataParallel
 
 from hf_distill import DistillationConfig, DistillationTrainer
 
@@ -85,7 +86,11 @@ def main(out: str, kind: str, mode: str = "train", *numbers: str) -> None:
         return
     trainer = make_trainer(out, kind)
     trainer.train()
-    assert type(trainer.model_wrapped).__name__ == "DistributedDataParallel"
+    assert isinstance(trainer.model_wrapped, DistributedDataParallel)
+    # the teacher is replicated, never DDP-wrapped: nothing to average, and no gradients at all
+    teacher = trainer.teachers[0]
+    assert not isinstance(teacher, DistributedDataParallel) and not teacher.training
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     torch.save(
         {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
         f"{out}/rank{trainer.args.process_index}.pt",

@@ -1,5 +1,7 @@
 """Run by test_distributed_teacher.py under `torchrun --nproc_per_node 2` (gloo on CPU): shard a tiny Llama teacher
-with FSDP2 (`shard_teacher`), compare it with the whole teacher, then distil a student under DDP from it.
+with FSDP2 (`shard_teacher`), compare it with the whole teacher, then distil a student under DDP from it. Last, place
+an fp32 teacher through the real `place_teacher` as under accelerate's `fsdp` config (FSDP2, bf16): accelerate's own
+FSDP2 plugin and parallelism mesh on an accelerator stub, and the logits_to_keep=1 forward of the chunked loss.
 
 Each rank checks its own numbers and writes them to ``<out>/rank<r>.json`` for the test to compare across ranks."""
 
@@ -7,14 +9,17 @@ import copy
 import json
 import os
 import sys
+import types
 
 import torch
 import torch.distributed as dist
+from accelerate.parallelism_config import ParallelismConfig
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from conftest import lm_dataset, tiny_llama
 from torch.distributed.tensor import DTensor
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.distributed import shard_teacher
+from hf_distill.distributed import _fsdp2_policies, _fsdp_mesh, place_teacher, shard_teacher, training_dtype
 from hf_distill.losses import get_loss
 
 out = sys.argv[1]
@@ -100,6 +105,56 @@ record["losses_whole"], _ = train(reference, "whole")
 assert all(torch.equal(p.full_tensor(), before[n]) for n, p in teacher.named_parameters() if n in before)
 assert all(p.grad is None for p in teacher.parameters())
 assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, student.model.layers[0].mlp.up_proj.weight)
+
+
+# ---- the `fsdp` config's bf16 through the real place_teacher: an fp32 teacher, FSDP2 with a bf16 policy ----
+def fsdp2_bf16_accelerator():
+    """The attributes of an ``Accelerator`` under hf_distill's ``fsdp`` config that place_teacher reads, with
+    accelerate's own plugin (bf16 ``MixedPrecisionPolicy``) and the data-parallel mesh it builds."""
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, mixed_precision_policy="bf16")
+    parallelism = ParallelismConfig(dp_shard_size=world)
+    return types.SimpleNamespace(
+        distributed_type=DistributedType.FSDP,
+        is_fsdp2=True,
+        mixed_precision="bf16",
+        state=types.SimpleNamespace(fsdp_plugin=plugin, deepspeed_plugin=None),
+        device=torch.device("cpu"),
+        torch_device_mesh=parallelism.build_device_mesh("cpu"),
+        parallelism_config=parallelism,
+    )
+
+
+accelerator = fsdp2_bf16_accelerator()
+policies = _fsdp2_policies(accelerator)
+assert policies["mp_policy"].param_dtype == torch.bfloat16 and type(policies["offload_policy"]).__name__ == (
+    "OffloadPolicy"  # no offload
+), policies
+assert _fsdp_mesh(accelerator).size() == world
+every_row = torch.ones(len(data), 1, dtype=torch.bool)  # the last position of every row (padding or not)
+with torch.no_grad():
+    s_last = student(**batch, logits_to_keep=1).logits
+record["fsdp2_bf16"] = []
+for tied in (False, True):
+    base = tiny_llama(seed=1, tie_word_embeddings=tied)  # fp32, as the student's default dtype would leave it
+    # the dtype the trainer passes: training_dtype (bf16 under FSDP with bf16), and None (a teacher_dtype of fp32:
+    # the policy computes the blocks in bf16 and shard_teacher must cast the kept head to match)
+    for dtype in (training_dtype(accelerator, torch.float32), None):
+        placed = place_teacher(copy.deepcopy(base), accelerator, dtype)
+        head = placed.get_output_embeddings().weight
+        assert head.dtype == torch.bfloat16 and not isinstance(head, DTensor), (tied, dtype, head.dtype)
+        assert (placed.get_input_embeddings().weight is head) == tied
+        assert not placed.training and not any(p.requires_grad for p in placed.parameters())
+        whole_bf16 = copy.deepcopy(base).to(torch.bfloat16)
+        with torch.no_grad():
+            got = placed(**batch, logits_to_keep=1).logits  # raised "expected Float but found BFloat16" before
+            want = whole_bf16(**batch, logits_to_keep=1).logits
+        assert got.shape == (len(data), 1, base.config.vocab_size) and got.dtype == torch.bfloat16
+        kd_got = kd(s_last, got, mask=every_row, temperature=2.0).item()
+        kd_want = kd(s_last, want, mask=every_row, temperature=2.0).item()
+        record["fsdp2_bf16"].append(
+            {"tied": tied, "cast_first": dtype is not None, "kd_sharded": kd_got, "kd_whole_bf16": kd_want}
+        )
+
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump(record, f)
 dist.barrier()

@@ -2,7 +2,6 @@
 optimizer step's gradients equal those of one process on the same global batch."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,6 @@ from hf_distill.mapping import ADAPTERS_ATTR
 HERE = Path(__file__).parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun_worker(*args) -> None:
     """``ddp_worker.py args`` on two CPU processes."""
     env = {**os.environ, "PYTHONPATH": f"{HERE}:{HERE.parent}", "OMP_NUM_THREADS": "1"}
@@ -29,10 +22,9 @@ def torchrun_worker(*args) -> None:
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # torchrun picks a free port itself
         "--nproc_per_node",
         "2",
-        "--master_port",
-        str(free_port()),
         str(HERE / "ddp_worker.py"),
         *map(str, args),
     ]

@@ -1,10 +1,12 @@
 """Where the teacher lives under DDP, FSDP2 and DeepSpeed (hf_distill.distributed).
 
-The FSDP2 sharding runs for real on 2 CPU processes (gloo); DeepSpeed is not installed here, so its paths are tested
-with a fake accelerator state and a fake ``deepspeed`` module that records what it was given.
+The FSDP2 sharding runs for real on 2 CPU processes (gloo), also through ``place_teacher`` with accelerate's own FSDP2
+plugin (bf16) and mesh; DeepSpeed is not installed here, so its paths are tested with a fake accelerator state and a
+fake ``deepspeed`` module that records what it was given.
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -80,7 +82,6 @@ def fake_deepspeed(monkeypatch):
         (DistributedType.NO, None, "replicate"),
         (DistributedType.MULTI_CPU, None, "replicate"),
         (DistributedType.MULTI_GPU, None, "replicate"),
-        (DistributedType.FSDP, None, "fsdp"),
         (DistributedType.DEEPSPEED, 1, "zero12"),
         (DistributedType.DEEPSPEED, 2, "zero12"),
         (DistributedType.DEEPSPEED, 3, "zero3"),
@@ -88,6 +89,27 @@ def fake_deepspeed(monkeypatch):
 )
 def test_placement_follows_the_strategy(distributed_type, zero, expected):
     assert hd.teacher_placement(fake_accelerator(distributed_type, zero)) == expected
+
+
+def test_fsdp2_shards_and_fsdp1_replicates_with_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="hf_distill")
+    assert hd.teacher_placement(fake_accelerator(DistributedType.FSDP, is_fsdp2=True)) == "fsdp"
+    fsdp1 = fake_accelerator(DistributedType.FSDP, is_fsdp2=False)
+    assert hd.teacher_placement(fsdp1) == "replicate"
+    teacher = tiny_llama(seed=1)
+    assert hd.place_teacher(teacher, fsdp1, torch.bfloat16) is teacher  # shard_teacher would fail: no process group
+    assert next(teacher.parameters()).dtype == torch.bfloat16 and not teacher.training
+    assert "FSDP1" in caplog.text and "replicated" in caplog.text
+
+
+@pytest.mark.parametrize("distributed_type", [DistributedType.FSDP, DistributedType.DEEPSPEED])
+def test_sharded_strategies_default_the_teacher_to_their_half_precision(distributed_type):
+    for mixed_precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("no", torch.float32)):
+        accelerator = fake_accelerator(distributed_type, zero=2, mixed_precision=mixed_precision, is_fsdp2=True)
+        assert hd.training_dtype(accelerator, torch.float32) == dtype
+    # DDP: the student stays fp32 under autocast, and so does the teacher unless teacher_dtype says otherwise
+    ddp = fake_accelerator(DistributedType.MULTI_GPU, mixed_precision="bf16")
+    assert hd.training_dtype(ddp, torch.float32) == torch.float32
 
 
 def test_zero3_teacher_is_an_inference_engine(fake_deepspeed):
@@ -126,7 +148,7 @@ def test_deepspeed_config_auto_without_hidden_size_is_an_error():
         hd.deepspeed_inference_config(DS_CONFIG, hidden_size=None)
 
 
-def test_fsdp_strategy_shards_the_teacher(monkeypatch):
+def test_fsdp2_strategy_shards_the_teacher(monkeypatch):
     calls = []
     monkeypatch.setattr(hd, "shard_teacher", lambda teacher, mesh, **kw: calls.append((teacher, mesh, kw)) or teacher)
     teacher = tiny_llama(seed=1)
@@ -160,9 +182,33 @@ def test_replicated_teacher_is_frozen_and_unchanged_by_training(tmp_out):
     )
     assert trainer.teachers[0] is teacher and not teacher.training
     trainer.train()
-    assert not isinstance(teacher, DistributedDataParallel)
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    placed = trainer.teachers[0]
+    assert placed is teacher and not isinstance(placed, DistributedDataParallel) and not placed.training
+    student_modules = {id(m) for m in trainer.model_wrapped.modules()}
+    assert not any(id(m) in student_modules for m in placed.modules())  # nothing of it inside the trained model
+    assert all(p.grad is None and not p.requires_grad for p in placed.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in placed.state_dict().items())
+
+
+def test_zero3_computes_full_logits_with_a_clear_reason(tmp_out, monkeypatch, caplog):
+    """Under ZeRO-3 the chunked loss would read partitioned output heads: the trainer says so and falls back."""
+    caplog.set_level(logging.WARNING, logger="hf_distill")
+    from hf_distill import distillation_trainer
+
+    deepspeed3 = fake_accelerator(DistributedType.DEEPSPEED, zero=3)
+    # the trainer's own accelerator is a real one-process one: its fused-loss decision sees ZeRO-3 (the teacher itself
+    # is placed as on one process, a plain module, so no other blocker applies)
+    monkeypatch.setattr(
+        distillation_trainer, "teacher_placement", lambda accelerator: hd.teacher_placement(deepspeed3)
+    )
+    args = DistillationConfig(output_dir=tmp_out, report_to="none", kd_chunk_size=8, use_cpu=True)
+    student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=2)
+    trainer = DistillationTrainer(model=student, teacher_model=tiny_llama(seed=1), args=args)
+    assert not trainer._fused
+    assert "ZeRO-3 partitions the output heads that the chunked loss reads outside the forward" in caplog.text
+    assert "computing full logits" in caplog.text and "logits_to_keep" not in caplog.text
+    monkeypatch.setattr(distillation_trainer, "teacher_placement", lambda accelerator: "replicate")
+    assert DistillationTrainer(model=student, teacher_model=tiny_llama(seed=1), args=args)._fused
 
 
 def test_sharded_teacher_on_two_cpu_processes(tmp_path):
@@ -190,3 +236,16 @@ def test_sharded_teacher_on_two_cpu_processes(tmp_path):
         assert record["losses_sharded"] == pytest.approx(record["losses_whole"], rel=1e-6)
     # the two ranks' shards are disjoint halves of the whole
     assert ranks[0]["local_fraction"] + ranks[1]["local_fraction"] == pytest.approx(1.0, abs=1e-9)
+    # an fp32 teacher through place_teacher under accelerate's FSDP2 plugin with bf16 (the `fsdp` config): the
+    # logits_to_keep=1 forward runs, and its KD loss is that of the whole teacher cast to bf16. Cast first (the
+    # default: training_dtype is bf16 there): the same numbers. Kept fp32 (teacher_dtype float32): the bf16 policy
+    # casts the weights but not the buffers (the rotary inv_freq, which the bf16 reference has in bf16), measured
+    # rel 1.7e-4 (untied) and 3.0e-4 (tied), allowed 1e-3.
+    for record in ranks:
+        cases = record["fsdp2_bf16"]
+        assert sorted((c["tied"], c["cast_first"]) for c in cases) == [
+            (a, b) for a in (False, True) for b in (False, True)
+        ]
+        for case in cases:
+            rel = 1e-6 if case["cast_first"] else 1e-3
+            assert case["kd_sharded"] == pytest.approx(case["kd_whole_bf16"], rel=rel), case

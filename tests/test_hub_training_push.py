@@ -5,10 +5,12 @@ state stay local, unless ``hub_strategy`` asks for checkpoints."""
 from __future__ import annotations
 
 import logging
+import types
 
 import pytest
 import safetensors.torch
 import torch
+import transformers.trainer
 import transformers.utils.hub
 from conftest import classification_dataset, tiny_bert
 from test_hub import TOKEN, hub  # noqa: F401 (hub is a fixture)
@@ -134,3 +136,52 @@ def test_a_checkpoint_holding_the_token_stays_local(hub_api, tmp_path, caplog, c
     stdout, stderr = capfd.readouterr()
     assert TOKEN not in caplog.text + stdout + stderr
     assert not any(TOKEN.encode() in data for data in files.values())
+
+
+@pytest.mark.parametrize("main_process", [True, False], ids=["process-zero", "other-process"])
+def test_only_the_main_process_pushes(tmp_path, monkeypatch, main_process):
+    """Under DDP every process runs the saves and ``push_to_hub``; only the world's process zero uploads (the others
+    have no ``push_in_progress``: an AttributeError at the first save once). The uploads are recorded here (the Hub is
+    never reached), with ``is_world_process_zero`` forced either way."""
+    from hf_distill import trainer_hub
+
+    calls = []
+    monkeypatch.setattr(trainer_hub, "push_student", lambda folder, repo_id, **kw: calls.append(("student", folder)))
+    monkeypatch.setattr(
+        trainer_hub,
+        "push_from_checkpoint",
+        lambda checkpoint, folder, repo_id, **kw: calls.append(("checkpoint", checkpoint)) or [],
+    )
+    # Trainer.init_hf_repo runs as it is (on process zero only), against a Hub that creates any repo
+    hub_api = types.SimpleNamespace(create_repo=lambda name, **kw: types.SimpleNamespace(repo_id=name))
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub_api)
+    monkeypatch.setattr(DistillationTrainer, "is_world_process_zero", lambda self: main_process)
+    out = tmp_path / "out"
+    args = DistillationConfig(
+        output_dir=str(out),
+        push_to_hub=True,
+        hub_model_id=REPO_ID,
+        hub_strategy="checkpoint",
+        save_strategy="steps",
+        save_steps=1,
+        max_steps=2,
+        per_device_train_batch_size=8,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    teacher, student = tiny_bert(num_layers=4, seed=0), tiny_bert(num_layers=2, hidden=16, seed=1)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset(n=16)
+    )
+    trainer.train()
+    result = trainer.push_to_hub()
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()  # every process went through the saves
+    if main_process:
+        assert calls == [
+            ("checkpoint", str(out / "checkpoint-1")),
+            ("checkpoint", str(out / "checkpoint-2")),
+            ("student", str(out)),
+        ]
+    else:
+        assert calls == [] and result is None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from transformers import BertTokenizerFast
 from hf_distill.cli import main
 from hf_distill.launch import (
     CONFIG_DIR,
+    LAUNCHED_ENV,
     build_launch_command,
+    exit_code,
     in_launched_worker,
     resolve_config,
     shipped_configs,
@@ -62,7 +65,9 @@ def test_sharded_configs_say_what_the_issue_asks():
     zero2 = load_config_from_file(str(CONFIG_DIR / "zero2.yaml")).deepspeed_config
     zero3 = load_config_from_file(str(CONFIG_DIR / "zero3.yaml")).deepspeed_config
     assert zero2["zero_stage"] == 2 and zero3["zero_stage"] == 3
-    assert zero3["zero3_init_flag"] is True and zero3["zero3_save_16bit_model"] is True
+    # off: the teacher would load partitioned under the Trainer's DeepSpeed config, and build_student and the
+    # vocabulary check would read its empty weights
+    assert zero3["zero3_init_flag"] is False and zero3["zero3_save_16bit_model"] is True
     for ds in (zero2, zero3):  # left to the training flags, so DeepSpeed and the Trainer cannot disagree
         assert "gradient_accumulation_steps" not in ds and "gradient_clipping" not in ds
     cpu = load_config_from_file(str(CONFIG_DIR / "multi_cpu.yaml"))
@@ -94,31 +99,39 @@ def test_launch_flags_are_split_from_the_job_flags():
 
 
 def test_inside_a_launched_worker_nothing_is_launched_again():
-    assert in_launched_worker({"LOCAL_RANK": "0", "WORLD_SIZE": "2"}) and not in_launched_worker({})
+    assert in_launched_worker({LAUNCHED_ENV: "1"})  # started by hf-distill
+    assert in_launched_worker({"LOCAL_RANK": "0", "WORLD_SIZE": "2"})  # by an accelerate launch / torchrun of your own
+    assert not in_launched_worker({})
+    assert not in_launched_worker({"WORLD_SIZE": "4", "RANK": "0"})  # what a SLURM or Kubernetes job may leave set
+
+
+def test_a_child_killed_by_a_signal_exits_128_plus_the_signal():
+    assert exit_code(-9) == 137 and exit_code(-15) == 143 and exit_code(3) == 3 and exit_code(0) == 0
 
 
 def test_cpu_builds_torchrun_with_n_processes():
     job = ["--config", "a.yaml", "--max_steps", "2"]
-    kw = {"config_path": None, "num_processes": 2, "cuda_devices": 0, "port": 1234, "python": PY}
+    kw = {"config_path": None, "num_processes": 2, "cuda_devices": 0, "python": PY}
     assert build_launch_command("glue", job, **kw) == [
-        PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "1234",
+        PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "hf_distill.cli", "glue", *job, "--use_cpu", "true",
     ]  # fmt: skip
     # the config's count, and the CPU even where CUDA is there, when the config says so
     kw.update(config_path=resolve_config("multi_cpu"), num_processes=None, cuda_devices=8)
     cmd = build_launch_command("causal-lm", ["--use_cpu", "true"], **kw)
-    assert cmd[2:5] == ["torch.distributed.run", "--nproc_per_node", "2"] and cmd.count("--use_cpu") == 1
+    assert cmd[2:6] == ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert cmd.count("--use_cpu") == 1
     # a GPU config on a machine without CUDA: DDP over gloo on CPU processes
     kw.update(config_path=resolve_config("fsdp"), num_processes=3, cuda_devices=0)
-    assert build_launch_command("glue", [], **kw)[2:5] == ["torch.distributed.run", "--nproc_per_node", "3"]
+    assert build_launch_command("glue", [], **kw)[4:6] == ["--nproc_per_node", "3"]
 
 
 def test_gpu_builds_accelerate_launch_with_the_config(tmp_path):
     fsdp = resolve_config("fsdp")
-    kw = {"config_path": fsdp, "num_processes": None, "cuda_devices": 4, "port": 1234, "python": PY}
+    kw = {"config_path": fsdp, "num_processes": None, "cuda_devices": 4, "python": PY}
     assert build_launch_command("causal-lm", ["--max_steps", "2"], **kw) == [
         PY, "-m", "accelerate.commands.launch", "--config_file", fsdp, "--num_processes", "4",
-        "--main_process_port", "1234", "-m", "hf_distill.cli", "causal-lm", "--max_steps", "2",
+        "-m", "hf_distill.cli", "causal-lm", "--max_steps", "2",
     ]  # fmt: skip
     kw.update(config_path=None, num_processes=2)  # --num_processes alone: DDP with the multi_gpu config
     assert build_launch_command("glue", [], **kw)[3:7] == [
@@ -136,21 +149,73 @@ def test_gpu_builds_accelerate_launch_with_the_config(tmp_path):
         build_launch_command("glue", [], **kw)
 
 
-def test_cli_relaunches_once_and_returns_the_exit_code(monkeypatch):
+@pytest.fixture
+def fake_launcher(monkeypatch):
+    """``subprocess.run`` of hf_distill.launch recording ``(cmd, env)`` and exiting with ``fake_launcher.code``;
+    outside any launched process, without CUDA."""
     import hf_distill.launch as launch
 
-    calls = []
-    monkeypatch.setattr(launch.subprocess, "run", lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 3))
-    for key in ("LOCAL_RANK", "WORLD_SIZE"):
+    class Launcher(list):
+        code = 3
+
+        def __call__(self, cmd, env=None):
+            self.append((cmd, env))
+            return subprocess.CompletedProcess(cmd, self.code)
+
+    launcher = Launcher()
+    monkeypatch.setattr(launch.subprocess, "run", launcher)
+    for key in ("LOCAL_RANK", LAUNCHED_ENV):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "8")  # left set by a cluster job: no sign of a launched process
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    return launcher
+
+
+def test_cli_relaunches_once_and_returns_the_exit_code(fake_launcher, monkeypatch):
+    import hf_distill.launch as launch
+
     assert main(["causal-lm", "--num_processes", "2", "--max_steps", "1"]) == 3
-    assert calls[0][2:5] == ["torch.distributed.run", "--nproc_per_node", "2"]
-    assert calls[0][-6:] == ["hf_distill.cli", "causal-lm", "--max_steps", "1", "--use_cpu", "true"]
+    (cmd, env), *_ = fake_launcher
+    assert cmd[2:6] == ["torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert cmd[-6:] == ["hf_distill.cli", "causal-lm", "--max_steps", "1", "--use_cpu", "true"]
+    assert env[LAUNCHED_ENV] == "1" and env["PATH"] == os.environ["PATH"]  # the workers are marked, nothing else
+    fake_launcher.code = -9  # the launcher killed (the OOM killer, a scheduler): 128 + SIGKILL, as a shell says
+    assert main(["causal-lm", "--num_processes", "2"]) == 137
     # inside a launched process the flags are dropped and the job runs in that process
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    assert launch.launch_if_asked("glue", ["--num_processes", "2", "--seed", "1"]) == (None, ["--seed", "1"])
-    assert len(calls) == 1
+    for marker in (LAUNCHED_ENV, "LOCAL_RANK"):
+        with monkeypatch.context() as m:
+            m.setenv(marker, "1" if marker == LAUNCHED_ENV else "0")
+            assert launch.launch_if_asked("glue", ["--num_processes", "2", "--seed", "1"]) == (None, ["--seed", "1"])
+    assert len(fake_launcher) == 2
+
+
+def test_help_with_a_launch_flag_prints_once_and_launches_nothing(fake_launcher, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["glue", "--num_processes", "2", "--help"])
+    assert exit_info.value.code == 0 and fake_launcher == []
+    out = capsys.readouterr().out
+    assert out.count("usage: hf-distill glue") == 1 and "--accelerate_config" in out
+    assert "--accelerator_config" in out.split("--accelerate_config ACCELERATE_CONFIG")[-1]  # the look-alike is named
+
+
+def test_an_abbreviated_launch_flag_is_an_error_not_one_process(fake_launcher, capsys):
+    """argparse would take `--num_proc 2` for --num_processes and the job would run on one process."""
+    for flags in (["--num_proc", "2"], ["--accelerate_conf", "fsdp"], ["--num_processe=2"]):
+        assert main(["glue", *flags, "--max_steps", "1"]) == 2
+        assert "out in full" in capsys.readouterr().err
+    assert fake_launcher == []
+
+
+def test_cpu_run_of_a_bf16_config_warns_that_bf16_is_not_applied(fake_launcher, caplog):
+    caplog.set_level(logging.WARNING, logger="hf_distill")
+    assert main(["causal-lm", "--accelerate_config", "fsdp", "--max_steps", "1"]) == 3
+    assert "plain DDP over gloo" in caplog.text and "mixed_precision: bf16" in caplog.text
+    assert "--bf16 true" in caplog.text
+    caplog.clear()
+    assert main(["causal-lm", "--accelerate_config", "fsdp", "--bf16", "true"]) == 3  # asked for: no warning
+    assert "mixed_precision" not in caplog.text
+    assert main(["causal-lm", "--accelerate_config", "multi_cpu"]) == 3
+    assert "mixed_precision" not in caplog.text
 
 
 def test_cli_reports_a_bad_config_name_and_yaml_launch_keys(tmp_path, capsys):
@@ -165,13 +230,18 @@ def test_cli_reports_a_bad_config_name_and_yaml_launch_keys(tmp_path, capsys):
 # ---- the real launch path: two CPU ranks, outputs from the first only ----
 
 # Loaded by every Python process of the launched job (it is first on PYTHONPATH): records, per rank, the files the
-# process opened for writing from Python (JSON, the report picture...; torch.save and safetensors write from native
-# code, unseen), through an audit hook, and the world size it ran in. Each rank first writes `started{rank}`, which
-# its record must show, so that an empty record means "wrote nothing", not "the probe saw nothing".
+# process wrote and the world size it ran in. Files opened for writing from Python (JSON, the report picture...) are
+# seen through an audit hook; torch.save and safetensors' save_file write from native code, so those two are wrapped
+# as their modules are imported (before transformers and accelerate import them by name) to record their paths. Each
+# rank first writes `started{rank}`, which its record must show, so that an empty record means "wrote nothing", not
+# "the probe saw nothing"; rank 0's record must show the model.safetensors and the torch.save'd files it saved.
 PROBE = """
-import atexit, json, os, sys
+import atexit, importlib.machinery, json, os, sys
 
 RANK, PROBE_DIR = os.environ.get("RANK"), os.environ.get("RANK_PROBE_DIR")
+# module -> the writer functions in it; torch/__init__ takes `save` from torch.serialization by name
+NATIVE_WRITERS = {"torch.serialization": "save", "safetensors.torch": "save_file"}
+
 if RANK is not None and PROBE_DIR:
     written = []
 
@@ -181,11 +251,36 @@ if RANK is not None and PROBE_DIR:
             if (mode and any(c in mode for c in "wax+")) or flags & (os.O_WRONLY | os.O_RDWR):
                 written.append(os.path.abspath(os.fsdecode(args[0])))
 
+    def recording(save):
+        def wrapper(obj, f, *args, **kwargs):
+            if isinstance(f, (str, bytes, os.PathLike)):  # a file object was opened from Python: the hook saw it
+                written.append(os.path.abspath(os.fsdecode(f)))
+            return save(obj, f, *args, **kwargs)
+
+        return wrapper
+
+    class WrapWriters:
+        def find_spec(self, name, path=None, target=None):
+            if name not in NATIVE_WRITERS:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None:
+                return None
+            exec_module = spec.loader.exec_module
+
+            def exec_and_wrap(module):
+                exec_module(module)
+                setattr(module, NATIVE_WRITERS[name], recording(getattr(module, NATIVE_WRITERS[name])))
+
+            spec.loader.exec_module = exec_and_wrap
+            return spec
+
     def dump():
         record = {"rank": int(RANK), "world_size": int(os.environ["WORLD_SIZE"]), "written": list(written)}
         with open(os.path.join(PROBE_DIR, f"rank{RANK}.json"), "w") as f:
             json.dump(record, f)
 
+    sys.meta_path.insert(0, WrapWriters())
     sys.addaudithook(hook)
     atexit.register(dump)
     with open(os.path.join(PROBE_DIR, f"started{RANK}"), "w") as f:
@@ -220,7 +315,10 @@ def check_two_ranks_one_writer(out: Path, ranks: list[dict], outputs: list[str])
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["epoch"] == 0.5  # 32 rows, 8 a step over both ranks: 4 steps an epoch
     mine = [[Path(p).relative_to(out).as_posix() for p in r["written"] if Path(p).is_relative_to(out)] for r in ranks]
-    assert mine[1] == [], mine[1]  # rank 1 wrote nothing (its checkpoint-2/rng_state_1.pth is torch.save's)
+    assert mine[1] == ["checkpoint-2/rng_state_1.pth"], mine[1]  # rank 1 wrote its own RNG state, nothing else
+    # the native writers are seen: rank 0 saved the student (safetensors) and its RNG state and optimizer (torch.save)
+    for name in ("checkpoint-2/model.safetensors", "checkpoint-2/rng_state_0.pth", "checkpoint-2/optimizer.pt"):
+        assert name in mine[0], (name, mine[0])
     for name in outputs:
         assert mine[0].count(name) == 1, (name, mine[0])
     results = json.loads((out / "results.json").read_text())
