@@ -401,7 +401,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
             inputs.pop(key, None)
         # metrics need the full logits; the loss alone does not
         fused = self._fused and not (return_outputs and self.compute_metrics is not None)
-        student_out, student_qkv = self._forward(model, inputs, "student", fused)
+        # teachers first: the student's forward and backward then run back to back, on warm caches
         with torch.no_grad():  # without KD terms (a no-KD baseline) the teachers are not run at all
             teacher_outs = (
                 [
@@ -411,6 +411,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
                 if self._runs_teachers(cache)
                 else []
             )
+        student_out, student_qkv = self._forward(model, inputs, "student", fused)
         local = ItemCounts(*self._batch_counts({**inputs, "labels": labels}))
         counts = self._window_counts if (mode == "train" and self._window_counts is not None) else local
         loss, terms = self._loss_terms(student_out, student_qkv, teacher_outs, inputs, labels, counts, cache, fused)
