@@ -149,6 +149,11 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.setattr(constants, key, value)
     # the module-level HfApi behind huggingface_hub.file_exists & co. (used by peft) took its endpoint at import
     monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", server.url)
+    # transformers keeps one HfApi (transformers.utils.hub.hf_api) made with the endpoint of its first use: a stale
+    # one would call the server of an earlier test and retry for minutes
+    import transformers.utils.hub
+
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
     huggingface_hub.close_session()  # a fresh HTTP client, built from this environment
     yield server
     server.stop()
