@@ -167,9 +167,10 @@ def run_one(
         result["teacher_train_s"] = teacher_s
     split = task.eval_splits[0]
     todo = [v for v in variants if v not in result["scores"]]
-    if "teacher" not in result["scores"] or todo:
+    if "teacher" not in result["scores"]:  # the same teacher scores the same: evaluated once
         scores = evaluate_model(teacher, args, task, data, collator, metrics)
         result["scores"]["teacher"], result["all_scores"]["teacher"] = scores[f"eval_{task.metric}"], scores
+    if todo:  # timed beside the new variants' steps, which the bound is compared with
         result["teacher_forward_ms"] = teacher_forward_ms(teacher, data, collator, args.per_device_train_batch_size)
     for name in todo:
         print(f"[bench] {task_name} seed {seed}: {name}", flush=True)

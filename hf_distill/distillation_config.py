@@ -205,12 +205,11 @@ class DistillationConfig(TrainingArguments):
     def needs_live_teacher(self, cached: bool = False) -> bool:
         """Whether training needs the teacher model itself, given soft targets from a top-k cache (``cached``) or not:
         hidden-state and attention KD, generated completions (which carry no cache) and uncached logit KD do."""
-        generated = self.seq_kd or self.lmbda > 0
         return (
             self.alpha_hidden > 0
             or self.alpha_attention > 0
             or self.seq_kd
-            or (self.alpha_logits > 0 and (not cached or generated))
+            or (self.alpha_logits > 0 and (not cached or self.lmbda > 0))
         )
 
     # --- serialisation helpers ---

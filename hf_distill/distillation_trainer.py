@@ -19,7 +19,7 @@ from . import __version__
 from .capture import capture_qkv
 from .checks import check_label_spaces, ensure_eager_attention
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
-from .distributed import place_teacher, teacher_placement, training_dtype
+from .distributed import default_teacher_dtype, place_teacher, teacher_placement
 from .generation import generate_completions
 from .losses import align_logits, count_items, get_loss, match_heads, mix_teacher_logits, target_mask, task_loss
 from .losses.token import TeacherTargets, fused_causal_lm_loss
@@ -223,8 +223,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
 
     def _place_teachers(self) -> None:
         """Freeze the teachers and replicate, shard or wrap them as the run's strategy wants (see distributed.py)."""
-        student_dtype = training_dtype(self.accelerator, next(unwrap(self.model).parameters()).dtype)
-        dtype = resolve_dtype(self.args.teacher_dtype, student_dtype)
+        default = default_teacher_dtype(self.accelerator, next(unwrap(self.model).parameters()).dtype)
+        dtype = resolve_dtype(self.args.teacher_dtype, default)
         self.teachers = [place_teacher(teacher, self.accelerator, dtype) for teacher in self.teachers]
 
     def _log_setup(self) -> None:

@@ -58,7 +58,7 @@ def teacher_placement(accelerator) -> str:
     return "replicate"  # FSDP1 too: see place_teacher
 
 
-def training_dtype(accelerator, default: torch.dtype) -> torch.dtype:
+def default_teacher_dtype(accelerator, default: torch.dtype) -> torch.dtype:
     """The dtype the teacher defaults to: under DeepSpeed and FSDP the ``mixed_precision`` bf16/fp16 (DeepSpeed casts
     the student to it later, in ``train()``; FSDP computes the student's blocks in it, and a teacher sharded under
     the same policy must match it, output head included); elsewhere ``default`` (the student's dtype, fp32 under

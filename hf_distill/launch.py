@@ -15,9 +15,11 @@ import os
 import signal
 import subprocess
 import sys
+from argparse import ArgumentTypeError
 from pathlib import Path
 
 import yaml
+from transformers.hf_argparser import string_to_bool
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +107,14 @@ def in_launched_worker(env=None) -> bool:
 
 
 def wants_cpu(argv: list[str]) -> bool:
-    """Whether the job's own flags say ``--use_cpu`` (bare, ``true``, ``=1``...)."""
+    """Whether the job's own flags say ``--use_cpu`` (bare, ``true``, ``=1``...: as ``HfArgumentParser`` reads it)."""
     for i, arg in enumerate(argv):
         if arg.split("=", 1)[0] == "--use_cpu":
             value, _ = _flag_value(argv, i)
-            return value is None or value.lower() in ("true", "t", "yes", "y", "1")
+            try:
+                return value is None or string_to_bool(value)
+            except ArgumentTypeError:
+                return False  # the job's own parser reports the bad value
     return False
 
 
@@ -151,6 +156,7 @@ def build_launch_command(
     config = read_config(config_path)
     module = ["-m", "hf_distill.cli", job, *argv]
     if runs_on_cpu(config, argv, cuda_devices):
+        _warn_cpu_fallbacks(config_path, config, argv)
         n = num_processes or _config_processes(config)
         if n is None:
             raise ValueError(f"The accelerate config {config_path} sets no num_processes: pass --num_processes N.")
@@ -190,12 +196,12 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _warn_cpu_fallbacks(config_name: str | None, config: dict, argv: list[str]) -> None:
+def _warn_cpu_fallbacks(config_path: str | None, config: dict, argv: list[str]) -> None:
     """What of a GPU config a CPU (torchrun) run does not apply: its sharding and its mixed precision."""
     if config.get("distributed_type") in SHARDED_TYPES:
         logger.warning(
             "%s is a GPU config (%s) but this run is on the CPU: plain DDP over gloo instead.",
-            config_name,
+            config_path,
             config["distributed_type"],
         )
     precision = str(config.get("mixed_precision", "no"))
@@ -203,7 +209,7 @@ def _warn_cpu_fallbacks(config_name: str | None, config: dict, argv: list[str]) 
         logger.warning(
             "%s sets mixed_precision: %s, which torchrun does not apply (it reads no accelerate config): this CPU "
             "run is fp32. Pass --bf16 true for bf16.",
-            config_name,
+            config_path,
             precision,
         )
 
@@ -226,9 +232,6 @@ def launch_if_asked(job: str, argv: list[str]) -> tuple[int | None, list[str]]:
 
     config_path = resolve_config(config_name) if config_name else None
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    config = read_config(config_path)
-    if runs_on_cpu(config, rest, cuda_devices):
-        _warn_cpu_fallbacks(config_name, config, rest)
     cmd = build_launch_command(
         job, rest, config_path=config_path, num_processes=num_processes, cuda_devices=cuda_devices
     )

@@ -19,7 +19,7 @@ from conftest import lm_dataset, tiny_llama
 from torch.distributed.tensor import DTensor
 
 from hf_distill import DistillationConfig, DistillationTrainer
-from hf_distill.distributed import _fsdp2_policies, _fsdp_mesh, place_teacher, shard_teacher, training_dtype
+from hf_distill.distributed import _fsdp2_policies, _fsdp_mesh, default_teacher_dtype, place_teacher, shard_teacher
 from hf_distill.losses import get_loss
 
 out = sys.argv[1]
@@ -136,9 +136,9 @@ with torch.no_grad():
 record["fsdp2_bf16"] = []
 for tied in (False, True):
     base = tiny_llama(seed=1, tie_word_embeddings=tied)  # fp32, as the student's default dtype would leave it
-    # the dtype the trainer passes: training_dtype (bf16 under FSDP with bf16), and None (a teacher_dtype of fp32:
+    # the dtype the trainer passes: default_teacher_dtype (bf16 under FSDP with bf16), and None (a teacher_dtype of fp32:
     # the policy computes the blocks in bf16 and shard_teacher must cast the kept head to match)
-    for dtype in (training_dtype(accelerator, torch.float32), None):
+    for dtype in (default_teacher_dtype(accelerator, torch.float32), None):
         placed = place_teacher(copy.deepcopy(base), accelerator, dtype)
         head = placed.get_output_embeddings().weight
         assert head.dtype == torch.bfloat16 and not isinstance(head, DTensor), (tied, dtype, head.dtype)

@@ -29,25 +29,33 @@ def write_text(path, lines, seed):
     return str(path)
 
 
+def job(root, out: str, *flags):
+    """The causal-LM job's arguments for 2 steps on a tiny Llama teacher saved (once) in ``root/teacher``."""
+    teacher = root / "teacher"
+    if not teacher.exists():
+        tiny_llama(seed=1, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(teacher)
+        tiny_tokenizer().save_pretrained(teacher)
+    argv = [
+        "--teacher_model_name_or_path", str(teacher), "--output_dir", str(root / out), "--block_size", "16",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--kd_chunk_size", "8", "--save_strategy", "no", *flags,
+    ]  # fmt: skip
+    return parse_with_config([CausalLMArguments, DistillationConfig], argv, "test")
+
+
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory):
     """The causal-LM job, 2 steps on a tiny Llama: a student keeping teacher layers 0 and 3, scored on valid.txt and
     on the held-out end of input.txt; returns its output folder."""
     root = tmp_path_factory.mktemp("lm_run")
-    teacher = root / "teacher"
-    tiny_llama(seed=1, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(teacher)
-    tiny_tokenizer().save_pretrained(teacher)
-    argv = [
-        "--teacher_model_name_or_path", str(teacher), "--output_dir", str(root / "out"), "--block_size", "16",
-        "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
-        "--use_cpu", "true", "--kd_chunk_size", "8", "--save_strategy", "no", "--student_layers", "0,3",
-        "--train_file", write_text(root / "input.txt", 200, seed=0), "--validation_split_percentage", "10",
-        "--validation_files", write_text(root / "valid.txt", 60, seed=1),
-    ]  # fmt: skip
+    args = job(
+        root, "out", "--student_layers", "0,3", "--train_file", write_text(root / "input.txt", 200, seed=0),
+        "--validation_split_percentage", "10", "--validation_files", write_text(root / "valid.txt", 60, seed=1),
+    )  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # models this small run fastest on one thread, and far faster on a busy machine
     try:
-        run(*parse_with_config([CausalLMArguments, DistillationConfig], argv, "test"))
+        run(*args)
     finally:
         torch.set_num_threads(threads)
     return root / "out"
@@ -150,17 +158,10 @@ def test_cli_push_then_from_pretrained_round_trip(student_dir, hub, tmp_path, ca
 
 
 def lora_job(root, *flags):
-    teacher = root / "teacher"
-    if not teacher.exists():
-        tiny_llama(seed=1, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(teacher)
-        tiny_tokenizer().save_pretrained(teacher)
-    argv = [
-        "--teacher_model_name_or_path", str(teacher), "--output_dir", str(root / "lora"), "--block_size", "16",
-        "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--disable_tqdm", "true",
-        "--use_cpu", "true", "--kd_chunk_size", "8", "--save_strategy", "no", "--eval_teacher", "false",
-        "--train_file", write_text(root / "input.txt", 60, seed=0), "--use_peft", "true", "--lora_r", "4", *flags,
-    ]  # fmt: skip
-    return parse_with_config([CausalLMArguments, DistillationConfig], argv, "test")
+    train = write_text(root / "input.txt", 60, seed=0)
+    return job(
+        root, "lora", "--eval_teacher", "false", "--train_file", train, "--use_peft", "true", "--lora_r", "4", *flags
+    )
 
 
 def test_lora_adapter_on_a_hub_base_is_pushed_and_loads_with_peft(hub, tmp_path):  # noqa: F811

@@ -106,10 +106,10 @@ def test_fsdp2_shards_and_fsdp1_replicates_with_a_warning(caplog):
 def test_sharded_strategies_default_the_teacher_to_their_half_precision(distributed_type):
     for mixed_precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("no", torch.float32)):
         accelerator = fake_accelerator(distributed_type, zero=2, mixed_precision=mixed_precision, is_fsdp2=True)
-        assert hd.training_dtype(accelerator, torch.float32) == dtype
+        assert hd.default_teacher_dtype(accelerator, torch.float32) == dtype
     # DDP: the student stays fp32 under autocast, and so does the teacher unless teacher_dtype says otherwise
     ddp = fake_accelerator(DistributedType.MULTI_GPU, mixed_precision="bf16")
-    assert hd.training_dtype(ddp, torch.float32) == torch.float32
+    assert hd.default_teacher_dtype(ddp, torch.float32) == torch.float32
 
 
 def test_zero3_teacher_is_an_inference_engine(fake_deepspeed):
@@ -135,7 +135,7 @@ def test_zero3_teacher_is_an_inference_engine(fake_deepspeed):
 def test_zero12_teacher_stays_out_of_deepspeed(fake_deepspeed, stage):
     teacher = tiny_llama(seed=1)
     accelerator = fake_accelerator(DistributedType.DEEPSPEED, zero=stage, mixed_precision="bf16")
-    dtype = hd.training_dtype(accelerator, torch.float32)
+    dtype = hd.default_teacher_dtype(accelerator, torch.float32)
     assert dtype == torch.bfloat16  # DeepSpeed will run the student in bf16
     placed = hd.place_teacher(teacher, accelerator, dtype)
     assert fake_deepspeed == []
@@ -238,7 +238,7 @@ def test_sharded_teacher_on_two_cpu_processes(tmp_path):
     assert ranks[0]["local_fraction"] + ranks[1]["local_fraction"] == pytest.approx(1.0, abs=1e-9)
     # an fp32 teacher through place_teacher under accelerate's FSDP2 plugin with bf16 (the `fsdp` config): the
     # logits_to_keep=1 forward runs, and its KD loss is that of the whole teacher cast to bf16. Cast first (the
-    # default: training_dtype is bf16 there): the same numbers. Kept fp32 (teacher_dtype float32): the bf16 policy
+    # default: default_teacher_dtype is bf16 there): the same numbers. Kept fp32 (teacher_dtype float32): the bf16 policy
     # casts the weights but not the buffers (the rotary inv_freq, which the bf16 reference has in bf16), measured
     # rel 1.7e-4 (untied) and 3.0e-4 (tied), allowed 1e-3.
     for record in ranks:

@@ -33,6 +33,24 @@ class WaitForPush(TrainerCallback):
         self.trainer._finish_current_push()
 
 
+def push_args(out, hub_strategy: str, **kw) -> DistillationConfig:
+    """2 steps of batch 8 on the CPU, saving (and so pushing to REPO_ID) after each."""
+    return DistillationConfig(
+        output_dir=str(out),
+        push_to_hub=True,
+        hub_model_id=REPO_ID,
+        hub_strategy=hub_strategy,
+        save_strategy="steps",
+        save_steps=1,
+        max_steps=2,
+        per_device_train_batch_size=8,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        **kw,
+    )
+
+
 def train_with_pushes(root, hub_strategy, **kw):
     """Two steps saved at each step, pushed as they are saved, in an output_dir that already holds what the GLUE job
     leaves there before distilling (teacher/, student_no_kd/) and a previous run's projection adapters."""
@@ -44,22 +62,8 @@ def train_with_pushes(root, hub_strategy, **kw):
     teacher.save_pretrained(out / "teacher")
     tiny_bert(num_layers=2, hidden=16, seed=2).save_pretrained(out / "student_no_kd")
     safetensors.torch.save_file({"stale": torch.zeros(1)}, out / ADAPTERS_FILE)
-    args = DistillationConfig(
-        output_dir=str(out),
-        alpha_hidden=1.0,  # widths 16 vs 32: projection adapters exist and are saved in each checkpoint
-        push_to_hub=True,
-        hub_model_id=REPO_ID,
-        hub_strategy=hub_strategy,
-        save_strategy="steps",
-        save_steps=1,
-        max_steps=2,
-        per_device_train_batch_size=8,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-        use_cpu=True,
-        **kw,
-    )
+    # widths 16 vs 32 with alpha_hidden: projection adapters exist and are saved in each checkpoint
+    args = push_args(out, hub_strategy, alpha_hidden=1.0, dataloader_pin_memory=False, **kw)
     wait = WaitForPush()
     trainer = wait.trainer = DistillationTrainer(
         model=student,
@@ -157,19 +161,7 @@ def test_only_the_main_process_pushes(tmp_path, monkeypatch, main_process):
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: hub_api)
     monkeypatch.setattr(DistillationTrainer, "is_world_process_zero", lambda self: main_process)
     out = tmp_path / "out"
-    args = DistillationConfig(
-        output_dir=str(out),
-        push_to_hub=True,
-        hub_model_id=REPO_ID,
-        hub_strategy="checkpoint",
-        save_strategy="steps",
-        save_steps=1,
-        max_steps=2,
-        per_device_train_batch_size=8,
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=True,
-    )
+    args = push_args(out, "checkpoint")
     teacher, student = tiny_bert(num_layers=4, seed=0), tiny_bert(num_layers=2, hidden=16, seed=1)
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset(n=16)

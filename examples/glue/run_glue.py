@@ -1,6 +1,7 @@
 """Distill a BERT-family teacher on a GLUE task: the same job as `hf-distill glue`, as a script to copy and edit.
 
-    python examples/glue/run_glue.py --config examples/glue/configs/kd-minilm_l3_from_minilm_l6-sst2.yaml [--flag value ...]
+    python examples/glue/run_glue.py \
+        --config examples/glue/configs/kd-minilm_l3_from_minilm_l6-sst2.yaml [--flag value ...]
 """
 
 import sys
