@@ -33,6 +33,7 @@ from hf_distill.distillation_config import DistillationConfig  # noqa: E402
 from hf_distill.modeling import resolve_model_path  # noqa: E402
 from hf_distill.recipes.glue import (  # noqa: E402
     GlueArguments,
+    augment_train,
     distill,
     evaluate_model,
     load_teacher,
@@ -66,7 +67,8 @@ def step_ms(trainer) -> float:
 
 
 NO_KD = {"alpha_task": 1.0, "alpha_logits": 0.0, "alpha_hidden": 0.0, "alpha_attention": 0.0}
-# name -> overrides of the recipe's DistillationConfig; "kd" is the shipped recipe itself
+# name -> overrides of the recipe's DistillationConfig or GlueArguments; "kd" is the shipped recipe itself
+AUGMENT = {"augment_prob": 0.5, "augment_replace_prob": 0.3, "augment_neighbours": 8}
 VARIANTS = {
     "no_kd": NO_KD,
     "kd": {},
@@ -82,7 +84,12 @@ VARIANTS = {
         "alpha_hidden": 0.0,
         "alpha_attention": 0.0,
     },
+    # half the examples rewritten by teacher-embedding neighbours and labelled by the teacher (same rows and steps)
+    "kd_aug": AUGMENT,
+    "kd_last_aug": {"attention_layer_map": "last", **AUGMENT},
+    "kd_logits_aug": {"alpha_hidden": 0.0, "alpha_attention": 0.0, **AUGMENT},
 }
+GLUE_FIELDS = {f.name for f in dataclasses.fields(GlueArguments)}
 DEFAULT_VARIANTS = ["no_kd", "kd", "kd_logits"]
 
 
@@ -174,9 +181,21 @@ def run_one(
         result["teacher_forward_ms"] = teacher_forward_ms(teacher, data, collator, args.per_device_train_batch_size)
     for name in todo:
         print(f"[bench] {task_name} seed {seed}: {name}", flush=True)
-        run_args = dataclasses.replace(args, output_dir=f"{args.output_dir}-{name}", **VARIANTS[name])
+        over = VARIANTS[name]
+        run_glue = dataclasses.replace(glue_args, **{k: v for k, v in over.items() if k in GLUE_FIELDS})
+        run_args = dataclasses.replace(
+            args, output_dir=f"{args.output_dir}-{name}", **{k: v for k, v in over.items() if k not in GLUE_FIELDS}
+        )
+        run_data = augment_train(run_glue, run_args, teacher, tokenizer, data)
         trainer = distill(
-            make_student(glue_args, args, teacher, task), teacher, run_args, data, collator, tokenizer, metrics, split
+            make_student(glue_args, args, teacher, task),
+            teacher,
+            run_args,
+            run_data,
+            collator,
+            tokenizer,
+            metrics,
+            split,
         )
         scores = evaluate_model(trainer.model, args, task, data, collator, metrics)
         result["scores"][name], result["all_scores"][name] = scores[f"eval_{task.metric}"], scores

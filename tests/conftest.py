@@ -20,6 +20,18 @@ from transformers import (
 VOCAB = 99
 
 
+def word_tokenizer(words: list[str]):
+    """A WordPiece tokenizer over ``[PAD] [UNK] [CLS] [SEP] [MASK]`` and ``words`` (ids in that order).
+
+    Built from a vocabulary dict: transformers 5's ``BertTokenizerFast(vocab_file=...)`` ignores the file and maps
+    every word to [UNK].
+    """
+    from transformers import BertTokenizerFast
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)})
+
+
 def tiny_bert(num_layers=4, hidden=32, heads=4, num_labels=2, seed=0, **kw):
     torch.manual_seed(seed)
     config = BertConfig(

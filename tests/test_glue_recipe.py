@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert
-from transformers import BertTokenizerFast
+from conftest import tiny_bert, word_tokenizer
 
 from hf_distill import DistillationConfig
 from hf_distill.cli import parse_with_config
@@ -45,13 +45,10 @@ def test_flags_override_the_config(tmp_path):
 
 @pytest.fixture
 def tiny_teacher_dir(tmp_path):
-    """A tiny BERT with a word-level vocabulary of the most common SST-2 words, saved with its tokenizer."""
-    words = sorted(
-        {w for line in (SST2 / "dev.tsv").read_text().splitlines()[1:200] for w in line.split("\t")[0].split()}
-    )
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words[:94]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    """A tiny BERT with a word-level vocabulary of the 94 most common SST-2 dev words, saved with its tokenizer."""
+    lines = (SST2 / "dev.tsv").read_text().splitlines()[1:]
+    words = Counter(w for line in lines for w in line.split("\t")[0].split())
+    tokenizer = word_tokenizer([w for w, _ in words.most_common(94)])
     teacher = tiny_bert(num_layers=4)
     folder = tmp_path / "teacher"
     teacher.save_pretrained(folder)
@@ -139,3 +136,26 @@ def test_compare_scores_and_times_two_saved_models(tiny_teacher_dir, tmp_path):
     assert results["task"] == "sst2" and 0 <= results["student"]["accuracy"] <= 1
     assert results["student"]["num_parameters"] < results["teacher"]["num_parameters"] and results["speedup"] > 0
     assert main(["compare", "--teacher_model_name_or_path", tiny_teacher_dir]) == 2  # no student: clear error
+
+
+@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
+def test_augmentation_rewrites_part_of_the_training_set_only(tiny_teacher_dir, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_distill.recipes.glue import augment_train, prepare_data
+
+    glue_args = GlueArguments(data_dir=str(SST2), max_train_samples=200, max_eval_samples=20, augment_prob=0.5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher_dir)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
+    _, data = prepare_data(glue_args, tokenizer, seed=0)
+    args = DistillationConfig(output_dir=str(tmp_path), report_to="none", alpha_logits=1.0)
+    out = augment_train(glue_args, args, teacher, tokenizer, data)
+    unlabelled = [i for i, label in enumerate(out["train"]["labels"]) if label == -100]
+    assert 60 < len(unlabelled) < 140 and f"{len(unlabelled)} of 200 training examples" in capsys.readouterr().out
+    assert sum(out["train"][i]["input_ids"] != data["train"][i]["input_ids"] for i in unlabelled) > 30
+    assert out["validation"] is data["validation"]  # evaluation data is never augmented
+    no_kd = DistillationConfig(output_dir=str(tmp_path), report_to="none", alpha_task=1.0, alpha_logits=0.0)
+    with pytest.raises(ValueError, match="augment_prob=0.5 needs a KD term"):
+        augment_train(glue_args, no_kd, teacher, tokenizer, data)
+    with pytest.raises(ValueError, match="augment_replace_prob=2"):
+        GlueArguments(augment_replace_prob=2)

@@ -17,10 +17,10 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from conftest import classification_dataset, tiny_bert
+from conftest import classification_dataset, tiny_bert, word_tokenizer
 from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertTokenizerFast
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_distill import DistillationConfig, DistillationTrainer
 from hf_distill.cli import main
@@ -47,9 +47,7 @@ def trained(tmp_path_factory):
     """A 2-step run: student (narrower than the teacher, so projection adapters exist), teacher/, checkpoints,
     training_args.bin, results.json and report.png, as a GLUE run leaves them."""
     root = tmp_path_factory.mktemp("run")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    tokenizer = word_tokenizer([f"w{i}" for i in range(94)])
     teacher, student = tiny_bert(num_layers=4, seed=0), tiny_bert(num_layers=2, hidden=16, seed=1)
     out = root / "out"
     args = DistillationConfig(

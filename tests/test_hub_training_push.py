@@ -12,9 +12,9 @@ import safetensors.torch
 import torch
 import transformers.trainer
 import transformers.utils.hub
-from conftest import classification_dataset, tiny_bert
+from conftest import classification_dataset, tiny_bert, word_tokenizer
 from test_hub import TOKEN, hub  # noqa: F401 (hub is a fixture)
-from transformers import BertTokenizerFast, TrainerCallback
+from transformers import TrainerCallback
 
 from hf_distill import DistillationConfig, DistillationTrainer
 from hf_distill.mapping import ADAPTERS_FILE
@@ -54,9 +54,7 @@ def push_args(out, hub_strategy: str, **kw) -> DistillationConfig:
 def train_with_pushes(root, hub_strategy, **kw):
     """Two steps saved at each step, pushed as they are saved, in an output_dir that already holds what the GLUE job
     leaves there before distilling (teacher/, student_no_kd/) and a previous run's projection adapters."""
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(94)]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    tokenizer = word_tokenizer([f"w{i}" for i in range(94)])
     teacher, student = tiny_bert(num_layers=4, seed=0), tiny_bert(num_layers=2, hidden=16, seed=1)
     out = root / "out"
     teacher.save_pretrained(out / "teacher")

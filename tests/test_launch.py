@@ -14,8 +14,7 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.commands.launch import launch_command_parser
-from conftest import WORDS, tiny_bert, tiny_llama, tiny_tokenizer
-from transformers import BertTokenizerFast
+from conftest import WORDS, tiny_bert, tiny_llama, tiny_tokenizer, word_tokenizer
 
 from hf_distill.cli import main
 from hf_distill.launch import (
@@ -330,10 +329,9 @@ def glue_teacher(tmp_path):
     words = sorted(
         {w for line in (SST2 / "dev.tsv").read_text().splitlines()[1:200] for w in line.split("\t")[0].split()}
     )
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:94]]) + "\n")
     folder = tmp_path / "teacher"
     tiny_bert(num_layers=4).save_pretrained(folder)
-    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(folder)
+    word_tokenizer(words[:94]).save_pretrained(folder)
     return str(folder)
 
 

@@ -1,5 +1,7 @@
-"""Causal-LM data: load text or chat datasets, tokenize them with loss masks, collate batches, score perplexity."""
+"""Causal-LM data: load text or chat datasets, tokenize them with loss masks, collate batches, score perplexity.
+Classification data: teacher-labelled word-replacement augmentation (:mod:`.augment`)."""
 
+from .augment import augment_dataset, embedding_neighbours, replace_words, word_candidates
 from .lm import (
     LM_FORMATS,
     DistillationDataCollator,
@@ -11,6 +13,10 @@ from .lm import (
 )
 
 __all__ = [
+    "augment_dataset",
+    "embedding_neighbours",
+    "replace_words",
+    "word_candidates",
     "LM_FORMATS",
     "DistillationDataCollator",
     "detect_format",

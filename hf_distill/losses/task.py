@@ -24,14 +24,14 @@ def align_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
 def target_mask(task: str, labels: torch.Tensor | None, attention_mask: torch.Tensor | None, batch_shape):
     """Boolean mask over the (aligned) logits' batch dimensions of positions that count as items.
 
-    Sequence classification: every example with a label other than -100 (all examples when unlabelled).
+    Sequence classification: every example, labelled or not. The teacher's soft targets need no label, so an
+    unlabelled example (label -100, e.g. a teacher-labelled augmentation) still counts for KD; :func:`task_loss`
+    skips it, and both terms are means over all examples, so each example weighs the same in both.
     Token-level tasks: labels != -100 (shifted for causal LMs), else the attention mask, else everything.
     Returns ``None`` when every position counts.
     """
     if task == "sequence_classification":
-        if labels is None or labels.dim() != 1:
-            return None
-        return labels != IGNORE_INDEX
+        return None
     if labels is not None:
         return (labels[:, 1:] if task == "causal_lm" else labels) != IGNORE_INDEX
     if attention_mask is not None:

@@ -22,6 +22,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from ..data.augment import augment_dataset, embedding_neighbours, word_candidates
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
 from ..modeling import resolve_model_path
@@ -69,9 +70,29 @@ class GlueArguments:
         default=False,
         metadata={"help": "Also train the same student without KD (alpha_task only), same budget, for the report."},
     )
+    augment_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of training examples rewritten by teacher-embedding word neighbours and labelled by the "
+            "teacher alone (KD only, label dropped); same number of examples and steps. 0 turns it off."
+        },
+    )
+    augment_replace_prob: float = field(
+        default=0.3, metadata={"help": "Chance that each word of a rewritten example is replaced."}
+    )
+    augment_neighbours: int = field(
+        default=8, metadata={"help": "A replaced word becomes one of its this many nearest teacher-embedding words."}
+    )
     speed_batch_size: int = field(default=32, metadata={"help": "Batch size of the latency measurement."})
     speed_seq_len: int = field(default=64, metadata={"help": "Sequence length of the latency measurement."})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for Hub downloads."})
+
+    def __post_init__(self):
+        for name in ("augment_prob", "augment_replace_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1].")
+        if self.augment_neighbours < 1:
+            raise ValueError(f"augment_neighbours={self.augment_neighbours} must be at least 1.")
 
 
 def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
@@ -173,6 +194,26 @@ def evaluate_model(model, args, task, data, collator, compute_metrics) -> dict:
     return scores
 
 
+def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data) -> dict:
+    """``data`` with its training split augmented as ``glue_args.augment_*`` say (unchanged when it is off)."""
+    if glue_args.augment_prob == 0:
+        return data
+    if args.alpha_logits == 0 and args.alpha_hidden == 0 and args.alpha_attention == 0:
+        raise ValueError(
+            f"augment_prob={glue_args.augment_prob} needs a KD term: rewritten examples lose their label and learn "
+            "from the teacher only. Set alpha_logits (or alpha_hidden / alpha_attention) > 0, or augment_prob 0."
+        )
+    neighbours = embedding_neighbours(
+        teacher.get_input_embeddings().weight, word_candidates(tokenizer), glue_args.augment_neighbours
+    )
+    train = augment_dataset(
+        data["train"], neighbours, glue_args.augment_prob, glue_args.augment_replace_prob, seed=args.seed
+    )
+    rewritten = sum(label == -100 for label in train["labels"])
+    print(f"[glue] augmentation: {rewritten} of {len(train)} training examples rewritten and labelled by the teacher")
+    return {**data, "train": train}
+
+
 def distill(model, teacher, args, data, collator, tokenizer, compute_metrics, eval_split):
     trainer = DistillationTrainer(
         model=model,
@@ -203,11 +244,12 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
 
     print(f"[glue] distilling a student on {task.name} ({len(data['train'])} examples)")
     student = make_student(glue_args, args, teacher, task)
-    trainer = distill(student, teacher, args, data, collator, tokenizer, compute_metrics, task.eval_splits[0])
+    kd_data = augment_train(glue_args, args, teacher, tokenizer, data)
+    trainer = distill(student, teacher, args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0])
 
     baseline = None
     if glue_args.baseline_no_kd:
-        print("[glue] training the same student without KD (same budget)")
+        print("[glue] training the same student without KD (same budget, no augmentation)")
         base_args = dataclasses.replace(
             args,
             output_dir=os.path.join(args.output_dir, "student_no_kd"),
