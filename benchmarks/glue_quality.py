@@ -74,6 +74,7 @@ VARIANTS = {
     "kd": {},
     "kd_logits": {"alpha_hidden": 0.0, "alpha_attention": 0.0},
     "kd_last": {"attention_layer_map": "last"},
+    "kd_hidden": {"alpha_attention": 0.0},
     "kd_cosine": {"hidden_loss": "cosine"},
     "kd_hidden5": {"alpha_hidden": 5.0},
     "kd_t1": {"temperature": 1.0},
@@ -296,9 +297,12 @@ def main() -> None:
                 continue
             print(f"[bench] {task} seed {seed}", flush=True)
 
-            def save(result, old=old):
+            def save(result):
                 nonlocal runs
-                runs = [r for r in runs if r is not old and not _same(r, result)] + [result]
+                # runs in parallel (other tasks or seeds) may have saved meanwhile: theirs from disk, ours from memory
+                on_disk = [_upgrade(r) for r in json.load(open(opts.out))["runs"]] if os.path.exists(opts.out) else []
+                runs = [r for r in on_disk + runs if not _same(r, result)]
+                runs = [r for i, r in enumerate(runs) if not any(_same(r, q) for q in runs[:i])] + [result]
                 os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
                 with open(opts.out, "w") as f:
                     json.dump(

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from glue_quality import RECIPE, VARIANTS  # noqa: E402
+from glue_quality import GLUE_FIELDS, RECIPE, VARIANTS  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
 from hf_distill.cli import parse_with_config  # noqa: E402
@@ -39,7 +39,10 @@ from hf_distill.recipes.glue import GlueArguments  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--variants", nargs="+", default=["no_kd", "kd_logits", "kd_last", "kd"], choices=sorted(VARIANTS)
+        "--variants",
+        nargs="+",
+        default=["no_kd", "kd_logits", "kd_hidden", "kd_last", "kd"],
+        choices=sorted(n for n, v in VARIANTS.items() if not set(v) & GLUE_FIELDS),  # data variants: same step
     )
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
