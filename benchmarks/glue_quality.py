@@ -56,10 +56,18 @@ def teacher_forward_ms(teacher, data, collator, batch_size: int, batches: int = 
         for i in range(0, len(rows) - batch_size + 1, batch_size):
             batch = collator([rows[j] for j in range(i, i + batch_size)])
             batch.pop("labels", None)
+            batch = {k: v.to(teacher.device) for k, v in batch.items()}
+            _sync(teacher.device)
             start = time.perf_counter()
             teacher(**batch)
+            _sync(teacher.device)
             times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # GPU kernels are asynchronous: time them to completion
+        torch.cuda.synchronize(device)
 
 
 def step_ms(trainer) -> float:

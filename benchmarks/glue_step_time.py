@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="benchmarks/results/glue_step_time.json")
     opts = parser.parse_args()
     if opts.threads:
@@ -58,6 +59,8 @@ def main() -> None:
     teacher = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(recipe.teacher_model_name_or_path), num_labels=2
     ).eval()
+    device = torch.device(opts.device)
+    teacher.to(device)
     g = torch.Generator().manual_seed(0)
     batches = [
         {
@@ -67,12 +70,15 @@ def main() -> None:
         }
         for _ in range(4)
     ]
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
     runs = {}
     for name in opts.variants:
-        args = dataclasses.replace(recipe, output_dir="out/bench-step-time", report_to=[], **VARIANTS[name])
+        args = dataclasses.replace(
+            recipe, output_dir="out/bench-step-time", report_to=[], use_cpu=device.type == "cpu", **VARIANTS[name]
+        )
         torch.manual_seed(0)
-        student = build_student(teacher, layers=layers).train()
+        student = build_student(teacher, layers=layers).to(device).train()
         trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
         trainer.create_optimizer()
         runs[name] = (trainer, student)
@@ -87,12 +93,18 @@ def main() -> None:
         with torch.no_grad():
             teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
+    def sync():  # GPU kernels are asynchronous: time them to completion
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     times = {name: [] for name in [*opts.variants, "teacher_forward"]}
     for i in range(opts.warmup + opts.rounds):
         batch = batches[i % len(batches)]
         for name in times:
+            sync()
             start = time.perf_counter()
             teacher_forward(batch) if name == "teacher_forward" else train_step(*runs[name], batch)
+            sync()
             if i >= opts.warmup:
                 times[name].append(time.perf_counter() - start)
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
