@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 from collections import defaultdict
@@ -21,7 +20,8 @@ from .checks import check_label_spaces, ensure_eager_attention
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .distributed import default_teacher_dtype, place_teacher, teacher_placement
 from .generation import generate_completions
-from .losses import align_logits, count_items, get_loss, match_heads, mix_teacher_logits, target_mask, task_loss
+from .losses import align_logits, count_items, get_loss, mix_teacher_logits, target_mask, task_loss
+from .losses.matched import attention_term, default_relation_heads, hidden_term
 from .losses.token import TeacherTargets, fused_causal_lm_loss
 from .losses.topk import topk_token_kd
 from .mapping import (
@@ -442,11 +442,21 @@ class DistillationTrainer(HubPushMixin, Trainer):
             loss = sum(getattr(args, f"alpha_{k}") * v for k, v in terms.items())
         if teacher_outs:
             teacher_out, teacher_qkv = teacher_outs[0]
+            kw = {"mask": attention_mask, "normalizer": counts.tokens}
             if args.alpha_hidden > 0:
-                terms["hidden"] = self._hidden_term(student_out, teacher_out, attention_mask, counts.tokens)
+                n = sum(m.feature == "hidden" for m in self.matches)  # projections appended by the student's hook
+                projected = student_out.hidden_states[len(student_out.hidden_states) - n :]
+                terms["hidden"] = hidden_term(self.matches, projected, teacher_out.hidden_states, **kw)
             if args.alpha_attention > 0:
-                terms["attention"] = self._attention_term(
-                    student_out, teacher_out, student_qkv, teacher_qkv, attention_mask, counts.tokens
+                terms["attention"] = attention_term(
+                    self.matches,
+                    student_attentions=student_out.attentions,
+                    teacher_attentions=teacher_out.attentions,
+                    student_qkv=student_qkv,
+                    teacher_qkv=teacher_qkv,
+                    relation_heads=self._relation_heads() if self._relation_layers("student") else 1,
+                    head_reduction=args.attention_head_reduction,
+                    **kw,
                 )
             loss = loss + sum(getattr(args, f"alpha_{k}") * terms[k] for k in ("hidden", "attention") if k in terms)
         return loss, terms
@@ -536,51 +546,12 @@ class DistillationTrainer(HubPushMixin, Trainer):
             chunk_size=args.kd_chunk_size,
         )
 
-    def _hidden_term(self, student_out, teacher_out, mask, normalizer):
-        total = 0.0
-        hidden_matches = [m for m in self.matches if m.feature == "hidden"]
-        projected = student_out.hidden_states[-len(hidden_matches) :]  # appended by _project_hidden_states
-        for m, student_h in zip(hidden_matches, projected):
-            loss = get_loss("hidden", m.loss)(
-                student_h, teacher_out.hidden_states[m.teacher_layer], mask=mask, normalizer=normalizer
-            )
-            total = total + m.weight * loss
-        return total
-
-    def _attention_term(self, student_out, teacher_out, student_qkv, teacher_qkv, mask, normalizer):
-        total = 0.0
-        for m in (m for m in self.matches if m.feature == "attention"):
-            fn = get_loss("attention", m.loss)
-            if m.loss == "relation":
-                pairs = zip(student_qkv[m.student_layer], teacher_qkv[m.teacher_layer])
-                heads = self._relation_heads()
-                loss = sum(fn(s, t, mask=mask, normalizer=normalizer, num_relation_heads=heads) for s, t in pairs) / 3
-            else:
-                if student_out.attentions is None or teacher_out.attentions is None:
-                    raise RuntimeError(
-                        "The models returned no attention maps: attention-map KD needs eager attention."
-                    )
-                s_attn, t_attn = match_heads(
-                    student_out.attentions[m.student_layer - 1],
-                    teacher_out.attentions[m.teacher_layer - 1],
-                    self.args.attention_head_reduction,
-                )
-                loss = fn(s_attn, t_attn, mask=mask, normalizer=normalizer)
-            total = total + m.weight * loss
-        return total
-
     def _relation_heads(self) -> int:
         if self.args.relation_heads is not None:
             return self.args.relation_heads
         if not hasattr(self, "_default_relation_heads"):
-            widths = []
-            for model in (unwrap(self.model), self.teachers[0]):
-                cfg = model.config
-                head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-                kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-                widths += [cfg.num_attention_heads * head_dim, kv * head_dim]
-            heads = unwrap(self.model).config.num_attention_heads
-            self._default_relation_heads = heads if all(w % heads == 0 for w in widths) else math.gcd(*widths)
+            configs = (unwrap(self.model).config, self.teachers[0].config)
+            self._default_relation_heads = default_relation_heads(*configs)
         return self._default_relation_heads
 
     # ---- logging ----

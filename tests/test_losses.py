@@ -226,3 +226,34 @@ def test_fused_qkv_widths_follow_grouped_query_attention():
     from hf_distill.capture import qkv_widths
 
     assert qkv_widths(Phi3Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2)) == [32, 16, 16]
+
+
+def test_matched_terms_weight_each_pair_and_pick_their_layers():
+    from transformers import LlamaConfig
+
+    from hf_distill.losses import attention_term, default_relation_heads, hidden_term
+    from hf_distill.mapping import LayerMatch
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    teacher = [torch.randn(2, 4, 6, generator=g) for _ in range(5)]  # embeddings + 4 blocks
+    student = [torch.randn(2, 4, 6, generator=g) for _ in range(2)]  # projected, one per hidden match
+    matches = [
+        LayerMatch(1, 2, "hidden", "mse", 0.25),
+        LayerMatch(1, 2, "attention", "relation", 0.5),
+        LayerMatch(2, 4, "hidden", "cosine", 0.75),
+    ]
+    mse, cos = get_loss("hidden", "mse"), get_loss("hidden", "cosine")
+    want = 0.25 * mse(student[0], teacher[2], mask=mask) + 0.75 * cos(student[1], teacher[4], mask=mask)
+    assert hidden_term(matches, student, teacher, mask=mask).item() == pytest.approx(want.item(), rel=1e-6)
+    qkv_s = {1: [torch.randn(2, 4, 6, generator=g) for _ in range(3)]}
+    qkv_t = {2: [torch.randn(2, 4, 12, generator=g) for _ in range(3)]}
+    rel = get_loss("attention", "relation")
+    want = 0.5 * sum(rel(s, t, mask=mask, num_relation_heads=3) for s, t in zip(qkv_s[1], qkv_t[2])) / 3
+    got = attention_term(matches, student_qkv=qkv_s, teacher_qkv=qkv_t, mask=mask, relation_heads=3)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # 6 heads of 64 (K/V: 2 heads, 128 wide) and 4 heads of 48 (K/V 1 head, 48): gcd of 384, 128, 192, 48
+    small = LlamaConfig(hidden_size=384, num_attention_heads=6, num_key_value_heads=2)
+    tiny = LlamaConfig(hidden_size=192, num_attention_heads=4, num_key_value_heads=1)
+    assert default_relation_heads(small, tiny) == 16
+    assert default_relation_heads(tiny, tiny) == 4  # the student's head count divides every width

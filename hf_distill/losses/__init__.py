@@ -4,6 +4,7 @@ from . import attention, hidden, logits  # noqa: F401  (registers the built-in l
 from .attention import match_heads, self_relation
 from .chunked import chunked_token_kd
 from .logits import mix_teacher_logits
+from .matched import attention_term, default_relation_heads, hidden_term
 from .reduction import count_items, flatten_valid, reduce_items
 from .registry import LOSS_KINDS, available_losses, get_loss, register_loss
 from .task import IGNORE_INDEX, TASK_KINDS, align_logits, target_mask, task_loss
@@ -14,11 +15,14 @@ __all__ = [
     "LOSS_KINDS",
     "TASK_KINDS",
     "align_logits",
+    "attention_term",
     "available_losses",
     "chunked_token_kd",
     "count_items",
+    "default_relation_heads",
     "flatten_valid",
     "get_loss",
+    "hidden_term",
     "match_heads",
     "mix_teacher_logits",
     "reduce_items",
