@@ -1,7 +1,7 @@
 """Teacher-labelled data augmentation for classification KD (TinyBERT-style word replacement).
 
-A fraction of each batch's examples get some of their words replaced by neighbours in the teacher's input-embedding
-space ("good" -> "excellent", "bad", "great"...). Their label may no longer hold, so these rows lose it (``-100``)
+A fraction of the training examples get some of their words replaced by neighbours in the teacher's input-embedding
+space ("good" -> "excellent", "bad", "great"...). Their label may no longer hold, so these examples lose it (``-100``)
 and learn from the teacher alone: the classification KD term covers every row, the task term only labelled ones
 (see :func:`hf_distill.losses.target_mask`). The training set keeps its size, so a KD run takes as many steps, and each
 costs the same, as without augmentation.
