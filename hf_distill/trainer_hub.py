@@ -25,7 +25,8 @@ from transformers.utils import (
 )
 
 from .distillation_config import DISTILLATION_CONFIG_FILE
-from .hub import _read_json, _refuse_token, push_student
+from .hub import _refuse_token, push_student
+from .model_card import _read_json
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,368 @@
+"""Render a distilled student's model card (README.md): YAML metadata for the Hub and a body on how it was distilled.
+
+Typical use before a push, to review or edit the card (``hf-distill push out/sst2 --dry_run`` prints it)::
+
+    write_model_card("out/sst2", "my-org/minilm-l3-sst2")
+
+Everything comes from the student's folder: ``distillation_config.json``, ``results.json`` when present (the GLUE
+job's scores, size and speed, or the causal-LM job's perplexities) and ``config.json``; nothing is fetched from the
+network. The body is rendered from ``templates/model_card.md`` (package data, read through ``importlib.resources``)
+by ``huggingface_hub.ModelCard.from_template``. Pushing the card with the student is :mod:`hf_distill.hub`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Optional
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from . import __version__
+from .distillation_config import DISTILLATION_CONFIG_FILE
+from .tasks.glue import GLUE_TASKS
+
+# the student's files the card reads or describes; hf_distill.hub builds its upload list from these too
+RESULTS_FILE = "results.json"
+CARD_FILE = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"  # a peft (LoRA) student saved as an adapter: no config.json of its own
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+_TASKS = {  # distillation_config.json "task" -> (pipeline tag, Auto class)
+    "sequence_classification": ("text-classification", "AutoModelForSequenceClassification"),
+    "token_classification": ("token-classification", "AutoModelForTokenClassification"),
+    "causal_lm": ("text-generation", "AutoModelForCausalLM"),
+}
+_LOGIT_LOSSES = {
+    "kl": "forward KL(teacher ‖ student) between the softened distributions",
+    "reverse_kl": "reverse KL(student ‖ teacher) between the softened distributions",
+    "jsd": "generalised Jensen-Shannon divergence (β = {jsd_beta}) between the softened distributions",
+    "mse": "mean squared error between the logits",
+}
+_ATTENTION_LOSSES = {
+    "kl": "KL divergence between attention maps",
+    "mse": "mean squared error between attention maps",
+    "relation": "MiniLM v2 self-relations (scaled dot products of queries, keys and values)",
+}
+_HIDDEN_LOSSES = {"mse": "mean squared error", "cosine": "cosine distance"}
+_SIZE_KEYS = ("num_parameters", "size_mb", "latency_ms", "throughput")
+_PERPLEXITY_ROLES = (  # causal-LM results.json key -> row of the card's table
+    ("teacher", "teacher"),
+    ("student_before_training", "student before training"),
+    ("student", "student (distilled)"),
+)
+
+
+def _read_json(folder: str, name: str) -> dict | None:
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _is_repo_id(name: str | None) -> bool:
+    """A Hub id such as ``bert-base-uncased`` or ``org/model`` (not a local folder or a description)."""
+    pattern = r"[\w-]+(\.[\w-]+)*(/[\w-]+(\.[\w-]+)*)?"
+    return bool(name) and not os.path.exists(name) and re.fullmatch(pattern, name) is not None
+
+
+def _local_license(teacher: str | None) -> str | None:
+    """The license in a local teacher folder's README.md metadata, if any."""
+    readme = os.path.join(teacher or "", CARD_FILE)
+    if not teacher or not os.path.isfile(readme):
+        return None
+    try:
+        return ModelCard.load(readme, ignore_metadata_errors=True).data.license
+    except Exception:  # an unreadable card only costs the license line
+        return None
+
+
+def _human(n: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(int(n))
+
+
+def _parameters(n: int) -> str:
+    return f"{_human(n)} ({n:,})"
+
+
+def _dataset(results: dict | None) -> dict:
+    """Where the scores were measured: GLUE tasks map to nyu-mll/glue with their config and splits."""
+    task = (results or {}).get("task")
+    glue = GLUE_TASKS.get(task) if task else None
+    if glue is not None:
+        splits = glue.eval_splits
+        return {"id": "nyu-mll/glue", "name": f"GLUE {glue.dir_name}", "config": glue.name, "splits": splits}
+    name = (results or {}).get("dataset") or task
+    return {"id": name, "name": name, "config": None, "splits": ("validation",)}
+
+
+def _metric_names(results: dict) -> list[str]:
+    names = [results["metric"]]
+    for role in ("teacher", "student", "student_no_kd"):
+        names += [k for k in results.get(role, {}) if k not in _SIZE_KEYS and k not in names]
+    return names
+
+
+def _eval_results(results: dict, dataset: dict, task_type: str) -> list[EvalResult]:
+    """The student's scores as model-index entries (``_mm`` metrics are MNLI's mismatched split)."""
+    entries = []
+    for name in _metric_names(results):
+        value = results["student"].get(name)
+        if value is None:
+            continue
+        mismatched = name.endswith("_mm") and len(dataset["splits"]) > 1
+        entries.append(
+            EvalResult(
+                task_type=task_type,
+                dataset_type=dataset["id"],
+                dataset_name=dataset["name"],
+                dataset_config=dataset["config"],
+                dataset_split=dataset["splits"][1 if mismatched else 0],
+                metric_type=name.removesuffix("_mm") if mismatched else name,
+                metric_value=round(float(value), 4),
+            )
+        )
+    return entries
+
+
+def _result_rows(results: dict, metrics: list[str]) -> list[dict]:
+    rows = []
+    for role, label in (
+        ("teacher", "teacher"),
+        ("student", "student (distilled)"),
+        ("student_no_kd", "student, no KD"),
+    ):
+        entry = results.get(role)
+        if entry is None:
+            continue
+        cells = ["-" if entry.get(m) is None else f"{entry[m]:.4f}" for m in metrics]
+        cells += [
+            _parameters(entry["num_parameters"]),
+            f"{entry['size_mb']:.2f}",
+            f"{entry['latency_ms']:.2f}",
+            f"{entry['throughput']:.1f}",
+        ]
+        rows.append({"name": label, "cells": cells})
+    return rows
+
+
+def _loss_terms(dist: dict) -> list[str]:
+    """One line per active loss term, weight first."""
+    terms = []
+    if dist.get("alpha_task"):
+        terms.append(f"{dist['alpha_task']:g} × the student's own loss on the labels")
+    if dist.get("alpha_logits"):
+        what = _LOGIT_LOSSES.get(dist.get("logit_loss"), dist.get("logit_loss")).format(jsd_beta=dist.get("jsd_beta"))
+        soft = (
+            "" if dist.get("logit_loss") == "mse" else f", at temperature T = {dist['temperature']:g} (scaled by T²)"
+        )
+        terms.append(f"{dist['alpha_logits']:g} × logit KD: {what}{soft}")
+    if dist.get("alpha_hidden"):
+        projected = any(m.get("projection") for m in dist.get("layer_matches", []))
+        via = ", through a trained linear projection to the teacher's width" if projected else ""
+        what = _HIDDEN_LOSSES.get(dist.get("hidden_loss"), dist.get("hidden_loss"))
+        terms.append(f"{dist['alpha_hidden']:g} × hidden-state KD: {what} between matched hidden states{via}")
+    if dist.get("alpha_attention"):
+        what = _ATTENTION_LOSSES.get(dist.get("attention_loss"), dist.get("attention_loss"))
+        terms.append(f"{dist['alpha_attention']:g} × attention KD: {what}")
+    return terms
+
+
+@dataclass
+class _ResultsSection:
+    """What one kind of ``results.json`` adds to the card: template variables and metadata."""
+
+    context: dict = field(default_factory=dict)
+    datasets: Optional[list[str]] = None
+    tags: list[str] = field(default_factory=list)
+    eval_results: Optional[list[EvalResult]] = None
+
+
+def _score_section(results: dict, task_type: str) -> _ResultsSection:
+    """The GLUE job's results (report.build_results): a score per metric, size and CPU speed per model."""
+    dataset, task = _dataset(results), results.get("task")
+    metrics, speed = _metric_names(results), results.get("speed", {})
+    teacher_scores, student_scores = results["teacher"], results["student"]
+    scores = {
+        "metric": results["metric"],
+        "metrics": metrics,
+        "rows": _result_rows(results, metrics),
+        "dataset": dataset,
+        "retention": None if results.get("retention") is None else f"{results['retention'] * 100:.1f} %",
+        "speedup": f"{results['speedup']:.2f}×",
+        "param_share": f"{student_scores['num_parameters'] / teacher_scores['num_parameters'] * 100:.0f} %",
+        "kd_gain": None if results.get("kd_gain") is None else f"{results['kd_gain']:+.4f}",
+        "batch": f"{speed.get('batch_size', '?')} × {speed.get('seq_len', '?')} tokens",
+        "train_examples": results.get("train_examples"),
+        "max_steps": results.get("max_steps"),
+    }
+    return _ResultsSection(
+        context={"results": scores},
+        datasets=[dataset["id"]] if dataset["id"] else None,
+        tags=[*(["glue"] if task in GLUE_TASKS else []), *([task] if task else [])],
+        eval_results=_eval_results(results, dataset, task_type),
+    )
+
+
+def _perplexity_rows(results: dict, texts: list[str]) -> list[dict]:
+    rows = []
+    for role, label in _PERPLEXITY_ROLES:
+        entry = results.get(role)
+        if entry is None:
+            continue
+        cells = ["-" if entry["perplexity"].get(t) is None else f"{entry['perplexity'][t]:.2f}" for t in texts]
+        rows.append({"role": role, "name": label, "cells": [*cells, _parameters(entry["num_parameters"])]})
+    return rows
+
+
+def _perplexity_eval_results(results: dict, task_type: str) -> list[EvalResult]:
+    """The student's perplexities as model-index entries, one per evaluation text (lower is better)."""
+    return [
+        EvalResult(
+            task_type=task_type,
+            dataset_type=text,  # a local file or a split name: results.json records no Hub dataset id
+            dataset_name=text,
+            metric_type="perplexity",
+            metric_name="perplexity (lower is better)",  # model-index has no field for the direction
+            metric_value=round(float(value), 4),
+        )
+        for text, value in results["student"]["perplexity"].items()
+    ]
+
+
+def _perplexity_section(results: dict, task_type: str) -> _ResultsSection:
+    """The causal-LM job's results (recipes/causal_lm.py): perplexity per evaluation text and parameters per model;
+    ``teacher`` is absent when the job ran with ``--eval_teacher false``."""
+    texts = list(results["student"]["perplexity"])
+    rows = _perplexity_rows(results, texts)
+    first = {row["role"]: row["cells"][0] for row in rows} if texts else {}  # the headline's text, as in the table
+    teacher, student = results.get("teacher"), results["student"]
+    perplexity = {
+        "texts": texts,
+        "rows": rows,
+        "first_text": texts[0] if texts else None,
+        "student": first.get("student"),
+        "teacher": first.get("teacher"),
+        "before": first.get("student_before_training"),
+        "param_share": f"{student['num_parameters'] / teacher['num_parameters'] * 100:.0f} %" if teacher else None,
+        "train_examples": results.get("train_examples"),
+        "max_steps": results.get("max_steps"),
+    }
+    return _ResultsSection(
+        context={"perplexity": perplexity},
+        tags=["text-generation"],
+        eval_results=_perplexity_eval_results(results, task_type) or None,
+    )
+
+
+_RESULTS_SECTIONS = {"causal_lm": _perplexity_section}  # results.json "task" -> its section; GLUE tasks are scores
+
+
+def _results_section(results: dict | None, task_type: str) -> _ResultsSection:
+    if not results:
+        return _ResultsSection()
+    return _RESULTS_SECTIONS.get(results.get("task"), _score_section)(results, task_type)
+
+
+def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: dict, results: dict | None) -> dict:
+    """Everything the template shows but the results, as plain strings and lists."""
+    config = _read_json(folder, "config.json") or {}
+    adapter = _read_json(folder, ADAPTER_CONFIG)
+    task = dist.get("task") or (results or {}).get("task")  # results.json says causal_lm too
+    pipeline_tag, auto_class = _TASKS.get(task, ("text-classification", "AutoModel"))
+    if adapter is not None:  # peft resolves the base model from adapter_config.json
+        auto_class = "AutoPeft" + auto_class.removeprefix("Auto")
+    names = os.listdir(folder)
+    has_tokenizer = any(n in TOKENIZER_FILES for n in names)
+    model_type = config.get("model_type", "transformer")
+    layers = config.get("num_hidden_layers", config.get("n_layer"))
+    return {
+        "title": repo_id.split("/")[-1] if repo_id else os.path.basename(os.path.abspath(folder)),
+        "repo": repo_id or folder,
+        "version": dist.get("hf_distill_version", __version__),
+        "teacher": teacher,
+        "teacher_is_hub": _is_repo_id(teacher),
+        "teacher_name": os.path.basename(os.path.normpath(teacher)) if teacher else None,
+        "teacher_finetuned": os.path.isfile(os.path.join(folder, "teacher", "config.json")),  # the GLUE job's
+        "teachers": dist.get("teachers", []),
+        "teacher_weights": dist.get("teacher_weights"),
+        "student": f"{layers}-layer `{model_type}`" if layers else f"`{model_type}`",
+        "hidden_size": config.get("hidden_size", config.get("n_embd")),
+        "kept_layers": dist.get("student_layers_from_teacher"),
+        "loss_terms": _loss_terms(dist),
+        "layer_map": dist.get("layer_map"),
+        "layer_matches": dist.get("layer_matches", []),
+        "auto_class": auto_class,
+        "pipeline_tag": pipeline_tag,
+        "tokenizer_from": (repo_id or folder) if has_tokenizer else (teacher if _is_repo_id(teacher) else None),
+        "has_report": "report.png" in names,
+        "adapter_base": adapter.get("base_model_name_or_path") if adapter else None,
+        "results": None,  # scores, size and speed (GLUE job), see _score_section
+        "perplexity": None,  # perplexities per evaluation text (causal-LM job), see _perplexity_section
+    }
+
+
+def render_model_card(
+    folder: str,
+    repo_id: str | None = None,
+    *,
+    license: str | None = None,
+    tags: list[str] | None = None,
+    datasets: list[str] | None = None,
+    language: str | list[str] | None = None,
+    base_model: str | None = None,
+) -> str:
+    """The README.md of the student in ``folder``: YAML metadata (``huggingface_hub.ModelCardData``) and a body.
+
+    Read from the folder: ``distillation_config.json`` (the teacher is ``teachers[0]``, which becomes ``base_model``
+    when it is a Hub id; losses, weights, temperature, layer matches), ``results.json`` when present (scores, size,
+    speed, and the ``model-index``) and ``config.json``. ``license`` defaults to the one in a local teacher's card.
+    ``repo_id`` is used in the loading snippet (default: the folder). Nothing is fetched from the network.
+    """
+    dist = _read_json(folder, DISTILLATION_CONFIG_FILE) or {}
+    results = _read_json(folder, RESULTS_FILE)
+    teacher = base_model or next(iter(dist.get("teachers") or []), None)
+    context = _card_context(folder, repo_id, teacher, dist, results)
+    section = _results_section(results, context["pipeline_tag"])
+    context.update(section.context)
+    card_data = ModelCardData(
+        base_model=teacher if _is_repo_id(teacher) else None,
+        datasets=datasets or section.datasets,
+        language=language,
+        library_name="peft" if context["adapter_base"] else "transformers",
+        license=license or _local_license(teacher),
+        model_name=context["title"] if results else None,
+        pipeline_tag=context["pipeline_tag"],
+        tags=["distillation", "hf-distill", *section.tags, *(tags or [])],
+        eval_results=section.eval_results,
+    )
+    template = resources.files("hf_distill").joinpath("templates/model_card.md").read_text(encoding="utf-8")
+    return str(ModelCard.from_template(card_data, template_str=template, **context))
+
+
+def write_model_card(folder: str, repo_id: str | None = None, **card) -> str:
+    """Render the card (:func:`render_model_card`) into ``folder/README.md``, which you may edit; returns its path."""
+    path = os.path.join(folder, CARD_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_model_card(folder, repo_id, **card))
+    return path
