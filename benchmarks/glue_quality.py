@@ -86,6 +86,7 @@ VARIANTS = {
     "kd_cosine": {"hidden_loss": "cosine"},
     "kd_hidden5": {"alpha_hidden": 5.0},
     "kd_att5": {"alpha_attention": 5.0},
+    "kd_att10": {"alpha_attention": 10.0},
     "kd_t1": {"temperature": 1.0},
     "soft_t1": {
         "alpha_task": 0.0,
