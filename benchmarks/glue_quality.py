@@ -76,18 +76,22 @@ def step_ms(trainer) -> float:
 
 NO_KD = {"alpha_task": 1.0, "alpha_logits": 0.0, "alpha_hidden": 0.0, "alpha_attention": 0.0}
 # name -> overrides of the recipe's DistillationConfig or GlueArguments; "kd" is the shipped recipe itself
+# (soft targets T=4, hidden MSE weight 1, self-relations weight 5); "_att1" names keep relations at weight 1
 AUGMENT = {"augment_prob": 0.5, "augment_replace_prob": 0.3, "augment_neighbours": 8}
+ATT1 = {"alpha_attention": 1.0}
 VARIANTS = {
     "no_kd": NO_KD,
     "kd": {},
     "kd_logits": {"alpha_hidden": 0.0, "alpha_attention": 0.0},
-    "kd_last": {"attention_layer_map": "last"},
     "kd_hidden": {"alpha_attention": 0.0},
-    "kd_cosine": {"hidden_loss": "cosine"},
-    "kd_hidden5": {"alpha_hidden": 5.0},
-    "kd_att5": {"alpha_attention": 5.0},
+    "kd_no_hidden": {"alpha_hidden": 0.0},
+    "kd_last": {"attention_layer_map": "last"},
+    "kd_att1": ATT1,
     "kd_att10": {"alpha_attention": 10.0},
-    "kd_t1": {"temperature": 1.0},
+    "kd_last_att1": {"attention_layer_map": "last", **ATT1},
+    "kd_cosine_att1": {"hidden_loss": "cosine", **ATT1},
+    "kd_hidden5_att1": {"alpha_hidden": 5.0, **ATT1},
+    "kd_t1_att1": {"temperature": 1.0, **ATT1},
     "soft_t1": {
         "alpha_task": 0.0,
         "alpha_logits": 1.0,
@@ -97,9 +101,23 @@ VARIANTS = {
     },
     # half the examples rewritten by teacher-embedding neighbours and labelled by the teacher (same rows and steps)
     "kd_aug": AUGMENT,
-    "kd_last_aug": {"attention_layer_map": "last", **AUGMENT},
+    "kd_aug_att1": {**AUGMENT, **ATT1},
+    "kd_last_aug_att1": {"attention_layer_map": "last", **AUGMENT, **ATT1},
     "kd_logits_aug": {"alpha_hidden": 0.0, "alpha_attention": 0.0, **AUGMENT},
 }
+# names used before the recipe's relation weight went from 1 to 5 -> their names now
+RENAMED = {
+    "kd": "kd_att1",
+    "kd_att5": "kd",
+    "kd_last": "kd_last_att1",
+    "kd_last_att5": "kd_last",
+    "kd_cosine": "kd_cosine_att1",
+    "kd_hidden5": "kd_hidden5_att1",
+    "kd_t1": "kd_t1_att1",
+    "kd_aug": "kd_aug_att1",
+    "kd_last_aug": "kd_last_aug_att1",
+}
+FORMAT = 2  # of the results file; 2: "kd" is the recipe with relations at weight 5
 GLUE_FIELDS = {f.name for f in dataclasses.fields(GlueArguments)}
 DEFAULT_VARIANTS = ["no_kd", "kd", "kd_logits"]
 
@@ -234,6 +252,21 @@ def _upgrade(run: dict) -> dict:
     return run
 
 
+def _rename(run: dict) -> dict:
+    """Results of format 1 name variants as they were before the recipe's relation weight went to 5."""
+    for key in ("scores", "all_scores", "step_ms"):
+        run[key] = {RENAMED.get(name, name): value for name, value in run.get(key, {}).items()}
+    return run
+
+
+def load_runs(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    saved = json.load(open(path))
+    runs = [_upgrade(r) for r in saved["runs"]]
+    return runs if saved.get("format", 1) >= FORMAT else [_rename(r) for r in runs]
+
+
 def summarise(runs: list[dict]) -> str:
     """Means over seeds per task and variant: score, gain over no KD, retention, step time / student step."""
     lines = []
@@ -265,7 +298,10 @@ def summarise(runs: list[dict]) -> str:
                 if pair
                 else float("nan")
             )
-            ret = statistics.mean(r["scores"][name] / r["scores"]["teacher"] for r in have)
+            # a teacher scoring 0 (CoLA's MCC of a constant predictor) has no retention
+            ret = statistics.mean(
+                r["scores"][name] / r["scores"]["teacher"] if r["scores"]["teacher"] else float("nan") for r in have
+            )
             ratio = [r["step_ms"][name] / r["step_ms"]["no_kd"] for r in have if "no_kd" in r["step_ms"]]
             lines.append(
                 f"  {name:<15} {','.join(str(r['seed']) for r in have):<9} {score:>7.2f} {gain:>+9.2f} "
@@ -296,9 +332,7 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    runs = []
-    if os.path.exists(opts.out):  # resume: keep every finished (task, seed, variant)
-        runs = [_upgrade(r) for r in json.load(open(opts.out))["runs"]]
+    runs = load_runs(opts.out)  # resume: keep every finished (task, seed, variant)
     for seed in opts.seeds:  # seed-major: an interrupted run still covers every task (and resumes later)
         for task in opts.tasks:
             same = (task, seed, opts.epochs)
@@ -310,13 +344,18 @@ def main() -> None:
             def save(result):
                 nonlocal runs
                 # runs in parallel (other tasks or seeds) may have saved meanwhile: theirs from disk, ours from memory
-                on_disk = [_upgrade(r) for r in json.load(open(opts.out))["runs"]] if os.path.exists(opts.out) else []
+                on_disk = load_runs(opts.out)
                 runs = [r for r in on_disk + runs if not _same(r, result)]
                 runs = [r for i, r in enumerate(runs) if not any(_same(r, q) for q in runs[:i])] + [result]
                 os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
                 with open(opts.out, "w") as f:
                     json.dump(
-                        {"recipe": str(RECIPE.relative_to(ROOT)), "train_samples": opts.train_samples, "runs": runs},
+                        {
+                            "format": FORMAT,
+                            "recipe": str(RECIPE.relative_to(ROOT)),
+                            "train_samples": opts.train_samples,
+                            "runs": runs,
+                        },
                         f,
                         indent=2,
                     )

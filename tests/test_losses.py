@@ -166,6 +166,32 @@ def test_relation_kd_matches_reference_and_needs_no_equal_widths():
     ).item() == pytest.approx(0, abs=1e-6)
 
 
+@pytest.mark.parametrize("padded", [True, False])
+def test_relation_kd_gradient_matches_autograd_reference(padded):
+    """The fused backward (softmax(z_s) - p_t) against autograd through the definition, padded keys excluded."""
+    heads, d = 3, 4
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]) if padded else torch.ones(2, 5, dtype=torch.long)
+    s = torch.randn(2, 5, heads * d, requires_grad=True)
+    t = torch.randn(2, 5, 2 * heads * d)
+    n = int(mask.sum())
+    get_loss("attention", "relation")(s, t, mask=mask, normalizer=n, num_relation_heads=heads).backward()
+
+    ref_s = s.detach().clone().requires_grad_(True)
+    total = 0.0
+    for b in range(2):
+        k = int(mask[b].sum())
+        for r in range(heads):
+            xs = ref_s[b, :k, r * d : (r + 1) * d]
+            xt = t[b, :k, r * 2 * d : (r + 1) * 2 * d]
+            log_s = (xs @ xs.T / math.sqrt(d)).log_softmax(-1)
+            p_t = (xt @ xt.T / math.sqrt(2 * d)).softmax(-1)
+            total = total + (p_t * (p_t.log() - log_s)).sum() / heads
+    (total / n).backward()
+    torch.testing.assert_close(s.grad, ref_s.grad, rtol=1e-4, atol=1e-6)
+    if padded:  # padded positions get no gradient
+        assert s.grad[1, 3:].abs().max() == 0
+
+
 def test_task_losses():
     logits = torch.randn(4, 3)
     labels = torch.tensor([0, 2, -100, 1])
