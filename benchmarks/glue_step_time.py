@@ -37,6 +37,7 @@ from glue_quality import DATA, GLUE_FIELDS, RECIPE, VARIANTS  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
 from hf_distill.cli import parse_with_config  # noqa: E402
+from hf_distill.length_buckets import length_groups, split_batch, valid_lengths  # noqa: E402
 from hf_distill.modeling import resolve_model_path  # noqa: E402
 from hf_distill.recipes.glue import GlueArguments  # noqa: E402
 
@@ -118,35 +119,44 @@ def main() -> None:
         with torch.no_grad():
             teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
+    def teacher_forward_grouped(batch):  # as the KD step runs it on a CPU: rows of similar length, no padding
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        groups = length_groups(valid_lengths(batch["attention_mask"]), max_groups=4)
+        with torch.no_grad():
+            for rows, length in groups:
+                teacher(**split_batch(inputs, rows, length, batch["input_ids"].shape[1]))
+
     def sync():  # GPU kernels are asynchronous: time them to completion
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    times = {name: [] for name in [*opts.variants, "teacher_forward"]}
+    forwards = {"teacher_forward": teacher_forward, "teacher_forward_grouped": teacher_forward_grouped}
+    times = {name: [] for name in [*opts.variants, *forwards]}
     for i in range(opts.warmup + opts.rounds):
         batch = batches[i % len(batches)]
         for name in times:
             sync()
             start = time.perf_counter()
-            teacher_forward(batch) if name == "teacher_forward" else train_step(*runs[name], batch)
+            forwards[name](batch) if name in forwards else train_step(*runs[name], batch)
             sync()
             if i >= opts.warmup:
                 times[name].append(time.perf_counter() - start)
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     # ratios: medians of the per-round ratios (same batch, same moment), robust to other processes' load
     ratio = {name: statistics.median(a / b for a, b in zip(t, times["no_kd"])) for name, t in times.items()}
-    bound = statistics.median(
-        (s + t) / s for s, t in zip(times["no_kd"], times["teacher_forward"])
-    )  # student step + teacher forward, per round
+    # student step + teacher forward, per round: the issue's bound (a plain forward of the padded batch), and the
+    # stricter one with the teacher's forward as the KD step runs it (what the KD terms themselves add)
+    bound, strict = (statistics.median((s + t) / s for s, t in zip(times["no_kd"], times[name])) for name in forwards)
     shape = (
         f"batch {opts.batch_size} x {opts.seq_len}" if opts.data == "random" else f"SST-2 batches of {opts.batch_size}"
     )
     print(f"threads {torch.get_num_threads()}, {shape}, {opts.rounds} rounds (medians)")
     print(f"{'step':<18} {'ms':>8} {'/ student step':>14} {'within bound':>13}")
     for name, value in ms.items():
-        ok = "" if name in ("no_kd", "teacher_forward") else ("yes" if ratio[name] <= bound else "no")
+        ok = "" if name == "no_kd" or name in forwards else ("yes" if ratio[name] <= bound else "no")
         print(f"{name:<18} {value:>8.1f} {ratio[name]:>13.2f}x {ok:>13}")
     print(f"bound: student step + teacher forward = {bound:.2f}x the student step")
+    print(f"strict bound: student step + the teacher forward in length groups = {strict:.2f}x")
     out = Path(opts.out or f"benchmarks/results/glue_step_time{'_sst2' if opts.data == 'sst2' else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -158,6 +168,7 @@ def main() -> None:
                 "ms": ms,
                 "ratio": ratio,
                 "bound": bound,
+                "strict_bound": strict,
             },
             indent=2,
         )

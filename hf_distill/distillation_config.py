@@ -27,6 +27,10 @@ class DistillationConfig(TrainingArguments):
         teacher_dtype (`str` or `None`): ``auto``, ``float32``, ``bfloat16`` or ``float16``; default: the student's.
         teacher_weights (`list[float]` or `None`): one weight per teacher when several teachers are given.
         trust_remote_code (`bool`): allow custom code when loading models by name (off unless you ask).
+        teacher_length_groups (`int` or `None`): run the teacher's forward on up to this many groups of rows of
+            similar length, each cut to its longest row: the same outputs without the work on padding (about half
+            the teacher's time on SST-2 batches). Default: 4 when the teacher is on a CPU, 1 (off) on an accelerator,
+            where small sub-batches underfill it. Encoders only (causal LMs run whole), right padding only.
 
     Parameters that control the loss:
         temperature (`float`): softmax temperature ``T`` of the soft targets; the soft terms are scaled by ``T^2``.
@@ -73,6 +77,13 @@ class DistillationConfig(TrainingArguments):
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code when loading models by name."}
+    )
+    teacher_length_groups: int | None = field(
+        default=None,
+        metadata={
+            "help": "Run the teacher on up to this many groups of rows of similar length, without their padding "
+            "(same outputs, less work); default: 4 on a CPU, 1 (off) on an accelerator. Encoders only."
+        },
     )
     # --- loss ---
     temperature: float = field(
@@ -187,6 +198,11 @@ class DistillationConfig(TrainingArguments):
             any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0
         ):
             raise ValueError(f"teacher_weights must be >= 0 with a positive sum, got {self.teacher_weights}.")
+        if self.teacher_length_groups is not None and self.teacher_length_groups < 1:
+            raise ValueError(
+                f"teacher_length_groups must be >= 1 (1: the teacher runs on the whole padded batch), got "
+                f"{self.teacher_length_groups}."
+            )
         if self.relation_heads is not None and self.relation_heads < 1:
             raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}.")
         if self.kd_chunk_size < 0:

@@ -20,6 +20,7 @@ from .checks import check_label_spaces, ensure_eager_attention
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .distributed import default_teacher_dtype, place_teacher, teacher_placement
 from .generation import generate_completions
+from .length_buckets import length_groups, merge_outputs, merge_records, split_batch, valid_lengths
 from .losses import align_logits, count_items, get_loss, mix_teacher_logits, target_mask, task_loss
 from .losses.matched import attention_term, default_relation_heads, hidden_term
 from .losses.token import TeacherTargets, fused_causal_lm_loss
@@ -372,6 +373,37 @@ class DistillationTrainer(HubPushMixin, Trainer):
                 hook.remove()
         return outputs, qkv
 
+    def _teacher_forward(self, teacher, inputs, role, fused):
+        """:meth:`_forward` of a teacher, on groups of rows of similar length when that skips padding (the same
+        outputs: rows are independent and padded positions are masked; see :mod:`hf_distill.length_buckets`)."""
+        groups = self._teacher_groups(teacher, inputs)
+        if groups is None:
+            return self._forward(teacher, inputs, role, fused)
+        batch, seq_len = inputs["attention_mask"].shape
+        parts = [self._forward(teacher, split_batch(inputs, rows, n, seq_len), role, fused) for rows, n in groups]
+        token_logits = self.task == "token_classification"
+        outputs = merge_outputs([p[0] for p in parts], groups, batch, seq_len, token_logits)
+        return outputs, merge_records([p[1] for p in parts], groups, batch, seq_len)
+
+    def _teacher_groups(self, teacher, inputs):
+        """Length groups for the teacher's forward, or None to run it on the whole batch."""
+        mask = inputs.get("attention_mask")
+        if self.task == "causal_lm" or mask is None or mask.dim() != 2 or mask.shape[0] < 2:
+            return None
+        # a sharded teacher (FSDP2, ZeRO-3) runs collectives per forward: every rank must run as many
+        if teacher_placement(self.accelerator) != "replicate":
+            return None
+        most = self.args.teacher_length_groups
+        if most is None:
+            most = 4 if next(teacher.parameters()).device.type == "cpu" else 1
+        if most == 1:
+            return None
+        lengths = valid_lengths(mask)
+        if lengths is None or not bool((lengths > 0).all()):  # left padding, or an empty row: run whole
+            return None
+        groups = length_groups(lengths, max_groups=most)
+        return None if len(groups) == 1 and groups[0][1] == mask.shape[1] else groups
+
     def _project_hidden_states(self, module, args, output):
         """Forward hook on the student: project its matched hidden states to the teacher's width *inside* the
         forward, so that DDP sees the adapters as used parameters and averages their gradients.
@@ -405,7 +437,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
         with torch.no_grad():  # without KD terms (a no-KD baseline) the teachers are not run at all
             teacher_outs = (
                 [
-                    self._forward(t, inputs, "teacher" if i == 0 else "other_teacher", fused)
+                    self._teacher_forward(t, inputs, "teacher" if i == 0 else "other_teacher", fused)
                     for i, t in enumerate(self.teachers)
                 ]
                 if self._runs_teachers(cache)

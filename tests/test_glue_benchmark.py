@@ -49,3 +49,12 @@ def test_every_variant_sets_known_fields():
     for name, overrides in glue_quality.VARIANTS.items():
         assert set(overrides) <= known, name
     assert set(glue_quality.RENAMED.values()) <= set(glue_quality.VARIANTS)
+
+
+def test_a_retrained_teacher_keeps_earlier_variants_only_when_it_reproduces_the_scores():
+    recorded = {"eval_loss": 0.313, "eval_accuracy": 0.8704, "eval_runtime": 13.3, "eval_samples_per_second": 65.0}
+    same = {**recorded, "eval_runtime": 20.1, "eval_samples_per_second": 40.0}  # timings may differ
+    assert glue_quality._same_scores(same, recorded)
+    assert not glue_quality._same_scores({**same, "eval_accuracy": 0.8635}, recorded)
+    assert not glue_quality._same_scores({**same, "eval_loss": 0.33}, recorded)
+    assert not glue_quality._same_scores(same, None)
