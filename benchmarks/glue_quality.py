@@ -194,7 +194,11 @@ def run_one(
                 f"[bench] {task_name} seed {seed}: teacher retrained, differs: earlier variants superseded", flush=True
             )
             earlier = {k: done[k] for k in ("scores", "step_ms", "teacher_forward_ms") if k in done}
-            done = {"superseded": [*done.get("superseded", []), earlier]}
+            done = {  # the new teacher's scores are these: not evaluated again below
+                "superseded": [*done.get("superseded", []), earlier],
+                "scores": {"teacher": scores[f"eval_{task.metric}"]},
+                "all_scores": {"teacher": scores},
+            }
     result = {
         "task": task.name,
         "metric": task.metric,

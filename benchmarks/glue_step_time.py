@@ -37,7 +37,6 @@ from glue_quality import DATA, GLUE_FIELDS, RECIPE, VARIANTS  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
 from hf_distill.cli import parse_with_config  # noqa: E402
-from hf_distill.length_buckets import length_groups, split_batch, valid_lengths  # noqa: E402
 from hf_distill.modeling import resolve_model_path  # noqa: E402
 from hf_distill.recipes.glue import GlueArguments  # noqa: E402
 
@@ -119,12 +118,10 @@ def main() -> None:
         with torch.no_grad():
             teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
-    def teacher_forward_grouped(batch):  # as the KD step runs it on a CPU: rows of similar length, no padding
+    def teacher_forward_grouped(batch):  # as the KD step runs it (length groups by default on a CPU), no extras
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        groups = length_groups(valid_lengths(batch["attention_mask"]), max_groups=4)
         with torch.no_grad():
-            for rows, length in groups:
-                teacher(**split_batch(inputs, rows, length, batch["input_ids"].shape[1]))
+            runs["no_kd"][0]._teacher_forward(teacher, inputs, "other_teacher", False)
 
     def sync():  # GPU kernels are asynchronous: time them to completion
         if device.type == "cuda":

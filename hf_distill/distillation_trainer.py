@@ -388,7 +388,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
     def _teacher_groups(self, teacher, inputs):
         """Length groups for the teacher's forward, or None to run it on the whole batch."""
         mask = inputs.get("attention_mask")
-        if self.task == "causal_lm" or mask is None or mask.dim() != 2 or mask.shape[0] < 2:
+        if self.task == "causal_lm" or mask is None or mask.dim() != 2:
             return None
         # a sharded teacher (FSDP2, ZeRO-3) runs collectives per forward: every rank must run as many
         if teacher_placement(self.accelerator) != "replicate":

@@ -36,16 +36,16 @@ def length_groups(
     A single group holding every row means: nothing to gain.
 
     ``multiple=16`` is for softmaxes over the length on CPU: PyTorch's vectorised softmax kernels take ~10x longer
-    per element on rows shorter than 16 and are fastest on multiples of 16 (measured in
-    ``tests/test_length_buckets.py``'s module docstring).
+    per element on rows shorter than 16 and are fastest on multiples of 16 (figures in docs/losses.md).
     """
     if max_groups < 1:
         raise ValueError(f"max_groups must be >= 1, got {max_groups}.")
-    order = torch.argsort(lengths.cpu(), stable=True)
-    order = order[lengths.cpu()[order] > 0]
+    host = lengths.cpu()
+    order = torch.argsort(host, stable=True)
+    order = order[host[order] > 0]
     if len(order) == 0:
         return []
-    padded = [-(-int(n) // multiple) * multiple for n in lengths.cpu()[order]]
+    padded = [-(-int(n) // multiple) * multiple for n in host[order]]
     # runs of equal (rounded) lengths: an optimal grouping never splits one, so the search runs over runs
     ends = [i + 1 for i in range(len(padded)) if i + 1 == len(padded) or padded[i + 1] != padded[i]]
     value = [padded[e - 1] for e in ends]

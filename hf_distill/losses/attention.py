@@ -60,24 +60,6 @@ def attention_kl(student_attn, teacher_attn, *, mask=None, normalizer=None, **_)
     return reduce_items(kl.mean(-1), normalizer)
 
 
-def _relation_scores(states: torch.Tensor, num_heads: int, key_bias: torch.Tensor | None) -> torch.Tensor:
-    """``X_r X_r^T / sqrt(d_r) + key_bias``: ``(B, T, D) -> (B, R, T, T)``.
-
-    ``key_bias`` is ``(B, T)``: 0 for real keys, the float32 minimum for padded ones (added inside the matmul).
-    """
-    b, t, d = states.shape
-    if d % num_heads:
-        raise ValueError(f"{num_heads} relation heads do not divide a projection of width {d}.")
-    head_dim = d // num_heads
-    x = states.float().view(b, t, num_heads, head_dim).transpose(1, 2).reshape(b * num_heads, t, head_dim)
-    if key_bias is None:
-        scores = torch.bmm(x * head_dim**-0.5, x.transpose(1, 2))
-    else:
-        bias = key_bias[:, None, None, :].expand(b, num_heads, 1, t).reshape(b * num_heads, 1, t)
-        scores = torch.baddbmm(bias, x, x.transpose(1, 2), alpha=head_dim**-0.5)
-    return scores.view(b, num_heads, t, t)
-
-
 def _key_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
     """``(B, T)`` mask -> additive key bias, or None when nothing is padded."""
     if mask is None or bool(mask.all()):
@@ -91,12 +73,16 @@ def self_relation(states: torch.Tensor, num_heads: int, mask: torch.Tensor | Non
 
     Keys at padded positions are excluded (probability 0).
     """
-    return F.log_softmax(_relation_scores(states, num_heads, _key_bias(mask)), dim=-1)
+    b, t, _ = states.shape
+    scores = _relation_scores(_heads(states, num_heads), num_heads, _key_bias(mask))  # (B * R, T, T)
+    return F.log_softmax(scores.view(b, num_heads, t, t), dim=-1)
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """``(n, L, D) -> (n * R, L, D / R)`` in float32."""
     n, length, d = x.shape
+    if d % num_heads:
+        raise ValueError(f"{num_heads} relation heads do not divide a projection of width {d}.")
     return x.float().view(n, length, num_heads, d // num_heads).transpose(1, 2).reshape(n * num_heads, length, -1)
 
 
@@ -125,8 +111,8 @@ class _GroupedRelationKL(torch.autograd.Function):
             valid = torch.arange(length, device=lengths.device)[None] < lengths[rows][:, None]  # (n_g, L)
             bias = _key_bias(valid)
             xs = _heads(_take(student, rows, length), num_heads)  # (n_g * R, L, d_s)
-            z_s = _relation_scores_heads(xs, num_heads, bias)
-            z_t = _relation_scores_heads(_heads(_take(teacher, rows, length), num_heads), num_heads, bias)
+            z_s = _relation_scores(xs, num_heads, bias)
+            z_t = _relation_scores(_heads(_take(teacher, rows, length), num_heads), num_heads, bias)
             p_t = z_t.softmax(-1)
             kl = (z_t.log_softmax(-1) - z_s.log_softmax(-1)).mul_(p_t).sum(-1)  # (n_g * R, L)
             per_row.append(kl.view(len(rows), num_heads, length).mean(1)[valid])
@@ -152,8 +138,12 @@ class _GroupedRelationKL(torch.autograd.Function):
         return grad_x.to(ctx.dtype), None, None, None, None
 
 
-def _relation_scores_heads(x: torch.Tensor, num_heads: int, key_bias: torch.Tensor | None) -> torch.Tensor:
-    """``(n * R, L, d) -> (n * R, L, L)``: ``x x^T / sqrt(d) + key_bias`` (``key_bias`` ``(n, L)`` or None)."""
+def _relation_scores(x: torch.Tensor, num_heads: int, key_bias: torch.Tensor | None) -> torch.Tensor:
+    """``(n * R, L, d) -> (n * R, L, L)``: ``x x^T / sqrt(d) + key_bias``.
+
+    ``key_bias`` is ``(n, L)`` (0 for real keys, the float32 minimum for padded ones, added inside the matmul) or
+    None.
+    """
     scale = x.shape[-1] ** -0.5
     if key_bias is None:
         return torch.bmm(x * scale, x.transpose(1, 2))
@@ -180,15 +170,11 @@ def relation_kl(
     rounded up to a multiple of 16 (:func:`hf_distill.length_buckets.length_groups`): a relation involves only a
     row's real tokens, so the value is the same without the ``(T, T)`` work on padding (82% of it on SST-2 batches).
     """
-    for states in (student_states, teacher_states):
-        if states.shape[-1] % num_relation_heads:
-            raise ValueError(
-                f"{num_relation_heads} relation heads do not divide a projection of width {states.shape[-1]}."
-            )
     if mask is None:
         mask = torch.ones(student_states.shape[:2], dtype=torch.bool, device=student_states.device)
-    lengths = mask.bool().sum(1)
-    if valid_lengths(mask) is None:  # not right-padded: gather each row's real tokens first
+    lengths = valid_lengths(mask)
+    if lengths is None:  # not right-padded: gather each row's real tokens first
+        lengths = mask.bool().sum(1)
         student_states, teacher_states = _left_aligned(student_states, mask), _left_aligned(teacher_states, mask)
     # lengths in multiples of 16: CPU softmax kernels are ~10x slower per element on shorter rows
     groups = length_groups(lengths, max_groups=max_groups, power=2, multiple=16)
