@@ -12,7 +12,8 @@ from conftest import tiny_bert, word_tokenizer
 
 from hf_distill import DistillationConfig
 from hf_distill.cli import parse_with_config
-from hf_distill.recipes.glue import GlueArguments, run
+from hf_distill.recipes.glue import GlueArguments, make_student, run, student_dropout_overrides
+from hf_distill.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared/data/glue/SST-2"
@@ -159,3 +160,32 @@ def test_augmentation_rewrites_part_of_the_training_set_only(tiny_teacher_dir, t
         augment_train(glue_args, no_kd, teacher, tokenizer, data)
     with pytest.raises(ValueError, match="augment_replace_prob=2"):
         GlueArguments(augment_replace_prob=2)
+
+
+def test_student_dropout_sets_every_dropout_of_the_student_only(tmp_path):
+    teacher = tiny_bert(num_layers=4)
+    task = get_task("sst2")
+    glue_args = GlueArguments(student_layers="1,3", student_dropout=0.0)
+    args = DistillationConfig(output_dir=str(tmp_path), report_to="none")
+    student = make_student(glue_args, args, teacher, task)
+    assert student.config.hidden_dropout_prob == 0.0 and student.config.attention_probs_dropout_prob == 0.0
+    assert all(m.p == 0.0 for m in student.modules() if isinstance(m, torch.nn.Dropout))
+    assert any(m.p > 0.0 for m in teacher.modules() if isinstance(m, torch.nn.Dropout))
+    # unset: the teacher's dropout, and the student is the same model either way in eval mode
+    default = make_student(GlueArguments(student_layers="1,3"), args, teacher, task)
+    assert default.config.hidden_dropout_prob == teacher.config.hidden_dropout_prob
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 7))
+    torch.testing.assert_close(student.eval()(input_ids=ids).logits, default.eval()(input_ids=ids).logits)
+    # a saved student keeps its dropout
+    student.save_pretrained(tmp_path / "s")
+    assert student_dropout_overrides(glue_args, type(student.config).from_pretrained(tmp_path / "s")) == {
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
+
+
+def test_student_dropout_is_checked():
+    with pytest.raises(ValueError, match="student_dropout=1.0"):
+        GlueArguments(student_dropout=1.0)
+    with pytest.raises(ValueError, match="none of the dropout fields"):
+        student_dropout_overrides(GlueArguments(student_dropout=0.0), object())

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -59,6 +60,13 @@ class GlueArguments:
     student_model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Use this (smaller) model as the student instead of teacher layers."}
     )
+    student_dropout: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Dropout of the student's hidden states and attention probabilities (default: the teacher's "
+            "config). The no-KD baseline gets the same student."
+        },
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     max_train_samples: Optional[int] = field(
         default=None, metadata={"help": "Subsample the training set to this many examples (seeded shuffle)."}
@@ -91,6 +99,8 @@ class GlueArguments:
         for name in ("augment_prob", "augment_replace_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1].")
+        if self.student_dropout is not None and not 0.0 <= self.student_dropout < 1.0:
+            raise ValueError(f"student_dropout={self.student_dropout} must be in [0, 1), or unset for the teacher's.")
         if self.augment_neighbours < 1:
             raise ValueError(f"augment_neighbours={self.augment_neighbours} must be at least 1.")
 
@@ -165,15 +175,43 @@ _SHARED_TRAINING_FIELDS = (
 )
 
 
+# config fields of dropout probabilities across the architectures of hf_distill.mapping (BERT, DistilBERT, GPT-2,
+# Llama...); the classifier's dropout follows hidden_dropout_prob in BERT when classifier_dropout is unset
+DROPOUT_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+)
+
+
+def student_dropout_overrides(glue_args: GlueArguments, config) -> dict:
+    """The config fields that set the student's dropout to ``glue_args.student_dropout`` ({} when it is unset)."""
+    if glue_args.student_dropout is None:
+        return {}
+    overrides = {name: glue_args.student_dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
+    if not overrides:
+        raise ValueError(
+            f"student_dropout={glue_args.student_dropout}: {type(config).__name__} has none of the dropout fields "
+            f"{list(DROPOUT_FIELDS)}; leave student_dropout unset."
+        )
+    return overrides
+
+
 def make_student(glue_args: GlueArguments, args, teacher, task):
     if glue_args.student_model_name_or_path:
         labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
+        path = resolve_model_path(glue_args.student_model_name_or_path)
+        dropout = student_dropout_overrides(glue_args, AutoConfig.from_pretrained(path))
         return AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(glue_args.student_model_name_or_path), num_labels=task.num_labels, **labels
+            path, num_labels=task.num_labels, **labels, **dropout
         )
     layers = [int(i) for i in glue_args.student_layers.split(",")] if glue_args.student_layers else None
     torch.manual_seed(args.seed)
-    return build_student(teacher, layers=layers)
+    return build_student(teacher, layers=layers, **student_dropout_overrides(glue_args, teacher.config))
 
 
 def evaluate_model(model, args, task, data, collator, compute_metrics) -> dict:
