@@ -92,6 +92,14 @@ VARIANTS = {
     "kd_cosine_att1": {"hidden_loss": "cosine", **ATT1},
     "kd_hidden5_att1": {"alpha_hidden": 5.0, **ATT1},
     "kd_t1_att1": {"temperature": 1.0, **ATT1},
+    "kd_t2": {"temperature": 2.0},
+    "kd_soft": {"alpha_task": 0.0, "alpha_logits": 1.0},
+    "kd_mse": {"logit_loss": "mse"},
+    "kd_rh48": {"relation_heads": 48},
+    "no_kd_nodrop": {**NO_KD, "student_dropout": 0.0},
+    "kd_nodrop": {"student_dropout": 0.0},
+    "kd_decay": {"intermediate_schedule": "linear"},
+    "kd_cos": {"intermediate_schedule": "cosine"},
     "soft_t1": {
         "alpha_task": 0.0,
         "alpha_logits": 1.0,
@@ -230,7 +238,7 @@ def run_one(
         )
         run_data = augment_train(run_glue, run_args, teacher, tokenizer, data)
         trainer = distill(
-            make_student(glue_args, args, teacher, task),
+            make_student(run_glue, args, teacher, task),
             teacher,
             run_args,
             run_data,

@@ -10,6 +10,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .losses import available_losses
 from .mapping import parse_layer_pairs
+from .schedules import INTERMEDIATE_SCHEDULES
 
 _TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # written beside every saved student: the distillation settings, teachers and layer matches
@@ -36,6 +37,9 @@ class DistillationConfig(TrainingArguments):
         temperature (`float`): softmax temperature ``T`` of the soft targets; the soft terms are scaled by ``T^2``.
         alpha_task, alpha_logits, alpha_hidden, alpha_attention (`float`): weights of the student's own loss and of
             the logit, hidden-state and attention KD terms (each >= 0, not all zero).
+        intermediate_schedule (`str`): ``constant``, ``linear`` or ``cosine``: the factor on ``alpha_hidden`` and
+            ``alpha_attention`` over training; the decays go from 1 at the first step to 0 at the last (internals
+            early, outputs late, as TinyBERT's two stages in one run).
         logit_loss (`str`): ``kl`` (forward KL), ``reverse_kl``, ``jsd`` (generalised, with ``jsd_beta``),
             ``skew_kl`` / ``skew_reverse_kl`` (DistiLLM, skew ``jsd_beta``) or ``mse``.
         hidden_loss (`str`): ``mse`` or ``cosine``.
@@ -93,6 +97,13 @@ class DistillationConfig(TrainingArguments):
     alpha_logits: float = field(default=0.5, metadata={"help": "Weight of the logit (soft-target) KD loss (>= 0)."})
     alpha_hidden: float = field(default=0.0, metadata={"help": "Weight of the hidden-state KD loss (>= 0)."})
     alpha_attention: float = field(default=0.0, metadata={"help": "Weight of the attention KD loss (>= 0)."})
+    intermediate_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "Schedule of alpha_hidden and alpha_attention over training: constant, linear or cosine (both "
+            "decay from the full weight at the first step to 0 at the last)."
+        },
+    )
     logit_loss: str = field(
         default="kl",
         metadata={
@@ -172,6 +183,11 @@ class DistillationConfig(TrainingArguments):
                 raise ValueError(f"{name} must be >= 0, got {value}.")
         if not any(alphas.values()):
             raise ValueError("alpha_task, alpha_logits, alpha_hidden and alpha_attention are all 0: nothing to train.")
+        if self.intermediate_schedule not in INTERMEDIATE_SCHEDULES:
+            raise ValueError(
+                f"intermediate_schedule={self.intermediate_schedule!r} is unknown; choose one of "
+                f"{list(INTERMEDIATE_SCHEDULES)}."
+            )
         for kind, name in (("logits", "logit_loss"), ("hidden", "hidden_loss"), ("attention", "attention_loss")):
             if getattr(self, name) not in available_losses(kind):
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; choose one of {available_losses(kind)}.")

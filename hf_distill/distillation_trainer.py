@@ -36,6 +36,7 @@ from .mapping import (
     strip_adapters,
 )
 from .modeling import fused_loss_blockers, infer_task, load_model, resolve_dtype, unwrap
+from .schedules import intermediate_scale
 from .teacher_cache import TEACHER_CACHE_COLUMNS
 from .trainer_hub import HubPushMixin
 from .vocab import load_tokenizer_for, shared_vocab_rows
@@ -452,6 +453,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
             norm = counts.targets if name in ("task", "logits") else counts.tokens
             own = local.targets if name in ("task", "logits") else local.tokens
             self._metrics[mode][f"loss/{name}"].append(value.item() * norm / max(own, 1))
+        if self.args.intermediate_schedule != "constant" and ("hidden" in terms or "attention" in terms):
+            self._metrics[mode]["intermediate_scale"].append(self._intermediate_scale())
         if return_outputs:
             return loss, type(student_out)(loss=loss, logits=student_out.logits)
         return loss
@@ -490,8 +493,15 @@ class DistillationTrainer(HubPushMixin, Trainer):
                     head_reduction=args.attention_head_reduction,
                     **kw,
                 )
-            loss = loss + sum(getattr(args, f"alpha_{k}") * terms[k] for k in ("hidden", "attention") if k in terms)
+            scale = self._intermediate_scale()
+            loss = loss + sum(
+                scale * getattr(args, f"alpha_{k}") * terms[k] for k in ("hidden", "attention") if k in terms
+            )
         return loss, terms
+
+    def _intermediate_scale(self) -> float:
+        """Factor on the hidden-state and attention weights at this step (``args.intermediate_schedule``)."""
+        return intermediate_scale(self.args.intermediate_schedule, self.state.global_step, self.state.max_steps)
 
     def _logit_loss_name(self) -> str:
         return "mse" if self.problem_type in ("regression", "multi_label_classification") else self.args.logit_loss

@@ -4,6 +4,7 @@ resume, logging, checks, causal LMs, several teachers."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -15,6 +16,7 @@ from transformers import AutoModelForSequenceClassification
 from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, DistillationTrainer, build_student
 from hf_distill.mapping import ADAPTERS_ATTR, ADAPTERS_FILE
 from hf_distill.report import count_parameters
+from hf_distill.schedules import intermediate_scale
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 
@@ -334,3 +336,45 @@ def test_attention_layer_map_is_separate_from_the_hidden_map(tmp_out):
     trainer.train()
     with pytest.raises(ValueError, match="Bad layer_map entry"):
         config(tmp_out, attention_layer_map="2-4")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_intermediate_schedule_decays_the_hidden_and_attention_weights(tmp_out, schedule):
+    teacher = tiny_bert(seed=1, **NO_DROPOUT)
+    student = build_student(teacher, layers=[1, 3])
+    alphas = {"alpha_task": 0.5, "alpha_logits": 0.7, "alpha_hidden": 2.0, "alpha_attention": 3.0}
+    args = config(tmp_out, max_steps=4, attention_loss="relation", intermediate_schedule=schedule, **alphas)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset(n=32, seed=4)
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss/hidden" in log]
+    assert len(logs) == 4
+    for step, log in enumerate(logs):  # the loss of optimizer step `step` is computed before it: global_step = step
+        progress = step / 4
+        scale = 1 - progress if schedule == "linear" else (1 + math.cos(math.pi * progress)) / 2
+        assert log["intermediate_scale"] == pytest.approx(scale)
+        expected = (
+            alphas["alpha_task"] * log["loss/task"]
+            + alphas["alpha_logits"] * log["loss/logits"]
+            + scale * (alphas["alpha_hidden"] * log["loss/hidden"] + alphas["alpha_attention"] * log["loss/attention"])
+        )
+        assert log["loss"] == pytest.approx(expected, rel=1e-5)
+    assert logs[0]["intermediate_scale"] == 1.0 and logs[-1]["intermediate_scale"] < 0.3
+
+
+def test_intermediate_schedule_is_checked_and_constant_by_default(tmp_out):
+    assert intermediate_scale("constant", 3, 4) == 1.0 and intermediate_scale("linear", 5, 0) == 1.0
+    assert intermediate_scale("linear", 4, 4) == 0.0 and intermediate_scale("cosine", 2, 4) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="intermediate_schedule='step'"):
+        config(tmp_out, intermediate_schedule="step")
+    teacher = tiny_bert(seed=1, **NO_DROPOUT)
+    args = config(tmp_out, max_steps=2, alpha_hidden=1.0)
+    trainer = DistillationTrainer(
+        model=build_student(teacher, layers=[1, 3]),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=classification_dataset(n=16, seed=4),
+    )
+    trainer.train()
+    assert not any("intermediate_scale" in log for log in trainer.state.log_history)
