@@ -264,6 +264,20 @@ def _same_scores(new: dict, recorded: dict | None) -> bool:
     return bool(keys) and all(k in new and abs(new[k] - recorded[k]) < 1e-6 for k in keys)
 
 
+def merge_result(runs: list[dict], result: dict) -> list[dict]:
+    """``runs`` with ``result`` in place of the record of its (task, seed, epochs).
+
+    That record may hold variants that a parallel run of the same task and seed saved meanwhile: they are kept (added
+    to ``result``) when both were measured on the same teacher (equal dev scores), and dropped otherwise.
+    """
+    for old in (r for r in runs if _same(r, result)):
+        if _same_scores(result["all_scores"].get("teacher", {}), old.get("all_scores", {}).get("teacher")):
+            for key in ("scores", "all_scores", "step_ms"):
+                for name, value in old.get(key, {}).items():
+                    result[key].setdefault(name, value)
+    return [r for r in runs if not _same(r, result)] + [result]
+
+
 def _same(a: dict, b: dict) -> bool:
     return (a["task"], a["seed"], a["epochs"]) == (b["task"], b["seed"], b["epochs"])
 
@@ -372,10 +386,9 @@ def main() -> None:
 
             def save(result):
                 nonlocal runs
-                # runs in parallel (other tasks or seeds) may have saved meanwhile: theirs from disk, ours from memory
+                # runs in parallel (other tasks, seeds or variants) may have saved meanwhile: the disk has the last word
                 on_disk = load_runs(opts.out)
-                runs = [r for r in on_disk + runs if not _same(r, result)]
-                runs = [r for i, r in enumerate(runs) if not any(_same(r, q) for q in runs[:i])] + [result]
+                runs = merge_result(on_disk + [r for r in runs if not any(_same(r, q) for q in on_disk)], result)
                 os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
                 with open(opts.out, "w") as f:
                     json.dump(

@@ -58,3 +58,18 @@ def test_a_retrained_teacher_keeps_earlier_variants_only_when_it_reproduces_the_
     assert not glue_quality._same_scores({**same, "eval_accuracy": 0.8635}, recorded)
     assert not glue_quality._same_scores({**same, "eval_loss": 0.33}, recorded)
     assert not glue_quality._same_scores(same, None)
+
+
+def test_parallel_runs_of_one_seed_keep_each_others_variants_on_the_same_teacher():
+    teacher = {"eval_loss": 0.31, "eval_accuracy": 0.87}
+    other_task = {**_run("cola", {"no_kd": 0.05}, {}), "all_scores": {"teacher": teacher}}
+    on_disk = {**_run("sst2", {"no_kd": 0.85, "kd": 0.86}, {"kd": 200.0}), "all_scores": {"teacher": teacher}}
+    ours = {**_run("sst2", {"kd_decay": 0.865}, {"kd_decay": 210.0}), "all_scores": {"teacher": teacher}}
+    runs = glue_quality.merge_result([other_task, on_disk], ours)
+    assert [r["task"] for r in runs] == ["cola", "sst2"]
+    assert runs[1]["scores"] == {"teacher": 0.8, "no_kd": 0.85, "kd": 0.86, "kd_decay": 0.865}
+    assert runs[1]["step_ms"] == {"kd_decay": 210.0, "kd": 200.0}
+    # variants of another teacher (a retrained one that differs) are not mixed in
+    retrained = {**_run("sst2", {"kd_decay": 0.85}, {}), "all_scores": {"teacher": {**teacher, "eval_loss": 0.29}}}
+    (_, run) = glue_quality.merge_result([other_task, on_disk], retrained)
+    assert run["scores"] == {"teacher": 0.8, "kd_decay": 0.85}
