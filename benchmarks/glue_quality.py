@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import statistics
@@ -191,16 +192,15 @@ def run_one(
         collator,
         os.path.join(out_dir, "teachers", f"{task_name}-{seed}{_budget(epochs)}"),
     )
-    if teacher_s is not None and done:
-        # a new teacher: the earlier variants stand only when it reproduces the recorded one's dev scores exactly
-        # (training is bit-reproducible on one thread count, not across them)
+    if done:
+        # the earlier variants stand only when this teacher (retrained, or saved by another run) reproduces the
+        # recorded one's dev scores exactly (training is bit-reproducible on one machine and thread count only)
         scores = evaluate_model(teacher, args, task, data, collator, metrics)
+        how = "retrained" if teacher_s is not None else "loaded"
         if _same_scores(scores, done.get("all_scores", {}).get("teacher")):
-            print(f"[bench] {task_name} seed {seed}: teacher retrained, reproduces the recorded one", flush=True)
+            print(f"[bench] {task_name} seed {seed}: teacher {how}, reproduces the recorded one", flush=True)
         else:
-            print(
-                f"[bench] {task_name} seed {seed}: teacher retrained, differs: earlier variants superseded", flush=True
-            )
+            print(f"[bench] {task_name} seed {seed}: teacher {how}, differs: earlier variants superseded", flush=True)
             earlier = {k: done[k] for k in ("scores", "step_ms", "teacher_forward_ms") if k in done}
             done = {  # the new teacher's scores are these: not evaluated again below
                 "superseded": [*done.get("superseded", []), earlier],
@@ -265,16 +265,22 @@ def _same_scores(new: dict, recorded: dict | None) -> bool:
 
 
 def merge_result(runs: list[dict], result: dict) -> list[dict]:
-    """``runs`` with ``result`` in place of the record of its (task, seed, epochs).
+    """``runs`` with ``result`` in place of the record of its (task, seed, epochs); neither argument is changed.
 
-    That record may hold variants that a parallel run of the same task and seed saved meanwhile: they are kept (added
-    to ``result``) when both were measured on the same teacher (equal dev scores), and dropped otherwise.
+    That record may hold variants that a parallel run of the same task and seed saved meanwhile: they join
+    ``result`` when both were measured on the same teacher (equal dev scores). Variants of another teacher go to
+    ``superseded`` unless they are there already (a retrained teacher's run puts them there first).
     """
+    result = json.loads(json.dumps(result))
     for old in (r for r in runs if _same(r, result)):
         if _same_scores(result["all_scores"].get("teacher", {}), old.get("all_scores", {}).get("teacher")):
             for key in ("scores", "all_scores", "step_ms"):
-                for name, value in old.get(key, {}).items():
-                    result[key].setdefault(name, value)
+                result[key] = {**old.get(key, {}), **result[key]}
+        else:
+            earlier = {k: old[k] for k in ("scores", "step_ms", "teacher_forward_ms") if k in old}
+            superseded = result.setdefault("superseded", [])
+            if earlier.get("scores") and not any(e.get("scores") == earlier["scores"] for e in superseded):
+                superseded.append(earlier)
     return [r for r in runs if not _same(r, result)] + [result]
 
 
@@ -305,7 +311,8 @@ def _rename(run: dict) -> dict:
 def load_runs(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
-    saved = json.load(open(path))
+    with open(path) as f:
+        saved = json.load(f)
     runs = [_upgrade(r) for r in saved["runs"]]
     return runs if saved.get("format", 1) >= FORMAT else [_rename(r) for r in runs]
 
@@ -386,21 +393,25 @@ def main() -> None:
 
             def save(result):
                 nonlocal runs
-                # runs in parallel (other tasks, seeds or variants) may have saved meanwhile: the disk has the last word
-                on_disk = load_runs(opts.out)
-                runs = merge_result(on_disk + [r for r in runs if not any(_same(r, q) for q in on_disk)], result)
+                # runs in parallel (other tasks, seeds, or variants of a seed whose teacher exists) may have saved
+                # meanwhile: under a lock, the disk has the last word, and the file is replaced whole
                 os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
-                with open(opts.out, "w") as f:
-                    json.dump(
-                        {
-                            "format": FORMAT,
-                            "recipe": str(RECIPE.relative_to(ROOT)),
-                            "train_samples": opts.train_samples,
-                            "runs": runs,
-                        },
-                        f,
-                        indent=2,
-                    )
+                with open(f"{opts.out}.lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    on_disk = load_runs(opts.out)
+                    runs = merge_result(on_disk + [r for r in runs if not any(_same(r, q) for q in on_disk)], result)
+                    with open(f"{opts.out}.tmp", "w") as f:
+                        json.dump(
+                            {
+                                "format": FORMAT,
+                                "recipe": str(RECIPE.relative_to(ROOT)),
+                                "train_samples": opts.train_samples,
+                                "runs": runs,
+                            },
+                            f,
+                            indent=2,
+                        )
+                    os.replace(f"{opts.out}.tmp", opts.out)
 
             save(run_one(task, seed, opts.train_samples, opts.work_dir, opts.variants, old, opts.epochs, save))
             print(summarise(runs), flush=True)

@@ -453,7 +453,11 @@ class DistillationTrainer(HubPushMixin, Trainer):
             norm = counts.targets if name in ("task", "logits") else counts.tokens
             own = local.targets if name in ("task", "logits") else local.tokens
             self._metrics[mode][f"loss/{name}"].append(value.item() * norm / max(own, 1))
-        if self.args.intermediate_schedule != "constant" and ("hidden" in terms or "attention" in terms):
+        if (
+            mode == "train"
+            and self.args.intermediate_schedule != "constant"
+            and ("hidden" in terms or "attention" in terms)
+        ):
             self._metrics[mode]["intermediate_scale"].append(self._intermediate_scale())
         if return_outputs:
             return loss, type(student_out)(loss=loss, logits=student_out.logits)
@@ -500,7 +504,10 @@ class DistillationTrainer(HubPushMixin, Trainer):
         return loss, terms
 
     def _intermediate_scale(self) -> float:
-        """Factor on the hidden-state and attention weights at this step (``args.intermediate_schedule``)."""
+        """Factor on the hidden-state and attention weights at this training step (``args.intermediate_schedule``);
+        1 in evaluation, so that ``eval_loss`` is the same objective at every evaluation (and after training)."""
+        if not self.model.training:
+            return 1.0
         return intermediate_scale(self.args.intermediate_schedule, self.state.global_step, self.state.max_steps)
 
     def _logit_loss_name(self) -> str:

@@ -185,6 +185,9 @@ def _loss_terms(dist: dict) -> list[str]:
     if dist.get("alpha_attention"):
         what = _ATTENTION_LOSSES.get(dist.get("attention_loss"), dist.get("attention_loss"))
         terms.append(f"{dist['alpha_attention']:g} × attention KD: {what}")
+    schedule = dist.get("intermediate_schedule", "constant")
+    if schedule != "constant" and (dist.get("alpha_hidden") or dist.get("alpha_attention")):
+        terms.append(f"the hidden-state and attention weights decay ({schedule}) from these values to 0 over training")
     return terms
 
 

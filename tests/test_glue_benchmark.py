@@ -66,10 +66,14 @@ def test_parallel_runs_of_one_seed_keep_each_others_variants_on_the_same_teacher
     on_disk = {**_run("sst2", {"no_kd": 0.85, "kd": 0.86}, {"kd": 200.0}), "all_scores": {"teacher": teacher}}
     ours = {**_run("sst2", {"kd_decay": 0.865}, {"kd_decay": 210.0}), "all_scores": {"teacher": teacher}}
     runs = glue_quality.merge_result([other_task, on_disk], ours)
-    assert [r["task"] for r in runs] == ["cola", "sst2"]
+    assert [r["task"] for r in runs] == ["cola", "sst2"] and ours["scores"] == {"teacher": 0.8, "kd_decay": 0.865}
     assert runs[1]["scores"] == {"teacher": 0.8, "no_kd": 0.85, "kd": 0.86, "kd_decay": 0.865}
     assert runs[1]["step_ms"] == {"kd_decay": 210.0, "kd": 200.0}
     # variants of another teacher (a retrained one that differs) are not mixed in
     retrained = {**_run("sst2", {"kd_decay": 0.85}, {}), "all_scores": {"teacher": {**teacher, "eval_loss": 0.29}}}
     (_, run) = glue_quality.merge_result([other_task, on_disk], retrained)
     assert run["scores"] == {"teacher": 0.8, "kd_decay": 0.85}
+    assert run["superseded"] == [{k: on_disk[k] for k in ("scores", "step_ms", "teacher_forward_ms")}]
+    # ... once: a retrained teacher's run has put them there already
+    (_, again) = glue_quality.merge_result([other_task, on_disk], run)
+    assert again["superseded"] == run["superseded"]

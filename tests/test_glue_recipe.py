@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_bert, word_tokenizer
+from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
 from hf_distill import DistillationConfig
 from hf_distill.cli import parse_with_config
@@ -163,7 +164,7 @@ def test_augmentation_rewrites_part_of_the_training_set_only(tiny_teacher_dir, t
 
 
 def test_student_dropout_sets_every_dropout_of_the_student_only(tmp_path):
-    teacher = tiny_bert(num_layers=4)
+    teacher = tiny_bert(num_layers=4, classifier_dropout=0.3)
     task = get_task("sst2")
     glue_args = GlueArguments(student_layers="1,3", student_dropout=0.0)
     args = DistillationConfig(output_dir=str(tmp_path), report_to="none")
@@ -176,11 +177,23 @@ def test_student_dropout_sets_every_dropout_of_the_student_only(tmp_path):
     assert default.config.hidden_dropout_prob == teacher.config.hidden_dropout_prob
     ids = torch.randint(0, teacher.config.vocab_size, (2, 7))
     torch.testing.assert_close(student.eval()(input_ids=ids).logits, default.eval()(input_ids=ids).logits)
-    # a saved student keeps its dropout
-    student.save_pretrained(tmp_path / "s")
-    assert student_dropout_overrides(glue_args, type(student.config).from_pretrained(tmp_path / "s")) == {
+    assert student_dropout_overrides(glue_args, teacher.config) == {
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
+        "classifier_dropout": 0.0,
+    }
+    # a saved student keeps its dropout
+    student.save_pretrained(tmp_path / "s")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "s")
+    assert reloaded.config.classifier_dropout == 0.0
+    assert all(m.p == 0.0 for m in reloaded.modules() if isinstance(m, torch.nn.Dropout))
+    # DistilBERT names its dropouts differently, its classification head's included
+    distil = DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32, seq_classif_dropout=0.2)
+    assert set(student_dropout_overrides(glue_args, distil)) == {
+        "dropout",
+        "attention_dropout",
+        "seq_classif_dropout",
+        "qa_dropout",
     }
 
 

@@ -22,7 +22,7 @@ from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, DistillationTrainer
 from hf_distill.cli import main
 from hf_distill.hub import push_student, render_model_card, student_files, write_model_card
 from hf_distill.report import count_parameters
@@ -205,6 +205,11 @@ def test_model_card_metadata_and_body(student_dir):
     bare = ModelCard(render_model_card(str(student_dir)))
     assert bare.data.eval_results is None and bare.data.base_model == TEACHER_ID
     assert "No `results.json`" in bare.text
+    assert "decay" not in bare.text  # the run had constant weights
+    config_file = student_dir / DISTILLATION_CONFIG_FILE
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "intermediate_schedule": "cosine"}))
+    decayed = ModelCard(render_model_card(str(student_dir))).text
+    assert "the hidden-state and attention weights decay (cosine) from these values to 0 over training" in decayed
 
 
 def test_license_comes_from_a_local_teacher_card(student_dir):

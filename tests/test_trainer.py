@@ -351,7 +351,7 @@ def test_intermediate_schedule_decays_the_hidden_and_attention_weights(tmp_out, 
     logs = [log for log in trainer.state.log_history if "loss/hidden" in log]
     assert len(logs) == 4
     for step, log in enumerate(logs):  # the loss of optimizer step `step` is computed before it: global_step = step
-        progress = step / 4
+        progress = step / 3
         scale = 1 - progress if schedule == "linear" else (1 + math.cos(math.pi * progress)) / 2
         assert log["intermediate_scale"] == pytest.approx(scale)
         expected = (
@@ -360,12 +360,29 @@ def test_intermediate_schedule_decays_the_hidden_and_attention_weights(tmp_out, 
             + scale * (alphas["alpha_hidden"] * log["loss/hidden"] + alphas["alpha_attention"] * log["loss/attention"])
         )
         assert log["loss"] == pytest.approx(expected, rel=1e-5)
-    assert logs[0]["intermediate_scale"] == 1.0 and logs[-1]["intermediate_scale"] < 0.3
+    assert logs[0]["intermediate_scale"] == 1.0 and logs[-1]["intermediate_scale"] == pytest.approx(0.0)
+    # evaluation weighs the terms fully, whatever the step: eval_loss is the same objective before and after training
+    result = trainer.evaluate(classification_dataset(n=8, seed=6))
+    assert "eval_intermediate_scale" not in result
+    expected = sum(alphas[f"alpha_{k}"] * result[f"eval_loss/{k}"] for k in ("task", "logits", "hidden", "attention"))
+    assert result["eval_loss"] == pytest.approx(expected, rel=1e-5)
+    # with gradient accumulation the factor moves once per optimizer step, not per micro-batch
+    args = config(tmp_out, max_steps=4, gradient_accumulation_steps=2, intermediate_schedule=schedule, **alphas)
+    trainer = DistillationTrainer(
+        model=build_student(teacher, layers=[1, 3]),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=classification_dataset(n=64, seed=4),
+    )
+    trainer.train()
+    scales = [log["intermediate_scale"] for log in trainer.state.log_history if "intermediate_scale" in log]
+    assert scales == pytest.approx([log["intermediate_scale"] for log in logs])
 
 
 def test_intermediate_schedule_is_checked_and_constant_by_default(tmp_out):
     assert intermediate_scale("constant", 3, 4) == 1.0 and intermediate_scale("linear", 5, 0) == 1.0
-    assert intermediate_scale("linear", 4, 4) == 0.0 and intermediate_scale("cosine", 2, 4) == pytest.approx(0.5)
+    assert intermediate_scale("linear", 4, 5) == 0.0 and intermediate_scale("cosine", 2, 5) == pytest.approx(0.5)
+    assert intermediate_scale("linear", 1, 5) == 0.75 and intermediate_scale("cosine", 0, 1) == 1.0
     with pytest.raises(ValueError, match="intermediate_schedule='step'"):
         config(tmp_out, intermediate_schedule="step")
     teacher = tiny_bert(seed=1, **NO_DROPOUT)

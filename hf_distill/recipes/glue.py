@@ -175,16 +175,24 @@ _SHARED_TRAINING_FIELDS = (
 )
 
 
-# config fields of dropout probabilities across the architectures of hf_distill.mapping (BERT, DistilBERT, GPT-2,
-# Llama...); the classifier's dropout follows hidden_dropout_prob in BERT when classifier_dropout is unset
+# config fields of dropout probabilities across the architectures of hf_distill.mapping (BERT, RoBERTa, ELECTRA,
+# DistilBERT, GPT-2, Llama...), heads included: BERT's classifier_dropout (which falls back to hidden_dropout_prob
+# when None), DistilBERT's seq_classif_dropout / qa_dropout, GPT-2's and ELECTRA's summary dropouts
 DROPOUT_FIELDS = (
     "hidden_dropout_prob",
     "attention_probs_dropout_prob",
+    "classifier_dropout",
     "dropout",
     "attention_dropout",
+    "seq_classif_dropout",
+    "qa_dropout",
+    "hidden_dropout",
+    "activation_dropout",
     "resid_pdrop",
     "embd_pdrop",
     "attn_pdrop",
+    "summary_first_dropout",
+    "summary_last_dropout",
 )
 
 
