@@ -77,10 +77,11 @@ def step_ms(trainer) -> float:
 
 NO_KD = {"alpha_task": 1.0, "alpha_logits": 0.0, "alpha_hidden": 0.0, "alpha_attention": 0.0}
 # name -> overrides of the recipe's DistillationConfig or GlueArguments; "kd" is the shipped recipe itself
-# (soft targets T=4, hidden MSE weight 1, self-relations weight 5); "_att1" names keep relations at weight 1
+# (soft targets T=4, hidden MSE weight 1, self-relations weight 5, no student dropout); "_att1" names keep relations
+# at weight 1; every name has a "<name>_drop" twin whose student keeps the teacher's dropout (0.1), as before format 3
 AUGMENT = {"augment_prob": 0.5, "augment_replace_prob": 0.3, "augment_neighbours": 8}
 ATT1 = {"alpha_attention": 1.0}
-VARIANTS = {
+_VARIANTS = {
     "no_kd": NO_KD,
     "kd": {},
     "kd_logits": {"alpha_hidden": 0.0, "alpha_attention": 0.0},
@@ -97,8 +98,6 @@ VARIANTS = {
     "kd_soft": {"alpha_task": 0.0, "alpha_logits": 1.0},
     "kd_mse": {"logit_loss": "mse"},
     "kd_rh48": {"relation_heads": 48},
-    "no_kd_nodrop": {**NO_KD, "student_dropout": 0.0},
-    "kd_nodrop": {"student_dropout": 0.0},
     "kd_decay": {"intermediate_schedule": "linear"},
     "kd_cos": {"intermediate_schedule": "cosine"},
     "soft_t1": {
@@ -114,7 +113,12 @@ VARIANTS = {
     "kd_last_aug_att1": {"attention_layer_map": "last", **AUGMENT, **ATT1},
     "kd_logits_aug": {"alpha_hidden": 0.0, "alpha_attention": 0.0, **AUGMENT},
 }
-# names used before the recipe's relation weight went from 1 to 5 -> their names now
+DROP = "_drop"  # the student keeps the dropout of the teacher's config (student_dropout unset)
+VARIANTS = {
+    **_VARIANTS,
+    **{f"{name}{DROP}": {**over, "student_dropout": None} for name, over in _VARIANTS.items()},
+}
+# names used before the recipe's relation weight went from 1 to 5 (format 1 -> 2) -> their names in format 2
 RENAMED = {
     "kd": "kd_att1",
     "kd_att5": "kd",
@@ -126,7 +130,10 @@ RENAMED = {
     "kd_aug": "kd_aug_att1",
     "kd_last_aug": "kd_last_aug_att1",
 }
-FORMAT = 2  # of the results file; 2: "kd" is the recipe with relations at weight 5
+# format 2 -> 3, when the recipe's student went from the teacher's dropout to none: the "_nodrop" variants are the
+# recipe's now, and every other name was measured with dropout
+NODROP_RENAMED = {"kd_nodrop": "kd", "no_kd_nodrop": "no_kd"}
+FORMAT = 3  # of the results file; 2: "kd" is the recipe with relations at weight 5; 3: ... and no student dropout
 GLUE_FIELDS = {f.name for f in dataclasses.fields(GlueArguments)}
 DEFAULT_VARIANTS = ["no_kd", "kd", "kd_logits"]
 
@@ -301,11 +308,23 @@ def _upgrade(run: dict) -> dict:
     return run
 
 
-def _rename(run: dict) -> dict:
-    """Results of format 1 name variants as they were before the recipe's relation weight went to 5."""
-    for key in ("scores", "all_scores", "step_ms"):
-        run[key] = {RENAMED.get(name, name): value for name, value in run.get(key, {}).items()}
+def _rename(run: dict, names) -> dict:
+    """``run`` with its variants (in scores, step times and superseded records) renamed by ``names(name)``."""
+    for record in (run, *run.get("superseded", [])):
+        for key in ("scores", "all_scores", "step_ms"):
+            if key in record:
+                record[key] = {names(name): value for name, value in record[key].items()}
     return run
+
+
+def _format_2_name(name: str) -> str:
+    """A format-1 name (relations at weight 1 in "kd") as format 2 calls it."""
+    return RENAMED.get(name, name)
+
+
+def _format_3_name(name: str) -> str:
+    """A format-2 name (students with the teacher's dropout unless "_nodrop") as format 3 calls it."""
+    return "teacher" if name == "teacher" else NODROP_RENAMED.get(name, f"{name}{DROP}")
 
 
 def load_runs(path: str) -> list[dict]:
@@ -314,47 +333,64 @@ def load_runs(path: str) -> list[dict]:
     with open(path) as f:
         saved = json.load(f)
     runs = [_upgrade(r) for r in saved["runs"]]
-    return runs if saved.get("format", 1) >= FORMAT else [_rename(r) for r in runs]
+    version = saved.get("format", 1)
+    if version < 2:
+        runs = [_rename(r, _format_2_name) for r in runs]
+    if version < 3:
+        runs = [_rename(r, _format_3_name) for r in runs]
+    return runs
+
+
+WIDTH = max(map(len, VARIANTS))  # of the variant column
+
+
+def _baseline(name: str) -> str:
+    """The no-KD student that ``name`` is compared with: the same student, dropout and all."""
+    return f"no_kd{DROP}" if name.endswith(DROP) else "no_kd"
+
+
+def _baseline_step(run: dict) -> float:
+    """The no-KD student's step time in ``run`` (the recipe's student, else the one with dropout; 0 when neither)."""
+    return run["step_ms"].get("no_kd") or run["step_ms"].get(f"no_kd{DROP}") or 0.0
 
 
 def summarise(runs: list[dict]) -> str:
-    """Means over seeds per task and variant: score, gain over no KD, retention, step time / student step."""
+    """Means over seeds per task and variant: score, gain over the same student without KD, retention, step time /
+    that student's step."""
     lines = []
     for task, epochs in dict.fromkeys((r["task"], r["epochs"]) for r in runs):
         rs = [r for r in runs if r["task"] == task and r["epochs"] == epochs]
         names = [n for n in VARIANTS if any(n in r["scores"] for r in rs)]
         teacher = statistics.mean(100 * r["scores"]["teacher"] for r in rs)
+        student = [_baseline_step(r) for r in rs]
         bound = (
-            statistics.mean(
-                (r["step_ms"]["no_kd"] + r["teacher_forward_ms"]) / r["step_ms"]["no_kd"]
-                for r in rs
-                if "no_kd" in r["step_ms"]
-            )
-            if any("no_kd" in r["step_ms"] for r in rs)
+            statistics.mean((ms + r["teacher_forward_ms"]) / ms for r, ms in zip(rs, student) if ms)
+            if any(student)
             else float("nan")
         )
         lines.append(
             f"{task}{'' if epochs == 1 else f', {epochs:g} epochs'} ({rs[0]['metric']}, x100): teacher {teacher:.2f} over seeds "
             f"{','.join(str(r['seed']) for r in rs)}; bound on a KD step (student + teacher forward) {bound:.2f}x"
         )
-        header = f"  {'variant':<15} {'seeds':<9} {'score':>7} {'vs no KD':>9} {'retention':>9} {'step/student':>12}"
+        header = (
+            f"  {'variant':<{WIDTH}} {'seeds':<9} {'score':>7} {'vs no KD':>9} {'retention':>9} {'step/student':>12}"
+        )
         lines += [header, "  " + "-" * (len(header) - 2)]
         for name in names:
+            base = _baseline(name)
             have = [r for r in rs if name in r["scores"]]
-            pair = [r for r in have if "no_kd" in r["scores"]]
+            pair = [r for r in have if base in r["scores"]]
             score = statistics.mean(100 * r["scores"][name] for r in have)
             gain = (
-                statistics.mean(100 * (r["scores"][name] - r["scores"]["no_kd"]) for r in pair)
-                if pair
-                else float("nan")
+                statistics.mean(100 * (r["scores"][name] - r["scores"][base]) for r in pair) if pair else float("nan")
             )
             # a teacher scoring 0 (CoLA's MCC of a constant predictor) has no retention
             ret = statistics.mean(
                 r["scores"][name] / r["scores"]["teacher"] if r["scores"]["teacher"] else float("nan") for r in have
             )
-            ratio = [r["step_ms"][name] / r["step_ms"]["no_kd"] for r in have if "no_kd" in r["step_ms"]]
+            ratio = [r["step_ms"][name] / r["step_ms"][base] for r in have if {name, base} <= set(r["step_ms"])]
             lines.append(
-                f"  {name:<15} {','.join(str(r['seed']) for r in have):<9} {score:>7.2f} {gain:>+9.2f} "
+                f"  {name:<{WIDTH}} {','.join(str(r['seed']) for r in have):<9} {score:>7.2f} {gain:>+9.2f} "
                 f"{100 * ret:>8.1f}% {statistics.mean(ratio) if ratio else float('nan'):>11.2f}x"
             )
     lines.append("per run (scores x100; step times in ms):")

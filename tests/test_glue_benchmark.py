@@ -23,20 +23,46 @@ def _run(task, scores, step_ms, teacher=0.8):
     }
 
 
+def _row(table: str, variant: str) -> list[str]:
+    """The summary's columns for ``variant``: seeds, score, gain over no KD, retention, step / student step."""
+    (row,) = [line.split()[1:] for line in table.splitlines() if line.split()[:1] == [variant]]
+    return row
+
+
 def test_format_1_names_are_renamed_and_summarised(tmp_path):
     path = tmp_path / "glue_quality.json"
     old = _run("sst2", {"no_kd": 0.70, "kd": 0.72, "kd_att5": 0.76}, {"no_kd": 100.0, "kd": 200.0, "kd_att5": 150.0})
-    path.write_text(json.dumps({"runs": [old]}))  # format 1: no "format" key
+    path.write_text(json.dumps({"runs": [old]}))  # format 1: no "format" key; its students had dropout
     (run,) = glue_quality.load_runs(str(path))
-    assert run["scores"] == {"teacher": 0.8, "no_kd": 0.70, "kd_att1": 0.72, "kd": 0.76}
-    assert run["step_ms"] == {"no_kd": 100.0, "kd_att1": 200.0, "kd": 150.0}
+    assert run["scores"] == {"teacher": 0.8, "no_kd_drop": 0.70, "kd_att1_drop": 0.72, "kd_drop": 0.76}
+    assert run["step_ms"] == {"no_kd_drop": 100.0, "kd_att1_drop": 200.0, "kd_drop": 150.0}
     table = glue_quality.summarise([run])
-    # kd: 76.00, +6.00 over no KD, retention 0.76 / 0.8 = 95.0%, step 1.50x; bound (100 + 50) / 100
-    assert "kd              42          76.00     +6.00     95.0%        1.50x" in table
+    # kd_drop: 76.00, +6.00 over no_kd_drop, retention 0.76 / 0.8 = 95.0%, step 1.50x; bound (100 + 50) / 100
+    assert _row(table, "kd_drop") == ["42", "76.00", "+6.00", "95.0%", "1.50x"]
     assert "bound on a KD step (student + teacher forward) 1.50x" in table
 
     path.write_text(json.dumps({"format": glue_quality.FORMAT, "runs": [old]}))  # current format: kept as written
     assert glue_quality.load_runs(str(path))[0]["scores"]["kd_att5"] == 0.76
+
+
+def test_format_2_nodrop_variants_become_the_recipe_and_the_others_keep_dropout_in_their_name(tmp_path):
+    path = tmp_path / "glue_quality.json"
+    old = _run(
+        "sst2",
+        {"no_kd": 0.70, "kd": 0.72, "no_kd_nodrop": 0.71, "kd_nodrop": 0.78},
+        {"no_kd": 100.0, "no_kd_nodrop": 90.0, "kd_nodrop": 126.0},
+    )
+    old["superseded"] = [{"scores": {"teacher": 0.81, "kd": 0.73}, "step_ms": {"kd": 190.0}}]
+    path.write_text(json.dumps({"format": 2, "runs": [old]}))
+    (run,) = glue_quality.load_runs(str(path))
+    assert run["scores"] == {"teacher": 0.8, "no_kd_drop": 0.70, "kd_drop": 0.72, "no_kd": 0.71, "kd": 0.78}
+    assert run["superseded"] == [{"scores": {"teacher": 0.81, "kd_drop": 0.73}, "step_ms": {"kd_drop": 190.0}}]
+    table = glue_quality.summarise([run])
+    # each variant against the no-KD student with its own dropout: kd 78 - 71, kd_drop 72 - 70; kd's step 126 / 90
+    assert _row(table, "kd") == ["42", "78.00", "+7.00", "97.5%", "1.40x"]
+    assert _row(table, "kd_drop") == ["42", "72.00", "+2.00", "90.0%", "nanx"]
+    # the bound takes the recipe's student step: (90 + 50) / 90
+    assert "bound on a KD step (student + teacher forward) 1.56x" in table
 
 
 def test_teacher_scoring_zero_has_no_retention():
@@ -49,6 +75,10 @@ def test_every_variant_sets_known_fields():
     for name, overrides in glue_quality.VARIANTS.items():
         assert set(overrides) <= known, name
     assert set(glue_quality.RENAMED.values()) <= set(glue_quality.VARIANTS)
+    assert set(glue_quality.NODROP_RENAMED.values()) <= set(glue_quality.VARIANTS)
+    # "_drop" twins keep the teacher's dropout; the others, the recipe's
+    for name, overrides in glue_quality.VARIANTS.items():
+        assert ("student_dropout" in overrides) == name.endswith("_drop"), name
 
 
 def test_a_retrained_teacher_keeps_earlier_variants_only_when_it_reproduces_the_scores():
