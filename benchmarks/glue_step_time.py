@@ -157,10 +157,11 @@ def main() -> None:
         f"batch {opts.batch_size} x {opts.seq_len}" if opts.data == "random" else f"SST-2 batches of {opts.batch_size}"
     )
     print(f"threads {torch.get_num_threads()}, {shape}, {opts.rounds} rounds (medians)")
-    print(f"{'step':<18} {'ms':>8} {'/ student step':>14} {'within bound':>13}")
+    width = max(map(len, ms))
+    print(f"{'step':<{width}} {'ms':>8} {'/ student step':>14} {'within bound':>13}")
     for name, value in ms.items():
         ok = "" if name == "no_kd" or name in forwards else ("yes" if ratio[name] <= bound else "no")
-        print(f"{name:<18} {value:>8.1f} {ratio[name]:>13.2f}x {ok:>13}")
+        print(f"{name:<{width}} {value:>8.1f} {ratio[name]:>13.2f}x {ok:>13}")
     print(f"bound: student step + teacher forward = {bound:.2f}x the student step")
     print(f"strict bound: student step + the teacher forward in length groups = {strict:.2f}x")
     out = Path(opts.out or f"benchmarks/results/glue_step_time{'_sst2' if opts.data == 'sst2' else ''}.json")
