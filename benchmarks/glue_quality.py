@@ -324,6 +324,10 @@ def _format_2_name(name: str) -> str:
 
 def _format_3_name(name: str) -> str:
     """A format-2 name (students with the teacher's dropout unless "_nodrop") as format 3 calls it."""
+    if name.endswith(DROP):  # format 2 had no such names: a format-3 file labelled 2 by an older copy of this script
+        raise ValueError(
+            f"variant {name!r} in a results file of format 2: it was written as format 3; fix its 'format'."
+        )
     return "teacher" if name == "teacher" else NODROP_RENAMED.get(name, f"{name}{DROP}")
 
 
@@ -334,6 +338,8 @@ def load_runs(path: str) -> list[dict]:
         saved = json.load(f)
     runs = [_upgrade(r) for r in saved["runs"]]
     version = saved.get("format", 1)
+    if version > FORMAT:
+        raise ValueError(f"{path} has results format {version}; this script reads up to {FORMAT}: update it.")
     if version < 2:
         runs = [_rename(r, _format_2_name) for r in runs]
     if version < 3:
@@ -349,11 +355,6 @@ def _baseline(name: str) -> str:
     return f"no_kd{DROP}" if name.endswith(DROP) else "no_kd"
 
 
-def _baseline_step(run: dict) -> float:
-    """The no-KD student's step time in ``run`` (the recipe's student, else the one with dropout; 0 when neither)."""
-    return run["step_ms"].get("no_kd") or run["step_ms"].get(f"no_kd{DROP}") or 0.0
-
-
 def summarise(runs: list[dict]) -> str:
     """Means over seeds per task and variant: score, gain over the same student without KD, retention, step time /
     that student's step."""
@@ -362,19 +363,20 @@ def summarise(runs: list[dict]) -> str:
         rs = [r for r in runs if r["task"] == task and r["epochs"] == epochs]
         names = [n for n in VARIANTS if any(n in r["scores"] for r in rs)]
         teacher = statistics.mean(100 * r["scores"]["teacher"] for r in rs)
-        student = [_baseline_step(r) for r in rs]
-        bound = (
-            statistics.mean((ms + r["teacher_forward_ms"]) / ms for r, ms in zip(rs, student) if ms)
-            if any(student)
-            else float("nan")
-        )
+        bounds = {}  # bound on a KD step per no-KD student: (its step + the teacher forward) / its step
+        for base in dict.fromkeys(_baseline(n) for n in names):
+            timed = [r for r in rs if base in r["step_ms"]]
+            if timed:
+                bounds[base] = statistics.mean(
+                    (r["step_ms"][base] + r["teacher_forward_ms"]) / r["step_ms"][base] for r in timed
+                )
+        bound = ", ".join(f"{b:.2f}x on {base}" for base, b in bounds.items()) or "nan"
         lines.append(
             f"{task}{'' if epochs == 1 else f', {epochs:g} epochs'} ({rs[0]['metric']}, x100): teacher {teacher:.2f} over seeds "
-            f"{','.join(str(r['seed']) for r in rs)}; bound on a KD step (student + teacher forward) {bound:.2f}x"
+            f"{','.join(str(r['seed']) for r in rs)}; bound on a KD step (student + teacher forward) {bound}"
         )
-        header = (
-            f"  {'variant':<{WIDTH}} {'seeds':<9} {'score':>7} {'vs no KD':>9} {'retention':>9} {'step/student':>12}"
-        )
+        seeds = max(9, len(",".join(str(r["seed"]) for r in rs)))  # width of the seeds column
+        header = f"  {'variant':<{WIDTH}} {'seeds':<{seeds}} {'score':>7} {'vs no KD':>9} {'retention':>9} {'step/student':>12}"
         lines += [header, "  " + "-" * (len(header) - 2)]
         for name in names:
             base = _baseline(name)
@@ -390,7 +392,7 @@ def summarise(runs: list[dict]) -> str:
             )
             ratio = [r["step_ms"][name] / r["step_ms"][base] for r in have if {name, base} <= set(r["step_ms"])]
             lines.append(
-                f"  {name:<{WIDTH}} {','.join(str(r['seed']) for r in have):<9} {score:>7.2f} {gain:>+9.2f} "
+                f"  {name:<{WIDTH}} {','.join(str(r['seed']) for r in have):<{seeds}} {score:>7.2f} {gain:>+9.2f} "
                 f"{100 * ret:>8.1f}% {statistics.mean(ratio) if ratio else float('nan'):>11.2f}x"
             )
     lines.append("per run (scores x100; step times in ms):")

@@ -39,7 +39,7 @@ def test_format_1_names_are_renamed_and_summarised(tmp_path):
     table = glue_quality.summarise([run])
     # kd_drop: 76.00, +6.00 over no_kd_drop, retention 0.76 / 0.8 = 95.0%, step 1.50x; bound (100 + 50) / 100
     assert _row(table, "kd_drop") == ["42", "76.00", "+6.00", "95.0%", "1.50x"]
-    assert "bound on a KD step (student + teacher forward) 1.50x" in table
+    assert "bound on a KD step (student + teacher forward) 1.50x on no_kd_drop" in table
 
     path.write_text(json.dumps({"format": glue_quality.FORMAT, "runs": [old]}))  # current format: kept as written
     assert glue_quality.load_runs(str(path))[0]["scores"]["kd_att5"] == 0.76
@@ -53,6 +53,7 @@ def test_format_2_nodrop_variants_become_the_recipe_and_the_others_keep_dropout_
         {"no_kd": 100.0, "no_kd_nodrop": 90.0, "kd_nodrop": 126.0},
     )
     old["superseded"] = [{"scores": {"teacher": 0.81, "kd": 0.73}, "step_ms": {"kd": 190.0}}]
+    old["all_scores"] = {"teacher": {"eval_accuracy": 0.8}, "kd": {"eval_accuracy": 0.72}, "kd_nodrop": {}}
     path.write_text(json.dumps({"format": 2, "runs": [old]}))
     (run,) = glue_quality.load_runs(str(path))
     assert run["scores"] == {"teacher": 0.8, "no_kd_drop": 0.70, "kd_drop": 0.72, "no_kd": 0.71, "kd": 0.78}
@@ -61,8 +62,20 @@ def test_format_2_nodrop_variants_become_the_recipe_and_the_others_keep_dropout_
     # each variant against the no-KD student with its own dropout: kd 78 - 71, kd_drop 72 - 70; kd's step 126 / 90
     assert _row(table, "kd") == ["42", "78.00", "+7.00", "97.5%", "1.40x"]
     assert _row(table, "kd_drop") == ["42", "72.00", "+2.00", "90.0%", "nanx"]
-    # the bound takes the recipe's student step: (90 + 50) / 90
-    assert "bound on a KD step (student + teacher forward) 1.56x" in table
+    # one bound per no-KD student: (90 + 50) / 90 and (100 + 50) / 100
+    assert "bound on a KD step (student + teacher forward) 1.56x on no_kd, 1.50x on no_kd_drop" in table
+    assert run["all_scores"] == {"teacher": {"eval_accuracy": 0.8}, "kd_drop": {"eval_accuracy": 0.72}, "kd": {}}
+
+
+def test_results_of_a_newer_format_or_mislabelled_ones_are_refused(tmp_path):
+    path = tmp_path / "glue_quality.json"
+    path.write_text(json.dumps({"format": glue_quality.FORMAT + 1, "runs": []}))
+    with pytest.raises(ValueError, match="format 4"):
+        glue_quality.load_runs(str(path))
+    # a format-3 file that an older copy of the script saved as format 2: renaming again would make "kd_drop_drop"
+    path.write_text(json.dumps({"format": 2, "runs": [_run("sst2", {"kd_drop": 0.72}, {})]}))
+    with pytest.raises(ValueError, match="'kd_drop'"):
+        glue_quality.load_runs(str(path))
 
 
 def test_teacher_scoring_zero_has_no_retention():
