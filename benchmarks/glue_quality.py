@@ -138,6 +138,14 @@ GLUE_FIELDS = {f.name for f in dataclasses.fields(GlueArguments)}
 DEFAULT_VARIANTS = ["no_kd", "kd", "kd_logits"]
 
 
+def variant_arguments(name: str, glue_args: GlueArguments, args: DistillationConfig, **extra):
+    """The recipe's (GlueArguments, DistillationConfig) with variant ``name``'s overrides (and ``extra`` for the
+    config) applied, each field to the dataclass that has it."""
+    over = VARIANTS[name]
+    glue = dataclasses.replace(glue_args, **{k: v for k, v in over.items() if k in GLUE_FIELDS})
+    return glue, dataclasses.replace(args, **{k: v for k, v in over.items() if k not in GLUE_FIELDS}, **extra)
+
+
 def _teacher(glue_args, args, task, data, tokenizer, collator, teacher_dir):
     """The fine-tuned teacher of (task, seed), trained once and reused from ``teacher_dir`` (seconds spent, model)."""
     labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
@@ -238,11 +246,7 @@ def run_one(
         result["teacher_forward_ms"] = teacher_forward_ms(teacher, data, collator, args.per_device_train_batch_size)
     for name in todo:
         print(f"[bench] {task_name} seed {seed}: {name}", flush=True)
-        over = VARIANTS[name]
-        run_glue = dataclasses.replace(glue_args, **{k: v for k, v in over.items() if k in GLUE_FIELDS})
-        run_args = dataclasses.replace(
-            args, output_dir=f"{args.output_dir}-{name}", **{k: v for k, v in over.items() if k not in GLUE_FIELDS}
-        )
+        run_glue, run_args = variant_arguments(name, glue_args, args, output_dir=f"{args.output_dir}-{name}")
         run_data = augment_train(run_glue, run_args, teacher, tokenizer, data)
         trainer = distill(
             make_student(run_glue, args, teacher, task),

@@ -70,7 +70,7 @@ def test_format_2_nodrop_variants_become_the_recipe_and_the_others_keep_dropout_
 def test_results_of_a_newer_format_or_mislabelled_ones_are_refused(tmp_path):
     path = tmp_path / "glue_quality.json"
     path.write_text(json.dumps({"format": glue_quality.FORMAT + 1, "runs": []}))
-    with pytest.raises(ValueError, match="format 4"):
+    with pytest.raises(ValueError, match=f"format {glue_quality.FORMAT + 1}"):
         glue_quality.load_runs(str(path))
     # a format-3 file that an older copy of the script saved as format 2: renaming again would make "kd_drop_drop"
     path.write_text(json.dumps({"format": 2, "runs": [_run("sst2", {"kd_drop": 0.72}, {})]}))
@@ -120,3 +120,17 @@ def test_parallel_runs_of_one_seed_keep_each_others_variants_on_the_same_teacher
     # ... once: a retrained teacher's run has put them there already
     (_, again) = glue_quality.merge_result([other_task, on_disk], run)
     assert again["superseded"] == run["superseded"]
+
+
+def test_variant_arguments_put_each_override_on_the_dataclass_that_has_it():
+    recipe = str(glue_quality.RECIPE)
+    glue_args, args = glue_quality.parse_with_config(
+        [glue_quality.GlueArguments, glue_quality.DistillationConfig], ["--config", recipe], "test"
+    )
+    assert glue_args.student_dropout == 0.0 and args.alpha_attention == 5.0  # the recipe as shipped
+    glue, cfg = glue_quality.variant_arguments("no_kd_drop", glue_args, args, output_dir="out/x")
+    assert glue.student_dropout is None and glue.student_layers == glue_args.student_layers
+    assert (cfg.alpha_task, cfg.alpha_logits, cfg.alpha_hidden, cfg.alpha_attention) == (1.0, 0.0, 0.0, 0.0)
+    assert cfg.output_dir == "out/x" and cfg.temperature == args.temperature
+    glue, cfg = glue_quality.variant_arguments("kd_decay", glue_args, args)
+    assert glue == glue_args and cfg.intermediate_schedule == "linear" and cfg.output_dir == args.output_dir
