@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+from datasets import concatenate_datasets
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -23,7 +24,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..data.augment import augment_dataset, embedding_neighbours, word_candidates
+from ..data.augment import IGNORE_INDEX, augment_dataset, embedding_neighbours, word_candidates
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
 from ..modeling import resolve_model_path
@@ -71,6 +72,14 @@ class GlueArguments:
     max_train_samples: Optional[int] = field(
         default=None, metadata={"help": "Subsample the training set to this many examples (seeded shuffle)."}
     )
+    unlabelled_train_samples: int = field(
+        default=0,
+        metadata={
+            "help": "Also distill on this many further training examples of the task with their labels removed (they "
+            "stand in for unlabelled in-domain text and learn from the teacher alone). The teacher is fine-tuned and "
+            "the no-KD baseline trained on the labelled examples only, the baseline for as many steps as the KD run."
+        },
+    )
     max_eval_samples: Optional[int] = field(
         default=None, metadata={"help": "Evaluate on at most this many examples of each evaluation split."}
     )
@@ -101,6 +110,8 @@ class GlueArguments:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1].")
         if self.student_dropout is not None and not 0.0 <= self.student_dropout < 1.0:
             raise ValueError(f"student_dropout={self.student_dropout} must be in [0, 1), or unset for the teacher's.")
+        if self.unlabelled_train_samples < 0:
+            raise ValueError(f"unlabelled_train_samples={self.unlabelled_train_samples} must be 0 or more.")
         if self.augment_neighbours < 1:
             raise ValueError(f"augment_neighbours={self.augment_neighbours} must be at least 1.")
 
@@ -113,18 +124,32 @@ def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
         data_dir = None
     raw = load_glue(task, data_dir=data_dir, cache_dir=glue_args.cache_dir)
     train = raw["train"]
-    if glue_args.max_train_samples is not None and glue_args.max_train_samples < len(train):
+    n_unlabelled = glue_args.unlabelled_train_samples
+    n_labelled = glue_args.max_train_samples if glue_args.max_train_samples is not None else len(train) - n_unlabelled
+    if n_labelled + n_unlabelled > len(train) or n_labelled < 1:
+        raise ValueError(
+            f"max_train_samples={glue_args.max_train_samples} + unlabelled_train_samples={n_unlabelled} needs "
+            f"{n_labelled + n_unlabelled} training examples, {task.name} has {len(train)}: lower them."
+        )
+    if n_labelled + n_unlabelled < len(train):
         logger.warning(
-            "Subsampled the training set to %d of %d examples (max_train_samples).",
-            glue_args.max_train_samples,
+            "Subsampled the training set to %d labelled and %d unlabelled of %d examples.",
+            n_labelled,
+            n_unlabelled,
             len(train),
         )
-        train = train.shuffle(seed=seed).select(range(glue_args.max_train_samples))
-        raw["train"] = train
+        train = train.shuffle(seed=seed)
+    raw["train"] = train.select(range(n_labelled))
+    if n_unlabelled:
+        raw["unlabelled"] = train.select(range(n_labelled, n_labelled + n_unlabelled))
     for split in task.eval_splits:
         if glue_args.max_eval_samples is not None and glue_args.max_eval_samples < len(raw[split]):
             raw[split] = raw[split].select(range(glue_args.max_eval_samples))
-    return task, tokenize_glue(raw, tokenizer, task, max_length=glue_args.max_seq_length)
+    data = tokenize_glue(raw, tokenizer, task, max_length=glue_args.max_seq_length)
+    if n_unlabelled:
+        missing = float(IGNORE_INDEX) if task.is_regression else IGNORE_INDEX
+        data["unlabelled"] = data["unlabelled"].map(lambda _: {"labels": missing}, desc="dropping labels")
+    return task, data
 
 
 def load_teacher(glue_args, args: DistillationConfig, task, data, tokenizer, collator):
@@ -172,6 +197,7 @@ _SHARED_TRAINING_FIELDS = (
     "report_to",
     "disable_tqdm",
     "dataloader_num_workers",
+    "train_sampling_strategy",
 )
 
 
@@ -240,15 +266,23 @@ def evaluate_model(model, args, task, data, collator, compute_metrics) -> dict:
     return scores
 
 
+def check_kd_only_data(glue_args: GlueArguments, args) -> None:
+    """Examples without a label (augmented or unlabelled) learn from the teacher alone: refuse them without KD."""
+    if args.alpha_logits or args.alpha_hidden or args.alpha_attention:
+        return
+    for name in ("augment_prob", "unlabelled_train_samples"):
+        if getattr(glue_args, name):
+            raise ValueError(
+                f"{name}={getattr(glue_args, name)} needs a KD term: examples without a label learn from the teacher "
+                f"only. Set alpha_logits (or alpha_hidden / alpha_attention) > 0, or {name} 0."
+            )
+
+
 def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data) -> dict:
     """``data`` with its training split augmented as ``glue_args.augment_*`` say (unchanged when it is off)."""
+    check_kd_only_data(glue_args, args)
     if glue_args.augment_prob == 0:
         return data
-    if args.alpha_logits == 0 and args.alpha_hidden == 0 and args.alpha_attention == 0:
-        raise ValueError(
-            f"augment_prob={glue_args.augment_prob} needs a KD term: rewritten examples lose their label and learn "
-            "from the teacher only. Set alpha_logits (or alpha_hidden / alpha_attention) > 0, or augment_prob 0."
-        )
     neighbours = embedding_neighbours(
         teacher.get_input_embeddings().weight, word_candidates(tokenizer), glue_args.augment_neighbours
     )
@@ -282,6 +316,7 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
         raise ValueError(
             "Set --teacher_model_name_or_path (a fine-tuned teacher, or a base model with --finetune_teacher)."
         )
+    check_kd_only_data(glue_args, args)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.teacher_model_name_or_path))
     task, data = prepare_data(glue_args, tokenizer, args.seed)
     collator = DataCollatorWithPadding(tokenizer)
@@ -291,9 +326,12 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     print(f"[glue] distilling a student on {task.name} ({len(data['train'])} examples)")
     student = make_student(glue_args, args, teacher, task)
     kd_data = augment_train(glue_args, args, teacher, tokenizer, data)
+    if "unlabelled" in data:
+        kd_data = {**kd_data, "train": concatenate_datasets([kd_data["train"], data["unlabelled"]])}
+        print(f"[glue] + {len(data['unlabelled'])} unlabelled examples labelled by the teacher")
     trainer = distill(student, teacher, args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0])
 
-    baseline = None
+    baseline = baseline_trainer = None
     if glue_args.baseline_no_kd:
         print("[glue] training the same student without KD (same budget, no augmentation)")
         base_args = dataclasses.replace(
@@ -303,9 +341,13 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
             alpha_logits=0.0,
             alpha_hidden=0.0,
             alpha_attention=0.0,
+            # as many optimizer steps as the KD run, which also saw the unlabelled examples
+            max_steps=trainer.state.global_step if "unlabelled" in data else args.max_steps,
         )
         baseline = make_student(glue_args, args, teacher, task)
-        distill(baseline, teacher, base_args, data, collator, tokenizer, compute_metrics, task.eval_splits[0])
+        baseline_trainer = distill(
+            baseline, teacher, base_args, data, collator, tokenizer, compute_metrics, task.eval_splits[0]
+        )
 
     print("[glue] evaluating teacher and student(s), measuring speed")
     scores = {
@@ -325,7 +367,9 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
         seq_len=glue_args.speed_seq_len,
         extra={
             "train_examples": len(data["train"]),
+            "unlabelled_examples": len(data["unlabelled"]) if "unlabelled" in data else 0,
             "max_steps": trainer.state.global_step,
+            **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
             "teacher_model": args.teacher_model_name_or_path,
             "student_layers": getattr(student.config, "distillation_teacher_layers", None),
         },
