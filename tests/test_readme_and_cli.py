@@ -62,3 +62,20 @@ def test_cli_help_and_quickstart(tmp_path):
     assert card.data.eval_results[0].metric_value == round(results["student"]["accuracy"], 4)
     assert "a local teacher (`teacher`)" in card.text and "interleaved rounds" in card.text
     assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path))
+
+
+def test_losses_doc_covers_every_built_in_loss():
+    from hf_distill.losses import LOSS_KINDS, available_losses, get_loss
+
+    doc = (ROOT / "docs" / "losses.md").read_text()
+    kinds = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*) \| `\w+_loss` \|$", doc, re.M)}
+    for kind in LOSS_KINDS:
+        built_in = [n for n in available_losses(kind) if get_loss(kind, n).__module__.startswith("hf_distill.")]
+        for name in built_in:
+            assert f"`{name}`" in kinds[kind], f"docs/losses.md lists no {kind} loss {name!r}"
+    for name in available_losses("logits"):  # each logit loss has its formula row
+        if get_loss("logits", name).__module__.startswith("hf_distill."):
+            assert re.search(rf"^\| `{name}` \| `", doc, re.M), f"docs/losses.md gives no formula for {name!r}"
+    # the skew losses: formulas, the meaning of the skew, the paper's value and the citation
+    for text in ("KL(p_t ‖ β · p_t + (1-β) · p_s)", "KL(p_s ‖ β · p_s + (1-β) · p_t)", "jsd_beta: 0.1", "Ko et al."):
+        assert text in doc
