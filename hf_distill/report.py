@@ -228,6 +228,8 @@ def measure_speeds(
         for model in unique:
             model.eval().to(device)
         fns = [_forward_fn(model, batches[role], device) for role, model in models.items()]
+        if device.type == "cuda":  # the copies above finish before the first call is timed
+            torch.cuda.synchronize(device)
         with torch.inference_mode():
             times = time_interleaved(fns, rounds=rounds, warmup=warmup)
     finally:
