@@ -61,7 +61,7 @@ _ATTENTION_LOSSES = {
     "relation": "MiniLM v2 self-relations (scaled dot products of queries, keys and values)",
 }
 _HIDDEN_LOSSES = {"mse": "mean squared error", "cosine": "cosine distance"}
-_SIZE_KEYS = ("num_parameters", "size_mb", "latency_ms", "throughput")
+_SIZE_KEYS = ("num_parameters", "size_mb", "latency_ms", "latency_ms_iqr", "latency_spread", "throughput")
 _PERPLEXITY_ROLES = (  # causal-LM results.json key -> row of the card's table
     ("teacher", "teacher"),
     ("student_before_training", "student before training"),
@@ -218,6 +218,7 @@ def _score_section(results: dict, task_type: str) -> _ResultsSection:
         "batch": f"{speed.get('batch_size', '?')} × {speed.get('seq_len', '?')} tokens",
         "train_examples": results.get("train_examples"),
         "max_steps": results.get("max_steps"),
+        "rounds": results.get("timing_rounds"),
     }
     return _ResultsSection(
         context={"results": scores},

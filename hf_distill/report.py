@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import numbers
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .mapping import ADAPTERS_ATTR
+
+logger = logging.getLogger(__name__)
 
 # Trainer.evaluate() bookkeeping that is not a quality metric (after the "eval_" prefix is removed)
 _NON_METRICS = {
@@ -32,6 +36,9 @@ _NON_METRICS = {
     "total_flos",
 }
 _ROLES = {"teacher": "teacher", "student": "student", "student_no_kd": "student (no KD)"}
+# the CPU speed of each model copied into its results entry, and the top-level speedup fields
+_LATENCY_KEYS = ("latency_ms", "latency_ms_iqr", "latency_spread", "throughput")
+_SPEEDUP_KEYS = ("speedup", "speedup_iqr", "speedup_spread", "timing_rounds")
 _MARKERS = {"teacher": ("s", "tab:blue"), "student": ("o", "tab:orange"), "student_no_kd": ("^", "tab:gray")}
 
 
@@ -94,15 +101,144 @@ def _random_batch(model, batch_size: int, seq_len: int, vocab_size: int | None, 
     return batch
 
 
-def _timed_forward(model, batch: dict, device: torch.device) -> float:
-    """Seconds for one forward pass; CUDA is synchronised on both sides so queued kernels are counted."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    model(**batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+# a spread (interquartile range over median) above this means the timings say more about the machine's load than
+# about the models: the report says so
+NOISY_SPREAD = 0.25
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], object]],
+    *,
+    rounds: int = 11,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[list[float]]:
+    """Time ``fns`` interleaved: ``warmup`` untimed rounds, then ``rounds`` timed ones, each calling every fn once.
+
+    Even rounds call ``fns`` in the given order and odd rounds in reverse, so a burst of load on a shared machine
+    falls on every fn alike instead of on whichever ran during it, and no fn always follows the same other one.
+    Each fn must block until its work is done (a CUDA forward ends with ``torch.cuda.synchronize``); ``clock`` is
+    read before and after each call.
+
+    Returns:
+        ``times[i][r]``: seconds of ``fns[i]`` in timed round ``r``, shape ``(len(fns), rounds)``.
+    """
+    times = [[] for _ in fns]
+    for r in range(warmup + rounds):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            start = clock()
+            fns[i]()
+            if r >= warmup:
+                times[i].append(clock() - start)
+    return times
+
+
+def spread_stats(values: Sequence[float]) -> dict:
+    """Median and spread of repeated measurements: ``{"median", "q1", "q3", "iqr": q3 - q1, "spread": iqr / median}``.
+
+    Quartiles are ``statistics.quantiles(method="inclusive")``; one value has no spread (``iqr = 0``).
+    """
+    if not values:
+        raise ValueError("spread_stats() needs at least one value; time at least one round.")
+    median = statistics.median(values)
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (median, 0, median)
+    return {"median": median, "q1": q1, "q3": q3, "iqr": q3 - q1, "spread": (q3 - q1) / median if median else 0.0}
+
+
+def timing_warning(spreads: dict[str, float], threshold: float = NOISY_SPREAD) -> str | None:
+    """The warning to show when any timing's spread (IQR / median, by name) exceeds ``threshold``; ``None`` if none.
+
+    ``{"teacher latency": 0.4, "student latency": 0.05} -> "the machine looks busy; timings are noisy (...)"``.
+    """
+    noisy = {name: value for name, value in spreads.items() if value > threshold}
+    if not noisy:
+        return None
+    listed = ", ".join(f"{name} {value:.0%}" for name, value in sorted(noisy.items(), key=lambda kv: -kv[1]))
+    return (
+        f"the machine looks busy; timings are noisy (interquartile range over the median: {listed}, above "
+        f"{threshold:.0%}); rerun on an idle machine before quoting latency or speedup."
+    )
+
+
+def _forward_fn(model, batch: dict, device: torch.device) -> Callable[[], None]:
+    """One forward pass of ``batch``; on CUDA it waits for the queued kernels, so they are counted."""
+
+    def forward():
+        model(**batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return forward
+
+
+def _latency_entry(seconds: list[float], batch_size: int, seq_len: int, device: torch.device) -> dict:
+    stats = spread_stats([s * 1e3 for s in seconds])
+    return {
+        "latency_ms": stats["median"],
+        "latency_ms_iqr": stats["iqr"],
+        "latency_spread": stats["spread"],
+        "throughput": batch_size / (stats["median"] / 1e3),
+        "rounds_ms": [s * 1e3 for s in seconds],
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "device": str(device),
+    }
+
+
+def measure_speeds(
+    models: dict,
+    *,
+    batch_size: int = 32,
+    seq_len: int = 64,
+    device: str | torch.device = "cpu",
+    warmup: int = 2,
+    rounds: int = 11,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Inference latency of several models on one batch of random token ids each, timed interleaved.
+
+    Every model is put on ``device`` in eval mode under ``torch.inference_mode``; then :func:`time_interleaved` runs
+    ``warmup`` untimed and ``rounds`` timed rounds of one forward per model, so load on the machine hits them all
+    alike. The models' devices and every submodule's training flag are restored afterwards.
+
+    Returns:
+        by the keys of ``models``: ``{"latency_ms": median ms per batch, "latency_ms_iqr": interquartile range in ms,
+        "latency_spread": iqr / median, "throughput": samples per second at the median, "rounds_ms": the ms of each
+        timed round (round r of every model ran in the same round), "batch_size", "seq_len", "device"}``.
+    """
+    for name, value, low in (
+        ("batch_size", batch_size, 1),
+        ("seq_len", seq_len, 1),
+        ("rounds", rounds, 1),
+        ("warmup", warmup, 0),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
+    device = _check_device(device)
+    batches = {
+        role: {key: t.to(device) for key, t in _random_batch(model, batch_size, seq_len, vocab_size, seed).items()}
+        for role, model in models.items()
+    }
+    unique = list({id(model): model for model in models.values()}.values())  # one model may fill two roles
+    placed = [(model, getattr(next(model.parameters(), None), "device", None)) for model in unique]
+    modes = [(module, module.training) for model in unique for module in model.modules()]
+    try:
+        for model in unique:
+            model.eval().to(device)
+        fns = [_forward_fn(model, batches[role], device) for role, model in models.items()]
+        if device.type == "cuda":  # the copies above finish before the first call is timed
+            torch.cuda.synchronize(device)
+        with torch.inference_mode():
+            times = time_interleaved(fns, rounds=rounds, warmup=warmup)
+    finally:
+        for model, original_device in placed:
+            if original_device is not None:
+                model.to(original_device)
+        for module, training in modes:
+            module.training = training
+    return {role: _latency_entry(seconds, batch_size, seq_len, device) for role, seconds in zip(models, times)}
 
 
 def measure_speed(
@@ -116,48 +252,30 @@ def measure_speed(
     vocab_size: int | None = None,
     seed: int = 0,
 ) -> dict:
-    """Inference latency of one batch of random token ids, in eval mode under ``torch.inference_mode``.
-
-    ``warmup`` untimed passes are followed by ``iters`` timed ones; the median is reported, which shrugs off the odd
-    slow pass on a busy machine. The model's device and the training flag of every submodule are restored afterwards.
-
-    Returns:
-        ``{"latency_ms": median ms per batch, "throughput": samples per second (batch_size / median seconds),
-        "batch_size", "seq_len", "device"}``.
+    """Inference latency of one model: :func:`measure_speeds` with ``rounds=iters`` (median and spread of ``iters``
+    timed passes after ``warmup`` untimed ones). To compare models, time them together with :func:`measure_speeds`.
     """
-    for name, value, low in (
-        ("batch_size", batch_size, 1),
-        ("seq_len", seq_len, 1),
-        ("iters", iters, 1),
-        ("warmup", warmup, 0),
-    ):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
-    device = _check_device(device)
-    batch = {key: t.to(device) for key, t in _random_batch(model, batch_size, seq_len, vocab_size, seed).items()}
-    first = next(model.parameters(), None)
-    original_device = first.device if first is not None else None
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    model.to(device)
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                _timed_forward(model, batch, device)
-            times = [_timed_forward(model, batch, device) for _ in range(iters)]
-    finally:
-        if original_device is not None:
-            model.to(original_device)
-        for module, training in modes:
-            module.training = training
-    median = statistics.median(times)
-    return {
-        "latency_ms": median * 1e3,
-        "throughput": batch_size / median,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "device": str(device),
-    }
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        raise ValueError(f"iters={iters!r} must be an integer >= 1.")
+    return measure_speeds(
+        {"model": model},
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=device,
+        warmup=warmup,
+        rounds=iters,
+        vocab_size=vocab_size,
+        seed=seed,
+    )["model"]
+
+
+def speedup_stats(teacher: dict, student: dict) -> dict:
+    """The teacher's latency over the student's, per timed round, summarised by :func:`spread_stats`.
+
+    ``teacher`` and ``student`` are :func:`measure_speeds` entries of one call, so round ``r`` of both ran together.
+    """
+    ratios = [t / s for t, s in zip(teacher["rounds_ms"], student["rounds_ms"])]
+    return spread_stats(ratios)
 
 
 def _clean_scores(scores: dict, role: str) -> dict:
@@ -201,16 +319,22 @@ def build_results(
     batch_size: int = 32,
     seq_len: int = 64,
     devices: list[str] | None = None,
+    rounds: int = 11,
+    warmup: int = 2,
     extra: dict | None = None,
 ) -> dict:
     """Assemble the results.json object comparing teacher, student and optionally a student trained without KD.
 
     Each model entry holds its metrics (``eval_`` prefixes stripped), ``num_parameters``, ``size_mb`` and its CPU
-    ``latency_ms`` / ``throughput``; ``speed`` holds the full :func:`measure_speed` output for every device.
-    ``retention`` is ``student[metric] / teacher[metric]`` (``None`` when the teacher scores 0; above 1 means worse
-    for lower-is-better metrics such as perplexity), ``speedup`` is teacher over student CPU latency and ``kd_gain``
-    is ``student[metric] - student_no_kd[metric]``. Without ``baseline_model`` the no-KD student is taken to share
-    the student's architecture, so its size and speed are the student's.
+    speed: ``latency_ms`` (median), ``latency_ms_iqr``, ``latency_spread`` (IQR / median) and ``throughput``. The
+    models are timed together, interleaved over ``rounds`` rounds (:func:`measure_speeds`); ``speed`` holds every
+    device's full measurement, each round's ms included. ``retention`` is ``student[metric] / teacher[metric]``
+    (``None`` when the teacher scores 0; above 1 means worse for lower-is-better metrics such as perplexity);
+    ``speedup`` is the median over rounds of the teacher's CPU latency over the student's in the same round, with
+    ``speedup_iqr`` and ``speedup_spread``; ``timing_rounds`` is ``rounds``; ``kd_gain`` is
+    ``student[metric] - student_no_kd[metric]``. Without ``baseline_model`` the no-KD student is taken to share the
+    student's architecture, so its size and speed are the student's. A wide spread (a busy machine) is logged as a
+    warning, and :func:`format_table` repeats it.
     """
     metric = metric.removeprefix("eval_")
     devices = _check_devices(devices)
@@ -226,18 +350,21 @@ def build_results(
             raise ValueError(
                 f"metric={metric!r} is not among the {role} scores {sorted(role_scores)}; pass one of those."
             )
-    clash = sorted(set(extra or {}) & {"task", "metric", "speed", "retention", "speedup", "kd_gain", *scores})
+    reserved = {"task", "metric", "speed", "retention", "kd_gain", *_SPEEDUP_KEYS, *scores}
+    clash = sorted(set(extra or {}) & reserved)
     if clash:
         raise ValueError(f"extra keys {clash} would overwrite report fields; rename them.")
 
-    speed = {"batch_size": batch_size, "seq_len": seq_len}
+    timed = {role: model for role, model in models.items() if role != "student_no_kd" or baseline_model is not None}
+    speed = {"batch_size": batch_size, "seq_len": seq_len, "rounds": rounds, "warmup": warmup}
     for device in devices:
-        speed[device] = {}
-        for role, model in models.items():
-            if role == "student_no_kd" and baseline_model is None:
-                speed[device][role] = speed[device]["student"]
-            else:
-                speed[device][role] = measure_speed(model, batch_size=batch_size, seq_len=seq_len, device=device)
+        by_role = measure_speeds(
+            timed, batch_size=batch_size, seq_len=seq_len, device=device, rounds=rounds, warmup=warmup
+        )
+        if "student_no_kd" in models and "student_no_kd" not in by_role:
+            by_role["student_no_kd"] = by_role["student"]
+        by_role["speedup"] = speedup_stats(by_role["teacher"], by_role["student"])
+        speed[device] = by_role
 
     results = {"task": task, "metric": metric}
     for role, model in models.items():
@@ -246,17 +373,36 @@ def build_results(
             **scores[role],
             "num_parameters": count_parameters(model),
             "size_mb": size_on_disk_mb(model),
-            "latency_ms": cpu["latency_ms"],
-            "throughput": cpu["throughput"],
+            **{key: cpu[key] for key in _LATENCY_KEYS},
         }
     teacher, student = results["teacher"], results["student"]
     results["retention"] = student[metric] / teacher[metric] if teacher[metric] else None
-    results["speedup"] = teacher["latency_ms"] / student["latency_ms"]
+    ratio = speed["cpu"]["speedup"]
+    results.update(speedup=ratio["median"], speedup_iqr=ratio["iqr"], speedup_spread=ratio["spread"])
+    results["timing_rounds"] = rounds
     if "student_no_kd" in results:
         results["kd_gain"] = student[metric] - results["student_no_kd"][metric]
     results["speed"] = speed
     results.update(extra or {})
+    warning = timing_warning(_timing_spreads(results))
+    if warning:
+        logger.warning(warning)
     return results
+
+
+def _timing_spreads(results: dict) -> dict[str, float]:
+    """Every spread (IQR / median) in a results object, by a readable name such as ``"cuda teacher latency"``."""
+    spreads = {}
+    for device, by_role in results.get("speed", {}).items():
+        if not isinstance(by_role, dict):
+            continue
+        prefix = "" if device == "cpu" else f"{device} "
+        for role, entry in by_role.items():
+            if role == "speedup":
+                spreads[f"{prefix}speedup"] = entry["spread"]
+            elif "latency_spread" in entry:
+                spreads[f"{prefix}{_ROLES.get(role, role)} latency"] = entry["latency_spread"]
+    return spreads
 
 
 # the size and speed columns of the table: results key, column title, scale, format
@@ -264,6 +410,7 @@ _COLUMNS = (
     ("num_parameters", "params (M)", 1e-6, ".2f"),
     ("size_mb", "size MB", 1.0, ".2f"),
     ("latency_ms", "latency ms", 1.0, ".2f"),
+    ("latency_spread", "IQR/median", 1.0, ".0%"),
     ("throughput", "throughput/s", 1.0, ".1f"),
 )
 
@@ -272,17 +419,32 @@ def _cell(value, scale: float, fmt: str) -> str:
     return "-" if value is None else format(value * scale, fmt)
 
 
+def _speedup_text(speedup: float, iqr: float | None, rounds: int | None) -> str:
+    if iqr is None:  # a results file from before interleaved timing
+        return f"{speedup:.2f}x"
+    return f"{speedup:.2f}x (median of {rounds} interleaved rounds, IQR {iqr:.2f}x = {iqr / speedup:.0%})"
+
+
 def _summary_lines(results: dict) -> list[str]:
     metric, retention, speed = results["metric"], results.get("retention"), results.get("speed", {})
     lines = [f"retention: {'n/a' if retention is None else f'{retention * 100:.1f} %'} of the teacher's {metric}"]
     shape = f"batch {speed.get('batch_size')} x {speed.get('seq_len')} tokens"
-    lines.append(f"speedup: {results['speedup']:.2f}x (CPU, {shape})")
+    rounds = results.get("timing_rounds")
+    speedup = _speedup_text(results["speedup"], results.get("speedup_iqr"), rounds)
+    lines.append(f"speedup: {speedup}, CPU, {shape}")
     for device, by_role in speed.items():
-        if device not in ("cpu", "batch_size", "seq_len"):
+        if isinstance(by_role, dict) and device != "cpu":
             t, s = by_role["teacher"]["latency_ms"], by_role["student"]["latency_ms"]
-            lines.append(f"speedup on {device}: {t / s:.2f}x (teacher {t:.2f} ms, student {s:.2f} ms per batch)")
+            ratio = by_role.get("speedup") or {"median": t / s, "iqr": None}
+            lines.append(
+                f"speedup on {device}: {_speedup_text(ratio['median'], ratio['iqr'], rounds)} "
+                f"(teacher {t:.2f} ms, student {s:.2f} ms per batch)"
+            )
     if "kd_gain" in results:
         lines.append(f"kd_gain: {results['kd_gain']:+.4f} {metric} over the student trained without KD")
+    warning = timing_warning(_timing_spreads(results))
+    if warning:
+        lines.append(f"warning: {warning}")
     return lines
 
 
@@ -291,7 +453,7 @@ def format_table(results: dict) -> str:
     retention, speedup (and kd_gain) lines."""
     metric = results["metric"]
     roles = [role for role in _ROLES if role in results]
-    size_keys = {key for key, *_ in _COLUMNS}
+    size_keys = {key for key, *_ in _COLUMNS} | set(_LATENCY_KEYS)
     metrics = [metric]
     for role in roles:
         metrics += [k for k in results[role] if k not in metrics and k not in size_keys]
@@ -316,8 +478,9 @@ def _human_count(n: int) -> str:
 
 
 def _plot_tradeoff(ax, results: dict) -> None:
-    """Score versus CPU latency, one labelled marker per model."""
+    """Score versus median CPU latency, one labelled marker per model, a bar over its interquartile range."""
     metric = results["metric"]
+    cpu = results.get("speed", {}).get("cpu", {})
     for role, label in _ROLES.items():
         if role not in results:
             continue
@@ -325,6 +488,9 @@ def _plot_tradeoff(ax, results: dict) -> None:
         marker, color = _MARKERS[role]
         x, y = entry["latency_ms"], entry[metric]
         ax.scatter([x], [y], marker=marker, color=color, s=90, label=label, zorder=3)
+        if cpu.get(role, {}).get("rounds_ms"):
+            stats = spread_stats(cpu[role]["rounds_ms"])
+            ax.errorbar([x], [y], xerr=[[x - stats["q1"]], [stats["q3"] - x]], fmt="none", color=color, capsize=3)
         text = f"{label}\n{y:.3f}, {_human_count(entry['num_parameters'])} params"
         ax.annotate(text, (x, y), xytext=(8, 6), textcoords="offset points", fontsize=8)
     latencies = [results[role]["latency_ms"] for role in _ROLES if role in results]
@@ -332,7 +498,8 @@ def _plot_tradeoff(ax, results: dict) -> None:
         ax.set_xscale("log")
     speed = results.get("speed", {})
     scale = ", log scale" if ax.get_xscale() == "log" else ""
-    ax.set_xlabel(f"CPU latency (ms per batch of {speed.get('batch_size')} x {speed.get('seq_len')} tokens{scale})")
+    shape = f"{speed.get('batch_size')} x {speed.get('seq_len')} tokens"
+    ax.set_xlabel(f"median CPU latency, bar: interquartile range (ms per batch of {shape}{scale})")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs latency")
     ax.margins(x=0.35, y=0.3)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import WORDS, tiny_llama, tiny_tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_distill.cli import main, parse_with_config
 from hf_distill.distillation_config import DistillationConfig
@@ -61,6 +62,37 @@ def test_text_job_writes_results_with_perplexities(tmp_path, teacher_dir):
     assert saved["student"]["perplexity"] != saved["student_before_training"]["perplexity"]  # it trained
     assert saved["max_steps"] == 2 and saved["student_layers"] == [0, 3]
     assert os.path.isfile(tmp_path / "out" / "model.safetensors")
+
+
+def test_max_eval_tokens_caps_the_scored_tokens_and_shows_progress(tmp_path, teacher_dir, capsys):
+    train, valid = write_text(tmp_path / "train.txt"), write_text(tmp_path / "v.txt", lines=60, seed=1)
+    flags = ["--train_file", train, "--validation_files", valid, "--student_layers", "0,3"]
+    lm, args = job(tmp_path, teacher_dir, *flags, "--max_eval_tokens", "50", "--disable_tqdm", "false")
+    saved = run(lm, args)
+    captured = capsys.readouterr()
+    # 50 // 15 = 3 blocks of 16 tokens, each predicting 15
+    for role in ("teacher", "student_before_training", "student"):
+        assert saved[role]["eval_tokens"] == {"v.txt": 45}
+    assert "over 45 tokens in 3 blocks (capped by --max_eval_tokens)" in captured.out
+    assert "perplexity of the distilled student on v.txt" in captured.err  # the progress bar
+    # the reported perplexity is that of exactly those tokens: the first 3 blocks of the text
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    ids = torch.tensor(tokenizer(open(valid).read(), add_special_tokens=False)["input_ids"])
+    assert len(ids) // 16 > 3  # the cap, not the text, limits the scoring
+    blocks = ids[:48].view(3, 16)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        logits = student(input_ids=blocks).logits[:, :-1]  # (3, 15, V)
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), blocks[:, 1:].flatten())
+    assert saved["student"]["perplexity"]["v.txt"] == pytest.approx(nll.exp().item(), rel=1e-5)
+
+    with pytest.raises(ValueError, match="--max_eval_tokens 10 is fewer than the 15 tokens one block"):
+        run(*job(tmp_path, teacher_dir, *flags, "--max_eval_tokens", "10"))
+    lm, args = job(tmp_path, teacher_dir, *flags)  # the default scores every token, and --disable_tqdm true: no bar
+    assert lm.max_eval_tokens is None
+    results = run(lm, args)
+    assert results["student"]["eval_tokens"]["v.txt"] == (len(ids) // 16) * 15
+    assert "perplexity of the" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("merge", [False, True])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -374,6 +375,29 @@ def test_perplexity_matches_cross_entropy():
     assert capped["blocks"] == 2 and capped["nll"] == pytest.approx(
         _reference_nll(model, ids[:16].view(2, 8)), rel=1e-5
     )
+
+
+def test_perplexity_max_tokens_scores_whole_blocks_within_the_cap(capsys):
+    model = tiny_llama(num_layers=2)
+    ids = torch.randint(4, 99, (47,), generator=torch.Generator().manual_seed(0))  # 5 blocks of 8
+    capped = perplexity(model, ids, block_size=8, max_tokens=20)  # 20 // 7 = 2 blocks, 14 predicted tokens
+    assert capped["blocks"] == 2 and capped["tokens"] == 14 <= 20
+    assert capped["nll"] == pytest.approx(_reference_nll(model, ids[:16].view(2, 8)), rel=1e-5)
+    assert capped["perplexity"] == pytest.approx(math.exp(capped["nll"]))
+    assert perplexity(model, ids, block_size=8, max_tokens=21)["blocks"] == 3
+    assert perplexity(model, ids, block_size=8, max_tokens=10_000)["blocks"] == 5  # a cap above the text is no cap
+    assert perplexity(model, ids, block_size=8, max_tokens=35, max_blocks=1)["blocks"] == 1  # the tighter cap wins
+    with pytest.raises(ValueError, match="max_tokens=6 is fewer than the 7 tokens one block"):
+        perplexity(model, ids, block_size=8, max_tokens=6)
+    assert capsys.readouterr().err == ""  # no progress bar unless asked
+
+
+def test_perplexity_progress_bar_counts_blocks(capsys):
+    model = tiny_llama(num_layers=2)
+    ids = torch.randint(4, 99, (40,), generator=torch.Generator().manual_seed(0))
+    perplexity(model, ids, block_size=8, batch_size=2, progress=True, desc="perplexity of the student on v.txt")
+    err = capsys.readouterr().err
+    assert "perplexity of the student on v.txt" in err and "5/5" in err
 
 
 def test_perplexity_of_text(tok):

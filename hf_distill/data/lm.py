@@ -27,6 +27,7 @@ from pathlib import Path
 import datasets
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..losses.task import IGNORE_INDEX
 
@@ -428,13 +429,18 @@ def perplexity(
     block_size: int,
     batch_size: int = 8,
     max_blocks: int | None = None,
+    max_tokens: int | None = None,
+    progress: bool = False,
+    desc: str | None = None,
 ) -> dict:
     """Perplexity of a causal LM on non-overlapping blocks of ``block_size`` tokens, each scored independently.
 
-    Text is tokenized without special tokens; the remainder after the last whole block is dropped, and at most
-    ``max_blocks`` blocks are scored. Each block predicts its ``block_size - 1`` next tokens. Returns ``nll`` (mean
-    per predicted token), ``perplexity = exp(nll)``, ``tokens`` (predicted tokens) and ``blocks``. The model runs in
-    eval mode under ``no_grad`` on its own device and is put back in the mode it was in.
+    Text is tokenized without special tokens; the remainder after the last whole block is dropped. Each block
+    predicts its ``block_size - 1`` next tokens. The first blocks are scored, at most ``max_blocks`` of them and at
+    most ``max_tokens`` predicted tokens (whole blocks only: ``max_tokens // (block_size - 1)`` blocks). Returns
+    ``nll`` (mean per predicted token), ``perplexity = exp(nll)``, ``tokens`` (predicted tokens) and ``blocks``. The
+    model runs in eval mode under ``no_grad`` on its own device and is put back in the mode it was in. ``progress``
+    shows a tqdm bar over the blocks, labelled ``desc``.
     """
     if not isinstance(block_size, int) or block_size < 2:
         raise ValueError(
@@ -444,15 +450,23 @@ def perplexity(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     if max_blocks is not None and (not isinstance(max_blocks, int) or max_blocks < 1):
         raise ValueError(f"max_blocks must be a positive int or None, got {max_blocks!r}.")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < block_size - 1):
+        raise ValueError(
+            f"max_tokens={max_tokens!r} is fewer than the {block_size - 1} tokens one block of block_size="
+            f"{block_size} predicts; raise it or lower block_size."
+        )
     ids = _token_ids(input_ids_or_text, tokenizer)
-    num_blocks = len(ids) // block_size if max_blocks is None else min(len(ids) // block_size, max_blocks)
+    num_blocks = len(ids) // block_size
     if num_blocks == 0:
         raise ValueError(f"Only {len(ids)} tokens, fewer than block_size={block_size}; use a smaller block_size.")
+    for cap in (max_blocks, None if max_tokens is None else max_tokens // (block_size - 1)):
+        num_blocks = num_blocks if cap is None else min(num_blocks, cap)
     blocks = ids[: num_blocks * block_size].view(num_blocks, block_size)  # (N, T)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total = 0.0
+    bar = tqdm(total=num_blocks, desc=desc, unit="block", disable=not progress)
     try:
         with torch.no_grad():
             for batch in blocks.split(batch_size):
@@ -460,7 +474,9 @@ def perplexity(
                 logits = model(input_ids=batch).logits[:, :-1]  # (b, T - 1, V): position t predicts token t + 1
                 nll = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
                 total += nll.item()
+                bar.update(len(batch))
     finally:
+        bar.close()
         model.train(was_training)
     tokens = num_blocks * (block_size - 1)
     nll = total / tokens

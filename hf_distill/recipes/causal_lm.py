@@ -71,6 +71,14 @@ class CausalLMArguments:
     max_eval_blocks: Optional[int] = field(
         default=None, metadata={"help": "Score at most this many blocks of each validation text."}
     )
+    max_eval_tokens: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Score at most this many tokens of each validation text, before and after training (whole "
+            "blocks of block_size, each predicting block_size - 1 tokens; default: all). The job prints how many it "
+            "scores; a full validation file can take many minutes on a CPU."
+        },
+    )
     generation_prompt_length: Optional[int] = field(
         default=None,
         metadata={
@@ -168,13 +176,39 @@ def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, token
     return student
 
 
-def score(model, texts: dict, tokenizer, lm: CausalLMArguments) -> dict:
-    """``num_parameters`` and ``perplexity`` per validation text of ``model``."""
-    ppl = {
-        name: perplexity(model, text, tokenizer, block_size=lm.block_size, max_blocks=lm.max_eval_blocks)["perplexity"]
-        for name, text in texts.items()
-    }
-    return {"num_parameters": count_parameters(model), "perplexity": ppl}
+def check_eval_caps(lm: CausalLMArguments) -> None:
+    """``--max_eval_tokens`` must leave at least one whole block to score: checked before any model is loaded."""
+    if lm.max_eval_tokens is not None and lm.max_eval_tokens < lm.block_size - 1:
+        raise ValueError(
+            f"--max_eval_tokens {lm.max_eval_tokens} is fewer than the {lm.block_size - 1} tokens one block of "
+            f"--block_size {lm.block_size} scores; raise --max_eval_tokens or leave it unset to score every token."
+        )
+
+
+def score(model, texts: dict, tokenizer, lm: CausalLMArguments, *, label: str = "model", progress: bool = False):
+    """``num_parameters``, ``perplexity`` and ``eval_tokens`` (tokens scored) per validation text of ``model``.
+
+    Prints each perplexity with the number of tokens it was computed over; ``progress`` shows a bar per text.
+    """
+    ppl, tokens = {}, {}
+    for name, text in texts.items():
+        out = perplexity(
+            model,
+            text,
+            tokenizer,
+            block_size=lm.block_size,
+            max_blocks=lm.max_eval_blocks,
+            max_tokens=lm.max_eval_tokens,
+            progress=progress,
+            desc=f"perplexity of the {label} on {name}",
+        )
+        ppl[name], tokens[name] = out["perplexity"], out["tokens"]
+        capped = " (capped by --max_eval_tokens)" if lm.max_eval_tokens is not None else ""
+        print(
+            f"[causal-lm] {label}: perplexity {out['perplexity']:.2f} on {name}, over {out['tokens']:,} tokens "
+            f"in {out['blocks']} blocks{capped}"
+        )
+    return {"num_parameters": count_parameters(model), "perplexity": ppl, "eval_tokens": tokens}
 
 
 def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
@@ -187,6 +221,7 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
             "alone would name the teacher, which has more layers, as its base model. To keep an adapter, give a "
             "base model with --student_model_name_or_path."
         )
+    check_eval_caps(lm)
     teacher_path = resolve_model_path(args.teacher_model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     if tokenizer.pad_token_id is None:
@@ -209,9 +244,10 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     student = make_student(lm, args, teacher, tokenizer)
     print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
     results = {"task": "causal_lm", "teacher_model": args.teacher_model_name_or_path}
+    bars = not args.disable_tqdm and args.local_process_index == 0
     if lm.eval_teacher:
-        results["teacher"] = score(teacher, texts, tokenizer, lm)
-    results["student_before_training"] = score(student, texts, tokenizer, lm)
+        results["teacher"] = score(teacher, texts, tokenizer, lm, label="teacher", progress=bars)
+    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
 
     print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens")
     trainer = DistillationTrainer(
@@ -230,7 +266,7 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         model = model.merge_and_unload()
         if args.should_save:
             _save_merged(model, args.output_dir)
-    results["student"] = score(model, texts, tokenizer, lm)
+    results["student"] = score(model, texts, tokenizer, lm, label="distilled student", progress=bars)
     results.update(
         {
             "train_examples": len(train),

@@ -1,4 +1,5 @@
-"""The quickstart job on tiny models built from configs: train a teacher, distill a 2-layer student, reload it.
+"""The quickstart job on tiny models built from configs: train a teacher, distill a 2-layer student, reload both,
+and write what the GLUE job writes (results.json, report.png) plus the student's model card.
 
 It needs no network and no data files: the task is synthetic (is token 5 more frequent than token 7 in the
 sentence?), so it shows the whole data flow in about a minute on a laptop CPU.
@@ -6,8 +7,8 @@ sentence?), so it shows the whole data flow in about a minute on a laptop CPU.
 
 from __future__ import annotations
 
-import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -22,12 +23,20 @@ from transformers import (
 
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
+from ..model_card import write_model_card
+from ..report import build_results, write_report
 from ..student import build_student
 
 
 @dataclass
 class QuickstartArguments:
-    output_dir: str = field(default="out/quickstart", metadata={"help": "Where teacher, student and results.json go."})
+    output_dir: str = field(
+        default="out/quickstart",
+        metadata={
+            "help": "Where the student goes, with results.json, report.png and its model card (README.md); the "
+            "teacher goes to <output_dir>/teacher."
+        },
+    )
     max_steps: int = field(default=150, metadata={"help": "Optimizer steps for the teacher and for the student."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
 
@@ -48,6 +57,12 @@ def accuracy(eval_pred) -> dict:
 
 
 def run(output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0) -> dict:
+    """Train a teacher into ``output_dir/teacher``, distil a student into ``output_dir``, score, time and report both.
+
+    ``output_dir`` ends up laid out as the GLUE job's: the student with ``distillation_config.json``,
+    ``results.json`` (:func:`hf_distill.report.build_results`), ``report.png`` and a model card (``README.md``);
+    ``teacher/`` holds the teacher. Both load with ``from_pretrained``. Returns the ``results.json`` object.
+    """
     torch.manual_seed(seed)
     train, dev = synthetic_dataset(2048, seed), synthetic_dataset(512, seed + 1)
     config = BertConfig(
@@ -62,6 +77,7 @@ def run(output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0) -> 
         attn_implementation="eager",
     )
     teacher = BertForSequenceClassification(config)
+    teacher_dir = os.path.join(output_dir, "teacher")
     common = dict(
         per_device_train_batch_size=32,
         learning_rate=1e-3,
@@ -70,20 +86,20 @@ def run(output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0) -> 
         report_to="none",
         seed=seed,
         disable_tqdm=False,
+        save_strategy="no",  # the final models are saved below; no checkpoint folders beside them
     )
-    print(f"[quickstart] 1/3 training a 4-layer teacher for {steps} steps")
-    Trainer(
-        model=teacher,
-        args=TrainingArguments(output_dir=os.path.join(output_dir, "teacher"), **common),
-        train_dataset=train,
-        eval_dataset=dev,
-        compute_metrics=accuracy,
-    ).train()
+    print(f"[quickstart] 1/3 training a 4-layer teacher for {steps} steps, saved to {teacher_dir}")
+    teacher_trainer = Trainer(
+        model=teacher, args=TrainingArguments(output_dir=teacher_dir, **common), train_dataset=train
+    )
+    teacher_trainer.train()
+    teacher_trainer.save_model(teacher_dir)
 
     print("[quickstart] 2/3 distilling a 2-layer student (teacher layers 1 and 3) with logit + hidden + attention KD")
     student = build_student(teacher, layers=[1, 3])
     args = DistillationConfig(
-        output_dir=os.path.join(output_dir, "student"),
+        output_dir=output_dir,
+        teacher_model_name_or_path=teacher_dir,  # recorded in distillation_config.json and the model card
         temperature=4.0,
         alpha_task=0.5,
         alpha_logits=0.5,
@@ -92,33 +108,37 @@ def run(output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0) -> 
         layer_map="uniform",
         **common,
     )
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
-        args=args,
-        train_dataset=train,
-        eval_dataset=dev,
-        compute_metrics=accuracy,
-    )
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train)
     trainer.train()
     trainer.save_model()
 
-    print("[quickstart] 3/3 evaluating teacher and reloaded student")
-    reloaded = AutoModelForSequenceClassification.from_pretrained(args.output_dir)
-    eval_args = TrainingArguments(
-        output_dir=os.path.join(output_dir, "eval"), report_to="none", per_device_eval_batch_size=128
-    )
-    results = {
-        "teacher_accuracy": Trainer(model=teacher, args=eval_args, compute_metrics=accuracy).evaluate(dev)[
-            "eval_accuracy"
-        ],
-        "student_accuracy": Trainer(model=reloaded, args=eval_args, compute_metrics=accuracy).evaluate(dev)[
-            "eval_accuracy"
-        ],
-        "teacher_parameters": teacher.num_parameters(),
-        "student_parameters": reloaded.num_parameters(),
+    print("[quickstart] 3/3 scoring and timing the reloaded teacher and student; writing the report and model card")
+    models = {
+        role: AutoModelForSequenceClassification.from_pretrained(path)
+        for role, path in (("teacher", teacher_dir), ("student", output_dir))
     }
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(json.dumps(results, indent=2))
+    with tempfile.TemporaryDirectory() as scratch:  # Trainer.evaluate needs an output_dir; it writes nothing here
+        eval_args = TrainingArguments(output_dir=scratch, report_to="none", per_device_eval_batch_size=128)
+        scores = {
+            role: Trainer(model=model, args=eval_args, compute_metrics=accuracy).evaluate(dev)
+            for role, model in models.items()
+        }
+    results = build_results(
+        "synthetic",
+        "accuracy",
+        scores["teacher"],
+        scores["student"],
+        models["teacher"],
+        models["student"],
+        batch_size=32,
+        seq_len=16,
+        extra={
+            "train_examples": len(train),
+            "max_steps": trainer.state.global_step,
+            "teacher_model": teacher_dir,
+            "student_layers": [1, 3],
+        },
+    )
+    write_report(results, output_dir, log_history=trainer.state.log_history, title="quickstart: tiny BERT 4L -> 2L")
+    print(f"[quickstart] model card: {write_model_card(output_dir)}")
     return results
