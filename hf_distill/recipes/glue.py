@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from ..data.augment import augment_dataset, embedding_neighbours, word_candidates
-from ..distillation_config import DistillationConfig
+from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..modeling import resolve_model_path
 from ..report import build_results, write_report
@@ -103,6 +103,9 @@ class GlueArguments:
             raise ValueError(f"student_dropout={self.student_dropout} must be in [0, 1), or unset for the teacher's.")
         if self.augment_neighbours < 1:
             raise ValueError(f"augment_neighbours={self.augment_neighbours} must be at least 1.")
+        check_number(
+            "teacher_learning_rate", self.teacher_learning_rate, "> 0 (or unset for learning_rate)", lambda v: v > 0
+        )
 
 
 def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
