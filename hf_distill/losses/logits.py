@@ -42,16 +42,14 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight: float) -> torch.Tensor:
     """``log(weight * p + (1 - weight) * q)`` elementwise from log-probabilities, for ``0 <= weight < 1``.
 
-    Entries where both are ``-inf`` stay ``-inf`` with a zero gradient (``logaddexp(-inf, -inf)`` back-propagates
-    ``exp(-inf - -inf) = nan``).
+    ``-inf`` (a masked entry) is raised to the lowest finite float first: ``logaddexp(-inf, -inf)`` back-propagates
+    ``exp(-inf - -inf) = nan``. Where both are masked, the mixture is then that lowest float; both distributions are 0
+    there, so no KL reads it. Where one is masked, the mixture is the other's term, as before.
     """
     if weight == 0.0:
         return log_q
-    both = torch.isneginf(log_p) & torch.isneginf(log_q)
-    mixed = torch.logaddexp(
-        log_p.masked_fill(both, 0.0) + math.log(weight), log_q.masked_fill(both, 0.0) + math.log1p(-weight)
-    )
-    return mixed.masked_fill(both, -math.inf)
+    floor = torch.finfo(log_p.dtype).min
+    return torch.logaddexp(log_p.clamp(min=floor) + math.log(weight), log_q.clamp(min=floor) + math.log1p(-weight))
 
 
 def _valid_rows(student_logits, teacher_logits, mask):
