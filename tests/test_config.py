@@ -93,6 +93,15 @@ def test_glue_teacher_learning_rate_is_checked(value):
     assert GlueArguments(teacher_learning_rate=3e-5).teacher_learning_rate == 3e-5
 
 
+@pytest.mark.parametrize("value", [NAN, INF, -1.0])
+def test_glue_teacher_epochs_are_checked(value):
+    from hf_distill.recipes.glue import GlueArguments
+
+    with pytest.raises(ValueError) as err:
+        GlueArguments(teacher_num_train_epochs=value)
+    assert str(err.value) == f"teacher_num_train_epochs must be a finite number >= 0, got {value!r}."
+
+
 def test_non_finite_values_from_the_command_line_are_refused(tmp_path):
     parser = HfArgumentParser(DistillationConfig)
     with pytest.raises(ValueError, match="^temperature must be a finite number > 0, got nan.$"):

@@ -106,6 +106,7 @@ class GlueArguments:
         check_number(
             "teacher_learning_rate", self.teacher_learning_rate, "> 0 (or unset for learning_rate)", lambda v: v > 0
         )
+        check_number("teacher_num_train_epochs", self.teacher_num_train_epochs, ">= 0", lambda v: v >= 0)
 
 
 def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
