@@ -59,25 +59,29 @@ class ItemCounts:
     scale: float = 1.0
 
 
+def _storage(p: torch.Tensor) -> int | None:
+    """Address of a parameter's memory, ``None`` where it has none to compare (meta, empty, sharded wrappers)."""
+    try:
+        return (p.untyped_storage().data_ptr() or None) if p.numel() and p.device.type != "meta" else None
+    except (RuntimeError, NotImplementedError):  # e.g. a DeepSpeed ZeRO-3 or FSDP placeholder
+        return None
+
+
 def _check_distinct(student: nn.Module, teachers: list[nn.Module]) -> None:
     """Refuse a teacher that is the student, or that shares a parameter tensor with it: training the student would
     move its own targets (and the teacher's frozen copy would freeze the student)."""
     inner = unwrap(student)
-    storages = {p.untyped_storage().data_ptr() for p in inner.parameters() if p.numel() and p.device.type != "meta"}
     params = {id(p) for p in inner.parameters()}
+    storages = {_storage(p) for p in inner.parameters()} - {None}
+    fix = "pass a separate copy as the teacher (copy.deepcopy(model), or load it again)"
     for i, teacher in enumerate(teachers):
-        fix = "pass a separate copy as the teacher (copy.deepcopy(model), or load it again)"
         if teacher is student or teacher is inner:
             raise ValueError(f"teacher_model[{i}] is the student model itself; {fix}.")
-        shared = [
-            name
-            for name, p in teacher.named_parameters()
-            if id(p) in params
-            or (p.numel() and p.device.type != "meta" and p.untyped_storage().data_ptr() in storages)
-        ]
+        shared = [name for name, p in teacher.named_parameters() if id(p) in params or _storage(p) in storages]
         if shared:
             raise ValueError(
-                f"teacher_model[{i}] shares {len(shared)} parameter tensor(s) with the student (e.g. {shared[0]!r}); {fix}."
+                f"teacher_model[{i}] shares {len(shared)} parameter tensor(s) with the student (e.g. {shared[0]!r}); "
+                f"{fix}."
             )
 
 
