@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
@@ -15,6 +17,19 @@ from .schedules import INTERMEDIATE_SCHEDULES
 _TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # written beside every saved student: the distillation settings, teachers and layer matches
 DISTILLATION_CONFIG_FILE = "distillation_config.json"
+
+
+def check_number(name: str, value, valid: str, ok: Callable[[float], bool] = lambda v: True) -> None:
+    """Refuse ``value`` unless it is a finite number for which ``ok`` holds: one ``ValueError`` line that names the
+    field, the value and ``valid`` (the range in words, e.g. ``"> 0"``). ``None`` (an unset optional) passes."""
+    if value is None:
+        return
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or not ok(number):
+        raise ValueError(f"{name} must be a finite number{' ' + valid if valid else ''}, got {value!r}.")
 
 
 @dataclass
@@ -175,12 +190,8 @@ class DistillationConfig(TrainingArguments):
         super().__post_init__()
 
     def _validate_distillation(self):
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        self._validate_numbers()
         alphas = {k: getattr(self, k) for k in ("alpha_task", "alpha_logits", "alpha_hidden", "alpha_attention")}
-        for name, value in alphas.items():
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}.")
         if not any(alphas.values()):
             raise ValueError("alpha_task, alpha_logits, alpha_hidden and alpha_attention are all 0: nothing to train.")
         if self.intermediate_schedule not in INTERMEDIATE_SCHEDULES:
@@ -191,8 +202,6 @@ class DistillationConfig(TrainingArguments):
         for kind, name in (("logits", "logit_loss"), ("hidden", "hidden_loss"), ("attention", "attention_loss")):
             if getattr(self, name) not in available_losses(kind):
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; choose one of {available_losses(kind)}.")
-        if not 0.0 < self.jsd_beta < 1.0:
-            raise ValueError(f"jsd_beta must lie strictly between 0 and 1, got {self.jsd_beta}.")
         if not isinstance(self.layer_map, str):  # a list of pairs from Python or YAML
             self.layer_map = ",".join(f"{s}:{t}" for s, t in parse_layer_pairs(self.layer_map))
         if self.attention_layer_map is not None and not isinstance(self.attention_layer_map, str):
@@ -210,10 +219,6 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r} is unknown; choose one of {list(_TEACHER_DTYPES)}."
             )
-        if self.teacher_weights is not None and (
-            any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0
-        ):
-            raise ValueError(f"teacher_weights must be >= 0 with a positive sum, got {self.teacher_weights}.")
         if self.teacher_length_groups is not None and self.teacher_length_groups < 1:
             raise ValueError(
                 f"teacher_length_groups must be >= 1 (1: the teacher runs on the whole padded batch), got "
@@ -227,12 +232,28 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"lmbda must lie in [0, 1] (the fraction of on-policy batches), got {self.lmbda}.")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-        if not self.generation_temperature > 0:
-            raise ValueError(f"generation_temperature must be > 0, got {self.generation_temperature}.")
         if not 0.0 < self.generation_top_p <= 1.0:
             raise ValueError(f"generation_top_p must lie in (0, 1], got {self.generation_top_p}.")
-        if self.adapter_learning_rate is not None and self.adapter_learning_rate <= 0:
-            raise ValueError(f"adapter_learning_rate must be > 0, got {self.adapter_learning_rate}.")
+
+    def _validate_numbers(self):
+        """Values that cannot train (nan, inf, out of range) are refused before anything is built."""
+        check_number("temperature", self.temperature, "> 0", lambda v: v > 0)
+        for name in ("alpha_task", "alpha_logits", "alpha_hidden", "alpha_attention"):
+            check_number(name, getattr(self, name), ">= 0", lambda v: v >= 0)
+        check_number("jsd_beta", self.jsd_beta, "strictly between 0 and 1", lambda v: 0 < v < 1)
+        for name in ("learning_rate", "adapter_learning_rate"):
+            check_number(name, getattr(self, name), "> 0", lambda v: v > 0)
+        for name in ("adam_beta1", "adam_beta2"):
+            check_number(name, getattr(self, name), "in [0, 1)", lambda v: 0 <= v < 1)
+        check_number("adam_epsilon", self.adam_epsilon, ">= 0", lambda v: v >= 0)
+        check_number("weight_decay", self.weight_decay, "")
+        check_number("label_smoothing_factor", self.label_smoothing_factor, "in [0, 1]", lambda v: 0 <= v <= 1)
+        check_number("generation_temperature", self.generation_temperature, "> 0", lambda v: v > 0)
+        if self.teacher_weights is not None:
+            for i, weight in enumerate(self.teacher_weights):
+                check_number(f"teacher_weights[{i}]", weight, ">= 0", lambda v: v >= 0)
+            if not sum(self.teacher_weights) > 0:
+                raise ValueError(f"teacher_weights must have a positive sum, got {self.teacher_weights}.")
 
     def needs_live_teacher(self, cached: bool = False) -> bool:
         """Whether training needs the teacher model itself, given soft targets from a top-k cache (``cached``) or not:

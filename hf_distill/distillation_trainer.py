@@ -21,7 +21,7 @@ from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .distributed import default_teacher_dtype, place_teacher, teacher_placement
 from .generation import generate_completions
 from .length_buckets import length_groups, merge_outputs, merge_records, split_batch, valid_lengths
-from .losses import align_logits, count_items, get_loss, mix_teacher_logits, target_mask, task_loss
+from .losses import align_logits, check_labels, count_items, get_loss, mix_teacher_logits, target_mask, task_loss
 from .losses.matched import attention_term, default_relation_heads, hidden_term
 from .losses.token import TeacherTargets, fused_causal_lm_loss
 from .losses.topk import topk_token_kd
@@ -59,6 +59,32 @@ class ItemCounts:
     scale: float = 1.0
 
 
+def _storage(p: torch.Tensor) -> int | None:
+    """Address of a parameter's memory, ``None`` where it has none to compare (meta, empty, sharded wrappers)."""
+    try:
+        return (p.untyped_storage().data_ptr() or None) if p.numel() and p.device.type != "meta" else None
+    except (RuntimeError, NotImplementedError):  # e.g. a DeepSpeed ZeRO-3 or FSDP placeholder
+        return None
+
+
+def _check_distinct(student: nn.Module, teachers: list[nn.Module]) -> None:
+    """Refuse a teacher that is the student, or that shares a parameter tensor with it: training the student would
+    move its own targets (and the teacher's frozen copy would freeze the student)."""
+    inner = unwrap(student)
+    params = {id(p) for p in inner.parameters()}
+    storages = {_storage(p) for p in inner.parameters()} - {None}
+    fix = "pass a separate copy as the teacher (copy.deepcopy(model), or load it again)"
+    for i, teacher in enumerate(teachers):
+        if teacher is student or teacher is inner:
+            raise ValueError(f"teacher_model[{i}] is the student model itself; {fix}.")
+        shared = [name for name, p in teacher.named_parameters() if id(p) in params or _storage(p) in storages]
+        if shared:
+            raise ValueError(
+                f"teacher_model[{i}] shares {len(shared)} parameter tensor(s) with the student (e.g. {shared[0]!r}); "
+                f"{fix}."
+            )
+
+
 class DistillationTrainer(HubPushMixin, Trainer):
     """Train ``model`` (the student) to match ``teacher_model`` as configured by a [`DistillationConfig`].
 
@@ -88,6 +114,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
             raise ValueError("DistillationTrainer needs the student model object as `model` (see build_student).")
         self.task = infer_task(model)
         self.teachers = self._load_teachers(teacher_model, args, kwargs.get("train_dataset"))
+        _check_distinct(model, self.teachers)
         self._check_pair(model, args, kwargs.get("processing_class"), teacher_processing_class)
         self.matches = self._build_matches(model, args)
         adapters = None
@@ -540,6 +567,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
                 normalizer=counts.targets,
                 label_smoothing=args.label_smoothing_factor,
             )
+        elif labels is not None and self.problem_type not in ("regression", "multi_label_classification"):
+            check_labels(labels, s_logits.shape[-1], "vocab_size" if self.task == "causal_lm" else "num_labels")
         if not self._check_soft_targets(teacher_outs, cache):
             return terms
         rows = self.vocab_rows

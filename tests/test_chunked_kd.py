@@ -192,3 +192,99 @@ def test_saves_o_of_hidden_plus_head_not_tokens_times_vocab(name):
     # gradients for hidden (N, D), weight (V, D) and bias (V,), the token indices (N,), nothing of size N x V
     assert chunked <= 4 * (n * d + v * d + v) + 8 * n + 1024
     assert chunked * 20 < naive
+
+
+# ---- vocabulary entries masked with -inf by both models (padded vocabulary rows, generation constraints) ----
+
+MASKED = [3, 10, 11, 30]  # vocabulary entries whose logits are -inf for student and teacher alike
+KEEP = torch.tensor([v not in MASKED for v in range(V)])
+
+
+def masked_head_inputs(seed=6):
+    """The student's head ``(weight (V, D), bias (V,))`` with bias -inf on ``MASKED``: its logits there are -inf, as
+    a padded vocabulary row or a constraint gives. Also a teacher head ``(V, DT)`` masked the same way."""
+    head, hidden, t_head, t_hidden, t_logits, mask = make_inputs(seed)
+    weight = head.weight.detach().clone().requires_grad_()
+    bias = head.bias.detach().clone()
+    bias[MASKED] = -float("inf")
+    bias.requires_grad_()
+    t_weight, t_bias = t_head.weight.detach(), t_head.bias.detach().clone()
+    t_bias[MASKED] = -float("inf")
+    t_logits = t_logits.clone()
+    t_logits[..., MASKED] = -float("inf")
+    return weight, bias, hidden, (t_weight, t_bias), t_hidden, t_logits, mask
+
+
+def assert_equal_to_sliced(got, want, weight, bias, hidden, sliced):
+    """``got`` (full vocabulary, masked entries) and ``want`` (the masked entries sliced away, head ``sliced``) agree
+    in value and gradients; the gradients are finite and zero on the masked rows of the head."""
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    g_hidden, g_weight, g_bias = torch.autograd.grad(got, [hidden, weight, bias])
+    w_hidden, w_weight, w_bias = torch.autograd.grad(want, [hidden, *sliced])
+    for g in (g_hidden, g_weight, g_bias):
+        assert torch.isfinite(g).all()
+    assert (g_weight[~KEEP] == 0).all() and (g_bias[~KEEP] == 0).all()
+    assert_close((g_hidden, g_weight[KEEP], g_bias[KEEP]), (w_hidden, w_weight, w_bias))
+
+
+@pytest.mark.parametrize("name", [*DIVERGENCES, "mse"])
+def test_chunked_kd_with_entries_both_models_mask(name):
+    """They were nan in value and gradients for every loss but the forward KL."""
+    weight, bias, hidden, _, _, t_logits, mask = masked_head_inputs()
+    kw = {"mask": mask, "temperature": 2.0, "beta": 0.3, "loss": name}
+    got = chunked_token_kd(hidden, (weight, bias), t_logits, chunk_size=5, **kw)
+    sliced = (weight[KEEP].detach().requires_grad_(), bias[KEEP].detach().requires_grad_())
+    want = chunked_token_kd(hidden, sliced, t_logits[..., KEEP], chunk_size=5, **kw)
+    assert_equal_to_sliced(got, want, weight, bias, hidden, sliced)
+
+
+@pytest.mark.parametrize("name", [*DIVERGENCES, "mse"])
+def test_fused_causal_lm_loss_with_entries_both_models_mask(name):
+    """The fused cross-entropy + KD loss (the closed form for kl, autograd for the others), the teacher's logits
+    coming chunk by chunk from its masked head, equals the same loss on the vocabulary without the masked entries."""
+    from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
+
+    weight, bias, hidden, t_head, t_hidden, _, mask = masked_head_inputs(seed=7)
+    g = torch.Generator().manual_seed(7)
+    kept_ids = KEEP.nonzero().squeeze(1)
+    new_ids = torch.randint(0, len(kept_ids), (B, T), generator=g)  # labels among the allowed tokens
+    labels = kept_ids[new_ids].masked_fill(~mask, -100)
+    kw = {"mask": mask, "alpha_task": 0.4, "alpha_logits": 0.6, "loss": name, "temperature": 2.0, "chunk_size": 4}
+    got, _ = fused_causal_lm_loss(
+        hidden, (weight, bias), labels=labels, teacher=TeacherTargets(hidden=[t_hidden], heads=[t_head]), **kw
+    )
+    sliced = (weight[KEEP].detach().requires_grad_(), bias[KEEP].detach().requires_grad_())
+    teacher = TeacherTargets(hidden=[t_hidden], heads=[(t_head[0][KEEP], t_head[1][KEEP])])
+    want, _ = fused_causal_lm_loss(hidden, sliced, labels=new_ids.masked_fill(~mask, -100), teacher=teacher, **kw)
+    assert_equal_to_sliced(got, want, weight, bias, hidden, sliced)
+
+
+# ---- labels outside the vocabulary ----
+
+
+@pytest.mark.parametrize("loss, alpha_task", [("kl", 1.0), ("jsd", 1.0), ("kl", 0.0)])
+@pytest.mark.parametrize("bad", [-1, V])
+def test_fused_causal_lm_loss_refuses_labels_outside_the_vocabulary(loss, alpha_task, bad):
+    """The closed form clamped a -1 label to token 0 and trained it as such; a label >= V was an IndexError."""
+    from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
+
+    head, hidden, _, _, t_logits, mask = make_inputs(seed=8)
+    labels = torch.randint(0, V, (B, T)).masked_fill(~mask, -100)
+    labels[0, 1] = labels[2, 0] = bad
+    with pytest.raises(ValueError) as err:
+        fused_causal_lm_loss(
+            hidden,
+            head,
+            labels=labels,
+            mask=labels != -100,
+            teacher=TeacherTargets(logits=[t_logits]),
+            alpha_task=alpha_task,
+            alpha_logits=1.0,
+            loss=loss,
+            chunk_size=4,
+        )
+    assert str(err.value) == (
+        f"label {bad} at 2 position(s) is outside [0, {V}) (vocab_size = {V}); a label must lie in that range, "
+        "or be -100 (ignored)."
+    )

@@ -283,3 +283,131 @@ def test_matched_terms_weight_each_pair_and_pick_their_layers():
     tiny = LlamaConfig(hidden_size=192, num_attention_heads=4, num_key_value_heads=1)
     assert default_relation_heads(small, tiny) == 16
     assert default_relation_heads(tiny, tiny) == 4  # the student's head count divides every width
+
+
+# ---- vocabulary entries that both models mask with -inf ----
+
+LOGIT_LOSSES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "mse"]
+
+
+def masked_logits(rows=6, vocab=13, seed=0):
+    """Student and teacher logits ``(rows, V)`` with the same entries set to -inf on both sides (a different set in
+    each row, as generation constraints give), and the boolean ``(rows, V)`` of those entries."""
+    g = torch.Generator().manual_seed(seed)
+    s, t = torch.randn(rows, vocab, generator=g), 2 * torch.randn(rows, vocab, generator=g)
+    masked = torch.rand(rows, vocab, generator=g) < 0.4
+    masked[:, :2] = False  # every row keeps some entries
+    masked[0, 2:] = True  # ... and one keeps only two
+    s[masked] = -math.inf
+    t[masked] = -math.inf
+    return s, t, masked
+
+
+def without_masked_entries(fn, s, t, masked, **kw):
+    """Reference: ``fn`` on each row with its masked entries sliced away, averaged over rows; and its gradient,
+    scattered back (0 at the masked entries)."""
+    values, grad = [], torch.zeros_like(s)
+    for i in range(s.shape[0]):
+        keep = ~masked[i]
+        row = s[i, keep][None].clone().requires_grad_()
+        value = fn(row, t[i, keep][None], **kw)
+        value.backward()
+        values.append(value.detach())
+        grad[i, keep] = row.grad[0] / s.shape[0]
+    return torch.stack(values).mean(), grad
+
+
+@pytest.mark.parametrize("name", LOGIT_LOSSES)
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_entries_masked_by_both_models_count_as_absent(name, temperature):
+    """0 * log(0 / 0) = 0: the loss equals the loss on the vocabulary without those entries, gradients included
+    (they were nan for every divergence and mse)."""
+    s, t, masked = masked_logits()
+    fn, kw = get_loss("logits", name), {"temperature": temperature, "beta": 0.3}
+    want, want_grad = without_masked_entries(fn, s, t, masked, **kw)
+    student = s.clone().requires_grad_()
+    got = fn(student, t, **kw)
+    got.backward()
+    assert torch.isfinite(got) and torch.isfinite(student.grad).all()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(student.grad, want_grad)
+    assert (student.grad[masked] == 0).all()
+
+
+def test_an_entry_only_the_student_masks_stays_infinite_in_forward_kl():
+    """The convention covers entries both sides mask; a token the teacher allows and the student forbids is a true
+    infinity of KL(p_t || p_s), not hidden."""
+    s, t = torch.randn(1, 5), torch.randn(1, 5)
+    s[0, 2] = -math.inf
+    assert get_loss("logits", "kl")(s, t).item() == math.inf
+
+
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"])
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_topk_with_masked_entries_among_the_k(name, tail):
+    """k larger than the allowed tokens: the teacher's top-k holds masked ids (log-prob -inf) where the student's
+    logits are -inf too; the loss equals the top-k loss on the vocabulary without them, with finite gradients."""
+    from hf_distill.losses import teacher_topk, topk_token_kd
+
+    s, t, masked = masked_logits(rows=1, vocab=13, seed=1)
+    keep = ~masked[0]
+    kw = {"loss": name, "temperature": 2.0, "beta": 0.3, "tail": tail}
+    student = s.clone().requires_grad_()
+    got = topk_token_kd(student, *teacher_topk(t, k=12, temperature=2.0), **kw)  # k = 12 > the allowed entries
+    got.backward()
+    sliced = s[:, keep].clone().requires_grad_()
+    want = topk_token_kd(sliced, *teacher_topk(t[:, keep], k=int(keep.sum()), temperature=2.0), **kw)
+    want.backward()
+    assert torch.isfinite(got) and torch.isfinite(student.grad).all()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(student.grad[:, keep], sliced.grad)
+    assert (student.grad[masked] == 0).all()
+
+
+def test_mixing_teachers_keeps_masked_entries_masked_and_skips_zero_weights():
+    a, b = torch.randn(2, 6), torch.randn(2, 6)
+    a[:, 4] = b[:, 4] = -math.inf
+    for loss in ("kl", "mse"):
+        mixed = mix_teacher_logits([a, b], [1.0, 0.0], temperature=2.0, loss=loss)
+        assert torch.isneginf(mixed[:, 4]).all() and torch.isfinite(mixed[:, :4]).all()
+    torch.testing.assert_close(mix_teacher_logits([a, b], [1.0, 0.0], 2.0, "mse"), a)
+
+
+# ---- labels outside the label set ----
+
+
+@pytest.mark.parametrize(
+    "task, logits, labels, message",
+    [
+        (
+            "sequence_classification",
+            torch.randn(4, 3),
+            torch.tensor([0, -1, -100, -1]),
+            "label -1 at 2 position(s) is outside [0, 3) (num_labels = 3)",
+        ),
+        (
+            "sequence_classification",
+            torch.randn(4, 3),
+            torch.tensor([0, 3, 1, 2]),
+            "label 3 at 1 position(s) is outside [0, 3) (num_labels = 3)",
+        ),
+        (
+            "token_classification",
+            torch.randn(2, 3, 5),
+            torch.tensor([[0, -100, 7], [1, 2, -100]]),
+            "label 7 at 1 position(s) is outside [0, 5) (num_labels = 5)",
+        ),
+        (
+            "causal_lm",
+            torch.randn(2, 3, 7),  # aligned: positions 0..2 of 4-token rows
+            torch.tensor([[5, 1, -1, 2], [-100, 3, 4, -100]]),
+            "label -1 at 1 position(s) is outside [0, 7) (vocab_size = 7)",
+        ),
+    ],
+)
+def test_task_loss_refuses_labels_outside_the_label_set(task, logits, labels, message):
+    """A label other than -100 below 0 or at/past the class count is one clear line, not an IndexError of
+    cross_entropy (or a device-side assert on a GPU)."""
+    with pytest.raises(ValueError) as err:
+        task_loss(logits, labels, task=task)
+    assert str(err.value) == message + "; a label must lie in that range, or be -100 (ignored)."

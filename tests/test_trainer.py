@@ -395,3 +395,70 @@ def test_intermediate_schedule_is_checked_and_constant_by_default(tmp_out):
     )
     trainer.train()
     assert not any("intermediate_scale" in log for log in trainer.state.log_history)
+
+
+def test_one_module_as_teacher_and_student_is_refused(tmp_out):
+    """Training the student would move its own soft targets, and freezing the teacher would freeze the student."""
+    student, other = tiny_bert(num_layers=2, seed=2), tiny_bert(seed=1)
+    fix = "pass a separate copy as the teacher (copy.deepcopy(model), or load it again)."
+    for teachers, index in ((student, 0), ([other, student], 1)):
+        with pytest.raises(ValueError) as err:
+            DistillationTrainer(model=student, teacher_model=teachers, args=config(tmp_out))
+        assert str(err.value) == f"teacher_model[{index}] is the student model itself; {fix}"
+    shares_a_module = tiny_bert(seed=1)
+    shares_a_module.bert.embeddings = student.bert.embeddings  # the same Parameter objects
+    shares_storage = tiny_bert(seed=1)
+    shares_storage.classifier.weight = torch.nn.Parameter(
+        student.classifier.weight.data
+    )  # a new Parameter, same memory
+    for teacher, count, name in ((shares_a_module, 5, "bert.embeddings"), (shares_storage, 1, "classifier.weight")):
+        with pytest.raises(ValueError) as err:
+            DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_out))
+        assert str(err.value).startswith(
+            f"teacher_model[0] shares {count} parameter tensor(s) with the student (e.g. "
+        )
+        assert name in str(err.value) and str(err.value).endswith(fix)
+    assert all(p.requires_grad for p in student.parameters())  # refused before the teacher was frozen
+
+
+def with_label(dataset, row, column, value):
+    labels = [list(x) if isinstance(x, list) else x for x in dataset["labels"]]  # a Column copies rows on access
+    if column is None:
+        labels[row] = value
+    else:
+        labels[row][column] = value
+    return dataset.remove_columns("labels").add_column("labels", labels)
+
+
+@pytest.mark.parametrize("kd_chunk_size", [256, 0])  # the chunked (fused) causal-LM loss, and full logits
+@pytest.mark.parametrize("alpha_task", [0.5, 0.0])
+@pytest.mark.parametrize("bad", [-1, 99])
+def test_causal_lm_labels_outside_the_vocabulary_are_refused(tmp_out, kd_chunk_size, alpha_task, bad):
+    """The chunked path trained a -1 label as token 0; a label >= V was an IndexError (a device assert on a GPU)."""
+    teacher = tiny_llama(seed=1)
+    student = build_student(teacher, layers=[0, 3])
+    data = with_label(lm_dataset(n=8), 1, 5, bad)  # row 1 is at least 5 tokens long: position 5 is a target
+    args = config(tmp_out, alpha_task=alpha_task, alpha_logits=1.0, kd_chunk_size=kd_chunk_size, max_steps=1)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
+    assert trainer._fused == (kd_chunk_size > 0)
+    with pytest.raises(ValueError) as err:
+        trainer.train()
+    assert str(err.value) == (
+        f"label {bad} at 1 position(s) is outside [0, 99) (vocab_size = 99); a label must lie in that range, or be "
+        "-100 (ignored)."
+    )
+
+
+@pytest.mark.parametrize("alpha_task", [0.5, 0.0])
+@pytest.mark.parametrize("bad", [-1, 2])
+def test_class_labels_outside_num_labels_are_refused(tmp_out, alpha_task, bad):
+    teacher, student = tiny_bert(seed=1), tiny_bert(num_layers=2, seed=2)
+    data = with_label(classification_dataset(n=8), 3, None, bad)
+    args = config(tmp_out, alpha_task=alpha_task, alpha_logits=1.0, max_steps=1)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
+    with pytest.raises(ValueError) as err:
+        trainer.train()
+    assert str(err.value) == (
+        f"label {bad} at 1 position(s) is outside [0, 2) (num_labels = 2); a label must lie in that range, or be "
+        "-100 (ignored)."
+    )

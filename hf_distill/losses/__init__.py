@@ -7,7 +7,7 @@ from .logits import mix_teacher_logits
 from .matched import attention_term, default_relation_heads, hidden_term
 from .reduction import count_items, flatten_valid, reduce_items
 from .registry import LOSS_KINDS, available_losses, get_loss, register_loss
-from .task import IGNORE_INDEX, TASK_KINDS, align_logits, target_mask, task_loss
+from .task import IGNORE_INDEX, TASK_KINDS, align_logits, check_labels, target_mask, task_loss
 from .topk import teacher_topk, topk_token_kd
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "align_logits",
     "attention_term",
     "available_losses",
+    "check_labels",
     "chunked_token_kd",
     "count_items",
     "default_relation_heads",

@@ -6,6 +6,12 @@ log-softmax of bf16/fp16 logits loses exactly the small tail probabilities that 
 
 Shapes: ``student_logits`` and ``teacher_logits`` are ``(*batch, V)`` (``(B, V)`` for sequence classification,
 ``(B, T, V)`` for token-level KD, already shifted for causal LMs); ``mask`` is ``(*batch)``.
+
+Vocabulary entries masked with ``-inf`` (generation constraints, padded vocabulary rows) have probability 0. Where
+both distributions give an entry probability 0 it contributes nothing, ``0 * log(0 / 0) = 0``, and no gradient: every
+divergence equals the same divergence on the vocabulary without those entries, with finite gradients. ``mse`` leaves
+out the entries where both logits are ``-inf`` and averages over the others. An entry that only one side masks is a
+true infinity (``KL(p_t || p_s)`` where the teacher allows a token the student forbids) and stays one.
 """
 
 from __future__ import annotations
@@ -24,15 +30,26 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row: ``(N, V), (N, V) -> (N,)``; ``0 * log 0`` counts as 0."""
-    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
+    """KL(p || q) per row: ``(N, V), (N, V) -> (N,)``; entries with ``p = 0`` count as 0, ``q = 0`` included.
+
+    The difference is zeroed *before* the product, so that ``-inf - -inf = nan`` reaches neither the value nor the
+    gradient (``torch.where`` after the product would still back-propagate ``0 * nan``).
+    """
+    p = log_p.exp()
+    return (p * torch.where(p > 0, log_p - log_q, 0.0)).sum(-1)
 
 
 def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight: float) -> torch.Tensor:
-    """``log(weight * p + (1 - weight) * q)`` elementwise from log-probabilities, for ``0 <= weight < 1``."""
+    """``log(weight * p + (1 - weight) * q)`` elementwise from log-probabilities, for ``0 <= weight < 1``.
+
+    ``-inf`` (a masked entry) is raised to the lowest finite float first: ``logaddexp(-inf, -inf)`` back-propagates
+    ``exp(-inf - -inf) = nan``. Where both are masked, the mixture is then that lowest float; both distributions are 0
+    there, so no KL reads it. Where one is masked, the mixture is the other's term, as before.
+    """
     if weight == 0.0:
         return log_q
-    return torch.logaddexp(log_p + math.log(weight), log_q + math.log1p(-weight))
+    floor = torch.finfo(log_p.dtype).min
+    return torch.logaddexp(log_p.clamp(min=floor) + math.log(weight), log_q.clamp(min=floor) + math.log1p(-weight))
 
 
 def _valid_rows(student_logits, teacher_logits, mask):
@@ -114,10 +131,14 @@ def skew_reverse_kl(student_logits, teacher_logits, *, mask=None, temperature=1.
 def logits_mse(student_logits, teacher_logits, *, mask=None, normalizer=None, **_):
     """Mean squared error between raw logits, averaged over the ``V`` outputs of an item (no temperature).
 
-    This is the soft-target loss for regression heads (``num_labels == 1``, e.g. STS-B).
+    This is the soft-target loss for regression heads (``num_labels == 1``, e.g. STS-B). Outputs that both models
+    mask with ``-inf`` are left out, of the sum and of the count: ``(N, V) -> (N,)`` means over the others.
     """
     s, t = _valid_rows(student_logits, teacher_logits, mask)
-    per_item = (s.float() - t.float()).pow(2).mean(-1)
+    s, t = s.float(), t.float()
+    both = torch.isneginf(s) & torch.isneginf(t)  # (N, V)
+    squared = torch.where(both, 0.0, s - t).pow(2)
+    per_item = squared.sum(-1) / (s.shape[-1] - both.sum(-1)).clamp(min=1)
     return reduce_items(per_item, normalizer)
 
 
@@ -132,8 +153,8 @@ def mix_teacher_logits(teacher_logits: list[torch.Tensor], weights: list[float],
         return teacher_logits[0]
     w = torch.tensor(weights, dtype=torch.float32, device=teacher_logits[0].device)
     w = w / w.sum()
-    if loss == "mse":
-        return sum(wi * z.float() for wi, z in zip(w, teacher_logits))
+    if loss == "mse":  # a teacher of weight 0 is left out: 0 * -inf would be nan
+        return sum(wi * z.float() for wi, weight, z in zip(w, weights, teacher_logits) if weight > 0)
     stacked = torch.stack([_log_probs(z, temperature) for z in teacher_logits])  # (n_teachers, *batch, V)
     log_mix = torch.logsumexp(stacked + w.log().view(-1, *[1] * (stacked.dim() - 1)), dim=0)
     return log_mix * temperature

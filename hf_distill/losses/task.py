@@ -2,7 +2,8 @@
 
 Task kinds: ``"sequence_classification"`` (logits ``(B, C)``, labels ``(B,)``; regression when ``C == 1``),
 ``"token_classification"`` (logits ``(B, T, C)``, labels ``(B, T)``) and ``"causal_lm"`` (logits ``(B, T, V)``,
-labels ``(B, T)`` shifted here so position ``t`` predicts token ``t + 1``). Label ``-100`` is ignored everywhere.
+labels ``(B, T)`` shifted here so position ``t`` predicts token ``t + 1``). Label ``-100`` is ignored everywhere;
+any other label outside ``[0, C)`` (or ``[0, V)``) is an error (:func:`check_labels`), never a silent class.
 """
 
 from __future__ import annotations
@@ -14,6 +15,27 @@ from .reduction import reduce_items
 
 IGNORE_INDEX = -100
 TASK_KINDS = ("sequence_classification", "token_classification", "causal_lm")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, what: str = "num_labels") -> None:
+    """Refuse integer labels that are neither ``IGNORE_INDEX`` nor a class id in ``[0, num_classes)``.
+
+    ``labels`` ``(*batch)``, any integer dtype (float labels, of regression and multi-label heads, are not ids and
+    pass). ``what`` names ``num_classes`` in the message (``num_labels``, ``vocab_size``). Costs one min/max
+    pair and one host sync per call; the error path counts the bad positions.
+    """
+    if labels.is_floating_point() or labels.numel() == 0:
+        return
+    ids = labels.masked_fill(labels == IGNORE_INDEX, 0)
+    low, high = torch.stack([ids.min(), ids.max()]).tolist()
+    if low >= 0 and high < num_classes:
+        return
+    bad = low if low < 0 else high
+    count = int((labels == bad).sum())
+    raise ValueError(
+        f"label {bad} at {count} position(s) is outside [0, {num_classes}) ({what} = {num_classes}); a label must "
+        f"lie in that range, or be {IGNORE_INDEX} (ignored)."
+    )
 
 
 def align_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -56,6 +78,7 @@ def task_loss(logits, labels, *, task, problem_type=None, normalizer=None, label
     if problem_type == "multi_label_classification":
         per_item = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none").mean(-1)
         return reduce_items(per_item, normalizer)
+    check_labels(labels, logits.shape[-1], "vocab_size" if task == "causal_lm" else "num_labels")
     per_item = F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
         labels.reshape(-1),

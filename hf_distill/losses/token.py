@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .chunked import _head_params, chunked_linear_loss
 from .logits import mix_teacher_logits
 from .registry import get_loss
-from .task import IGNORE_INDEX
+from .task import IGNORE_INDEX, check_labels
 
 
 @dataclass
@@ -80,7 +80,8 @@ def fused_causal_lm_loss(
         student_hidden: ``(B, T, D)`` the student's last hidden states at the prediction positions (already aligned:
             position ``t`` predicts ``labels[:, t]``).
         student_head: the student's linear output head (weight ``(V, D)``).
-        labels: ``(B, T)`` aligned next-token ids, ``-100`` where not a target; ``None`` when there is no task term.
+        labels: ``(B, T)`` aligned next-token ids in ``[0, V)``, ``-100`` where not a target (any other value is a
+            ``ValueError``); ``None`` when there is no task term.
         mask: ``(B, T)`` the target tokens (``labels != -100``, or the attention mask without labels).
         teacher: the soft-target source; ``None`` when there is no KD term.
         alpha_task, alpha_logits: weights of the two terms (a zero weight skips its term).
@@ -95,6 +96,8 @@ def fused_causal_lm_loss(
         ``total`` (a differentiable float32 scalar) and the detached normalised terms ``{"task": ..., "logits": ...}``
         (only those with a non-zero weight).
     """
+    if labels is not None:  # before any chunk: a -1 would otherwise index the vocabulary
+        check_labels(labels, _head_params(student_head, "student_head")[0].shape[0], "vocab_size")
     use_task = alpha_task > 0 and labels is not None
     use_kd = alpha_logits > 0 and teacher is not None
     divergence = get_loss("logits", loss) if use_kd else None

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from ..data.augment import IGNORE_INDEX, augment_dataset, embedding_neighbours, word_candidates
-from ..distillation_config import DistillationConfig
+from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..modeling import resolve_model_path
 from ..report import build_results, write_report
@@ -114,6 +114,10 @@ class GlueArguments:
             raise ValueError(f"unlabelled_train_samples={self.unlabelled_train_samples} must be 0 or more.")
         if self.augment_neighbours < 1:
             raise ValueError(f"augment_neighbours={self.augment_neighbours} must be at least 1.")
+        check_number(
+            "teacher_learning_rate", self.teacher_learning_rate, "> 0 (or unset for learning_rate)", lambda v: v > 0
+        )
+        check_number("teacher_num_train_epochs", self.teacher_num_train_epochs, ">= 0", lambda v: v >= 0)
 
 
 def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
