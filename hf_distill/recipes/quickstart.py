@@ -23,6 +23,7 @@ from transformers import (
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
 from ..student import build_student
+from ..validation import check_output_dir, clear_previous_run
 
 
 @dataclass
@@ -30,6 +31,9 @@ class QuickstartArguments:
     output_dir: str = field(default="out/quickstart", metadata={"help": "Where teacher, student and results.json go."})
     max_steps: int = field(default=150, metadata={"help": "Optimizer steps for the teacher and for the student."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a run already in output_dir (deleted first); else it is refused."}
+    )
 
 
 def synthetic_dataset(n: int, seed: int, seq_len: int = 16, vocab: int = 30) -> Dataset:
@@ -47,7 +51,14 @@ def accuracy(eval_pred) -> dict:
     return {"accuracy": float((logits.argmax(-1) == labels).mean())}
 
 
-def run(output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0) -> dict:
+def run(
+    output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0, overwrite_output_dir: bool = False
+) -> dict:
+    if steps < 1:
+        raise ValueError(f"--max_steps {steps}: give a positive number of optimizer steps, e.g. --max_steps 150.")
+    check_output_dir(output_dir, overwrite_output_dir, resume=None, resumable=False)
+    if overwrite_output_dir:
+        clear_previous_run(output_dir)
     torch.manual_seed(seed)
     train, dev = synthetic_dataset(2048, seed), synthetic_dataset(512, seed + 1)
     config = BertConfig(
