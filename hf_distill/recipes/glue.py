@@ -191,7 +191,7 @@ def teacher_budget(glue_args: GlueArguments, teacher_args: TrainingArguments, nu
         glue_args.teacher_num_train_epochs * max(math.ceil(batches / teacher_args.gradient_accumulation_steps), 1)
     )
     return (
-        f"{num_examples} examples, {steps} steps ({glue_args.teacher_num_train_epochs:g} epochs, "
+        f"{num_examples} examples, {steps} steps ({glue_args.teacher_num_train_epochs:g} epoch(s), "
         "--teacher_num_train_epochs; cap them with --teacher_max_steps N)"
     )
 
