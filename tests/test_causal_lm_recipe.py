@@ -154,6 +154,8 @@ def test_teacher_cache_is_built_once_then_trained_from(tmp_path, teacher_dir, ca
         cache,
         "--teacher_cache_k",
         "4",
+        "--overwrite_output_dir",  # the same output_dir three times
+        "true",
     ]
     run(*job(tmp_path, teacher_dir, *flags))
     assert os.path.isfile(os.path.join(cache, CACHE_META_FILE))

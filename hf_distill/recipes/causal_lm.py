@@ -27,6 +27,7 @@ from ..modeling import resolve_dtype, resolve_model_path
 from ..report import count_parameters
 from ..student import build_student
 from ..teacher_cache import CACHE_META_FILE, build_teacher_cache, load_teacher_cache
+from ..validation import parse_layers, prepare_output_dir, resolve_resume, validate_causal_lm_job
 from ..vocab import check_tokenizers
 
 logger = logging.getLogger(__name__)
@@ -174,9 +175,8 @@ def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, token
         student = AutoModelForCausalLM.from_pretrained(path, dtype=next(teacher.parameters()).dtype)
         check_tokenizers(AutoTokenizer.from_pretrained(path), tokenizer, "student", "teacher")
     else:
-        layers = [int(i) for i in lm.student_layers.split(",")] if lm.student_layers else None
         torch.manual_seed(args.seed)
-        student = build_student(teacher, layers=layers)
+        student = build_student(teacher, layers=parse_layers(lm.student_layers))
     if lm.use_peft:
         from peft import LoraConfig, get_peft_model
 
@@ -233,8 +233,7 @@ def score(model, texts: dict, tokenizer, lm: CausalLMArguments, *, label: str = 
 
 def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     """Run the whole job and return the ``results.json`` object."""
-    if args.teacher_model_name_or_path is None:
-        raise ValueError("Set --teacher_model_name_or_path (a causal LM: Hub name or local folder).")
+    tokenizer = validate_causal_lm_job(lm, args)  # every input checked before the teacher is loaded
     if lm.use_peft and not lm.merge_lora and not lm.student_model_name_or_path:
         raise ValueError(
             "--use_peft on a student built from teacher layers must be saved merged (--merge_lora true): the adapter "
@@ -242,8 +241,8 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
             "base model with --student_model_name_or_path."
         )
     check_eval_caps(lm)
+    prepare_output_dir(args, "causal-lm")
     teacher_path = resolve_model_path(args.teacher_model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = resolve_dtype(args.teacher_dtype, torch.float32)
@@ -279,7 +278,7 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         processing_class=tokenizer,
         teacher_processing_class=tokenizer,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
     trainer.save_model(args.output_dir)
     model = trainer.model
     if lm.use_peft and lm.merge_lora:

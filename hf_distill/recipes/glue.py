@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,7 +19,6 @@ from datasets import concatenate_datasets
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
@@ -31,6 +31,15 @@ from ..modeling import resolve_model_path
 from ..report import build_results, write_report
 from ..student import build_student
 from ..tasks import compute_metrics_for, get_task, load_glue, tokenize_glue
+from ..tasks.glue import task_files
+from ..validation import (
+    check_glue_data_dir,
+    parse_layers,
+    prepare_output_dir,
+    resolve_resume,
+    validate_compare_job,
+    validate_glue_job,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +59,16 @@ class GlueArguments:
         default=False,
         metadata={"help": "Fine-tune the teacher on the task first (for a base, not task-tuned, model)."},
     )
-    teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of teacher fine-tuning."})
+    teacher_num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs of teacher fine-tuning (unless --teacher_max_steps is set)."}
+    )
+    teacher_max_steps: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Optimizer steps of teacher fine-tuning (default: --teacher_num_train_epochs epochs; the job "
+            "prints how many steps that is before it starts)."
+        },
+    )
     teacher_learning_rate: Optional[float] = field(
         default=None, metadata={"help": "Learning rate of teacher fine-tuning (default: learning_rate)."}
     )
@@ -122,11 +140,16 @@ class GlueArguments:
 
 def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
     task = get_task(glue_args.task_name)
-    data_dir = glue_args.data_dir
-    if data_dir is not None and not os.path.isdir(data_dir):
-        logger.warning("data_dir %s does not exist: loading %s from the Hub (nyu-mll/glue).", data_dir, task.name)
-        data_dir = None
-    raw = load_glue(task, data_dir=data_dir, cache_dir=glue_args.cache_dir)
+    check_glue_data_dir(glue_args.data_dir, task)  # a wrong data_dir is an error, never a switch to the Hub
+    try:
+        raw = load_glue(task, data_dir=glue_args.data_dir, cache_dir=glue_args.cache_dir)
+    except OSError as err:  # the Hub is unreachable (ConnectionError) or refuses
+        if glue_args.data_dir is not None:
+            raise
+        raise ValueError(
+            f"Cannot load {task.name} from the Hub ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+            f"pass --data_dir with the {task.dir_name} folder of the GLUE download ({', '.join(task_files(task))})."
+        ) from err
     train = raw["train"]
     n_unlabelled = glue_args.unlabelled_train_samples
     n_labelled = glue_args.max_train_samples if glue_args.max_train_samples is not None else len(train) - n_unlabelled
@@ -169,10 +192,13 @@ def load_teacher(glue_args, args: DistillationConfig, task, data, tokenizer, col
         **{k: getattr(args, k) for k in _SHARED_TRAINING_FIELDS},
         learning_rate=glue_args.teacher_learning_rate or args.learning_rate,
         num_train_epochs=glue_args.teacher_num_train_epochs,
+        max_steps=-1 if glue_args.teacher_max_steps is None else glue_args.teacher_max_steps,
         output_dir=teacher_dir,
         save_strategy="no",
     )
-    print(f"[glue] fine-tuning the teacher on {task.name} ({len(data['train'])} examples)")
+    print(
+        f"[glue] fine-tuning the teacher on {task.name}: {teacher_budget(glue_args, teacher_args, len(data['train']))}"
+    )
     trainer = Trainer(
         model=teacher,
         args=teacher_args,
@@ -183,6 +209,20 @@ def load_teacher(glue_args, args: DistillationConfig, task, data, tokenizer, col
     trainer.train()
     trainer.save_model(teacher_dir)
     return teacher
+
+
+def teacher_budget(glue_args: GlueArguments, teacher_args: TrainingArguments, num_examples: int) -> str:
+    """How long teacher fine-tuning is, in optimizer steps, and which flag sets it (never a silent epoch)."""
+    if glue_args.teacher_max_steps is not None:
+        return f"{num_examples} examples, {glue_args.teacher_max_steps} steps (--teacher_max_steps)"
+    batches = math.ceil(num_examples / (teacher_args.per_device_train_batch_size * max(teacher_args.world_size, 1)))
+    steps = math.ceil(
+        glue_args.teacher_num_train_epochs * max(math.ceil(batches / teacher_args.gradient_accumulation_steps), 1)
+    )
+    return (
+        f"{num_examples} examples, {steps} steps ({glue_args.teacher_num_train_epochs:g} epoch(s), "
+        "--teacher_num_train_epochs; cap them with --teacher_max_steps N)"
+    )
 
 
 # TrainingArguments fields that teacher fine-tuning takes over from the distillation run
@@ -247,8 +287,8 @@ def make_student(glue_args: GlueArguments, args, teacher, task):
         return AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=task.num_labels, **labels, **dropout
         )
-    layers = [int(i) for i in glue_args.student_layers.split(",")] if glue_args.student_layers else None
     torch.manual_seed(args.seed)
+    layers = parse_layers(glue_args.student_layers)
     return build_student(teacher, layers=layers, **student_dropout_overrides(glue_args, teacher.config))
 
 
@@ -298,7 +338,7 @@ def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data) -> d
     return {**data, "train": train}
 
 
-def distill(model, teacher, args, data, collator, tokenizer, compute_metrics, eval_split):
+def distill(model, teacher, args, data, collator, tokenizer, compute_metrics, eval_split, resume=None):
     trainer = DistillationTrainer(
         model=model,
         teacher_model=teacher,
@@ -309,19 +349,16 @@ def distill(model, teacher, args, data, collator, tokenizer, compute_metrics, ev
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     return trainer
 
 
 def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     """Run the whole job and return the ``results.json`` object."""
-    if args.teacher_model_name_or_path is None:
-        raise ValueError(
-            "Set --teacher_model_name_or_path (a fine-tuned teacher, or a base model with --finetune_teacher)."
-        )
     check_kd_only_data(glue_args, args)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.teacher_model_name_or_path))
+    tokenizer = validate_glue_job(glue_args, args)  # every input checked before anything is loaded or trained
+    prepare_output_dir(args, "glue")
     task, data = prepare_data(glue_args, tokenizer, args.seed)
     collator = DataCollatorWithPadding(tokenizer)
     compute_metrics = compute_metrics_for(task)
@@ -333,7 +370,10 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     if "unlabelled" in data:
         kd_data = {**kd_data, "train": concatenate_datasets([kd_data["train"], data["unlabelled"]])}
         print(f"[glue] + {len(data['unlabelled'])} unlabelled examples labelled by the teacher")
-    trainer = distill(student, teacher, args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0])
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    trainer = distill(
+        student, teacher, args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0], resume
+    )
 
     baseline = baseline_trainer = None
     if glue_args.baseline_no_kd:
@@ -341,6 +381,7 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
         base_args = dataclasses.replace(
             args,
             output_dir=os.path.join(args.output_dir, "student_no_kd"),
+            resume_from_checkpoint=None,
             alpha_task=1.0,
             alpha_logits=0.0,
             alpha_hidden=0.0,
@@ -392,6 +433,9 @@ class CompareArguments:
     task_name: str = field(default="sst2", metadata={"help": "GLUE task whose dev split is scored."})
     data_dir: Optional[str] = field(default=None, metadata={"help": "Local GLUE task folder; default: the Hub."})
     output_dir: str = field(default="out/compare", metadata={"help": "Where results.json and report.png go."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the results.json and report.png of an earlier run in output_dir."}
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Score at most this many examples."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
@@ -401,10 +445,7 @@ class CompareArguments:
 
 def compare(cmp: CompareArguments) -> dict:
     """Score teacher and student on the task's dev split, measure both, write ``results.json`` and ``report.png``."""
-    for name in ("teacher_model_name_or_path", "student_model_name_or_path"):
-        if not getattr(cmp, name):
-            raise ValueError(f"Set --{name}.")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cmp.student_model_name_or_path))
+    tokenizer = validate_compare_job(cmp)
     glue_args = GlueArguments(
         task_name=cmp.task_name,
         data_dir=cmp.data_dir,

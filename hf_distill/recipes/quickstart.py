@@ -26,6 +26,7 @@ from ..distillation_trainer import DistillationTrainer
 from ..model_card import write_model_card
 from ..report import build_results, write_report
 from ..student import build_student
+from ..validation import check_output_dir, clear_previous_run
 
 
 @dataclass
@@ -39,6 +40,9 @@ class QuickstartArguments:
     )
     max_steps: int = field(default=150, metadata={"help": "Optimizer steps for the teacher and for the student."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a run already in output_dir (deleted first); else it is refused."}
+    )
 
 
 def synthetic_dataset(n: int, seed: int, seq_len: int = 16, vocab: int = 30) -> Dataset:
@@ -56,13 +60,20 @@ def accuracy(eval_pred) -> dict:
     return {"accuracy": float((logits.argmax(-1) == labels).mean())}
 
 
-def run(output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0) -> dict:
+def run(
+    output_dir: str = "out/quickstart", steps: int = 150, seed: int = 0, overwrite_output_dir: bool = False
+) -> dict:
     """Train a teacher into ``output_dir/teacher``, distil a student into ``output_dir``, score, time and report both.
 
     ``output_dir`` ends up laid out as the GLUE job's: the student with ``distillation_config.json``,
     ``results.json`` (:func:`hf_distill.report.build_results`), ``report.png`` and a model card (``README.md``);
     ``teacher/`` holds the teacher. Both load with ``from_pretrained``. Returns the ``results.json`` object.
     """
+    if steps < 1:
+        raise ValueError(f"--max_steps {steps}: give a positive number of optimizer steps, e.g. --max_steps 150.")
+    check_output_dir(output_dir, overwrite_output_dir, resume=None, resumable=False)
+    if overwrite_output_dir:
+        clear_previous_run(output_dir)
     torch.manual_seed(seed)
     train, dev = synthetic_dataset(2048, seed), synthetic_dataset(512, seed + 1)
     config = BertConfig(

@@ -166,9 +166,14 @@ def features_for(task: str | GlueTask) -> datasets.Features:
     return datasets.Features(features)
 
 
+def task_files(task: str | GlueTask) -> list[str]:
+    """The GLUE download's files of ``task``: ``["train.tsv", "dev.tsv"]`` (MNLI: its two dev files)."""
+    return [_SPLIT_FILES[split] for split in ("train", *get_task(task).eval_splits)]
+
+
 def _task_folder(task: GlueTask, data_dir: Path) -> Path:
     """``data_dir`` itself when it holds the task's files, else ``data_dir/<dir_name>`` when that does."""
-    needed = [_SPLIT_FILES[split] for split in ("train", *task.eval_splits)]
+    needed = task_files(task)
     for folder in (data_dir, data_dir / task.dir_name):
         if all((folder / name).is_file() for name in needed):
             return folder

@@ -1,0 +1,561 @@
+"""Checks of a job's inputs, run before any model is loaded or trained: config files, model paths, tokenizers, the
+student spec, data files and the output folder.
+
+Each check raises ``ValueError`` with one line that names the bad value, its flag and the fix; the CLI prints that
+line (``hf-distill <command>: error: ...``) and exits with code 2. The ``validate_*_job`` functions at the bottom
+gather the checks of one job and are called first thing by the recipes' ``run``.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import shutil
+
+import yaml
+
+# ------------------------------------------------------------------------------------------------- config files
+
+# keys of a recipe YAML that name local paths, resolved against the YAML file's folder (output_dir, logging_dir and
+# resume_from_checkpoint are not: a job's output goes where it is run from)
+PATH_KEYS = ("data_dir", "train_file", "validation_files", "teacher_cache_dir", "cache_dir", "folder")
+# keys that may be a local folder or a Hub name: resolved only when they look like a path or exist beside the YAML
+MODEL_KEYS = ("teacher_model_name_or_path", "student_model_name_or_path")
+
+
+def load_config_file(path: str) -> dict:
+    """The mapping of flag values in the YAML file ``path`` (``{}`` for an empty file), paths resolved by
+    :func:`resolve_config_paths`."""
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise ValueError(f"--config {path} {what}; pass the path of a YAML file of flag values.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(f"--config {path} is not valid YAML ({problem}{at}); fix the file's syntax.") from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"--config {path} holds a {type(values).__name__}, not a mapping; write one 'flag: value' per line."
+        )
+    return resolve_config_paths(values, os.path.dirname(path))
+
+
+def resolve_config_paths(values: dict, config_dir: str) -> dict:
+    """``values`` with their local paths made relative to ``config_dir`` (the YAML file's folder) instead of the
+    working directory: every :data:`PATH_KEYS` value (a ``validation_files`` entry only when it looks like a path,
+    not a Hub split name), and :data:`MODEL_KEYS` values that look local or exist there (``org/name`` stays a Hub
+    name). Absolute paths are unchanged; ``~`` is expanded."""
+
+    def resolve(value, key: str):
+        if not isinstance(value, str):
+            return value
+        value = os.path.expanduser(value)
+        beside = os.path.normpath(os.path.join(config_dir, value))
+        if os.path.isabs(value):
+            return value
+        if key in MODEL_KEYS or key == "validation_files":
+            separator = key == "validation_files" and ("/" in value or os.sep in value)
+            return beside if looks_local(value) or separator or os.path.exists(beside) else value
+        return beside
+
+    out = dict(values)
+    for key in PATH_KEYS + MODEL_KEYS:
+        value = out.get(key)
+        if isinstance(value, list):
+            out[key] = [resolve(v, key) for v in value]
+        elif value is not None:
+            out[key] = resolve(value, key)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- models
+
+# endings of local files that a Hub repository name never has
+_FILE_EXTENSIONS = (
+    ".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5", ".msgpack", ".model",
+    ".txt", ".jsonl", ".tsv", ".csv", ".yaml", ".yml", ".parquet", ".arrow",
+)  # fmt: skip
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hub name ``org/name``: it starts with ``./``, ``../``,
+    ``/`` or ``~``, has more than one path separator, or ends with a file extension."""
+    separators = name.count("/") + (name.count(os.sep) if os.sep != "/" else 0)
+    return (
+        name in (".", "..")
+        or name.startswith(("./", "../", "~", ".\\", "..\\"))
+        or os.path.isabs(name)
+        or separators > 1
+        or name.lower().endswith(_FILE_EXTENSIONS)
+    )
+
+
+def check_model_path(name: str | None, flag: str) -> None:
+    """Refuse a model path that cannot be a model: a local-looking path that does not exist (no Hub retries), a file,
+    or a folder without ``config.json``. A Hub name (``org/name``) passes; loading it tells whether it exists."""
+    if name is None:
+        return
+    if os.path.isdir(name):
+        files = os.listdir(name)
+        if "config.json" not in files and "adapter_config.json" not in files:
+            raise ValueError(
+                f"{flag} {name} has no config.json; pass the folder that save_pretrained wrote (config.json, weights "
+                "and tokenizer files)."
+            )
+    elif os.path.exists(name):
+        raise ValueError(f"{flag} {name} is a file; pass the folder that holds it ({os.path.dirname(name) or '.'}).")
+    elif looks_local(name):
+        raise ValueError(
+            f"{flag} {name} does not exist; pass an existing model folder, or a Hub name such as org/name."
+        )
+
+
+def load_model_config(name: str, flag: str, trust_remote_code: bool = False):
+    """The ``AutoConfig`` of ``name`` (after :func:`check_model_path`); a folder or Hub name that cannot be read is a
+    ``ValueError`` naming ``flag``."""
+    from transformers import AutoConfig
+
+    from .modeling import resolve_model_path  # here: modeling imports this module
+
+    check_model_path(name, flag)
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ValueError(
+            f"{flag} {name}: cannot read its config ({_first_line(err)}); pass a model folder or a Hub name that "
+            "exists."
+        ) from err
+
+
+# files of which a saved tokenizer has at least one
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+    "sentencepiece.bpe.model",
+)  # fmt: skip
+
+
+def load_tokenizer(name: str, flag: str, config=None):
+    """The tokenizer of model ``name``; a folder without tokenizer files, or one that cannot be loaded, is a
+    ``ValueError`` naming ``flag``. With the model's ``config``, a tokenizer whose vocabulary is far smaller than the
+    model's embedding rows is refused too (:func:`check_tokenizer_vocab`)."""
+    from transformers import AutoTokenizer
+
+    from .modeling import resolve_model_path  # here: modeling imports this module
+
+    path = resolve_model_path(name)
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise ValueError(
+            f"{flag} {name} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...); save the tokenizer in the "
+            "folder (tokenizer.save_pretrained)."
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{flag} {name}: cannot load its tokenizer ({_first_line(err)}); save the tokenizer in the folder "
+            "(tokenizer.save_pretrained)."
+        ) from err
+    if config is not None:
+        check_tokenizer_vocab(tokenizer, config, name, flag)
+    return tokenizer
+
+
+def check_tokenizer_vocab(tokenizer, config, name: str, flag: str) -> None:
+    """Refuse a tokenizer with fewer than half as many tokens as the model has embedding rows: transformers 5 builds
+    a 5-token tokenizer for a folder without tokenizer files, and a job would then train on all-[UNK] input."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = getattr(text_config, "vocab_size", None)
+    if isinstance(rows, int) and len(tokenizer) < rows / 2:
+        raise ValueError(
+            f"{flag} {name}: its tokenizer has {len(tokenizer)} tokens but the model has {rows} embedding rows, so "
+            "the tokenizer files are missing or wrong; save the tokenizer in the folder (tokenizer.save_pretrained)."
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- student spec
+
+
+def parse_layers(spec, flag: str = "--student_layers") -> list[int] | None:
+    """``"1,3,5"`` (or ``[1, 3, 5]``, or ``3``) as ``[1, 3, 5]``; ``None`` stays ``None`` (the default layers)."""
+    if spec is None:
+        return None
+    items = spec.split(",") if isinstance(spec, str) else (spec if isinstance(spec, list | tuple) else [spec])
+    try:
+        layers = [int(str(i).strip()) for i in items]
+    except ValueError:
+        raise ValueError(
+            f"{flag} {spec!r} is not a list of layer numbers; give 0-based teacher layers separated by commas, "
+            f"e.g. {flag} 1,3,5."
+        ) from None
+    if not layers:
+        raise ValueError(f"{flag} is empty; give at least one 0-based teacher layer, e.g. {flag} 1,3,5.")
+    return layers
+
+
+def check_layers(layers: list[int] | None, num_teacher_layers: int | None, flag: str = "--student_layers") -> None:
+    """Refuse layers outside ``0..num_teacher_layers - 1`` or not strictly increasing."""
+    if layers is None:
+        return
+    spec = ",".join(map(str, layers))
+    if num_teacher_layers is not None:
+        bad = [i for i in layers if not 0 <= i < num_teacher_layers]
+        if bad:
+            raise ValueError(
+                f"{flag} {spec}: layer {bad[0]} is out of range, the teacher has {num_teacher_layers} layers; give "
+                f"0-based layers from 0 to {num_teacher_layers - 1}."
+            )
+    if any(b <= a for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"{flag} {spec}: give the layers in strictly increasing order, each once.")
+
+
+def num_layers(config) -> int | None:
+    """The number of transformer blocks of a model config (``num_hidden_layers``, GPT-2's ``n_layer``...)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text_config, "num_hidden_layers", None)
+    return value if isinstance(value, int) else None
+
+
+# ------------------------------------------------------------------------------------------------------- label heads
+
+
+def check_label_head(config, task, name: str, flag: str, trained: bool, can_finetune: bool = True) -> None:
+    """Refuse a model whose sequence-classification head does not fit GLUE ``task`` (a ``GlueTask``).
+
+    ``trained``: the job trains this model (a student, or a teacher with ``--finetune_teacher``), so a base model
+    without a head is fine; otherwise its head must be task-tuned. A head of another shape (3 labels on SST-2, a
+    classifier on STS-B) or the task's label names in another order is an error either way. ``can_finetune``: the
+    command has ``--finetune_teacher`` (``compare`` has not), which the message then offers.
+    """
+    archs = list(getattr(config, "architectures", None) or [])
+    has_head = any(a.endswith("ForSequenceClassification") for a in archs)
+    finetune = ", or a base model with --finetune_teacher true" if can_finetune else ""
+    if not has_head:
+        if not trained and archs:
+            raise ValueError(
+                f"{flag} {name} is a {archs[0]} without a classification head for {task.name}; pass a model "
+                f"fine-tuned on {task.name}{finetune}."
+            )
+        return
+    fix = (
+        f"pass a base model (no task head) or one fine-tuned on {task.name}"
+        if trained
+        else f"pass a model fine-tuned on {task.name}{finetune}"
+    )
+    regression = config.num_labels == 1 and config.problem_type in (None, "regression")
+    head = "a regression head (1 output)" if regression else f"a {config.num_labels}-label classification head"
+    if config.problem_type == "multi_label_classification":
+        head = f"a multi-label head ({config.num_labels} outputs)"
+    want = "a regression task (1 output)" if task.is_regression else f"a {task.num_labels}-label classification task"
+    fits = (
+        regression
+        if task.is_regression
+        else (config.num_labels == task.num_labels and config.problem_type in (None, "single_label_classification"))
+    )
+    if not fits:
+        raise ValueError(f"{flag} {name} has {head} but {task.name} is {want}; {fix}.")
+    if not task.is_regression:
+        names = [str((config.id2label or {}).get(i, f"LABEL_{i}")).lower() for i in range(config.num_labels)]
+        wanted = [n.lower() for n in task.label_names]
+        if sorted(names) == sorted(wanted) and names != wanted:
+            raise ValueError(
+                f"{flag} {name} orders its labels {names}, {task.name} orders them {wanted}; its outputs would be "
+                f"read permuted: {fix}."
+            )
+
+
+# --------------------------------------------------------------------------------------------------------- data
+
+
+def check_glue_data_dir(data_dir: str | None, task, flag: str = "--data_dir") -> None:
+    """Refuse a ``data_dir`` that does not hold the GLUE download's files of ``task`` (``train.tsv``, ``dev.tsv``;
+    MNLI's two dev files), in itself or in ``data_dir/<GLUE folder name>``. ``None`` (the Hub) passes."""
+    if data_dir is None:
+        return
+    from .tasks.glue import task_files
+
+    needed = task_files(task)
+    where = f"the {task.dir_name} files of the GLUE download ({', '.join(needed)})"
+    if not os.path.isdir(data_dir):
+        raise ValueError(
+            f"{flag} {data_dir} does not exist; pass the folder with {where}, or leave {flag} unset to load "
+            f"{task.name} from the Hub."
+        )
+    for folder in (data_dir, os.path.join(data_dir, task.dir_name)):
+        if all(os.path.isfile(os.path.join(folder, n)) for n in needed):
+            return
+    missing = [n for n in needed if not os.path.isfile(os.path.join(data_dir, n))]
+    raise ValueError(f"{flag} {data_dir} has no {' or '.join(missing)}; pass the folder with {where}.")
+
+
+def check_text_file(path: str, flag: str) -> None:
+    """Refuse a training or validation file that does not exist or holds nothing but whitespace."""
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise ValueError(f"{flag} {path} {what}; pass a .txt, .json or .jsonl file.")
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return
+    raise ValueError(f"{flag} {path} is empty or blank; give a file with text (.txt) or records (.json/.jsonl).")
+
+
+# ---------------------------------------------------------------------------------------------- budget and output
+
+
+def check_train_budget(max_steps: int, num_train_epochs: float) -> None:
+    """Refuse a step budget that trains nothing or means nothing: ``--max_steps`` must be positive or -1 (the
+    default: ``--num_train_epochs`` epochs, which must then be positive)."""
+    if max_steps == 0 or max_steps < -1:
+        raise ValueError(
+            f"--max_steps {max_steps}: give a positive number of optimizer steps, or -1 (the default) to train for "
+            "--num_train_epochs."
+        )
+    if max_steps == -1 and not (math.isfinite(num_train_epochs) and num_train_epochs > 0):
+        raise ValueError(
+            f"--num_train_epochs {num_train_epochs} trains nothing; give a positive number of epochs, or --max_steps N."
+        )
+
+
+def check_teacher_budget(teacher_max_steps: int | None, teacher_num_train_epochs: float) -> None:
+    """The same for GLUE teacher fine-tuning, whose ``--teacher_max_steps`` is unset (``None``) by default."""
+    if teacher_max_steps is not None and teacher_max_steps < 1:
+        raise ValueError(
+            f"--teacher_max_steps {teacher_max_steps}: give a positive number of optimizer steps, or leave it unset "
+            "to train for --teacher_num_train_epochs."
+        )
+    if teacher_max_steps is None and not (math.isfinite(teacher_num_train_epochs) and teacher_num_train_epochs > 0):
+        raise ValueError(
+            f"--teacher_num_train_epochs {teacher_num_train_epochs} trains nothing; give a positive number of "
+            "epochs, or --teacher_max_steps N."
+        )
+
+
+# what a finished or interrupted run leaves in its output folder (folders end with "/")
+RUN_MARKERS = (
+    "results.json", "report.png", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+    "pytorch_model.bin", "distillation_config.json", "teacher/", "student/", "student_no_kd/", "checkpoint-*/",
+)  # fmt: skip
+# what --overwrite_output_dir removes besides the markers: the rest of a saved model (config, sharded weights,
+# adapter, tokenizer) and the evaluation and LoRA side folders
+_RUN_LEFTOVERS = (
+    "model-*.safetensors", "config.json", "generation_config.json", "adapter_config.json", "training_args.bin",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json", "merges.txt", "chat_template.jinja", "eval/", "lora_adapter/",
+)  # fmt: skip
+
+
+def previous_run(output_dir: str) -> list[str]:
+    """The :data:`RUN_MARKERS` found in ``output_dir`` (``[]`` when it holds no run or does not exist)."""
+    found = []
+    for pattern in RUN_MARKERS:
+        is_dir = pattern.endswith("/")
+        for path in sorted(glob.glob(os.path.join(glob.escape(output_dir), pattern.rstrip("/")))):
+            if os.path.isdir(path) == is_dir:
+                found.append(os.path.basename(path) + ("/" if is_dir else ""))
+    return found
+
+
+def check_output_dir(output_dir: str, overwrite: bool, resume, resumable: bool = True) -> None:
+    """Refuse an ``output_dir`` that already holds a run, unless ``overwrite`` (the caller then runs
+    :func:`clear_previous_run`) or ``resume`` (``--resume_from_checkpoint``) says what to do with it. ``resumable``:
+    whether the command has ``--resume_from_checkpoint`` at all (the message offers it)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir} is a file; pass a folder (it is created if missing).")
+    if overwrite and resume:
+        raise ValueError(
+            "--overwrite_output_dir and --resume_from_checkpoint are both set; pass one: overwriting deletes the "
+            "checkpoints a resume needs."
+        )
+    found = previous_run(output_dir)
+    if found and not overwrite and not resume:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        resuming = " --resume_from_checkpoint to continue it," if resumable else ""
+        raise ValueError(
+            f"--output_dir {output_dir} already holds a run ({shown}); pass --overwrite_output_dir true to replace "
+            f"it,{resuming} or another --output_dir."
+        )
+
+
+def clear_previous_run(output_dir: str) -> list[str]:
+    """Delete what an earlier run left in ``output_dir`` (:data:`RUN_MARKERS` and the rest of a saved model: teacher/,
+    student_no_kd/, checkpoints, weights, results.json, report.png...); other files stay. Returns the names removed."""
+    removed = []
+    for pattern in RUN_MARKERS + _RUN_LEFTOVERS:
+        for path in sorted(glob.glob(os.path.join(glob.escape(output_dir), pattern.rstrip("/")))):
+            if pattern.endswith("/") and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif not pattern.endswith("/") and os.path.isfile(path):
+                try:
+                    os.remove(path)
+                except FileNotFoundError:  # another process of the same job removed it first
+                    continue
+            else:
+                continue
+            removed.append(os.path.basename(path))
+    return removed
+
+
+def resolve_resume(resume, output_dir: str):
+    """``--resume_from_checkpoint`` for ``Trainer.train``: ``None``; ``True`` for ``true``/``last`` (the newest
+    ``checkpoint-*`` of ``output_dir``, which must exist); or a checkpoint folder, which must exist."""
+    if resume is None or resume is False or resume == "":
+        return None
+    if resume is True or str(resume).lower() in ("true", "last", "yes", "1"):
+        if not glob.glob(os.path.join(glob.escape(output_dir), "checkpoint-*")):
+            raise ValueError(
+                f"--resume_from_checkpoint {resume}: {output_dir} holds no checkpoint-N folder; drop the flag to "
+                "start afresh, or pass a checkpoint folder."
+            )
+        return True
+    if not os.path.isdir(str(resume)):
+        raise ValueError(
+            f"--resume_from_checkpoint {resume} does not exist; pass a checkpoint-N folder, or true for the newest "
+            "one in --output_dir."
+        )
+    return str(resume)
+
+
+def output_notice(output_dir: str) -> str:
+    """Where a job writes, for its first line; the Trainer's default ``trainer_output`` is pointed out."""
+    where = os.path.abspath(output_dir)
+    if os.path.normpath(output_dir) == "trainer_output":
+        return f"no --output_dir given: writing to {where} (the Trainer's default; choose with --output_dir)"
+    return f"writing to {where}"
+
+
+# ---------------------------------------------------------------------------------------------------------- jobs
+
+
+def _check_output(args) -> None:
+    check_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint)
+    resolve_resume(args.resume_from_checkpoint, args.output_dir)
+
+
+def validate_glue_job(glue_args, args):
+    """Check every input of the GLUE job (``GlueArguments``, ``DistillationConfig``) before anything is trained;
+    returns the teacher's tokenizer, checked against its embedding rows."""
+    from .tasks import get_task
+
+    if args.teacher_model_name_or_path is None:
+        raise ValueError(
+            "Set --teacher_model_name_or_path (a fine-tuned teacher, or a base model with --finetune_teacher)."
+        )
+    task = get_task(glue_args.task_name)
+    check_train_budget(args.max_steps, args.num_train_epochs)
+    if glue_args.finetune_teacher:
+        check_teacher_budget(glue_args.teacher_max_steps, glue_args.teacher_num_train_epochs)
+    _check_output(args)
+    layers = parse_layers(glue_args.student_layers)
+    if layers is not None and glue_args.student_model_name_or_path:
+        raise ValueError("--student_layers and --student_model_name_or_path are both set; pass one of them.")
+    teacher = _load_config(args.teacher_model_name_or_path, "--teacher_model_name_or_path", args)
+    check_label_head(teacher, task, args.teacher_model_name_or_path, "--teacher_model_name_or_path",
+                     trained=glue_args.finetune_teacher)  # fmt: skip
+    check_layers(layers, num_layers(teacher))
+    if glue_args.student_model_name_or_path:
+        flag = "--student_model_name_or_path"
+        student = _load_config(glue_args.student_model_name_or_path, flag, args)
+        check_label_head(student, task, glue_args.student_model_name_or_path, flag, trained=True)
+    check_glue_data_dir(glue_args.data_dir, task)
+    tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
+    if glue_args.student_model_name_or_path:  # it reads the teacher's token ids
+        rows = getattr(student.get_text_config(), "vocab_size", None)
+        if isinstance(rows, int) and rows < len(tokenizer):
+            raise ValueError(
+                f"--student_model_name_or_path {glue_args.student_model_name_or_path} has {rows} embedding rows, "
+                f"fewer than the teacher's {len(tokenizer)} tokens; pass a student with the teacher's vocabulary."
+            )
+    return tokenizer
+
+
+def _load_config(name: str, flag: str, args):
+    return load_model_config(name, flag, trust_remote_code=getattr(args, "trust_remote_code", False))
+
+
+def validate_compare_job(cmp):
+    """Check the inputs of ``hf-distill compare`` (``CompareArguments``); returns the student's tokenizer."""
+    from .tasks import get_task
+
+    for name in ("teacher_model_name_or_path", "student_model_name_or_path"):
+        if not getattr(cmp, name):
+            raise ValueError(f"Set --{name}.")
+    task = get_task(cmp.task_name)
+    check_output_dir(cmp.output_dir, cmp.overwrite_output_dir, resume=None, resumable=False)
+    configs = {}
+    for role in ("teacher", "student"):
+        name, flag = getattr(cmp, f"{role}_model_name_or_path"), f"--{role}_model_name_or_path"
+        configs[role] = load_model_config(name, flag)
+        check_label_head(configs[role], task, name, flag, trained=False, can_finetune=False)
+    check_glue_data_dir(cmp.data_dir, task)
+    return load_tokenizer(cmp.student_model_name_or_path, "--student_model_name_or_path", configs["student"])
+
+
+def validate_causal_lm_job(lm, args):
+    """Check every input of the causal-LM job (``CausalLMArguments``, ``DistillationConfig``) before the teacher is
+    loaded; returns the teacher's tokenizer, checked against its embedding rows."""
+    if args.teacher_model_name_or_path is None:
+        raise ValueError("Set --teacher_model_name_or_path (a causal LM: Hub name or local folder).")
+    check_train_budget(args.max_steps, args.num_train_epochs)
+    _check_output(args)
+    layers = parse_layers(lm.student_layers)
+    if layers is not None and lm.student_model_name_or_path:
+        raise ValueError("--student_layers and --student_model_name_or_path are both set; pass one of them.")
+    check_model_path(lm.student_model_name_or_path, "--student_model_name_or_path")
+    if lm.train_file is not None and lm.dataset_name is not None:
+        raise ValueError("--train_file and --dataset_name are both set; pass one of them.")
+    files = [lm.train_file] if isinstance(lm.train_file, str) else list(lm.train_file or [])
+    for path in files:
+        check_text_file(path, "--train_file")
+    if lm.train_file is None and lm.dataset_name is None and lm.data_free_samples < 1:
+        raise ValueError("No training data: set --train_file or --dataset_name, or --data_free_samples N.")
+    if lm.validation_split_percentage and not (len(files) == 1 and files[0].endswith(".txt")):
+        raise ValueError(
+            f"--validation_split_percentage {lm.validation_split_percentage} needs one .txt --train_file to hold "
+            "out; drop it, or give a .txt file."
+        )
+    if not 0 <= lm.validation_split_percentage < 100:
+        raise ValueError(
+            f"--validation_split_percentage {lm.validation_split_percentage}: give a percentage from 0 to 99."
+        )
+    for entry in lm.validation_files:
+        if os.path.exists(entry) or looks_local(entry) or not lm.dataset_name:
+            check_text_file(entry, "--validation_files")
+    if (
+        lm.teacher_cache_dir is not None
+        and os.path.exists(lm.teacher_cache_dir)
+        and not os.path.isdir(lm.teacher_cache_dir)
+    ):
+        raise ValueError(f"--teacher_cache_dir {lm.teacher_cache_dir} is a file; pass a folder (created if missing).")
+    teacher = load_model_config(
+        args.teacher_model_name_or_path, "--teacher_model_name_or_path", args.trust_remote_code
+    )
+    check_layers(layers, num_layers(teacher))
+    return load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
+
+
+def prepare_output_dir(args, tag: str) -> None:
+    """Say where the job writes, create the folder (one line if it cannot be: a read-only place...) and, with
+    ``--overwrite_output_dir``, delete the earlier run there (main process)."""
+    print(f"[{tag}] {output_notice(args.output_dir)}")
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--output_dir {args.output_dir} cannot be created ({err.strerror or err}); pass a folder you can write to."
+        ) from err
+    if args.overwrite_output_dir and args.should_save:
+        removed = clear_previous_run(args.output_dir)
+        if removed:
+            print(f"[{tag}] --overwrite_output_dir: deleted the earlier run's {', '.join(removed)}")

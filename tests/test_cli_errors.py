@@ -1,0 +1,419 @@
+"""Every command checks its inputs before it trains: a bad one is one line naming the value and the flag, exit code 2,
+no traceback, and no training started (``--debug`` shows the traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import transformers
+from conftest import WORDS, tiny_bert, tiny_llama, tiny_tokenizer, word_tokenizer
+from transformers import BertConfig, BertForSequenceClassification, BertModel, TrainingArguments
+
+from hf_distill.cli import main, parse_with_config, split_debug
+from hf_distill.distillation_config import DistillationConfig
+from hf_distill.recipes.glue import GlueArguments, teacher_budget
+from hf_distill.student import build_student
+from hf_distill.validation import clear_previous_run, looks_local, previous_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2_ROWS = ["the good old house\t1", "a bad dog\t0", "the king is good\t1", "they saw a bad tree\t0"] * 4
+
+
+class TrainingStarted(Exception):
+    """Raised by the patched ``Trainer.train``: the job got past its checks."""
+
+
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch):
+    """``Trainer.train`` (the teacher's fine-tuning and every student's training) raises :class:`TrainingStarted`."""
+    calls = []
+
+    def train(self, *args, **kwargs):
+        calls.append(self)
+        raise TrainingStarted
+
+    monkeypatch.setattr(transformers.Trainer, "train", train)
+    return calls
+
+
+def save_bert(folder, tokenizer=True, **kw):
+    tiny_bert(num_layers=4, **kw).save_pretrained(folder)
+    if tokenizer:
+        word_tokenizer(WORDS[:94]).save_pretrained(folder)  # most of the model's 99 embedding rows
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return save_bert(tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="module")
+def sst2(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("SST-2")
+    for name in ("train.tsv", "dev.tsv"):
+        (folder / name).write_text("sentence\tlabel\n" + "\n".join(SST2_ROWS) + "\n")
+    return str(folder)
+
+
+def glue(teacher, sst2, out, *flags):
+    return [
+        "glue", "--teacher_model_name_or_path", teacher, "--data_dir", sst2, "--output_dir", str(out),
+        "--student_layers", "1,3", "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none",
+        "--use_cpu", "true", "--disable_tqdm", "true", "--save_strategy", "no", *flags,
+    ]  # fmt: skip
+
+
+def refused(capsys, argv, *needles):
+    """Run the CLI on ``argv``; it must exit 2 with one stderr line holding every needle, and no traceback."""
+    capsys.readouterr()  # what the test's set-up printed
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"hf-distill {argv[0]}: error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------------------ config files
+
+
+def test_config_file_missing_not_yaml_or_not_a_mapping(capsys, tmp_path, teacher, sst2, no_training):
+    missing = str(tmp_path / "nope.yaml")
+    refused(capsys, ["glue", "--config", missing], "--config", missing, "does not exist")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task_name: sst2\nstudent_layers: [1, 3\n")
+    refused(capsys, ["glue", "--config", str(bad)], "--config", str(bad), "not valid YAML", "line 3")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- task_name\n- sst2\n")
+    refused(capsys, ["causal-lm", "--config", str(listed)], str(listed), "holds a list, not a mapping")
+    assert not no_training
+
+
+def test_yaml_paths_are_relative_to_the_yaml_file_and_output_dir_to_the_cwd(tmp_path, monkeypatch, teacher, sst2):
+    cfg = tmp_path / "configs" / "deep"
+    cfg.mkdir(parents=True)
+    os.symlink(sst2, tmp_path / "SST-2")
+    os.symlink(teacher, tmp_path / "teacher")
+    (cfg / "job.yaml").write_text(
+        "data_dir: ../../SST-2\nteacher_model_name_or_path: ../../teacher\noutput_dir: out/job\n"
+        "student_model_name_or_path: org/name\n"
+    )
+    monkeypatch.chdir(tmp_path / "configs")  # anywhere but the YAML's folder
+    glue_args, args = parse_with_config([GlueArguments, DistillationConfig], ["--config", "deep/job.yaml"], "t")
+    assert os.path.samefile(glue_args.data_dir, sst2) and os.path.samefile(args.teacher_model_name_or_path, teacher)
+    assert args.output_dir == "out/job" and glue_args.student_model_name_or_path == "org/name"  # CWD, Hub name
+    # flags on the command line stay relative to the working directory
+    glue_args, _ = parse_with_config(
+        [GlueArguments, DistillationConfig], ["--config", "deep/job.yaml", "--data_dir", "here"], "t"
+    )
+    assert glue_args.data_dir == "here"
+
+
+def test_shipped_configs_find_their_data_from_any_folder(tmp_path, monkeypatch):
+    from hf_distill.recipes.causal_lm import CausalLMArguments
+
+    monkeypatch.chdir(tmp_path)
+    demo = ROOT / "examples/glue/configs/kd-minilm_l3_from_minilm_l6-sst2.yaml"
+    glue_args, args = parse_with_config([GlueArguments, DistillationConfig], ["--config", str(demo)], "t")
+    assert Path(glue_args.data_dir) == ROOT.parent / "shared/data/glue/SST-2"
+    assert args.output_dir == "out/glue-sst2-minilm_l3"  # where the user runs it
+    assert args.teacher_model_name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+    lm_config = ROOT / "examples/causal_lm/configs/kd-smollm2_15l_from_smollm2_135m-shakespeare.yaml"
+    lm, _ = parse_with_config([CausalLMArguments, DistillationConfig], ["--config", str(lm_config)], "t")
+    assert Path(lm.train_file) == ROOT.parent / "shared/data/text/tinyshakespeare/input.txt"
+    assert [Path(p) for p in lm.validation_files] == [ROOT.parent / "shared/data/text/wikitext-2/valid.txt"]
+
+
+# ------------------------------------------------------------------------------------------------ models and paths
+
+
+def test_missing_teacher_or_student_path_is_refused_without_the_hub(capsys, tmp_path, teacher, sst2, no_training):
+    out = tmp_path / "out"
+    refused(
+        capsys,
+        glue("./no/such_teacher", sst2, out),
+        "--teacher_model_name_or_path ./no/such_teacher does not exist",
+        "Hub name such as org/name",
+    )
+    student = str(tmp_path / "students" / "small")
+    argv = [a for a in glue(teacher, sst2, out) if a not in ("--student_layers", "1,3")]
+    refused(capsys, [*argv, "--student_model_name_or_path", student], f"--student_model_name_or_path {student}")
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    refused(capsys, glue(str(empty), sst2, out), str(empty), "has no config.json")
+    assert not no_training and not out.exists()
+
+
+def test_looks_local():
+    for name in ("./t", "../t", "/abs/t", "~/t", "a/b/c", "model.safetensors", "teacher.json"):
+        assert looks_local(name), name
+    for name in ("org/name", "bert-base-uncased", "EleutherAI/gpt-neo-1.3B", "Qwen/Qwen2.5-0.5B-Instruct"):
+        assert not looks_local(name), name
+
+
+def test_teacher_folder_without_tokenizer_files_is_refused(capsys, tmp_path, sst2, no_training):
+    bare = save_bert(tmp_path / "bare", tokenizer=False)  # transformers 5 would build a 5-token tokenizer
+    refused(
+        capsys,
+        glue(bare, sst2, tmp_path / "out"),
+        f"--teacher_model_name_or_path {bare} has no tokenizer files",
+        "save the tokenizer in the folder",
+    )
+    word_tokenizer(["cat", "dog"]).save_pretrained(bare)  # a tokenizer far smaller than the embedding
+    refused(
+        capsys,
+        glue(bare, sst2, tmp_path / "out"),
+        f"--teacher_model_name_or_path {bare}: its tokenizer has 7 tokens but the model has 99 embedding rows",
+        "save the tokenizer in the folder",
+    )
+    llama = tmp_path / "llama"
+    tiny_llama().save_pretrained(llama)
+    text = tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    argv = ["causal-lm", "--teacher_model_name_or_path", str(llama), "--train_file", str(text), "--output_dir",
+            str(tmp_path / "lm")]  # fmt: skip
+    refused(capsys, argv, f"--teacher_model_name_or_path {llama} has no tokenizer files")
+    assert not no_training
+
+
+# ---------------------------------------------------------------------------------------------------- student spec
+
+
+def test_student_layers_bad_format_or_out_of_range(capsys, tmp_path, teacher, sst2, no_training):
+    out = tmp_path / "out"
+    refused(capsys, [*glue(teacher, sst2, out), "--student_layers", "a,b"], "--student_layers 'a,b'", "1,3,5")
+    refused(
+        capsys,
+        [*glue(teacher, sst2, out), "--student_layers", "0,9"],
+        "--student_layers 0,9",
+        "layer 9 is out of range",
+        "the teacher has 4 layers",
+    )
+    refused(capsys, [*glue(teacher, sst2, out), "--student_layers", "3,1"], "--student_layers 3,1", "increasing")
+    assert not no_training
+
+
+def test_build_student_with_a_string_of_layers_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"layers='0,2' is a string; pass a list .* layers=\[0, 2\]"):
+        build_student(tiny_bert(), layers="0,2")
+    with pytest.raises(ValueError, match=r"layers=\[0, 1.5\]: pass a list of 0-based teacher layers \(ints\)"):
+        build_student(tiny_bert(), layers=[0, 1.5])
+
+
+# ---------------------------------------------------------------------------------------------------- label heads
+
+
+def test_label_shape_mismatches_are_refused(capsys, tmp_path, teacher, sst2, no_training):
+    out = tmp_path / "out"
+    stsb = tmp_path / "STS-B"
+    stsb.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (stsb / name).write_text("a\tb\tc\td\te\tf\tg\tsentence1\tsentence2\tscore\n")
+    # a regression task with a (2-label) classification teacher
+    refused(
+        capsys,
+        [*glue(teacher, str(stsb), out), "--task_name", "stsb"],
+        f"--teacher_model_name_or_path {teacher} has a 2-label classification head",
+        "stsb is a regression task",
+    )
+    # a 3-label teacher on SST-2, without --finetune_teacher and with it
+    three = save_bert(tmp_path / "three", num_labels=3)
+    refused(capsys, glue(three, sst2, out), "3-label classification head", "sst2 is a 2-label classification task")
+    refused(capsys, [*glue(three, sst2, out), "--finetune_teacher", "true"], "3-label", "pass a base model")
+    # a base model (no head) without --finetune_teacher: its head would start random
+    base = tmp_path / "base"
+    BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                         intermediate_size=37)).save_pretrained(base)  # fmt: skip
+    word_tokenizer(WORDS[:94]).save_pretrained(base)
+    refused(capsys, glue(str(base), sst2, out), "is a BertModel without a classification head", "--finetune_teacher")
+    # a student that cannot read the teacher's token ids
+    small = str(tmp_path / "small_vocab")
+    BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=37)).save_pretrained(small)  # fmt: skip
+    argv = [a for a in glue(teacher, sst2, out) if a not in ("--student_layers", "1,3")]
+    refused(capsys, [*argv, "--student_model_name_or_path", small], "has 50 embedding rows, fewer than the teacher's")
+    # the task's label names in another order
+    swapped = save_bert(tmp_path / "swapped", id2label={0: "positive", 1: "negative"})
+    refused(capsys, glue(swapped, sst2, out), "orders its labels ['positive', 'negative']", "permuted")
+    assert not no_training
+
+
+# ------------------------------------------------------------------------------------------------------------- data
+
+
+def test_wrong_data_dir_is_an_error_not_a_switch_to_the_hub(capsys, tmp_path, teacher, sst2, no_training):
+    missing = str(tmp_path / "no_glue_here")
+    refused(capsys, glue(teacher, missing, tmp_path / "out"), f"--data_dir {missing} does not exist", "train.tsv")
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "train.tsv").write_text("sentence\tlabel\nthe dog\t1\n")
+    refused(capsys, glue(teacher, str(half), tmp_path / "out"), f"--data_dir {half} has no dev.tsv")
+    assert not no_training
+
+
+@pytest.fixture(scope="module")
+def lm_teacher(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm_teacher")
+    tiny_llama(pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+def causal_lm(teacher, out, *flags):
+    return ["causal-lm", "--teacher_model_name_or_path", teacher, "--output_dir", str(out), "--block_size", "8",
+            "--max_steps", "1", "--report_to", "none", "--use_cpu", "true", *flags]  # fmt: skip
+
+
+def test_empty_blank_or_missing_training_files_are_refused(capsys, tmp_path, lm_teacher, no_training):
+    out = tmp_path / "out"
+    for name, content in (("empty.txt", ""), ("blank.txt", "\n  \n\t\n"), ("blank.jsonl", "\n\n")):
+        (tmp_path / name).write_text(content)
+        path = str(tmp_path / name)
+        refused(capsys, causal_lm(lm_teacher, out, "--train_file", path), f"--train_file {path} is empty or blank")
+    missing = str(tmp_path / "nope.txt")
+    refused(capsys, causal_lm(lm_teacher, out, "--train_file", missing), f"--train_file {missing} does not exist")
+    good = tmp_path / "good.txt"
+    good.write_text("the cat saw a dog\n" * 50)
+    refused(
+        capsys,
+        causal_lm(lm_teacher, out, "--train_file", str(good), "--validation_files", missing),
+        f"--validation_files {missing} does not exist",
+    )
+    refused(
+        capsys,
+        causal_lm(lm_teacher, out, "--train_file", str(good), "--student_layers", "0,7"),
+        "--student_layers 0,7",
+        "the teacher has 4 layers",
+    )
+    assert not no_training and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- budget and output
+
+
+def test_meaningless_step_budgets_are_refused(capsys, tmp_path, teacher, sst2, lm_teacher, no_training):
+    out = tmp_path / "out"
+    for steps in ("-5", "0"):
+        refused(capsys, [*glue(teacher, sst2, out), "--max_steps", steps], f"--max_steps {steps}", "-1 (the default)")
+    refused(capsys, [*glue(teacher, sst2, out), "--max_steps", "abc"], "--max_steps", "'abc'")  # argparse: one line
+    refused(
+        capsys,
+        [*glue(teacher, sst2, out), "--finetune_teacher", "true", "--teacher_max_steps", "-3"],
+        "--teacher_max_steps -3",
+    )
+    refused(
+        capsys,
+        [*glue(teacher, sst2, out), "--finetune_teacher", "true", "--teacher_num_train_epochs", "0"],
+        "--teacher_num_train_epochs 0",
+    )
+    refused(capsys, causal_lm(lm_teacher, out, "--data_free_samples", "4", "--max_steps", "-2"), "--max_steps -2")
+    refused(capsys, ["quickstart", "--max_steps", "-1", "--output_dir", str(out)], "--max_steps -1")
+    assert not no_training
+
+
+def test_teacher_fine_tuning_says_how_many_steps_it_takes():
+    targs = TrainingArguments(output_dir="unused", per_device_train_batch_size=32, use_cpu=True, report_to="none")
+    line = teacher_budget(GlueArguments(finetune_teacher=True), targs, 67_349)
+    assert "67349 examples, 2105 steps" in line and "--teacher_max_steps" in line
+    assert "500 steps (--teacher_max_steps)" in teacher_budget(GlueArguments(teacher_max_steps=500), targs, 67_349)
+
+
+def test_finetune_teacher_obeys_teacher_max_steps(capsys, tmp_path, teacher, sst2, no_training):
+    with pytest.raises(TrainingStarted):
+        main([*glue(teacher, sst2, tmp_path / "out"), "--finetune_teacher", "true", "--teacher_max_steps", "3"])
+    assert no_training[0].args.max_steps == 3  # the teacher's Trainer
+    assert "16 examples, 3 steps (--teacher_max_steps)" in capsys.readouterr().out
+
+
+def test_output_dir_holding_a_run_is_refused_unless_overwritten(capsys, tmp_path, teacher, sst2, no_training):
+    out = tmp_path / "out"
+    (out / "teacher").mkdir(parents=True)
+    (out / "student_no_kd").mkdir()
+    (out / "results.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"x")
+    (out / "notes.txt").write_text("mine")
+    refused(capsys, glue(teacher, sst2, out), f"--output_dir {out} already holds a run", "--overwrite_output_dir true")
+    refused(capsys, ["quickstart", "--output_dir", str(out)], "already holds a run")
+    refused(
+        capsys,
+        [*glue(teacher, sst2, out), "--resume_from_checkpoint", str(tmp_path / "checkpoint-9")],
+        "--resume_from_checkpoint",
+        "does not exist",
+    )
+    assert not no_training and previous_run(str(out)) == [
+        "results.json", "model.safetensors", "teacher/", "student_no_kd/"
+    ]  # fmt: skip
+    with pytest.raises(TrainingStarted):  # overwriting clears the earlier run, then trains
+        main([*glue(teacher, sst2, out), "--overwrite_output_dir", "true"])
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_clear_previous_run_leaves_other_files(tmp_path):
+    for name in ("checkpoint-5/", "eval/", "lora_adapter/", "config.json", "tokenizer.json", "report.png", "x.csv"):
+        path = tmp_path / name.rstrip("/")
+        path.mkdir() if name.endswith("/") else path.write_text("x")
+    removed = clear_previous_run(str(tmp_path))
+    assert sorted(removed) == ["checkpoint-5", "config.json", "eval", "lora_adapter", "report.png", "tokenizer.json"]
+    assert os.listdir(tmp_path) == ["x.csv"]
+
+
+def test_glue_without_output_dir_says_where_it_writes(capsys, tmp_path, monkeypatch, teacher, sst2):
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in glue(teacher, sst2, "x") if a not in ("--output_dir", "x")]
+    with pytest.raises(TrainingStarted):
+        main(argv)
+    out = capsys.readouterr().out
+    assert f"no --output_dir given: writing to {tmp_path / 'trainer_output'}" in out and "--output_dir" in out
+
+
+def test_compare_checks_its_models_and_output(capsys, tmp_path, teacher, sst2):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({}))
+    base = ["compare", "--teacher_model_name_or_path", teacher, "--data_dir", sst2]
+    missing = str(tmp_path / "gone" / "student")
+    refused(capsys, [*base, "--student_model_name_or_path", missing, "--output_dir", str(tmp_path / "o")], missing)
+    refused(capsys, [*base, "--student_model_name_or_path", teacher, "--output_dir", str(out)], "already holds a run")
+
+
+# ----------------------------------------------------------------------------------------------------------- debug
+
+
+def test_debug_shows_the_traceback(tmp_path, teacher, sst2):
+    argv = glue("./no/such_teacher", sst2, tmp_path / "out")
+    with pytest.raises(ValueError, match="does not exist"):
+        main(["--debug", *argv])
+    with pytest.raises(ValueError, match="does not exist"):
+        main([*argv, "--debug"])
+    # `--debug VALUE` after the command is TrainingArguments' own flag
+    assert split_debug(["glue", "--debug", "underflow_overflow"]) == (False, ["glue", "--debug", "underflow_overflow"])
+    assert split_debug(["--debug", "glue", "--max_steps", "1"]) == (True, ["glue", "--max_steps", "1"])
+    assert split_debug(["glue", "--debug", "--max_steps", "1"]) == (True, ["glue", "--max_steps", "1"])
+
+
+def test_hub_failures_are_one_line_and_local_paths_never_reach_the_hub(capsys, tmp_path, monkeypatch, teacher, sst2):
+    import datasets
+
+    asked = []
+
+    def unreachable(name, *args, **kwargs):
+        asked.append(str(name))
+        raise ConnectionError("Couldn't reach 'huggingface.co' (offline)")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unreachable)
+    out = tmp_path / "out"
+    refused(capsys, glue("org/teacher", sst2, out), "--teacher_model_name_or_path org/teacher", "Couldn't reach")
+    refused(capsys, glue("../org/teacher", sst2, out), "../org/teacher does not exist")
+    assert asked == ["org/teacher"]  # a name that looks local is never tried on the Hub
+    monkeypatch.undo()
+    monkeypatch.setattr(transformers.Trainer, "train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    argv = [a for a in glue(teacher, sst2, out) if a not in ("--data_dir", sst2)]
+    refused(capsys, argv, "Cannot load sst2 from the Hub", "Couldn't reach", "pass --data_dir")
