@@ -313,6 +313,57 @@ def test_unfinished_folders_are_refused(student_dir, hub):
     assert hub.requests == []  # refused before contacting the Hub
 
 
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda d: (d / "model.safetensors").write_bytes(b""), r"model.safetensors is empty \(0 bytes\)"),
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-100]),
+            r"model.safetensors is truncated: its header describes \d+ bytes but the file has \d+",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:40]),
+            r"model.safetensors is truncated: its header needs \d+ bytes but the file has 40",
+        ),
+        (
+            lambda d: (d / "tokenizer_config.json").write_text('{"model_max_length": 5'),
+            r"tokenizer_config.json is not valid JSON \(Expecting ',' delimiter at line 1, column 23\)",
+        ),
+    ],
+    ids=["empty", "truncated-data", "truncated-header", "bad-json"],
+)
+def test_damaged_files_are_refused_before_any_upload(student_dir, hub, capsys, damage, problem):
+    damage(student_dir)
+    fix = (
+        r": write the folder again \(trainer.save_model\(\) or save_pretrained\) and push again; nothing was uploaded"
+    )
+    with pytest.raises(ValueError, match=problem + fix):
+        push_student(str(student_dir), "tester/s")
+    assert main(["push", str(student_dir), "--repo_id", "tester/s"]) == 2
+    assert main(["push", str(student_dir), "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith(f"hf-distill push: error: {student_dir}") for line in err)
+    assert hub.requests == [] and hub.repos == {}  # refused before contacting the Hub
+
+
+def test_a_sharded_student_is_checked_shard_by_shard(student_dir, hub):
+    import safetensors.torch
+
+    weights = safetensors.torch.load_file(student_dir / "model.safetensors")
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        safetensors.torch.save_file({k: weights[k] for k in keys}, student_dir / shard, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (student_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    os.remove(student_dir / "model.safetensors")
+    second = student_dir / "model-00002-of-00002.safetensors"
+    second.write_bytes(second.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="model-00002-of-00002.safetensors is truncated"):
+        push_student(str(student_dir), "tester/s")
+    assert hub.requests == []
+
+
 def test_token_never_leaks(student_dir, hub, caplog, capfd):
     loggers = [logging.getLogger(name) for name in ("hf_distill", "huggingface_hub", "transformers")]
     levels = [lg.level for lg in loggers]
