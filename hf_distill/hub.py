@@ -35,6 +35,7 @@ from .model_card import (
     _local_license,
     _read_json,
     render_model_card,
+    teacher_of,
     write_model_card,  # noqa: F401  (re-exported: hf_distill.hub.write_model_card)
 )
 
@@ -153,9 +154,14 @@ def check_student_folder(folder: str) -> None:
     if missing:
         raise ValueError(f"{folder} is not a finished student: it has no {'; no '.join(missing)}.")
     if DISTILLATION_CONFIG_FILE not in names:
-        logger.warning(
-            "%s has no %s: the model card cannot state how it was distilled.", folder, DISTILLATION_CONFIG_FILE
-        )
+        if teacher_of(folder) is not None:
+            logger.info("%s is the teacher of the run in its parent folder: its card describes a teacher.", folder)
+        else:
+            logger.warning(
+                "%s has no %s: its model card describes a plain model, not a distilled student.",
+                folder,
+                DISTILLATION_CONFIG_FILE,
+            )
 
 
 def check_files(folder: str, files: list[str]) -> None:

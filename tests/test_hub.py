@@ -227,6 +227,28 @@ def test_license_comes_from_a_local_teacher_card(student_dir):
 # ---- pushes against the local Hub ----
 
 
+def test_a_pushed_teacher_folder_gets_a_teacher_card_not_a_students(student_dir, hub):
+    """The GLUE job's output_dir/teacher/ has no distillation_config.json: it is the teacher, and its card says so."""
+    teacher = student_dir / "teacher"
+    push_student(str(teacher), "tester/the-teacher")
+    card = ModelCard(hub.files("tester/the-teacher")["README.md"].decode())
+    assert "student" not in card.text.split("## How to use")[0].replace("a smaller student learned from", "")
+    assert "distilled from" not in card.text and "How it was distilled" not in card.text
+    assert "is a 4-layer `bert` model (hidden size 32): the teacher of a distillation run" in card.text
+    assert f"fine-tuned from [{TEACHER_ID}](/{TEACHER_ID}) on GLUE SST-2" in card.text
+    # the teacher's score from the run's results.json, not the student's
+    assert "| the-teacher | 0.7500 |" in card.text
+    assert "distillation" not in card.data.tags and card.data.base_model == TEACHER_ID
+    (result,) = card.data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_config) == ("accuracy", 0.75, "sst2")
+    # any other folder without distillation_config.json: a plain card, which claims no teacher either
+    plain = student_dir.parent / "plain"
+    shutil.copytree(teacher, plain)
+    text = render_model_card(str(plain), "tester/plain")
+    assert "is a 4-layer `bert` model (hidden size 32). It is not a distilled model" in text
+    assert "student" not in text and "teacher" not in text and "distillation\n" not in text.split("---")[1]
+
+
 def test_push_then_from_pretrained_round_trip(student_dir, hub, tmp_path):
     hub.create_repo(TEACHER_ID, private=False)  # a teacher on the Hub with a license to carry over
     hub.commit(TEACHER_ID, "main", {"README.md": b"---\nlicense: apache-2.0\n---\n# teacher\n"}, "card")
