@@ -158,7 +158,8 @@ def check_student_folder(folder: str) -> None:
             logger.info("%s is the teacher of the run in its parent folder: its card describes a teacher.", folder)
         else:
             logger.warning(
-                "%s has no %s: its model card describes a plain model, not a distilled student.",
+                "%s has no %s: the model card cannot state how it was distilled (nor call it a student, unless a "
+                "job's results.json is there).",
                 folder,
                 DISTILLATION_CONFIG_FILE,
             )

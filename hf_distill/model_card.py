@@ -369,7 +369,8 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         "adapter_base": adapter.get("base_model_name_or_path") if adapter else None,
         "results": None,  # scores, size and speed (GLUE job), see _score_section
         "perplexity": None,  # perplexities per evaluation text (causal-LM job), see _perplexity_section
-        "distilled": bool(dist),  # a folder without distillation_config.json gets a plain (not a student's) card
+        # a student: distillation_config.json, or a job's results.json with a student's scores; else a plain card
+        "distilled": bool(dist) or bool((results or {}).get("student")),
         "teacher_of": None,  # set for a run's teacher/ folder, see _teacher_section
     }
 
@@ -386,9 +387,9 @@ def render_model_card(
 ) -> str:
     """The README.md of the student in ``folder``: YAML metadata (``huggingface_hub.ModelCardData``) and a body.
 
-    A folder without ``distillation_config.json`` is no student: it gets a plain card that says so, and a run's
-    ``teacher/`` folder (the GLUE job's fine-tuned teacher) a teacher's card, with the run's base model and the
-    teacher's scores from the run's ``results.json``.
+    A run's ``teacher/`` folder (the GLUE job's fine-tuned teacher) gets a teacher's card, with the run's base model
+    and the teacher's scores from the run's ``results.json``; any other folder with neither
+    ``distillation_config.json`` nor a job's ``results.json`` a plain card that calls it no student.
 
     Read from the folder: ``distillation_config.json`` (the teacher is ``teachers[0]``, which becomes ``base_model``
     when it is a Hub id; losses, weights, temperature, layer matches), ``results.json`` when present (scores, size,
@@ -407,8 +408,10 @@ def render_model_card(
     context["distilled"] = run is None and context["distilled"]
     if run is not None:
         context["teacher_of"], section = _teacher_section(run, context["pipeline_tag"])
-    else:
+    elif context["distilled"]:
         section = _results_section(results, context["pipeline_tag"])
+    else:
+        section = _ResultsSection()
     context.update(section.context)
     card_data = ModelCardData(
         base_model=teacher if _is_repo_id(teacher) else None,
