@@ -105,7 +105,14 @@ def _causal_lm(argv: list[str]) -> int:
 
 
 def _push(argv: list[str]) -> int:
-    from .hub import PushArguments, check_student_folder, push_student, render_model_card, student_files
+    from .hub import (
+        PushArguments,
+        check_files,
+        check_student_folder,
+        push_student,
+        render_model_card,
+        student_files,
+    )
 
     if argv and not argv[0].startswith("-"):  # `hf-distill push out/sst2 --repo_id ...`
         argv = ["--folder", argv[0], *argv[1:]]
@@ -115,7 +122,9 @@ def _push(argv: list[str]) -> int:
     card = {"license": args.license} if args.license else {}
     if args.dry_run:
         check_student_folder(args.folder)
-        print("would upload:", ", ".join(sorted({*student_files(args.folder, args.include_teacher), "README.md"})))
+        files = student_files(args.folder, args.include_teacher)
+        check_files(args.folder, files)
+        print("would upload:", ", ".join(sorted({*files, "README.md"})))
         print(render_model_card(args.folder, args.repo_id, **card))
         return 0
     try:

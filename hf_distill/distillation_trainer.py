@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -13,13 +13,15 @@ import safetensors.torch
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import __version__
 from .capture import capture_qkv
 from .checks import check_label_spaces, ensure_eager_attention
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .distributed import default_teacher_dtype, place_teacher, teacher_placement
-from .generation import generate_completions
+from .file_checks import WEIGHT_INDEXES, file_problem, json_problem
+from .generation import SamplingRNG, generate_completions
 from .length_buckets import length_groups, merge_outputs, merge_records, split_batch, valid_lengths
 from .losses import align_logits, check_labels, count_items, get_loss, mix_teacher_logits, target_mask, task_loss
 from .losses.matched import attention_term, default_relation_heads, hidden_term
@@ -48,6 +50,16 @@ TERMS = ("task", "logits", "hidden", "attention")
 # prompts that on-policy / sequence-level KD generate from
 GENERATION_COLUMNS = ("prompt_input_ids", "prompt_attention_mask", "prompt_length")
 EXTRA_COLUMNS = (*TEACHER_CACHE_COLUMNS, *GENERATION_COLUMNS)
+# the on-policy / sequence-level KD random stream in a checkpoint (one file per process, as the Trainer's RNG states)
+SAMPLING_STATE_FILE = "hf_distill_sampling_state{}.pth"
+# the student's weights in a checkpoint, one of these (FSDP and DeepSpeed checkpoints hold their own formats)
+CHECKPOINT_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    *WEIGHT_INDEXES,
+)
 
 
 @dataclass
@@ -134,7 +146,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
         if blockers and args.kd_chunk_size > 0:
             logger.warning("kd_chunk_size: computing full logits instead of chunks, as %s.", "; ".join(blockers))
         self._fused = self.task == "causal_lm" and args.kd_chunk_size > 0 and not blockers
-        self._generation_rng = random.Random(args.seed)
+        self._sampling = SamplingRNG(args.seed, rank=args.process_index)
         self._log_setup()
 
     # ---- set-up ----
@@ -332,7 +344,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
         args = self.args
         if args.lmbda == 0 and not args.seq_kd:
             return batch
-        if self._generation_rng.random() < args.lmbda:
+        if self._sampling.choose() < args.lmbda:
             model = self.model
         elif args.seq_kd:
             model = self.teachers[0]
@@ -346,17 +358,17 @@ class DistillationTrainer(HubPushMixin, Trainer):
         tokenizer = self.processing_class
         pad_id = getattr(tokenizer, "pad_token_id", None)
         eos_id = getattr(tokenizer, "eos_token_id", None) or unwrap(self.model).config.eos_token_id
-        generated = generate_completions(
-            model,
-            batch["prompt_input_ids"],
-            batch["prompt_attention_mask"],
-            max_new_tokens=args.max_new_tokens,
-            pad_token_id=pad_id if pad_id is not None else eos_id,
-            eos_token_id=eos_id,
-            temperature=args.generation_temperature,
-            top_p=args.generation_top_p,
-        )
-        return generated
+        with self._sampling.active(next(unwrap(self.accelerator.unwrap_model(model)).parameters()).device):
+            return generate_completions(
+                model,
+                batch["prompt_input_ids"],
+                batch["prompt_attention_mask"],
+                max_new_tokens=args.max_new_tokens,
+                pad_token_id=pad_id if pad_id is not None else eos_id,
+                eos_token_id=eos_id,
+                temperature=args.generation_temperature,
+                top_p=args.generation_top_p,
+            )
 
     # ---- the loss ----
 
@@ -680,18 +692,123 @@ class DistillationTrainer(HubPushMixin, Trainer):
         with open(os.path.join(output_dir, DISTILLATION_CONFIG_FILE), "w") as f:
             json.dump(record, f, indent=2, sort_keys=True)
 
+    def _save_rng_state(self, output_dir: str) -> None:
+        """The Trainer's RNG states, and the on-policy sampling stream beside them."""
+        super()._save_rng_state(output_dir)
+        if self.args.lmbda > 0 or self.args.seq_kd:
+            torch.save(self._sampling.state_dict(), os.path.join(output_dir, self._sampling_state_name()))
+
+    def _sampling_state_name(self) -> str:
+        return SAMPLING_STATE_FILE.format(f"_{self.args.process_index}" if self.args.world_size > 1 else "")
+
+    # ---- resuming: only from a checkpoint that was saved whole ----
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint of output_dir (one
+        a crash cut short while saving is skipped with a warning), and a checkpoint named by path must be complete.
+        """
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = self._newest_complete_checkpoint(self.args.output_dir)
+        elif isinstance(resume_from_checkpoint, str):
+            problems = self.checkpoint_problems(resume_from_checkpoint)
+            if problems:
+                raise ValueError(
+                    f"{resume_from_checkpoint} is an incomplete checkpoint ({'; '.join(problems)}): resume from an "
+                    "earlier checkpoint, or pass resume_from_checkpoint=True to take the newest complete one."
+                )
+        if resume_from_checkpoint:
+            self._load_sampling_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, trial=trial, **kwargs)
+
+    def checkpoint_problems(self, folder: str) -> list[str]:
+        """What keeps ``folder`` from being a checkpoint this trainer can resume from (empty when it is whole): the
+        Trainer writes ``trainer_state.json`` last, so a save cut short has none; the student's weights must read
+        back; the optimizer and scheduler states and the projection adapters' weights must be there."""
+        if not os.path.isdir(folder):
+            return ["not a folder"]
+        names = set(os.listdir(folder))
+        problems = []
+        if "trainer_state.json" not in names:
+            problems.append("no trainer_state.json, which the Trainer writes last: the save did not finish")
+        elif json_problem(os.path.join(folder, "trainer_state.json")):
+            problems.append(f"trainer_state.json {json_problem(os.path.join(folder, 'trainer_state.json'))}")
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
+        weights = [n for n in CHECKPOINT_WEIGHTS if n in names]
+        if not weights and not sharded:
+            problems.append("no model weights")
+        problems += [f"{n} {p}" for n in weights if (p := file_problem(folder, n))]
+        if not self.args.save_only_model and not sharded:
+            problems += [f"no {n}" for n in ("optimizer.pt", "scheduler.pt") if n not in names]
+        if self.adapters is not None and len(self.adapters):
+            if ADAPTERS_FILE not in names:
+                problems.append(f"no {ADAPTERS_FILE} (the projection adapters' weights)")
+            elif problem := file_problem(folder, ADAPTERS_FILE):
+                problems.append(f"{ADAPTERS_FILE} {problem}")
+        return problems
+
+    def _newest_complete_checkpoint(self, output_dir: str) -> str:
+        """The newest ``checkpoint-N`` of ``output_dir`` that :meth:`checkpoint_problems` finds whole; newer ones
+        that are not are skipped with a warning."""
+        pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+        found = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+        steps = sorted((int(m.group(1)) for n in found if (m := pattern.match(n))), reverse=True)
+        skipped = []
+        for step in steps:
+            folder = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+            if not os.path.isdir(folder):
+                continue
+            problems = self.checkpoint_problems(folder)
+            if not problems:
+                return folder
+            logger.warning("Skipping %s, an incomplete checkpoint: %s.", folder, "; ".join(problems))
+            skipped.append(os.path.basename(folder))
+        if skipped:
+            raise ValueError(
+                f"resume_from_checkpoint=True but no checkpoint in {output_dir} is complete ({', '.join(skipped)} "
+                "are not, see the warnings): train without resume_from_checkpoint to start afresh."
+            )
+        raise ValueError(
+            f"resume_from_checkpoint=True but {output_dir} holds no {PREFIX_CHECKPOINT_DIR}-N folder: train without "
+            "resume_from_checkpoint to start afresh."
+        )
+
+    def _load_sampling_state(self, folder: str) -> None:
+        """Restore the on-policy sampling stream, before the first batch of the resumed run is generated (the
+        Trainer's own RNG states come back only after that batch is drawn)."""
+        if not (self.args.lmbda > 0 or self.args.seq_kd):
+            return
+        path = os.path.join(folder, self._sampling_state_name())
+        if not os.path.isfile(path):
+            logger.warning(
+                "%s has no %s (saved by an older hf_distill, or with save_only_model): the resumed run samples other "
+                "completions than an uninterrupted one would.",
+                folder,
+                os.path.basename(path),
+            )
+            return
+        self._sampling.load_state_dict(torch.load(path, weights_only=True))
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._load_adapters(resume_from_checkpoint)
+        self._load_adapters(resume_from_checkpoint, required=True)
 
     def _load_best_model(self) -> None:
         super()._load_best_model()
-        self._load_adapters(self.state.best_model_checkpoint)
+        self._load_adapters(self.state.best_model_checkpoint, required=False)  # training is over: they go unused
 
-    def _load_adapters(self, folder: str) -> None:
+    def _load_adapters(self, folder: str, required: bool) -> None:
+        """Restore the projection adapters; on resume a checkpoint without them is an error, not adapters trained
+        afresh against a restored optimizer state."""
+        if self.adapters is None or not len(self.adapters):
+            return
         path = os.path.join(folder, ADAPTERS_FILE)
-        if self.adapters is not None and os.path.isfile(path):
+        if os.path.isfile(path):
             self.adapters.load_state_dict(safetensors.torch.load_file(path, device="cpu"))
+        elif required:
+            raise ValueError(
+                f"{folder} has no {ADAPTERS_FILE}, the weights of this run's projection adapters: resume from a "
+                "checkpoint this trainer saved with the same layer map and widths, or start afresh."
+            )
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # the adapters are restored from their own file, so their absence from model.safetensors is expected

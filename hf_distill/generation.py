@@ -3,11 +3,59 @@ data-free distillation from teacher samples."""
 
 from __future__ import annotations
 
+import random
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from transformers import GenerationConfig
 
 IGNORE_INDEX = -100
+
+
+class SamplingRNG:
+    """The random stream of on-policy / sequence-level KD, apart from the global one, so that a checkpoint can hold it.
+
+    ``choose()`` draws the per-batch coin (student completions with probability ``lmbda``); inside ``active(device)``
+    the global torch generator (and ``device``'s CUDA one) is this stream's, so ``generate`` samples from it; the
+    global state is put back afterwards, so generation does not move dropout or data order either. The coin is the
+    same on every process (all of them generate, or none: a sharded model generates collectively); the sampling
+    stream is seeded with ``seed + rank``.
+    """
+
+    def __init__(self, seed: int, rank: int = 0):
+        self.seed = seed + rank  # of the sampling stream
+        self.coin = random.Random(seed)
+        self.cpu = torch.Generator().manual_seed(self.seed).get_state()
+        self.cuda: dict[int, torch.Tensor] = {}  # device index -> state, created on first use
+
+    def choose(self) -> float:
+        return self.coin.random()
+
+    @contextmanager
+    def active(self, device: torch.device):
+        index = (device.index or 0) if device.type == "cuda" else None
+        with torch.random.fork_rng(devices=[] if index is None else [index]):
+            torch.set_rng_state(self.cpu)
+            if index is not None:
+                if index in self.cuda:
+                    torch.cuda.set_rng_state(self.cuda[index], index)
+                else:
+                    with torch.cuda.device(index):
+                        torch.cuda.manual_seed(self.seed)
+            yield
+            self.cpu = torch.get_rng_state()
+            if index is not None:
+                self.cuda[index] = torch.cuda.get_rng_state(index)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "coin": self.coin.getstate(), "cpu": self.cpu, "cuda": dict(self.cuda)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = state["seed"]
+        self.coin.setstate(state["coin"])
+        self.cpu = state["cpu"]
+        self.cuda = dict(state["cuda"])
 
 
 def _unwrap_parallel(model: nn.Module) -> nn.Module:

@@ -24,6 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from . import __version__
 from .distillation_config import DISTILLATION_CONFIG_FILE
+from .file_checks import first_problem
 from .mapping import ADAPTERS_FILE
 from .model_card import (
     ADAPTER_CONFIG,
@@ -34,6 +35,7 @@ from .model_card import (
     _local_license,
     _read_json,
     render_model_card,
+    teacher_of,
     write_model_card,  # noqa: F401  (re-exported: hf_distill.hub.write_model_card)
 )
 
@@ -152,8 +154,26 @@ def check_student_folder(folder: str) -> None:
     if missing:
         raise ValueError(f"{folder} is not a finished student: it has no {'; no '.join(missing)}.")
     if DISTILLATION_CONFIG_FILE not in names:
-        logger.warning(
-            "%s has no %s: the model card cannot state how it was distilled.", folder, DISTILLATION_CONFIG_FILE
+        if teacher_of(folder) is not None:
+            logger.info("%s is the teacher of the run in its parent folder: its card describes a teacher.", folder)
+        else:
+            logger.warning(
+                "%s has no %s: the model card cannot state how it was distilled (nor call it a student, unless a "
+                "job's results.json is there).",
+                folder,
+                DISTILLATION_CONFIG_FILE,
+            )
+
+
+def check_files(folder: str, files: list[str]) -> None:
+    """Raise ``ValueError`` naming the first of ``files`` (relative to ``folder``) that is damaged: every safetensors
+    file is opened (header, sizes, tensors) and every JSON file parsed, so that a truncated or empty file is never
+    published as a repository that does not load."""
+    problem = first_problem(folder, files)
+    if problem:
+        raise ValueError(
+            f"{problem}: write the folder again (trainer.save_model() or save_pretrained) and push again; nothing "
+            "was uploaded."
         )
 
 
@@ -242,8 +262,8 @@ def push_student(
 ):
     """Upload the student in ``folder`` to ``repo_id`` in one commit, with its model card; returns the ``CommitInfo``.
 
-    The folder is checked first (a checkpoint or a folder without weights is refused), then the token (``whoami``),
-    all before anything is uploaded. The repository is created if missing (``private`` applies then) and
+    The folder is checked first (a checkpoint, a folder without weights or with a damaged file is refused, see
+    :func:`check_files`), then the token (``whoami``), all before anything is uploaded. The repository is created if missing (``private`` applies then) and
     ``revision``, a branch, is created from main if missing. Only :func:`student_files` go up, plus README.md: the
     folder's own if it has one (unless ``regenerate_card``), else a card rendered in memory (``card``: ``license``,
     ``tags``, ``datasets``, ``language``, ``base_model``; see :func:`render_model_card`). The local folder is
@@ -252,6 +272,7 @@ def push_student(
     """
     check_student_folder(folder)
     files = student_files(folder, include_teacher)
+    check_files(folder, files)
     api = HfApi(token=token)
     user = _check_token(api)
     if "/" not in repo_id:

@@ -5,7 +5,9 @@ On the CPU, ``accelerate launch`` starts a single process unless an MPI launcher
 launcher in ``accelerate.commands.launch.launch_command`` is guarded by ``not args.cpu``), so CPU runs go through
 ``python -m torch.distributed.run --standalone``, which does start N processes; the Trainer then runs DDP over gloo.
 The processes started here carry ``HF_DISTILL_LAUNCHED=1``, and they (and those of an ``accelerate launch`` or
-``torchrun`` of your own, which set ``LOCAL_RANK``) run the job instead of launching again.
+``torchrun`` of your own, which set ``LOCAL_RANK``) run the job instead of launching again. A ``--hub_token`` is
+taken out of their command line (which ``ps`` shows every user of the machine) and passed in their environment as
+``HF_TOKEN``, which ``huggingface_hub`` reads.
 """
 
 from __future__ import annotations
@@ -97,6 +99,30 @@ def split_launch_args(argv: list[str]) -> tuple[str | None, int | None, list[str
             raise ValueError(f"--num_processes {num_processes!r}: give a whole number of processes, 1 or more.")
         num_processes = int(num_processes)
     return found.get("accelerate_config"), num_processes, rest
+
+
+def _is_token_flag(arg: str) -> bool:
+    """``--hub_token``, ``--hub_token=...`` or an abbreviation argparse would take for it (``--hub_tok``)."""
+    name = arg.split("=", 1)[0]
+    return name.startswith("--hub_t") and "--hub_token".startswith(name)
+
+
+def split_hub_token(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``(token, argv without it)``: ``--hub_token VALUE`` / ``--hub_token=VALUE`` taken out of ``argv``, so that the
+    token travels to the workers in their environment, never on a command line (the last one given wins, as in
+    argparse)."""
+    token, rest, i = None, [], 0
+    while i < len(argv):
+        if not _is_token_flag(argv[i]):
+            rest.append(argv[i])
+            i += 1
+            continue
+        value, used = _flag_value(argv, i)
+        if value is None:
+            raise ValueError("--hub_token needs a value; or leave it out and set HF_TOKEN (or run `hf auth login`).")
+        token = value
+        i += used
+    return token, rest
 
 
 def in_launched_worker(env=None) -> bool:
@@ -232,11 +258,13 @@ def launch_if_asked(job: str, argv: list[str]) -> tuple[int | None, list[str]]:
 
     config_path = resolve_config(config_name) if config_name else None
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    token, job_args = split_hub_token(rest)
     cmd = build_launch_command(
-        job, rest, config_path=config_path, num_processes=num_processes, cuda_devices=cuda_devices
+        job, job_args, config_path=config_path, num_processes=num_processes, cuda_devices=cuda_devices
     )
     logger.info("launching: %s", " ".join(cmd))
-    result = subprocess.run(cmd, env={**os.environ, LAUNCHED_ENV: "1"})
+    env = {**os.environ, LAUNCHED_ENV: "1", **({"HF_TOKEN": token} if token is not None else {})}
+    result = subprocess.run(cmd, env=env)
     if result.returncode < 0:
         logger.error("The launcher was killed by %s.", signal.Signals(-result.returncode).name)
     return exit_code(result.returncode), rest

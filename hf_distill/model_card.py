@@ -288,6 +288,53 @@ def _results_section(results: dict | None, task_type: str) -> _ResultsSection:
     return _RESULTS_SECTIONS.get(results.get("task"), _score_section)(results, task_type)
 
 
+def teacher_of(folder: str) -> dict | None:
+    """What makes ``folder`` a run's teacher: ``<output_dir>/teacher/`` (the GLUE job's fine-tuned teacher) beside the
+    run's ``distillation_config.json``. Returns the run's record (``distillation_config.json``, and ``results.json`` as
+    ``"results"`` when present), or None for any other folder."""
+    folder = os.path.abspath(folder)
+    if os.path.isfile(os.path.join(folder, DISTILLATION_CONFIG_FILE)) or os.path.basename(folder) != "teacher":
+        return None
+    run = _read_json(os.path.dirname(folder), DISTILLATION_CONFIG_FILE)
+    if run is None:
+        return None
+    return {**run, "results": _read_json(os.path.dirname(folder), RESULTS_FILE)}
+
+
+def _teacher_section(run: dict, task_type: str) -> tuple[dict, _ResultsSection]:
+    """The card of a run's teacher: the model it was fine-tuned from, the task, and its scores from the run's
+    ``results.json`` (the GLUE job scores the teacher beside the students)."""
+    base = next(iter(run.get("teachers") or []), None)
+    results = run.get("results") or {}
+    context = {
+        "base": base,
+        "base_is_hub": _is_repo_id(base),
+        "base_name": os.path.basename(os.path.normpath(base)) if base else None,
+        "task": None,
+        "scores": None,
+    }
+    if not results.get("teacher") or results.get("task") == "causal_lm" or "metric" not in results:
+        return context, _ResultsSection()
+    dataset = _dataset(results)
+    as_student = {**results, "student": results["teacher"]}  # the model-index entries of this model: the teacher's
+    metrics = [m for m in _metric_names(results) if results["teacher"].get(m) is not None]
+    context["task"] = dataset["name"]
+    context["scores"] = {
+        "dataset": dataset,
+        "metrics": metrics,
+        "cells": [f"{results['teacher'][m]:.4f}" for m in metrics],
+    }
+    section = _ResultsSection(
+        datasets=[dataset["id"]] if dataset["id"] else None,
+        tags=[
+            *(["glue"] if results.get("task") in GLUE_TASKS else []),
+            *([results["task"]] if results.get("task") else []),
+        ],
+        eval_results=_eval_results(as_student, dataset, task_type),
+    )
+    return context, section
+
+
 def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: dict, results: dict | None) -> dict:
     """Everything the template shows but the results, as plain strings and lists."""
     config = _read_json(folder, "config.json") or {}
@@ -323,6 +370,9 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         "adapter_base": adapter.get("base_model_name_or_path") if adapter else None,
         "results": None,  # scores, size and speed (GLUE job), see _score_section
         "perplexity": None,  # perplexities per evaluation text (causal-LM job), see _perplexity_section
+        # a student: distillation_config.json, or a job's results.json with a student's scores; else a plain card
+        "distilled": bool(dist) or bool((results or {}).get("student")),
+        "teacher_of": None,  # set for a run's teacher/ folder, see _teacher_section
     }
 
 
@@ -338,6 +388,10 @@ def render_model_card(
 ) -> str:
     """The README.md of the student in ``folder``: YAML metadata (``huggingface_hub.ModelCardData``) and a body.
 
+    A run's ``teacher/`` folder (the GLUE job's fine-tuned teacher) gets a teacher's card, with the run's base model
+    and the teacher's scores from the run's ``results.json``; any other folder with neither
+    ``distillation_config.json`` nor a job's ``results.json`` a plain card that calls it no student.
+
     Read from the folder: ``distillation_config.json`` (the teacher is ``teachers[0]``, which becomes ``base_model``
     when it is a Hub id; losses, weights, temperature, layer matches), ``results.json`` when present (scores, size,
     speed, and the ``model-index``) and ``config.json``. ``license`` defaults to the one in a local teacher's card.
@@ -345,9 +399,20 @@ def render_model_card(
     """
     dist = _read_json(folder, DISTILLATION_CONFIG_FILE) or {}
     results = _read_json(folder, RESULTS_FILE)
-    teacher = base_model or next(iter(dist.get("teachers") or []), None)
+    run = None if dist else teacher_of(folder)
+    if run is not None:  # a run's teacher: a plain card, with the model it was fine-tuned from as its base
+        dist = {"task": run.get("task"), "hf_distill_version": run.get("hf_distill_version", __version__)}
+        teacher = base_model or next(iter(run.get("teachers") or []), None)
+    else:
+        teacher = base_model or next(iter(dist.get("teachers") or []), None)
     context = _card_context(folder, repo_id, teacher, dist, results)
-    section = _results_section(results, context["pipeline_tag"])
+    context["distilled"] = run is None and context["distilled"]
+    if run is not None:
+        context["teacher_of"], section = _teacher_section(run, context["pipeline_tag"])
+    elif context["distilled"]:
+        section = _results_section(results, context["pipeline_tag"])
+    else:
+        section = _ResultsSection()
     context.update(section.context)
     card_data = ModelCardData(
         base_model=teacher if _is_repo_id(teacher) else None,
@@ -355,9 +420,9 @@ def render_model_card(
         language=language,
         library_name="peft" if context["adapter_base"] else "transformers",
         license=license or _local_license(teacher),
-        model_name=context["title"] if results else None,
+        model_name=context["title"] if results or section.eval_results else None,
         pipeline_tag=context["pipeline_tag"],
-        tags=["distillation", "hf-distill", *section.tags, *(tags or [])],
+        tags=[*(["distillation"] if context["distilled"] else []), "hf-distill", *section.tags, *(tags or [])],
         eval_results=section.eval_results,
     )
     template = resources.files("hf_distill").joinpath("templates/model_card.md").read_text(encoding="utf-8")

@@ -10,6 +10,13 @@ length of ``input_ids`` and can be padded like it.
 Cost: ``k * (4 + 2)`` bytes per token (:func:`cache_bytes_per_token`); ``k = 32`` is 192 bytes, against ``4 V``
 bytes for full float32 logits. A finished cache is a ``save_to_disk`` folder plus ``CACHE_META_FILE``, written last
 (temporary file then ``os.replace``): a folder without it is a build that never finished, and is refused.
+
+The meta file records what the cache is only valid for, and :func:`load_teacher_cache` checks each: the token ids of
+the dataset *as indexed* (a shuffled, filtered or selected dataset is other data, :func:`data_fingerprint`), the
+teacher's weights (a SHA-256 of its weight files, :func:`teacher_fingerprint`), the temperature and vocabulary, and
+a SHA-256 of every file of the cache, so that a damaged file is refused by name rather than trained on. A NaN or a
+positive log-probability is refused when the cache is built, and again in every batch the loss reads
+(:func:`hf_distill.losses.topk.topk_token_kd`).
 """
 
 from __future__ import annotations
@@ -23,16 +30,19 @@ import os
 import datasets
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .losses.topk import teacher_topk
+from .losses.topk import LOGPROB_TOLERANCE, teacher_topk
 
 logger = logging.getLogger(__name__)
 
 CACHE_META_FILE = "hf_distill_teacher_cache.json"
 TEACHER_CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 CACHE_DTYPES = {"float16": np.float16, "float32": np.float32}
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: checksums of the files, the teacher's weights, data as indexed
+_CHUNK_ROWS = 10_000  # rows hashed at a time
+_READ_BYTES = 1 << 24
 
 
 def cache_bytes_per_token(k: int, dtype: str = "float16") -> int:
@@ -47,12 +57,75 @@ def is_teacher_cache_batch(batch) -> bool:
 
 
 def data_fingerprint(dataset: datasets.Dataset) -> str:
-    """SHA-256 of the token ids of ``dataset`` (rows and their boundaries): a cache fits only the data it was built on."""
+    """SHA-256 of the token ids (and attention masks) of ``dataset`` in the order its rows are read, so through any
+    indices mapping: a shuffled, filtered or selected dataset is other data. A cache fits only the data it was built
+    on."""
+    columns = [c for c in ("input_ids", "attention_mask") if c in dataset.column_names]
+    digests = {(c, part): hashlib.sha256() for c in columns for part in ("lengths", "values")}
+    for batch in dataset.with_format("arrow").select_columns(columns).iter(batch_size=_CHUNK_ROWS):
+        for c in columns:
+            column = batch.column(c).combine_chunks()  # list<int>: row lengths, then the values of every row
+            lengths = np.diff(np.asarray(column.offsets)).astype(np.int64)
+            digests[c, "lengths"].update(lengths.tobytes())
+            digests[c, "values"].update(np.asarray(column.flatten()).astype(np.int64).tobytes())
+    return hashlib.sha256("".join(d.hexdigest() for d in digests.values()).encode()).hexdigest()
+
+
+def _file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    column = dataset.with_format(None).data.column("input_ids").combine_chunks()
-    digest.update(np.asarray(column.offsets).astype(np.int64).tobytes())
-    digest.update(np.asarray(column.flatten()).astype(np.int64).tobytes())
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_BYTES):
+            digest.update(chunk)
     return digest.hexdigest()
+
+
+def _is_weight_file(name: str) -> bool:
+    return name.endswith((".safetensors", ".index.json", ".gguf")) or (
+        name.endswith(".bin") and name != "training_args.bin"
+    )
+
+
+def _model_folder(model: nn.Module) -> str | None:
+    """The folder ``model`` was loaded from: a local one, or its copy in the Hub cache; None for a model built in
+    memory."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or ""
+    if os.path.isdir(name):
+        return name
+    if not name or name.startswith((".", "/")):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a repository id
+        return None
+    return os.path.dirname(config) if isinstance(config, str) else None
+
+
+def teacher_fingerprint(teacher: nn.Module | str) -> tuple[str, str]:
+    """``(SHA-256, what it is of)`` of a teacher's weights: of the weight files in its folder (``teacher`` a folder,
+    or a model loaded from one; ``"weight files"``), else of the model's tensors in memory (``"tensors"``)."""
+    folder = teacher if isinstance(teacher, str) else _model_folder(teacher)
+    names = sorted(n for n in os.listdir(folder) if _is_weight_file(n)) if folder and os.path.isdir(folder) else []
+    if names:
+        digest = hashlib.sha256()
+        for name in names:
+            digest.update(f"{name}\0{_file_sha256(os.path.join(folder, name))}\n".encode())
+        return digest.hexdigest(), "weight files"
+    if isinstance(teacher, str):
+        raise ValueError(f"{teacher} holds no weight files (*.safetensors, *.bin) to fingerprint the teacher by.")
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\n".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest(), "tensors"
+
+
+def _meta_checksum(meta: dict) -> str:
+    """SHA-256 of the meta record itself (its ``checksum`` field left out), so that a damaged value is caught too."""
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _check_dtype(dtype: str) -> None:
@@ -95,6 +168,21 @@ def _cache_features(dataset, k: int, dtype: str) -> datasets.Features:
     return features
 
 
+def _check_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> None:
+    """Refuse a teacher output that is no log-probability: NaN, or above 0 (``(B, L, k)``, ``mask`` ``(B, L)``)."""
+    values = logprobs[mask]  # (N, k) of the real tokens
+    if torch.isnan(values).any():
+        raise ValueError(
+            "The teacher gave NaN log-probabilities, so no cache was written: run it in float32 (a float16 "
+            "teacher overflows on some inputs) or check its weights."
+        )
+    if values.numel() and float(values.max()) > LOGPROB_TOLERANCE:
+        raise ValueError(
+            f"The teacher gave a positive log-probability ({float(values.max()):.4g}), so no cache was written: "
+            "its outputs are broken (check its weights and dtype)."
+        )
+
+
 def _teacher_batch_fn(teacher, k, temperature, dtype, pad_token_id, stats):
     """The ``map`` function: pad a batch, run the teacher, cut each row back to its own length."""
     device = next(teacher.parameters()).device
@@ -112,6 +200,7 @@ def _teacher_batch_fn(teacher, k, temperature, dtype, pad_token_id, stats):
         logits = teacher(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, L, V)
         stats["vocab_size"] = logits.shape[-1]
         ids, logprobs = teacher_topk(logits, k, temperature)  # (B, L, k) each
+        _check_logprobs(logprobs, attention_mask.bool())
         ids, logprobs = ids.to(torch.int32).cpu().numpy(), logprobs.cpu().numpy().astype(np_dtype)
         stats["num_tokens"] += sum(lengths)
         return {
@@ -148,7 +237,8 @@ def build_teacher_cache(
         output_dir: where to ``save_to_disk`` the dataset and then write ``CACHE_META_FILE``; ``None`` keeps it in
             memory only (or in the ``datasets`` cache, for a dataset loaded from disk).
         dtype: ``"float16"`` (default, 2 bytes) or ``"float32"`` for the log-probabilities; ids are int32.
-        teacher_name: recorded in the meta file; default ``teacher.config._name_or_path`` or the class name.
+        teacher_name: recorded in the meta file; default ``teacher.config._name_or_path`` or the class name. The
+            teacher's weights are recorded too (:func:`teacher_fingerprint`), which is what the cache is checked by.
 
     Returns:
         The dataset with ``teacher_topk_ids`` ``(T, k)`` int32 and ``teacher_topk_logprobs`` ``(T, k)`` per example.
@@ -188,6 +278,7 @@ def build_teacher_cache(
             "num_examples": len(cached),
             "data_sha256": data_fingerprint(dataset),
         }
+        meta["teacher_sha256"], meta["teacher_sha256_of"] = teacher_fingerprint(teacher)
         _save_cache(cached, output_dir, meta)
     return cached
 
@@ -208,6 +299,12 @@ def _save_cache(cached: datasets.Dataset, output_dir: str, meta: dict) -> None:
     meta["bytes_per_token"] = arrow_bytes / tokens  # everything saved: the top-k columns, input_ids, labels...
     meta["topk_bytes_per_token"] = topk_bytes / tokens  # the two top-k columns alone, with their per-example offsets
     meta["hf_distill_version"] = __version__
+    meta["files"] = {  # every file of the cache but the meta file, checked on load
+        name: _file_sha256(os.path.join(output_dir, name))
+        for name in sorted(os.listdir(output_dir))
+        if name not in (CACHE_META_FILE, CACHE_META_FILE + ".tmp") and os.path.isfile(os.path.join(output_dir, name))
+    }
+    meta["checksum"] = _meta_checksum(meta)
     tmp_path = meta_path + ".tmp"
     with open(tmp_path, "w") as f:
         json.dump(meta, f, indent=2)
@@ -228,6 +325,7 @@ def load_teacher_cache(
     vocab_size: int | None = None,
     dataset: datasets.Dataset | None = None,
     teacher_name: str | None = None,
+    teacher: nn.Module | str | None = None,
 ) -> tuple[datasets.Dataset, dict]:
     """Load a cache written by :func:`build_teacher_cache`; returns ``(dataset, meta)``.
 
@@ -239,6 +337,10 @@ def load_teacher_cache(
         dataset: the training data the caller means to use; refused unless its token ids are those the cache was
             built on (:func:`data_fingerprint`).
         teacher_name: the teacher the caller means to use; refused unless the cache names the same one.
+        teacher: the teacher's model or folder; refused unless its weights are those the cache was built with
+            (:func:`teacher_fingerprint`).
+
+    Every file of the cache is checked against the SHA-256 recorded when it was built; a damaged one is refused.
     """
     meta_path = os.path.join(path, CACHE_META_FILE)
     if not os.path.isfile(meta_path):
@@ -247,8 +349,8 @@ def load_teacher_cache(
             "build_teacher_cache, so an interrupted build has none). Build it with "
             "hf_distill.teacher_cache.build_teacher_cache(teacher, dataset, k=..., output_dir=...)."
         )
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = _read_meta(path, meta_path)
+    _check_files(path, meta)
     if temperature is not None and not math.isclose(float(temperature), meta["temperature"], rel_tol=1e-9):
         raise ValueError(
             f"The teacher cache at {path!r} holds log-probabilities at temperature {meta['temperature']}, but "
@@ -266,14 +368,76 @@ def load_teacher_cache(
             f"The teacher cache at {path!r} was built with the teacher {meta['teacher']!r}, not {teacher_name!r}: "
             "point --teacher_cache_dir at a new folder (or delete this one) to build a cache for this teacher."
         )
+    if teacher is not None:
+        _check_teacher(path, meta, teacher)
     if dataset is not None and meta.get("data_sha256") != data_fingerprint(dataset):
         raise ValueError(
             f"The teacher cache at {path!r} was built on other training data than the data given now (token ids "
-            "differ: another file, block size, tokenizer or sample count): point --teacher_cache_dir at a new "
-            "folder (or delete this one) to build a cache for this data."
+            "differ, or their order: another file, block size, tokenizer, sample count, shuffle or filter): point "
+            "--teacher_cache_dir at a new folder (or delete this one) to build a cache for this data."
         )
     cached = datasets.load_from_disk(path)
     missing = [c for c in TEACHER_CACHE_COLUMNS if c not in cached.column_names]
     if missing:
         raise ValueError(f"The teacher cache at {path!r} lacks the columns {missing}; rebuild it.")
     return cached, meta
+
+
+def _read_meta(path: str, meta_path: str) -> dict:
+    """The meta record, checked against its own checksum; an older format (no checksums) is refused."""
+    rebuild = "delete the folder (the causal-lm job then builds it again) or point --teacher_cache_dir elsewhere"
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"The teacher cache at {path!r} has a damaged {CACHE_META_FILE} ({err}): {rebuild}."
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format_version", 0) < CACHE_FORMAT_VERSION:
+        raise ValueError(
+            f"The teacher cache at {path!r} was built by an older hf_distill, without the checksums this one checks "
+            f"a cache by: {rebuild}."
+        )
+    if meta.get("checksum") != _meta_checksum(meta):
+        raise ValueError(
+            f"The teacher cache at {path!r} has a damaged {CACHE_META_FILE} (its checksum differs): {rebuild}."
+        )
+    return meta
+
+
+def _check_files(path: str, meta: dict) -> None:
+    """Every file the build recorded is there, with the SHA-256 it had then."""
+    for name, digest in meta["files"].items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            raise ValueError(
+                f"The teacher cache at {path!r} lacks {name}, which it was built with: delete the folder (the "
+                "causal-lm job then builds it again) or point --teacher_cache_dir elsewhere."
+            )
+        if _file_sha256(file) != digest:
+            raise ValueError(
+                f"The teacher cache at {path!r} is damaged: {name} does not match the checksum recorded when it was "
+                "built; delete the folder (the causal-lm job then builds it again) or point --teacher_cache_dir "
+                "elsewhere."
+            )
+
+
+def _check_teacher(path: str, meta: dict, teacher: nn.Module | str) -> None:
+    """The teacher's weights are those the cache was built with (compared as the build recorded them)."""
+    digest, of = teacher_fingerprint(teacher)
+    if of != meta["teacher_sha256_of"]:
+        logger.warning(
+            "The teacher cache at %s recorded its teacher's %s, but this teacher has only its %s to compare: its "
+            "weights are not checked.",
+            path,
+            meta["teacher_sha256_of"],
+            of,
+        )
+        return
+    if digest != meta["teacher_sha256"]:
+        name = teacher if isinstance(teacher, str) else getattr(teacher.config, "_name_or_path", "") or "the teacher"
+        raise ValueError(
+            f"The teacher cache at {path!r} was built with other teacher weights than those of {name} (the SHA-256 "
+            f"of its {of} differs): point --teacher_cache_dir at a new folder (or delete this one) to build a cache "
+            "for this teacher."
+        )

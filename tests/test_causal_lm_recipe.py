@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,7 @@ def test_data_free_distillation_from_teacher_samples(tmp_path, teacher_dir):
 
 
 def test_teacher_cache_is_built_once_then_trained_from(tmp_path, teacher_dir, capsys):
+    teacher_dir = str(shutil.copytree(teacher_dir, tmp_path / "teacher"))  # its weights change below
     train = write_text(tmp_path / "train.txt")
     cache = str(tmp_path / "cache")
     flags = [
@@ -164,6 +166,10 @@ def test_teacher_cache_is_built_once_then_trained_from(tmp_path, teacher_dir, ca
     assert "training from the teacher cache" in capsys.readouterr().out
     flags[1] = write_text(tmp_path / "other.txt", seed=3)  # other data, same cache folder: refused, not reused
     with pytest.raises(ValueError, match="built on other training data"):
+        run(*job(tmp_path, teacher_dir, *flags))
+    flags[1] = train  # the same data and teacher folder, but the teacher was trained on since: other weights
+    tiny_llama(seed=2, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(teacher_dir)
+    with pytest.raises(ValueError, match="built with other teacher weights than those of .*teacher"):
         run(*job(tmp_path, teacher_dir, *flags))
 
 

@@ -227,6 +227,28 @@ def test_license_comes_from_a_local_teacher_card(student_dir):
 # ---- pushes against the local Hub ----
 
 
+def test_a_pushed_teacher_folder_gets_a_teacher_card_not_a_students(student_dir, hub):
+    """The GLUE job's output_dir/teacher/ has no distillation_config.json: it is the teacher, and its card says so."""
+    teacher = student_dir / "teacher"
+    push_student(str(teacher), "tester/the-teacher")
+    card = ModelCard(hub.files("tester/the-teacher")["README.md"].decode())
+    assert "student" not in card.text.split("## How to use")[0].replace("a smaller student learned from", "")
+    assert "distilled from" not in card.text and "How it was distilled" not in card.text
+    assert "is a 4-layer `bert` model (hidden size 32): the teacher of a distillation run" in card.text
+    assert f"fine-tuned from [{TEACHER_ID}](/{TEACHER_ID}) on GLUE SST-2" in card.text
+    # the teacher's score from the run's results.json, not the student's
+    assert "| the-teacher | 0.7500 |" in card.text
+    assert "distillation" not in card.data.tags and card.data.base_model == TEACHER_ID
+    (result,) = card.data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_config) == ("accuracy", 0.75, "sst2")
+    # any other folder without distillation_config.json: a plain card, which claims no teacher either
+    plain = student_dir.parent / "plain"
+    shutil.copytree(teacher, plain)
+    text = render_model_card(str(plain), "tester/plain")
+    assert "is a 4-layer `bert` model (hidden size 32). It is not a distilled model" in text
+    assert "student" not in text and "teacher" not in text and "distillation\n" not in text.split("---")[1]
+
+
 def test_push_then_from_pretrained_round_trip(student_dir, hub, tmp_path):
     hub.create_repo(TEACHER_ID, private=False)  # a teacher on the Hub with a license to carry over
     hub.commit(TEACHER_ID, "main", {"README.md": b"---\nlicense: apache-2.0\n---\n# teacher\n"}, "card")
@@ -311,6 +333,57 @@ def test_unfinished_folders_are_refused(student_dir, hub):
     with pytest.raises(ValueError, match="is not a folder"):
         push_student(str(student_dir / "nope"), "tester/s")
     assert hub.requests == []  # refused before contacting the Hub
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda d: (d / "model.safetensors").write_bytes(b""), r"model.safetensors is empty \(0 bytes\)"),
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-100]),
+            r"model.safetensors is truncated: its header describes \d+ bytes but the file has \d+",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:40]),
+            r"model.safetensors is truncated: its header needs \d+ bytes but the file has 40",
+        ),
+        (
+            lambda d: (d / "tokenizer_config.json").write_text('{"model_max_length": 5'),
+            r"tokenizer_config.json is not valid JSON \(Expecting ',' delimiter at line 1, column 23\)",
+        ),
+    ],
+    ids=["empty", "truncated-data", "truncated-header", "bad-json"],
+)
+def test_damaged_files_are_refused_before_any_upload(student_dir, hub, capsys, damage, problem):
+    damage(student_dir)
+    fix = (
+        r": write the folder again \(trainer.save_model\(\) or save_pretrained\) and push again; nothing was uploaded"
+    )
+    with pytest.raises(ValueError, match=problem + fix):
+        push_student(str(student_dir), "tester/s")
+    assert main(["push", str(student_dir), "--repo_id", "tester/s"]) == 2
+    assert main(["push", str(student_dir), "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith(f"hf-distill push: error: {student_dir}") for line in err)
+    assert hub.requests == [] and hub.repos == {}  # refused before contacting the Hub
+
+
+def test_a_sharded_student_is_checked_shard_by_shard(student_dir, hub):
+    import safetensors.torch
+
+    weights = safetensors.torch.load_file(student_dir / "model.safetensors")
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        safetensors.torch.save_file({k: weights[k] for k in keys}, student_dir / shard, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (student_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    os.remove(student_dir / "model.safetensors")
+    second = student_dir / "model-00002-of-00002.safetensors"
+    second.write_bytes(second.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="model-00002-of-00002.safetensors is truncated"):
+        push_student(str(student_dir), "tester/s")
+    assert hub.requests == []
 
 
 def test_token_never_leaks(student_dir, hub, caplog, capfd):

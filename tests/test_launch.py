@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared/data/glue/SST-2"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 PY = "/usr/bin/python3"
+TOKEN = "hf_LaunchTokenNeverShown4b1e"
 
 
 # ---- the shipped configs ----
@@ -205,6 +206,24 @@ def test_an_abbreviated_launch_flag_is_an_error_not_one_process(fake_launcher, c
     assert fake_launcher == []
 
 
+def test_hub_token_goes_to_the_workers_in_their_environment(fake_launcher, caplog, capsys, monkeypatch):
+    """A worker's command line is visible to every user of the machine (ps, /proc/PID/cmdline); its environment is
+    not. The token is taken out of the command and given as HF_TOKEN, which wins over one already set."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("HF_TOKEN", "hf_an_older_token")
+    for flags in (["--hub_token", TOKEN], [f"--hub_token={TOKEN}"], ["--hub_tok", TOKEN]):
+        assert main(["glue", "--num_processes", "2", *flags, "--max_steps", "1"]) == 3
+        cmd, env = fake_launcher[-1]
+        assert TOKEN not in " ".join(cmd) and env["HF_TOKEN"] == TOKEN and env[LAUNCHED_ENV] == "1"
+        assert cmd[-4:] == ["--max_steps", "1", "--use_cpu", "true"]
+    assert main(["glue", "--num_processes", "2", "--max_steps", "1"]) == 3  # no flag: the environment's, untouched
+    assert fake_launcher[-1][1]["HF_TOKEN"] == "hf_an_older_token"
+    out, err = capsys.readouterr()
+    assert "launching:" in caplog.text and TOKEN not in caplog.text + out + err
+    assert main(["glue", "--num_processes", "2", "--hub_token"]) == 2
+    assert "--hub_token needs a value" in capsys.readouterr().err
+
+
 def test_cpu_run_of_a_bf16_config_warns_that_bf16_is_not_applied(fake_launcher, caplog):
     caplog.set_level(logging.WARNING, logger="hf_distill")
     assert main(["causal-lm", "--accelerate_config", "fsdp", "--max_steps", "1"]) == 3
@@ -275,7 +294,8 @@ if RANK is not None and PROBE_DIR:
             return spec
 
     def dump():
-        record = {"rank": int(RANK), "world_size": int(os.environ["WORLD_SIZE"]), "written": list(written)}
+        record = {"rank": int(RANK), "world_size": int(os.environ["WORLD_SIZE"]), "written": list(written),
+                  "argv": sys.argv, "hf_token": os.environ.get("HF_TOKEN")}
         with open(os.path.join(PROBE_DIR, f"rank{RANK}.json"), "w") as f:
             json.dump(record, f)
 
@@ -287,13 +307,14 @@ if RANK is not None and PROBE_DIR:
 """
 
 
-def run_launched(tmp_path, job: str, *flags: str) -> tuple[Path, list[dict]]:
-    """``hf-distill job flags`` in a subprocess (a fresh environment, as a user runs it), with the rank probe."""
+def run_launched(tmp_path, job: str, *flags: str) -> tuple[Path, list[dict], str]:
+    """``hf-distill job flags`` in a subprocess (a fresh environment, as a user runs it), with the rank probe;
+    returns the output folder, the ranks' records and everything the run printed."""
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "sitecustomize.py").write_text(PROBE)
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "HF_TOKEN")}
     env.update(PYTHONPATH=f"{probe}:{ROOT}", RANK_PROBE_DIR=str(probe), OMP_NUM_THREADS="1")
     common = ["--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
               "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", "2"]  # fmt: skip
@@ -303,7 +324,7 @@ def run_launched(tmp_path, job: str, *flags: str) -> tuple[Path, list[dict]]:
         pytest.fail(result.stdout[-3000:] + result.stderr[-3000:])
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert not (probe / "rank2.json").exists()
-    return out, ranks
+    return out, ranks, result.stdout + result.stderr
 
 
 def check_two_ranks_one_writer(out: Path, ranks: list[dict], outputs: list[str]) -> None:
@@ -337,7 +358,7 @@ def glue_teacher(tmp_path):
 
 @pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
 def test_glue_num_processes_2_runs_two_ranks_and_rank0_writes(tmp_path, glue_teacher):
-    out, ranks = run_launched(
+    out, ranks, _ = run_launched(
         tmp_path, "glue", "--teacher_model_name_or_path", glue_teacher, "--data_dir", str(SST2),
         "--student_layers", "1,3", "--max_seq_length", "32", "--max_train_samples", "32", "--max_eval_samples", "16",
         "--speed_batch_size", "2", "--speed_seq_len", "8", "--alpha_hidden", "1", "--num_processes", "2",
@@ -351,9 +372,15 @@ def test_causal_lm_multi_cpu_config_runs_two_ranks_and_rank0_writes(tmp_path):
     tiny_tokenizer().save_pretrained(teacher)
     lines = [" ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(12)) for i in range(80)]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
-    out, ranks = run_launched(
+    out, ranks, printed = run_launched(
         tmp_path, "causal-lm", "--teacher_model_name_or_path", str(teacher), "--train_file", str(tmp_path / "train.txt"),
         "--validation_files", str(tmp_path / "train.txt"), "--block_size", "16", "--max_train_samples", "32",
-        "--max_eval_blocks", "4", "--kd_chunk_size", "8", "--accelerate_config", "multi_cpu",
+        "--max_eval_blocks", "4", "--kd_chunk_size", "8", "--accelerate_config", "multi_cpu", "--hub_token", TOKEN,
     )  # fmt: skip
     check_two_ranks_one_writer(out, ranks, ["results.json", "config.json", "distillation_config.json"])
+    # the token reached each worker through its environment, never through its command line or a log line
+    assert [r["hf_token"] for r in ranks] == [TOKEN, TOKEN]
+    assert all(TOKEN not in " ".join(r["argv"]) for r in ranks) and "causal-lm" in ranks[0]["argv"]
+    assert "launching:" in printed and TOKEN not in printed
+    for path in out.rglob("*"):  # training_args.bin pickles hub_token: it holds none
+        assert path.is_dir() or TOKEN.encode() not in path.read_bytes(), path

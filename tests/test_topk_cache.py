@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import VOCAB, lm_dataset, tiny_llama
 from datasets import Dataset
+from transformers import AutoModelForCausalLM
 
 from hf_distill.losses import get_loss, teacher_topk, topk_token_kd
 from hf_distill.teacher_cache import (
@@ -19,6 +20,7 @@ from hf_distill.teacher_cache import (
     cache_bytes_per_token,
     is_teacher_cache_batch,
     load_teacher_cache,
+    teacher_fingerprint,
 )
 
 DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
@@ -306,6 +308,122 @@ def test_refuses_unfinished_and_mismatched_caches(tmp_path, monkeypatch):
         build_teacher_cache(tiny_llama(num_layers=1), data, k=4, output_dir=out)
     with pytest.raises(ValueError, match="not a finished teacher cache"):
         load_teacher_cache(out)
+
+
+def test_a_cache_fits_only_the_data_as_indexed(tmp_path):
+    """Same rows in another order, or fewer of them through an indices mapping, are other data."""
+    out = str(tmp_path / "cache")
+    data = lm_dataset(n=6, seq_len=6)
+    build_teacher_cache(tiny_llama(num_layers=1), data, k=4, output_dir=out)
+    load_teacher_cache(out, dataset=data)
+    load_teacher_cache(out, dataset=data.select([0, 1, 2, 3, 4, 5]))  # the same rows in the same order: the same data
+    for other in (
+        data.shuffle(seed=0),
+        data.select([1, 0, 2, 3, 4, 5]),
+        data.filter(lambda row: row["input_ids"][0] > 0 and row["input_ids"][1] % 2 == 0),
+    ):
+        assert other.num_rows and sorted(map(tuple, other["input_ids"])) != list(map(tuple, data["input_ids"]))
+        with pytest.raises(ValueError, match="built on other training data"):
+            load_teacher_cache(out, dataset=other)
+
+
+def test_a_cache_fits_only_its_teachers_weights(tmp_path, caplog):
+    """The same teacher name with other weights is another teacher (a folder re-saved, a model changed in memory)."""
+    folder = tmp_path / "teacher"
+    tiny_llama(num_layers=1, seed=0).save_pretrained(folder)
+    teacher = AutoModelForCausalLM.from_pretrained(folder)
+    out, data = str(tmp_path / "cache"), lm_dataset(n=2, seq_len=6)
+    build_teacher_cache(teacher, data, k=4, output_dir=out)
+    meta = json.load(open(os.path.join(out, CACHE_META_FILE)))
+    assert (meta["teacher"], meta["teacher_sha256_of"]) == (str(folder), "weight files")
+    assert meta["teacher_sha256"] == teacher_fingerprint(str(folder))[0]
+    load_teacher_cache(out, teacher=teacher, teacher_name=str(folder))
+    load_teacher_cache(out, teacher=str(folder))
+    tiny_llama(num_layers=1, seed=1).save_pretrained(folder)  # other weights, same folder and name
+    for other in (str(folder), AutoModelForCausalLM.from_pretrained(folder)):
+        with pytest.raises(
+            ValueError, match=r"built with other teacher weights than those of .*teacher \(the SHA-256"
+        ):
+            load_teacher_cache(out, teacher=other, teacher_name=str(folder))
+    # a teacher built in memory is fingerprinted by its tensors
+    memory, memory_out = tiny_llama(num_layers=1, seed=0), str(tmp_path / "memory")
+    build_teacher_cache(memory, data, k=4, output_dir=memory_out)
+    load_teacher_cache(memory_out, teacher=memory)
+    with torch.no_grad():
+        memory.lm_head.weight[0, 0] += 1e-3
+    with pytest.raises(
+        ValueError, match=r"other teacher weights than those of the teacher \(the SHA-256 of its tensors"
+    ):
+        load_teacher_cache(memory_out, teacher=memory)
+
+
+@pytest.mark.parametrize("where", ["data", "meta", "state"])
+def test_a_flipped_byte_is_refused_by_name(tmp_path, where):
+    out, data = tmp_path / "cache", lm_dataset(n=4, seq_len=8)
+    build_teacher_cache(tiny_llama(num_layers=1), data, k=4, output_dir=str(out))
+    name = {"data": next(p.name for p in out.glob("*.arrow")), "meta": CACHE_META_FILE, "state": "state.json"}[where]
+    raw = bytearray((out / name).read_bytes())
+    if where == "meta":  # a digit of the temperature: still valid JSON, another value
+        at = raw.index(b'"temperature": 1.0') + len(b'"temperature": ')
+        raw[at] = ord("2")
+    else:
+        raw[len(raw) // 2] ^= 0x01
+    (out / name).write_bytes(bytes(raw))
+    match = {
+        "data": rf"is damaged: {name} does not match the checksum recorded when it was built; delete the folder",
+        "meta": rf"has a damaged {CACHE_META_FILE} \(its checksum differs\)",
+        "state": r"is damaged: state.json does not match the checksum",
+    }[where]
+    with pytest.raises(ValueError, match=match):
+        load_teacher_cache(str(out))
+    os.remove(out / "dataset_info.json")
+    if where != "meta":
+        with pytest.raises(ValueError, match="damaged|lacks dataset_info.json"):
+            load_teacher_cache(str(out))
+
+
+def test_an_older_cache_without_checksums_is_refused(tmp_path):
+    out = tmp_path / "cache"
+    build_teacher_cache(tiny_llama(num_layers=1), lm_dataset(n=2, seq_len=6), k=4, output_dir=str(out))
+    meta = json.loads((out / CACHE_META_FILE).read_text())
+    old = {k: v for k, v in meta.items() if k not in ("files", "checksum", "teacher_sha256", "teacher_sha256_of")}
+    (out / CACHE_META_FILE).write_text(json.dumps({**old, "format_version": 1}))
+    with pytest.raises(ValueError, match="built by an older hf_distill, without the checksums"):
+        load_teacher_cache(str(out))
+
+
+def test_nan_or_positive_log_probabilities_are_refused():
+    """From a teacher when the cache is built (nothing is written), and from the cache in every batch the loss reads."""
+
+    class Broken(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value, self.weight = value, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(*input_ids.shape, VOCAB)
+            logits[0, 1, 3] = self.value
+            return type("Out", (), {"logits": logits})
+
+    data = lm_dataset(n=2, seq_len=6)
+    with pytest.raises(ValueError, match="The teacher gave NaN log-probabilities, so no cache was written"):
+        build_teacher_cache(Broken(float("nan")), data, k=4)
+    student, teacher, mask = make_logits()
+    ids, logprobs = teacher_topk(teacher, 3)
+    for value, what in (
+        (float("nan"), "NaN"),
+        (0.5, r"a positive log-probability \(0.5\)"),
+        (float("inf"), r"a positive log-probability \(inf\)"),
+    ):
+        bad = logprobs.clone()
+        bad[0, 2, 1] = value
+        with pytest.raises(ValueError, match=f"teacher_logprobs hold {what}.*the teacher cache is damaged"):
+            topk_token_kd(student, ids, bad, mask=mask)
+        bad[0, 2, 1], bad[0, 4] = logprobs[0, 2, 1], value  # on a padded row: never read
+        topk_token_kd(student, ids, bad, mask=mask)
+    masked = logprobs.clone()
+    masked[..., -1] = float("-inf")  # a token the teacher masks: allowed
+    assert torch.isfinite(topk_token_kd(student, ids, masked, mask=mask))
 
 
 def test_build_errors():

@@ -153,6 +153,68 @@ def test_resume_restores_adapters(tmp_out):
     assert second.state.global_step == 4
 
 
+def adapter_trainer(out, max_steps=4):
+    """A student narrower than its teacher (so projection adapters exist), saving every 2 steps."""
+    teacher = tiny_bert(seed=1, **NO_DROPOUT)
+    student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **NO_DROPOUT)
+    args = config(out, alpha_hidden=1.0, max_steps=max_steps, save_strategy="steps", save_steps=2)
+    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset())
+
+
+def test_resume_true_skips_a_checkpoint_a_crash_cut_short(tmp_out, monkeypatch, caplog):
+    """A run killed while writing checkpoint-4 (half an optimizer.pt, no trainer_state.json) resumes from checkpoint-2
+    with a warning, instead of failing on checkpoint-4 at every resume."""
+    save = DistillationTrainer._save_optimizer_and_scheduler
+
+    def crash_at_step_4(self, output_dir):
+        if output_dir.endswith("checkpoint-4"):
+            with open(os.path.join(output_dir, "optimizer.pt"), "wb") as f:
+                f.write(b"PK\x03\x04 half an optimizer state")
+            raise OSError("No space left on device")
+        save(self, output_dir)
+
+    with monkeypatch.context() as m:
+        m.setattr(DistillationTrainer, "_save_optimizer_and_scheduler", crash_at_step_4)
+        with pytest.raises(OSError, match="No space left"):
+            adapter_trainer(tmp_out).train()
+    assert {"model.safetensors", ADAPTERS_FILE, "optimizer.pt"} <= set(
+        os.listdir(os.path.join(tmp_out, "checkpoint-4"))
+    )
+    second = adapter_trainer(tmp_out, max_steps=6)
+    second.train(resume_from_checkpoint=True)
+    assert second.state.global_step == 6
+    assert "Skipping " + os.path.join(tmp_out, "checkpoint-4") + ", an incomplete checkpoint" in caplog.text
+    assert "no trainer_state.json, which the Trainer writes last: the save did not finish" in caplog.text
+    # a checkpoint damaged after it was written is skipped too; with none left whole, resuming is a clear error
+    caplog.clear()
+    for step in (2, 4, 6):
+        weights = os.path.join(tmp_out, f"checkpoint-{step}", "model.safetensors")
+        with open(weights, "r+b") as f:
+            f.truncate(os.path.getsize(weights) - 10)
+    with pytest.raises(
+        ValueError, match=r"no checkpoint in .* is complete \(checkpoint-6, checkpoint-4, checkpoint-2"
+    ):
+        adapter_trainer(tmp_out).train(resume_from_checkpoint=True)
+    assert "model.safetensors is truncated: its header describes" in caplog.text
+    with pytest.raises(ValueError, match=r"checkpoint-4 is an incomplete checkpoint \(model.safetensors is truncated"):
+        adapter_trainer(tmp_out).train(resume_from_checkpoint=os.path.join(tmp_out, "checkpoint-4"))
+
+
+def test_a_checkpoint_without_the_adapters_it_should_hold_is_an_error(tmp_out):
+    """Fresh adapters trained against a restored optimizer state would be silently wrong."""
+    adapter_trainer(tmp_out, max_steps=2).train()
+    checkpoint = os.path.join(tmp_out, "checkpoint-2")
+    os.remove(os.path.join(checkpoint, ADAPTERS_FILE))
+    second = adapter_trainer(tmp_out)
+    with pytest.raises(
+        ValueError, match=rf"checkpoint-2 is an incomplete checkpoint \(no {ADAPTERS_FILE} \(the projection"
+    ):
+        second.train(resume_from_checkpoint=checkpoint)
+    with pytest.raises(ValueError, match=f"checkpoint-2 has no {ADAPTERS_FILE}, the weights of this run's projection"):
+        second._load_from_checkpoint(checkpoint)  # whatever path leads there (a DeepSpeed or FSDP resume too)
+    assert second.state.global_step == 0
+
+
 def test_evaluate_logs_every_term(tmp_out):
     teacher = tiny_bert(seed=1)
     student = build_student(teacher, layers=[1, 3])

@@ -48,6 +48,9 @@ TAIL_FLOOR = 1e-6
 # allowed tokens) would give 0 * inf = nan in the divergences; exp(-1e4) is exactly 0 in float32.
 _LOGPROB_MIN = -1e4
 
+# A log-probability is at most 0; float32 rounding leaves a log_softmax at most ~1e-6 above it, float16 storage ~1e-3
+LOGPROB_TOLERANCE = 1e-3
+
 
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
@@ -96,6 +99,19 @@ def _check_shapes(student_logits, teacher_ids, teacher_logprobs, mask) -> None:
         raise ValueError(f"teacher_ids must be an integer tensor, got {teacher_ids.dtype}.")
     if mask is not None and mask.shape != batch_shape:
         raise ValueError(f"mask {tuple(mask.shape)} does not match the tokens {tuple(batch_shape)}.")
+
+
+def _check_logprobs(logprobs: torch.Tensor) -> None:
+    """Refuse teacher log-probabilities that are none (``(N, k)``): NaN, or above 0 (``-inf`` is a masked token)."""
+    if not logprobs.numel():
+        return
+    nan, positive = torch.stack([torch.isnan(logprobs).any(), (logprobs > LOGPROB_TOLERANCE).any()]).tolist()
+    if nan or positive:
+        what = "NaN" if nan else f"a positive log-probability ({float(logprobs.max()):.4g})"
+        raise ValueError(
+            f"teacher_logprobs hold {what}, which no log-probability is: the teacher cache is damaged or its teacher "
+            "overflowed; build the cache again (with a float32 teacher)."
+        )
 
 
 def _log_tail(log_probs: torch.Tensor) -> torch.Tensor:
@@ -150,7 +166,9 @@ def topk_token_kd(
     # Select the valid tokens first: padding rows are never softmaxed, and their ids need not be valid.
     s = flatten_valid(student_logits, mask, 1)  # (N, V)
     ids = flatten_valid(teacher_ids, mask, 1).to(s.device, torch.int64)  # (N, k)
-    t = flatten_valid(teacher_logprobs.detach(), mask, 1).to(s.device, torch.float32).clamp(min=_LOGPROB_MIN)
+    t = flatten_valid(teacher_logprobs.detach(), mask, 1).to(s.device, torch.float32)  # (N, k)
+    _check_logprobs(t)
+    t = t.clamp(min=_LOGPROB_MIN)
     vocab = s.shape[-1]
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(

@@ -320,6 +320,7 @@ def _teacher_cache(lm, args, teacher, train, tokenizer):
             temperature=args.temperature,
             dataset=train,
             teacher_name=args.teacher_model_name_or_path,
+            teacher=teacher,
         )
         return cached
     print(f"[causal-lm] caching the teacher's top-{lm.teacher_cache_k} log-probs in {lm.teacher_cache_dir}")

@@ -1,0 +1,166 @@
+"""Open every file of a saved model before trusting it: safetensors headers and tensors, PyTorch weight pickles, JSON
+files and shard indexes. A push (:mod:`hf_distill.hub`) and a resume from a checkpoint
+(:class:`hf_distill.DistillationTrainer`) use these to refuse a truncated, empty or damaged file by name instead of
+publishing or loading it.
+
+Each check returns what is wrong as a short phrase (``"is empty (0 bytes)"``), or ``None`` when the file is whole; the
+caller puts the path before it and the fix after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+
+# bits per element of each safetensors dtype (safetensors' format spec; sub-byte types are packed)
+_SAFETENSORS_BITS = {
+    **dict.fromkeys(("F64", "I64", "U64", "C64"), 64),
+    **dict.fromkeys(("F32", "I32", "U32"), 32),
+    **dict.fromkeys(("F16", "BF16", "I16", "U16"), 16),
+    **dict.fromkeys(("I8", "U8", "BOOL", "F8_E4M3", "F8_E4M3FNUZ", "F8_E5M2", "F8_E5M2FNUZ", "E8M0", "F8_E8M0"), 8),
+    **dict.fromkeys(("F6_E2M3", "F6_E3M2"), 6),
+    "F4": 4,
+}
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _safetensors_header(path: str, size: int) -> tuple[dict | None, int, str | None]:
+    """``(header, header length, None)`` or ``(None, 0, what is wrong)`` for the safetensors file at ``path`` of
+    ``size`` bytes (8 bytes of little-endian header length, then the JSON header, then the tensors' bytes)."""
+    if size < 8:
+        return None, 0, f"is truncated: {size} bytes, too few for a safetensors header"
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if 8 + length > size:
+            return None, 0, f"is truncated: its header needs {8 + length} bytes but the file has {size}"
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, 0, "has a damaged header (not JSON)"
+    if not isinstance(header, dict):
+        return None, 0, "has a damaged header (not a JSON object)"
+    return header, length, None
+
+
+def _tensor_problem(name: str, entry) -> tuple[int, str | None]:
+    """``(end offset, what is wrong or None)`` of one header entry: its byte range must hold its dtype and shape."""
+    try:
+        dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        start, end, shape = int(start), int(end), [int(d) for d in shape]
+    except (KeyError, TypeError, ValueError):
+        return 0, f"has a damaged header entry for tensor {name!r}"
+    bits = _SAFETENSORS_BITS.get(dtype)
+    if bits is not None and end - start != math.ceil(math.prod(shape) * bits / 8):
+        return end, (
+            f"has a damaged header: tensor {name!r} ({dtype} {shape}) should take "
+            f"{math.ceil(math.prod(shape) * bits / 8)} bytes, not {end - start}"
+        )
+    return end, None
+
+
+def safetensors_problem(path: str, read_tensors: bool = True) -> str | None:
+    """What is wrong with a safetensors file, or None: the header parses, every tensor's byte range fits its dtype
+    and shape, the file is exactly ``8 + header length + last tensor end`` bytes, and (``read_tensors``) every
+    tensor loads."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes)"
+    header, length, problem = _safetensors_header(path, size)
+    if problem:
+        return problem
+    data_end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        end, problem = _tensor_problem(name, entry)
+        if problem:
+            return problem
+        data_end = max(data_end, end)
+    expected = 8 + length + data_end
+    if size < expected:
+        return f"is truncated: its header describes {expected} bytes but the file has {size}"
+    if size > expected:
+        return f"has {size - expected} bytes after its last tensor (expected {expected} bytes in all)"
+    if read_tensors:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                for name in f.keys():
+                    f.get_tensor(name)
+        except Exception as err:  # the Rust reader's own checks (overlapping offsets, bad dtypes...)
+            return f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    return None
+
+
+def json_problem(path: str) -> str | None:
+    """What is wrong with a JSON file, or None when it parses."""
+    if os.path.getsize(path) == 0:
+        return "is empty (0 bytes)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except UnicodeDecodeError:
+        return "is not valid JSON (not UTF-8 text)"
+    except json.JSONDecodeError as err:
+        return f"is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+    return None
+
+
+def torch_problem(path: str) -> str | None:
+    """What is wrong with a PyTorch weights pickle (``pytorch_model.bin``), or None when ``torch.load`` reads it with
+    ``weights_only=True``."""
+    import torch
+
+    if os.path.getsize(path) == 0:
+        return "is empty (0 bytes)"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, a non-tensor object...
+        return f"cannot be read by torch.load(weights_only=True) ({type(err).__name__})"
+    return None
+
+
+def index_problem(folder: str, name: str) -> str | None:
+    """What is wrong with a sharded-weights index (``*.index.json``) in ``folder``, or None: it parses and every
+    shard it names is there."""
+    problem = json_problem(os.path.join(folder, name))
+    if problem:
+        return problem
+    with open(os.path.join(folder, name), encoding="utf-8") as f:
+        weight_map = json.load(f).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        return "has no weight_map"
+    missing = sorted({s for s in weight_map.values() if not os.path.isfile(os.path.join(folder, str(s)))})
+    if missing:
+        return f"names the shard {missing[0]}, which is missing" + (
+            f" (and {len(missing) - 1} more)" if missing[1:] else ""
+        )
+    return None
+
+
+def file_problem(folder: str, name: str) -> str | None:
+    """What is wrong with the file ``name`` of ``folder`` by its kind (safetensors, ``.bin``/``.pt`` weights, index,
+    JSON), or None when it is whole or of a kind not checked here."""
+    path = os.path.join(folder, name)
+    if name.endswith(".safetensors"):
+        return safetensors_problem(path)
+    if name in WEIGHT_INDEXES or name.endswith(".index.json"):
+        return index_problem(folder, name)
+    if name.endswith(".json"):
+        return json_problem(path)
+    if name.endswith((".bin", ".pt")) and "model" in os.path.basename(name):
+        return torch_problem(path)
+    return None
+
+
+def first_problem(folder: str, names) -> str | None:
+    """``"path what is wrong"`` for the first damaged file among ``names`` (relative to ``folder``), or None."""
+    for name in names:
+        problem = file_problem(folder, name)
+        if problem:
+            return f"{os.path.join(folder, name)} {problem}"
+    return None
