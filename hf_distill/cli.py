@@ -11,7 +11,9 @@ from .launch import LAUNCH_FLAGS, add_launch_arguments, launch_if_asked
 from .validation import load_config_file
 
 
-def parse_with_config(dataclass_types, argv: list[str], prog: str, launch_flags: bool = False):
+def parse_with_config(
+    dataclass_types, argv: list[str], prog: str, launch_flags: bool = False, defaults: dict | None = None
+):
     """Parse ``argv`` into the dataclasses; ``--config file.yaml`` supplies defaults that flags override.
 
     Every dataclass field is a flag (``--help`` shows each with its help text); a YAML key that is no field is an
@@ -20,12 +22,15 @@ def parse_with_config(dataclass_types, argv: list[str], prog: str, launch_flags:
     given, are relative to the working directory (a job writes where it is run). ``launch_flags``: ``--help`` also
     lists ``--accelerate_config`` and ``--num_processes``, which `launch_if_asked` has taken out of ``argv`` before
     (command line only, no YAML keys). A parse error is a ``ValueError`` (one line), not argparse's usage text.
+    ``defaults``: the job's own defaults of some fields, below the YAML file and the flags.
     """
     parser = HfArgumentParser(dataclass_types, prog=prog)
     parser.error = _parse_error  # one line instead of argparse's usage of every flag
     parser.add_argument("--config", default=None, help="YAML file of flag values; flags on the command line win.")
     if launch_flags:
         add_launch_arguments(parser)
+    if defaults:
+        parser.set_defaults(**defaults)
     config_path = None
     if "--config" in argv:
         i = argv.index("--config")
@@ -90,17 +95,25 @@ def _glue(argv: list[str]) -> int:
     return 0
 
 
+def parse_causal_lm(argv: list[str]):
+    """``(CausalLMArguments, DistillationConfig)`` of the causal-LM job, with the job's defaults (``JOB_DEFAULTS``)."""
+    from .distillation_config import DistillationConfig
+    from .recipes.causal_lm import JOB_DEFAULTS, SEPARATE_STUDENT_DEFAULTS, CausalLMArguments
+
+    types, prog = [CausalLMArguments, DistillationConfig], "hf-distill causal-lm"
+    lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=JOB_DEFAULTS)
+    if lm_args.student_model_name_or_path:  # no teacher layers in the student to match hidden states with
+        lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=SEPARATE_STUDENT_DEFAULTS)
+    return lm_args, args
+
+
 def _causal_lm(argv: list[str]) -> int:
     code, argv = launch_if_asked("causal-lm", argv)
     if code is not None:
         return code
-    from .distillation_config import DistillationConfig
-    from .recipes.causal_lm import CausalLMArguments, run
+    from .recipes.causal_lm import run
 
-    lm_args, args = parse_with_config(
-        [CausalLMArguments, DistillationConfig], argv, "hf-distill causal-lm", launch_flags=True
-    )
-    run(lm_args, args)
+    run(*parse_causal_lm(argv))
     return 0
 
 

@@ -201,3 +201,26 @@ def test_every_shipped_config_parses_and_says_how_to_run_it(path):
     cpu_only = [] if torch.cuda.is_available() or "bf16: true" not in text else ["--bf16", "false"]
     lm, args = parse_with_config([CausalLMArguments, DistillationConfig], ["--config", str(path), *cpu_only], "t")
     assert isinstance(args, DistillationConfig) and (lm.train_file or lm.dataset_name)
+
+
+def test_job_defaults_are_the_causal_lm_settings_and_flags_and_yaml_override_them(tmp_path):
+    from hf_distill.cli import parse_causal_lm
+    from hf_distill.recipes.causal_lm import JOB_DEFAULTS, loss_summary
+
+    _, args = parse_causal_lm(["--output_dir", str(tmp_path)])
+    for name, value in JOB_DEFAULTS.items():
+        assert getattr(getattr(args, name), "value", getattr(args, name)) == value, name
+    assert "1.0 x kl at T=1.0 + 0.0 x next-token + 1.0 x hidden cosine (init layer map)" in loss_summary(args)
+    assert "lr 0.0002 constant_with_warmup, 10 warm-up steps" in loss_summary(args)
+    # the Python API keeps DistillationConfig's own defaults
+    assert DistillationConfig(output_dir=str(tmp_path)).temperature != JOB_DEFAULTS["temperature"]
+    config = tmp_path / "c.yaml"
+    config.write_text("temperature: 3.0\nalpha_hidden: 0.0\n")
+    _, args = parse_causal_lm(["--config", str(config), "--learning_rate", "1e-5", "--output_dir", str(tmp_path)])
+    assert (args.temperature, args.alpha_hidden, args.learning_rate) == (3.0, 0.0, 1e-5)
+    assert args.alpha_logits == 1.0 and args.alpha_task == 0.0
+    # a separate student has no teacher layers to match: no hidden-state term by default
+    lm, args = parse_causal_lm(["--student_model_name_or_path", "s", "--output_dir", str(tmp_path)])
+    assert lm.student_model_name_or_path == "s" and args.alpha_hidden == 0.0 and args.layer_map == "uniform"
+    _, args = parse_causal_lm(["--student_model_name_or_path", "s", "--alpha_hidden", "2", "--output_dir", "o"])
+    assert args.alpha_hidden == 2.0

@@ -268,7 +268,7 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         results["teacher"] = score(teacher, texts, tokenizer, lm, label="teacher", progress=bars)
     results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
 
-    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens")
+    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher if args.needs_live_teacher(cached=use_cache) else None,
@@ -299,6 +299,15 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
             json.dump(results, f, indent=2)
     print(format_results(results))
     return results
+
+
+def loss_summary(args: DistillationConfig) -> str:
+    """The loss terms and learning rate of a run in one line (the job's defaults are in ``JOB_DEFAULTS``)."""
+    terms = [f"{args.alpha_logits} x {args.logit_loss} at T={args.temperature}", f"{args.alpha_task} x next-token"]
+    if args.alpha_hidden:
+        terms.append(f"{args.alpha_hidden} x hidden {args.hidden_loss} ({args.layer_map} layer map)")
+    schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    return f"{' + '.join(terms)}; lr {args.learning_rate:g} {schedule}, {args.warmup_steps} warm-up steps"
 
 
 def _save_merged(model, output_dir: str) -> None:
