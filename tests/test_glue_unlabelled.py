@@ -40,8 +40,14 @@ def test_unlabelled_examples_are_further_examples_without_labels(tiny_teacher_di
     # the unlabelled rows are the next ones of the same shuffle: other sentences
     _, more = prepare_data(GlueArguments(data_dir=str(SST2), max_train_samples=160), tokenizer, seed=3)
     assert data["unlabelled"]["input_ids"] == more["train"]["input_ids"][100:]
-    with pytest.raises(ValueError, match="unlabelled_train_samples=70000 needs"):
+    with pytest.raises(
+        ValueError, match="--unlabelled_train_samples 70000 leaves no labelled example of sst2's 67349"
+    ):
         prepare_data(GlueArguments(data_dir=str(SST2), unlabelled_train_samples=70000), tokenizer, seed=0)
+    # max_train_samples is a cap: the labelled examples are what the unlabelled ones leave
+    capped = GlueArguments(data_dir=str(SST2), max_train_samples=10**6, unlabelled_train_samples=67000)
+    _, data = prepare_data(capped, tokenizer, seed=0)
+    assert (len(data["train"]), len(data["unlabelled"])) == (349, 67000)
     with pytest.raises(ValueError, match="unlabelled_train_samples=-1"):
         GlueArguments(unlabelled_train_samples=-1)
 

@@ -152,12 +152,13 @@ def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
         ) from err
     train = raw["train"]
     n_unlabelled = glue_args.unlabelled_train_samples
-    n_labelled = glue_args.max_train_samples if glue_args.max_train_samples is not None else len(train) - n_unlabelled
-    if n_labelled + n_unlabelled > len(train) or n_labelled < 1:
+    available = len(train) - n_unlabelled  # max_train_samples is a cap, as in transformers' run_glue
+    if available < 1:
         raise ValueError(
-            f"max_train_samples={glue_args.max_train_samples} + unlabelled_train_samples={n_unlabelled} needs "
-            f"{n_labelled + n_unlabelled} training examples, {task.name} has {len(train)}: lower them."
+            f"--unlabelled_train_samples {n_unlabelled} leaves no labelled example of {task.name}'s {len(train)} "
+            "training examples; lower it."
         )
+    n_labelled = available if glue_args.max_train_samples is None else min(glue_args.max_train_samples, available)
     if n_labelled + n_unlabelled < len(train):
         logger.warning(
             "Subsampled the training set to %d labelled and %d unlabelled of %d examples.",
