@@ -102,7 +102,8 @@ def parse_causal_lm(argv: list[str]):
 
     types, prog = [CausalLMArguments, DistillationConfig], "hf-distill causal-lm"
     lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=JOB_DEFAULTS)
-    if lm_args.student_model_name_or_path:  # no teacher layers in the student to match hidden states with
+    # a separate student has no teacher layers to match hidden states with; a cache run should not need the teacher
+    if lm_args.student_model_name_or_path or lm_args.teacher_cache_dir:
         lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=SEPARATE_STUDENT_DEFAULTS)
     return lm_args, args
 

@@ -49,7 +49,8 @@ JOB_DEFAULTS = {
     "lr_scheduler_type": "constant_with_warmup",
     "warmup_steps": 10,
 }
-# a student loaded with --student_model_name_or_path has no layers taken from the teacher to match
+# a student loaded with --student_model_name_or_path has no layers taken from the teacher to match, and a run from
+# --teacher_cache_dir should not need the teacher at all: no hidden-state term by default for either
 SEPARATE_STUDENT_DEFAULTS = {**JOB_DEFAULTS, "alpha_hidden": 0.0, "layer_map": "uniform"}
 
 
