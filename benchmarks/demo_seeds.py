@@ -29,8 +29,14 @@ def run_seed(config: str, seed: int, out: Path, extra: list[str]) -> dict:
     cmd += ["--output_dir", str(out), "--overwrite_output_dir", "true", "--disable_tqdm", "true", *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
-    results = json.loads((out / "results.json").read_text())
-    return {"seed": seed, "minutes": (time.perf_counter() - start) / 60, "results": results}
+    minutes = (time.perf_counter() - start) / 60
+    (out / "demo_minutes.json").write_text(json.dumps({"minutes": minutes, "command": cmd}))
+    return read_seed(seed, out)
+
+
+def read_seed(seed: int, out: Path) -> dict:
+    minutes = json.loads((out / "demo_minutes.json").read_text())["minutes"]
+    return {"seed": seed, "minutes": minutes, "results": json.loads((out / "results.json").read_text())}
 
 
 def table(runs: list[dict]) -> str:
@@ -61,10 +67,14 @@ def main() -> None:
     parser.add_argument("--config", default=str(DEMO_CONFIG))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--out", default="out/demo-seeds")
+    parser.add_argument("--table_only", action="store_true", help="print the table of runs already in --out")
     parser.add_argument("extra", nargs="*", help="flags passed on to hf-distill glue (after --)")
     opts = parser.parse_args()
     out = Path(opts.out)
-    runs = [run_seed(opts.config, seed, out / f"seed-{seed}", opts.extra) for seed in opts.seeds]
+    if opts.table_only:  # e.g. after seeds run side by side: `--seeds 43 &`, `--seeds 44 &`
+        runs = [read_seed(seed, out / f"seed-{seed}") for seed in opts.seeds]
+    else:
+        runs = [run_seed(opts.config, seed, out / f"seed-{seed}", opts.extra) for seed in opts.seeds]
     print(table(runs))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     import torch

@@ -88,8 +88,8 @@ def test_max_eval_tokens_caps_the_scored_tokens_and_shows_progress(tmp_path, tea
     assert saved["student"]["perplexity"]["v.txt"] == pytest.approx(nll.exp().item(), rel=1e-5)
 
     with pytest.raises(ValueError, match="--max_eval_tokens 10 is fewer than the 15 tokens one block"):
-        run(*job(tmp_path, teacher_dir, *flags, "--max_eval_tokens", "10"))
-    lm, args = job(tmp_path, teacher_dir, *flags)  # the default scores every token, and --disable_tqdm true: no bar
+        run(*job(tmp_path, teacher_dir, *flags, "--max_eval_tokens", "10", "--overwrite_output_dir", "true"))
+    lm, args = job(tmp_path, teacher_dir, *flags, "--overwrite_output_dir", "true")  # the default scores every token, and --disable_tqdm true: no bar
     assert lm.max_eval_tokens is None
     results = run(lm, args)
     assert results["student"]["eval_tokens"]["v.txt"] == (len(ids) // 16) * 15
