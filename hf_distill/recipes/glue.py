@@ -24,7 +24,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..data.augment import IGNORE_INDEX, augment_dataset, embedding_neighbours, word_candidates
+from ..constants import IGNORE_INDEX
+from ..data.augment import augment_dataset, embedding_neighbours, word_candidates
 from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..modeling import resolve_model_path
@@ -333,7 +334,7 @@ def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data) -> d
     train = augment_dataset(
         data["train"], neighbours, glue_args.augment_prob, glue_args.augment_replace_prob, seed=args.seed
     )
-    rewritten = sum(label == -100 for label in train["labels"])
+    rewritten = sum(label == IGNORE_INDEX for label in train["labels"])
     print(f"[glue] augmentation: {rewritten} of {len(train)} training examples rewritten and labelled by the teacher")
     return {**data, "train": train}
 
