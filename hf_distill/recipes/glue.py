@@ -28,6 +28,7 @@ from ..constants import IGNORE_INDEX
 from ..data.augment import augment_dataset, embedding_neighbours, word_candidates
 from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
+from ..file_checks import error_line
 from ..modeling import resolve_model_path
 from ..report import build_results, write_report
 from ..student import build_student
@@ -148,7 +149,7 @@ def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
         if glue_args.data_dir is not None:
             raise
         raise ValueError(
-            f"Cannot load {task.name} from the Hub ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+            f"Cannot load {task.name} from the Hub ({error_line(err)}); "
             f"pass --data_dir with the {task.dir_name} folder of the GLUE download ({', '.join(task_files(task))})."
         ) from err
     train = raw["train"]
