@@ -7,6 +7,7 @@ import sys
 from transformers import HfArgumentParser
 
 from . import __version__
+from .file_checks import error_line
 from .launch import LAUNCH_FLAGS, add_launch_arguments, launch_if_asked
 from .validation import load_config_file
 
@@ -191,10 +192,6 @@ def split_debug(argv: list[str]) -> tuple[bool, list[str]]:
     return debug, rest
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``hf-distill <command> [flags]``. An expected error (a ``ValueError``: a bad flag, path, file or folder) is
     one line on stderr and exit code 2; ``--debug`` raises it with its traceback instead."""
@@ -221,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         if debug:
             raise
-        print(f"hf-distill {argv[0]}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"hf-distill {argv[0]}: error: {error_line(err, first=False)}", file=sys.stderr)
         return 2
 
 

@@ -5,6 +5,11 @@ publishing or loading it.
 
 Each check returns what is wrong as a short phrase (``"is empty (0 bytes)"``), or ``None`` when the file is whole; the
 caller puts the path before it and the fix after it.
+
+Also here, for every module that names model files (it imports nothing of the package): which files are a model's
+weights (:func:`is_weight_file`, :func:`loadable_weights`), whether a name is meant as a local path
+(:func:`looks_local`), the check of a model path given on the command line (:func:`check_model_path`), and the one
+line of an exception that goes into an error message (:func:`error_line`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,94 @@ _SAFETENSORS_BITS = {
     **dict.fromkeys(("F6_E2M3", "F6_E3M2"), 6),
     "F4": 4,
 }
+# the files from_pretrained reads a model's weights from: one file, or the index naming its shards; a PEFT adapter's
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# endings of the files that hold (or index) weights of any kind: shards, GGUF, projection adapters...
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".index.json")
+# files with a weight ending that hold no weights: the Trainer's pickled arguments
+NOT_WEIGHTS = ("training_args.bin",)
+
+
+def is_weight_file(name: str) -> bool:
+    """Whether the file ``name`` holds or indexes weights of some kind (``*.safetensors``, ``*.bin``, ``*.gguf``,
+    ``*.index.json``; not ``training_args.bin``)."""
+    base = os.path.basename(name)
+    return base.endswith(WEIGHT_SUFFIXES) and base not in NOT_WEIGHTS
+
+
+def loadable_weights(names, safetensors_only: bool = False) -> list[str]:
+    """The names among ``names`` (file names of one folder) that ``from_pretrained`` loads a model's weights from
+    (:data:`WEIGHT_FILES`, :data:`WEIGHT_INDEXES`); with ``safetensors_only``, the safetensors ones alone (what
+    ``use_safetensors=True`` reads)."""
+    return [
+        n
+        for n in names
+        if n in WEIGHT_FILES + WEIGHT_INDEXES
+        and (not safetensors_only or n.endswith((".safetensors", ".safetensors.index.json")))
+    ]
+
+
+def error_line(err: BaseException, first: bool = True) -> str:
+    """An exception's message as one line for an error message: its first non-blank line (``first``) or all of them
+    joined by spaces; its type's name when it has no message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0] if first else " ".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- model paths
+
+# endings of local files that a Hub repository name never has
+_FILE_EXTENSIONS = (
+    ".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5", ".msgpack", ".model",
+    ".txt", ".jsonl", ".tsv", ".csv", ".yaml", ".yml", ".parquet", ".arrow",
+)  # fmt: skip
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hub name ``org/name``: it starts with ``./``, ``../``,
+    ``/`` or ``~``, has more than one path separator, or ends with a file extension."""
+    separators = name.count("/") + (name.count(os.sep) if os.sep != "/" else 0)
+    return (
+        name in (".", "..")
+        or name.startswith(("./", "../", "~", ".\\", "..\\"))
+        or os.path.isabs(name)
+        or separators > 1
+        or name.lower().endswith(_FILE_EXTENSIONS)
+    )
+
+
+def check_model_path(name: str | None, flag: str, safetensors_only: bool = False) -> None:
+    """Refuse a model path that cannot be a model: a local-looking path that does not exist (no Hub retries), a file,
+    or a folder without ``config.json`` or without weights (:func:`loadable_weights`; only safetensors ones with
+    ``safetensors_only``, for a job that loads with ``use_safetensors=True``). A Hub name (``org/name``) passes;
+    loading it tells whether it exists."""
+    if name is None:
+        return
+    if os.path.isdir(name):
+        files = os.listdir(name)
+        if "config.json" not in files and "adapter_config.json" not in files:
+            raise ValueError(
+                f"{flag} {name} has no config.json; pass the folder that save_pretrained wrote (config.json, weights "
+                "and tokenizer files)."
+            )
+        if not loadable_weights(files, safetensors_only):
+            kinds = "model.safetensors (or a sharded model.safetensors.index.json)"
+            if not safetensors_only:
+                kinds = "model.safetensors, pytorch_model.bin, a *.index.json of shards or adapter_model.*"
+            elif loadable_weights(files):
+                kinds += " (this job loads safetensors only: re-save it with save_pretrained)"
+            raise ValueError(
+                f"{flag} {name} has no weights ({kinds}); pass the folder that save_pretrained wrote, weights included."
+            )
+    elif os.path.exists(name):
+        raise ValueError(f"{flag} {name} is a file; pass the folder that holds it ({os.path.dirname(name) or '.'}).")
+    elif looks_local(name):
+        raise ValueError(
+            f"{flag} {name} does not exist; pass an existing model folder, or a Hub name such as org/name."
+        )
 
 
 def _safetensors_header(path: str, size: int) -> tuple[dict | None, int, str | None]:
@@ -92,7 +184,7 @@ def safetensors_problem(path: str, read_tensors: bool = True) -> str | None:
                 for name in f.keys():
                     f.get_tensor(name)
         except Exception as err:  # the Rust reader's own checks (overlapping offsets, bad dtypes...)
-            return f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            return f"cannot be read ({type(err).__name__}: {error_line(err)})"
     return None
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig
 
-IGNORE_INDEX = -100
+from .constants import IGNORE_INDEX
 
 
 class SamplingRNG:

@@ -24,7 +24,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from . import __version__
 from .distillation_config import DISTILLATION_CONFIG_FILE
-from .file_checks import first_problem
+from .file_checks import first_problem, loadable_weights
 from .mapping import ADAPTERS_FILE
 from .model_card import (
     ADAPTER_CONFIG,
@@ -144,9 +144,9 @@ def check_student_folder(folder: str) -> None:
             )
     elif "config.json" not in names:
         missing.append("config.json (the model config)")
-    weights = [n for n in names if n.endswith(".safetensors") and n != ADAPTERS_FILE]
-    if not weights:
-        hint = " (only pytorch_model.bin: re-save with save_pretrained)" if "pytorch_model.bin" in names else ""
+    if not loadable_weights(names, safetensors_only=True):
+        others = loadable_weights(names)
+        hint = f" (only {others[0]}: re-save with save_pretrained)" if others else ""
         missing.append(f"weights (*.safetensors, written by trainer.save_model() or save_pretrained){hint}")
     index = _read_json(folder, "model.safetensors.index.json")
     if index:

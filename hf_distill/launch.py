@@ -102,8 +102,12 @@ def split_launch_args(argv: list[str]) -> tuple[str | None, int | None, list[str
 
 
 def _is_token_flag(arg: str) -> bool:
-    """``--hub_token``, ``--hub_token=...`` or an abbreviation argparse would take for it (``--hub_tok``)."""
+    """``--hub_token``, ``--hub-token`` (the dash alias ``HfArgumentParser`` adds to every field), ``--hub_token=...``
+    or an abbreviation argparse would take for either (``--hub_tok``, ``--hub-t``)."""
     name = arg.split("=", 1)[0]
+    if not name.startswith("--"):
+        return False
+    name = "--" + name[2:].replace("-", "_")
     return name.startswith("--hub_t") and "--hub_token".startswith(name)
 
 

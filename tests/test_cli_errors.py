@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 from conftest import WORDS, tiny_bert, tiny_llama, tiny_tokenizer, word_tokenizer
 from transformers import BertConfig, BertForSequenceClassification, BertModel, TrainingArguments
@@ -148,6 +149,37 @@ def test_missing_teacher_or_student_path_is_refused_without_the_hub(capsys, tmp_
     empty = tmp_path / "empty_folder"
     empty.mkdir()
     refused(capsys, glue(str(empty), sst2, out), str(empty), "has no config.json")
+    assert not no_training and not out.exists()
+
+
+def test_model_folder_without_weights_is_refused(capsys, tmp_path, teacher, sst2, lm_teacher, no_training):
+    """A folder with config.json and tokenizer but no weights (a copy cut short, weights in another folder)."""
+    out = tmp_path / "out"
+    bare = tmp_path / "no_weights"
+    BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+               intermediate_size=37).save_pretrained(bare)  # fmt: skip
+    word_tokenizer(WORDS[:94]).save_pretrained(bare)
+    refused(
+        capsys, glue(str(bare), sst2, out), f"--teacher_model_name_or_path {bare} has no weights", "model.safetensors"
+    )
+    # the GLUE job loads with use_safetensors=True: a pytorch_model.bin alone is refused, with the fix
+    torch.save(
+        BertForSequenceClassification(BertConfig.from_pretrained(bare)).state_dict(), bare / "pytorch_model.bin"
+    )
+    refused(capsys, glue(str(bare), sst2, out), f"{bare} has no weights", "re-save it with save_pretrained")
+    lm_bare = tmp_path / "lm_no_weights"
+    lm_bare.mkdir()
+    for name in os.listdir(lm_teacher):
+        if not name.endswith(".safetensors"):
+            (lm_bare / name).write_bytes((Path(lm_teacher) / name).read_bytes())
+    text = tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    refused(capsys, causal_lm(str(lm_bare), out, "--train_file", str(text)), f"{lm_bare} has no weights")
+    refused(
+        capsys,
+        causal_lm(lm_teacher, out, "--train_file", str(text), "--student_model_name_or_path", str(lm_bare)),
+        f"--student_model_name_or_path {lm_bare} has no weights",
+    )
     assert not no_training and not out.exists()
 
 

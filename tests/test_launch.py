@@ -211,7 +211,8 @@ def test_hub_token_goes_to_the_workers_in_their_environment(fake_launcher, caplo
     not. The token is taken out of the command and given as HF_TOKEN, which wins over one already set."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("HF_TOKEN", "hf_an_older_token")
-    for flags in (["--hub_token", TOKEN], [f"--hub_token={TOKEN}"], ["--hub_tok", TOKEN]):
+    spellings = (["--hub_token", TOKEN], [f"--hub_token={TOKEN}"], ["--hub_tok", TOKEN], ["--hub-token", TOKEN])
+    for flags in (*spellings, [f"--hub-token={TOKEN}"], ["--hub-tok", TOKEN], [f"--hub-t={TOKEN}"]):
         assert main(["glue", "--num_processes", "2", *flags, "--max_steps", "1"]) == 3
         cmd, env = fake_launcher[-1]
         assert TOKEN not in " ".join(cmd) and env["HF_TOKEN"] == TOKEN and env[LAUNCHED_ENV] == "1"

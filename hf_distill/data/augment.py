@@ -14,7 +14,7 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..constants import IGNORE_INDEX
 
 
 def word_candidates(tokenizer) -> torch.Tensor:

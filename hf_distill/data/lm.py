@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..losses.task import IGNORE_INDEX
+from ..constants import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

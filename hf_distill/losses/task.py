@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
 from .reduction import reduce_items
 
-IGNORE_INDEX = -100
 TASK_KINDS = ("sequence_classification", "token_classification", "causal_lm")
 
 

@@ -24,9 +24,11 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..data.augment import IGNORE_INDEX, augment_dataset, embedding_neighbours, word_candidates
+from ..constants import IGNORE_INDEX
+from ..data.augment import augment_dataset, embedding_neighbours, word_candidates
 from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
+from ..file_checks import error_line
 from ..modeling import resolve_model_path
 from ..report import build_results, write_report
 from ..student import build_student
@@ -147,7 +149,7 @@ def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
         if glue_args.data_dir is not None:
             raise
         raise ValueError(
-            f"Cannot load {task.name} from the Hub ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+            f"Cannot load {task.name} from the Hub ({error_line(err)}); "
             f"pass --data_dir with the {task.dir_name} folder of the GLUE download ({', '.join(task_files(task))})."
         ) from err
     train = raw["train"]
@@ -334,7 +336,7 @@ def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data) -> d
     train = augment_dataset(
         data["train"], neighbours, glue_args.augment_prob, glue_args.augment_replace_prob, seed=args.seed
     )
-    rewritten = sum(label == -100 for label in train["labels"])
+    rewritten = sum(label == IGNORE_INDEX for label in train["labels"])
     print(f"[glue] augmentation: {rewritten} of {len(train)} training examples rewritten and labelled by the teacher")
     return {**data, "train": train}
 
