@@ -113,6 +113,30 @@ class GradCatcher(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fp32-report",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N float32 comparisons (tests/numerics.py) that used the most of their tolerance",
+    )
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = config.getoption("--fp32-report")
+    if not count:
+        return
+    from numerics import USAGE
+
+    worst: dict[tuple[str, str], float] = {}
+    for test, label, used in USAGE:
+        worst[test, label] = max(used, worst.get((test, label), 0.0))
+    terminalreporter.section(f"float32 tolerance used, the {count} closest of {len(USAGE)} comparisons")
+    for (test, label), used in sorted(worst.items(), key=lambda item: -item[1])[:count]:
+        terminalreporter.write_line(f"{used:7.1%}  {test}{' ' + label if label else ''}")
+
+
 @pytest.fixture
 def tmp_out(tmp_path):
     return str(tmp_path / "out")
