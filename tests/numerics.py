@@ -19,12 +19,16 @@ and a comparison passes when ``|got - want| <= atol + rtol * |want|`` elementwis
   of a few nats each, ``sum p_t log p_t - sum p_t log p_s``, and each term is rounded at its own size, so the error
   scales with the terms (:func:`divergence_scale`). When nothing cancels, the value itself is the scale (the
   default: the largest ``|want|`` of a tensor, so an entry much smaller than its neighbours, e.g. a gradient that
-  is a sum of cancelling contributions, gets the absolute tolerance of the large ones).
+  is a sum of cancelling contributions, gets the absolute tolerance of the large ones). A tensor ``scale`` gives each
+  entry its own: the gradients of a linear head, :func:`head_grad_scales`, add products whose sum cancels (a
+  softmax's gradient sums to 0 over the vocabulary), so their terms are far larger than their largest entry.
 - ``n`` is the length of the longest chain of additions behind one value: ``V`` for a log-softmax or a sum over the
   vocabulary, ``D`` for a product with a ``(D, ...)`` weight. A reduction in stages adds the stages' lengths
   (``V + N`` for a mean over ``N`` tokens of per-token sums over ``V``): each stage rounds at the size of its own
   partial sums, which the outer stage then adds once. A deep computation (a model's forward and backward) adds the
   widths its values pass through.
+- ``dtype``: values rounded in bfloat16 or float16 (a half-precision model's outputs) take that format's unit
+  roundoff instead (``2**-9``, ``2**-11``): the same analysis, a coarser grid.
 - ``LAMBDA = 4`` bounds each computation's error with overwhelming probability for the sizes used here; the factor 2
   is the two computations. The resulting tolerance is about ``5e-7 * sqrt(n)`` relative to the scale: far below
   what a modelling error produces (a wrong sign, a missing term or token, a missing ``T**2`` change a result by a
@@ -40,21 +44,21 @@ import os
 
 import torch
 
-UNIT_ROUNDOFF = torch.finfo(torch.float32).eps / 2  # u = 2**-24
 LAMBDA = 4.0
 
 # (test id, label, fraction of the tolerance used) for every comparison of the session, for --fp32-report
 USAGE: list[tuple[str, str, float]] = []
 
 
-def fp32_tolerance(scale: float, n: int = 1) -> tuple[float, float]:
+def fp32_tolerance(scale: float, n: int = 1, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
     """``(rtol, atol)`` for two float32 computations of a value built from terms of size ``scale``.
 
-    ``n`` is the length of the longest chain of additions behind it; see the module docstring.
+    ``n`` is the length of the longest chain of additions behind it; ``dtype`` the coarsest format the computations
+    rounded in. See the module docstring.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}.")
-    rtol = 2 * LAMBDA * math.sqrt(n) * UNIT_ROUNDOFF
+    rtol = 2 * LAMBDA * math.sqrt(n) * torch.finfo(dtype).eps / 2
     return rtol, rtol * float(scale)
 
 
@@ -64,13 +68,23 @@ def _as_float64(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
-def assert_fp32_close(got, want, *, scale: float | None = None, n: int = 1, msg: str = "") -> float:
+def assert_fp32_close(
+    got,
+    want,
+    *,
+    scale: float | torch.Tensor | None = None,
+    n: int = 1,
+    dtype: torch.dtype = torch.float32,
+    msg: str = "",
+) -> float:
     """Assert that ``got`` and ``want`` (tensors of one shape, or numbers) agree to float32 rounding.
 
     Args:
         got, want: the two computations; ``want`` is the reference (its ``|want|`` enters the relative part).
-        scale: the size of the terms summed into the values (default: ``max |want|``); see the module docstring.
+        scale: the size of the terms summed into the values (default: ``max |want|``), a number or a tensor of
+            ``want``'s shape (one per entry); see the module docstring.
         n: the length of the longest chain of additions behind one value.
+        dtype: the coarsest format the two computations rounded in (float32, or bfloat16/float16 for half precision).
         msg: a label for the failure message and the report.
 
     Returns:
@@ -84,7 +98,9 @@ def assert_fp32_close(got, want, *, scale: float | None = None, n: int = 1, msg:
         raise AssertionError(f"{msg}: the non-finite entries differ")
     if scale is None:
         scale = w[finite].abs().max().item() if finite.any() else 0.0
-    rtol, atol = fp32_tolerance(scale, n)
+    rtol, _ = fp32_tolerance(1.0, n, dtype)
+    scales = _as_float64(scale).expand(w.shape)[finite]
+    atol = rtol * scales
     diff, bound = (g - w)[finite].abs(), atol + rtol * w[finite].abs()
     used = 0.0
     if diff.numel():
@@ -95,8 +111,8 @@ def assert_fp32_close(got, want, *, scale: float | None = None, n: int = 1, msg:
         worst = int(ratio.argmax())
         raise AssertionError(
             f"{msg}: |got - want| = {diff[worst].item():.3g} at entry {worst} exceeds the float32 tolerance "
-            f"{bound[worst].item():.3g} (atol {atol:.3g} + rtol {rtol:.3g} * |want| {w[finite][worst].abs().item():.3g};"
-            f" scale {float(scale):.3g}, n {n}): {used:.1f} times the rounding error allows"
+            f"{bound[worst].item():.3g} (rtol {rtol:.3g} * (scale {scales[worst].item():.3g} + |want| "
+            f"{w[finite][worst].abs().item():.3g}); n {n}, {dtype}): {used:.1f} times the rounding error allows"
         )
     return used
 
@@ -136,3 +152,44 @@ def forward_chain(config, seq_len: int) -> int:
     hidden = config.hidden_size
     intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
     return config.num_hidden_layers * (2 * hidden + intermediate + seq_len) + hidden + config.vocab_size
+
+
+def logit_grad_scale(student_logits, teacher_logits, *, temperature: float = 1.0, mask=None, normalizer=None, **_):
+    """The size of the terms of a divergence's gradient w.r.t. the student's logits, per entry ``(*batch, V)``.
+
+    The gradients of the registry's divergences combine ``p``, ``p * log p`` and ``p * log q`` terms times ``T`` (the
+    ``T**2`` of the loss over the ``1 / T`` of the softening): ``T (p_s + p_t)(1 + |log p_s| + |log p_t|)``, divided
+    by ``normalizer`` (default: the number of valid tokens), and 0 on masked tokens. Other keywords of the loss (``beta``)
+    are accepted and change nothing.
+    """
+    log_s = torch.log_softmax(student_logits.detach().double() / temperature, -1)
+    log_t = torch.log_softmax(teacher_logits.detach().double() / temperature, -1)
+    terms = temperature * (log_s.exp() + log_t.exp()) * (1 + log_s.abs() + log_t.abs())
+    valid = torch.ones(terms.shape[:-1], dtype=torch.bool) if mask is None else mask.bool()
+    normalizer = int(valid.sum()) if normalizer is None else float(normalizer)
+    return terms * valid[..., None] / normalizer
+
+
+def head_grad_scales(logit_scale: torch.Tensor, hidden, weight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The size of the terms of the gradients of a linear head ``logits = hidden @ weight.T + bias``, per entry.
+
+    From the size of the gradient's terms at the logits ``(*batch, V)``: ``d hidden = d logits @ weight`` adds
+    ``|d logits| |weight|`` over the vocabulary, ``d weight = d logits^T @ hidden`` adds ``|d logits| |hidden|`` over
+    the tokens and ``d bias`` adds ``|d logits|`` over the tokens. Returns the scales of ``(hidden, weight, bias)``.
+    """
+    dy = logit_scale.reshape(-1, logit_scale.shape[-1])  # (N, V)
+    h = hidden.detach().double().reshape(-1, hidden.shape[-1]).abs()  # (N, D)
+    w = weight.detach().double().abs()  # (V, D)
+    return (dy @ w).reshape(*hidden.shape), dy.T @ h, dy.sum(0)
+
+
+def grad_scales(grads: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The scale of each parameter's gradient for :func:`assert_fp32_close`: its largest entry, except for attention
+    key biases, whose gradient is 0 in exact arithmetic (a key bias moves all the scores of a query by the same amount,
+    which the softmax ignores), so what a computation returns there is rounding of terms as large as the key weight's
+    gradient."""
+    scales = {}
+    for name, grad in grads.items():
+        source = grads.get(name[: -len("bias")] + "weight") if name.endswith(("key.bias", "k_proj.bias")) else None
+        scales[name] = (grad if source is None else source).detach().abs().max().item()
+    return scales

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import GradCatcher, lm_dataset, tiny_llama, tiny_qwen2, tiny_tokenizer
 from datasets import Dataset
-from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, forward_chain
+from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, forward_chain, grad_scales
 from torch import nn
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
@@ -216,10 +216,10 @@ def test_trainer_chunked_path_equals_full_logits_path(tmp_out, loss):
     total_scale = 0.5 * scales["loss/task"] + scales["loss/logits"] + scales["loss/hidden"]  # alpha_task = 0.5
     assert_fp32_close(loss_c, loss_f, scale=total_scale, n=n, msg="loss")
     assert grads_c.keys() == grads_f.keys() and len(grads_c) > 10
+    scales = grad_scales(grads_f)
     for name in grads_c:  # then back through the student
-        assert_fp32_close(
-            grads_c[name], grads_f[name], n=2 * n + config.num_hidden_layers * config.hidden_size, msg=name
-        )
+        n_grad = 2 * n + config.num_hidden_layers * config.hidden_size
+        assert_fp32_close(grads_c[name], grads_f[name], scale=scales[name], n=n_grad, msg=name)
 
 
 def test_chunked_student_forward_computes_one_position_of_logits(tmp_out):
@@ -432,8 +432,9 @@ def test_chunked_loss_under_gradient_accumulation_matches_one_big_batch(tmp_out)
     assert big.keys() == accumulated.keys() and any(ADAPTERS_ATTR in n for n in big)
     # the micro-batches sum their tokens in other orders: every chain of the step (forward, loss, backward) differs
     n = 2 * forward_chain(tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1).config, 12) + 8 * 12
+    scales = grad_scales(big)
     for name in big:
-        assert_fp32_close(accumulated[name], big[name], n=n, msg=name)
+        assert_fp32_close(accumulated[name], big[name], scale=scales[name], n=n, msg=name)
 
 
 @pytest.mark.parametrize("loss", ["kl", "jsd"])  # kl: the closed-form gradient; jsd: autograd
