@@ -11,6 +11,8 @@ from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, f
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
 from hf_distill.data import augment_dataset, embedding_neighbours, replace_words, word_candidates
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 
 def reference_neighbours(embeddings, candidates, k):
     """Written from the definition: for each candidate, the k other candidates of highest cosine similarity."""

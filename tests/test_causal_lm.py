@@ -18,6 +18,8 @@ from hf_distill.losses.topk import teacher_topk, topk_token_kd
 from hf_distill.mapping import ADAPTERS_ATTR
 from hf_distill.teacher_cache import build_teacher_cache
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 B, T, D, V = 3, 7, 8, 23
 DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
 

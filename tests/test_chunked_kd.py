@@ -11,17 +11,10 @@ from torch import nn
 
 from hf_distill.losses import chunked_token_kd, get_loss
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
 B, T, D, DT, V = 3, 6, 8, 12, 37
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread hand-offs would dominate, and on a busy machine they cost milliseconds per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_inputs(seed=0, teacher_dtype=torch.float32):

@@ -13,6 +13,8 @@ from numerics import assert_fp32_close, forward_chain, grad_scales
 
 from hf_distill.mapping import ADAPTERS_ATTR
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 HERE = Path(__file__).parent
 
 

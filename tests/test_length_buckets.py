@@ -16,6 +16,8 @@ from hf_distill import DistillationConfig, DistillationTrainer, build_student
 from hf_distill.length_buckets import length_groups, merge_outputs, split_batch, valid_lengths
 from hf_distill.losses import get_loss
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 
 def _cost(groups, power):
     return sum(len(rows) * length**power for rows, length in groups)

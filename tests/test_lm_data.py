@@ -22,6 +22,8 @@ from hf_distill.data import (
     tokenize_lm_dataset,
 )
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 EOS, PAD, IGNORE = 2, 0, -100
 USER, ASSISTANT, SYSTEM = "<|user|>", "<|assistant|>", "<|system|>"
 

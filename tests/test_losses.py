@@ -11,6 +11,8 @@ from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale
 from hf_distill.losses import available_losses, get_loss, mix_teacher_logits, register_loss, task_loss
 from hf_distill.losses.registry import _LOSSES
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 torch.manual_seed(0)
 
 

@@ -33,6 +33,8 @@ from hf_distill.losses import (
 )
 from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 B, T, D, V = 3, 6, 16, 101
 N_LOSS = 2 * D + V + B * T  # the chains of additions behind a loss here: widths, vocabulary, tokens
 

@@ -11,6 +11,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from hf_distill import build_student
 from hf_distill.mapping import get_layers
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 FACTORIES = {"bert": tiny_bert, "llama": tiny_llama, "qwen2": tiny_qwen2, "gpt2": tiny_gpt2}
 
 

@@ -22,17 +22,10 @@ from hf_distill.teacher_cache import (
     load_teacher_cache,
 )
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
 B, T, V = 3, 5, 11
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread hand-offs would dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_logits(seed=0):

@@ -19,6 +19,8 @@ from hf_distill.mapping import ADAPTERS_ATTR, ADAPTERS_FILE
 from hf_distill.report import count_parameters
 from hf_distill.schedules import intermediate_scale
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 
 
