@@ -47,7 +47,7 @@ def test_flags_override_the_config(tmp_path):
 
 
 @pytest.fixture
-def tiny_teacher_dir(tmp_path):
+def tiny_teacher_dir(tmp_path, shared_dir):
     """A tiny BERT with a word-level vocabulary of the 94 most common SST-2 dev words, saved with its tokenizer."""
     lines = (SST2 / "dev.tsv").read_text().splitlines()[1:]
     words = Counter(w for line in lines for w in line.split("\t")[0].split())
@@ -59,7 +59,7 @@ def tiny_teacher_dir(tmp_path):
     return str(folder)
 
 
-@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
 def test_recipe_runs_end_to_end_on_tiny_models(tiny_teacher_dir, tmp_path):
     out = tmp_path / "out"
     glue_args = GlueArguments(
@@ -103,7 +103,7 @@ def test_recipe_runs_end_to_end_on_tiny_models(tiny_teacher_dir, tmp_path):
     assert (out / "teacher" / "model.safetensors").exists() and (out / "student_no_kd" / "model.safetensors").exists()
 
 
-@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
 def test_compare_scores_and_times_two_saved_models(tiny_teacher_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -141,7 +141,7 @@ def test_compare_scores_and_times_two_saved_models(tiny_teacher_dir, tmp_path):
     assert main(["compare", "--teacher_model_name_or_path", tiny_teacher_dir]) == 2  # no student: clear error
 
 
-@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
 def test_augmentation_rewrites_part_of_the_training_set_only(tiny_teacher_dir, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
