@@ -26,7 +26,8 @@ and a comparison passes when ``|got - want| <= atol + rtol * |want|`` elementwis
   vocabulary, ``D`` for a product with a ``(D, ...)`` weight. A reduction in stages adds the stages' lengths
   (``V + N`` for a mean over ``N`` tokens of per-token sums over ``V``): each stage rounds at the size of its own
   partial sums, which the outer stage then adds once. A deep computation (a model's forward and backward) adds the
-  widths its values pass through.
+  widths its values pass through (:func:`forward_chain`). Only the stages where the two computations can differ
+  count: two runs of one model on the same batch share its forward, and then only the head and the loss differ.
 - ``dtype``: values rounded in bfloat16 or float16 (a half-precision model's outputs) take that format's unit
   roundoff instead (``2**-9``, ``2**-11``): the same analysis, a coarser grid.
 - ``LAMBDA = 4`` bounds each computation's error with overwhelming probability for the sizes used here; the factor 2
