@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo quickstart test test-slow quality bench bench-lm clean
+.PHONY: venv demo quickstart test test-numerics test-slow quality bench bench-lm clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,14 @@ quickstart: venv
 
 test: venv
 	$(PY) -m pytest -q -m "not slow"
+
+# the float32 comparisons again at 1 and 3 threads: a result must not depend on the order of a parallel reduction
+# (their tolerances come from rounding error, tests/numerics.py; the report lists the closest comparisons)
+test-numerics: venv
+	for threads in 1 3; do \
+		echo "numerics modules, OMP_NUM_THREADS=$$threads"; \
+		OMP_NUM_THREADS=$$threads $(PY) -m pytest -q -m "numerics and not slow" --fp32-report=5 || exit 1; \
+	done
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow

@@ -1,11 +1,44 @@
-"""Tiny models built from configs (no network) and small datasets shared by the tests."""
+"""Tiny models built from configs (no network) and small datasets shared by the tests.
+
+The session keeps every Hugging Face cache (datasets, hub, modules) and matplotlib's in a temporary folder, so that no
+test writes into ``~/.cache``; ``shared_dir`` is ``../shared``, which a test that needs it requires (it fails, never
+skips, without it).
+"""
 
 from __future__ import annotations
 
-import pytest
-import torch
-from datasets import Dataset
-from transformers import (
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _real_hf_home() -> Path:
+    """The Hugging Face cache this session would write into without the redirection below."""
+    xdg = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return Path(os.path.expanduser(os.environ.get("HF_HOME", os.path.join(xdg, "huggingface"))))
+
+
+# Set before datasets, huggingface_hub and transformers are imported (they read these once, at import). Worker
+# processes that import this file inherit the session's folder through HF_DISTILL_TESTS_CACHE.
+_OWNS_CACHE = "HF_DISTILL_TESTS_CACHE" not in os.environ
+REAL_HF_HOME = _real_hf_home()
+REAL_DATASETS_CACHE = Path(os.environ.get("HF_DATASETS_CACHE", REAL_HF_HOME / "datasets"))
+SESSION_CACHE = Path(os.environ.get("HF_DISTILL_TESTS_CACHE") or tempfile.mkdtemp(prefix="hf_distill_tests_cache_"))
+os.environ.update(
+    HF_DISTILL_TESTS_CACHE=str(SESSION_CACHE),
+    XDG_CACHE_HOME=str(SESSION_CACHE),
+    HF_HOME=str(SESSION_CACHE / "huggingface"),
+    HF_HUB_CACHE=str(SESSION_CACHE / "huggingface" / "hub"),
+    HF_DATASETS_CACHE=str(SESSION_CACHE / "huggingface" / "datasets"),
+    HF_MODULES_CACHE=str(SESSION_CACHE / "huggingface" / "modules"),
+    MPLCONFIGDIR=str(SESSION_CACHE / "matplotlib"),
+)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
@@ -111,6 +144,50 @@ class GradCatcher(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.grads is None:
             self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` beside the repository (the real GLUE files under ``data/glue``). A test that needs it fails with
+    this message when it is absent: CI must not pass by skipping the tests on real data."""
+    if not (SHARED_DIR / "data" / "glue").is_dir():
+        pytest.fail(
+            f"../shared is missing: no {SHARED_DIR / 'data' / 'glue'}. Put the shared data folder beside the "
+            "repository (as CI does) to run the tests on real data."
+        )
+    return SHARED_DIR
+
+
+def pytest_unconfigure(config):
+    if _OWNS_CACHE:
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fp32-report",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N float32 comparisons (tests/numerics.py) that used the most of their tolerance",
+    )
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = config.getoption("--fp32-report")
+    if not count:
+        return
+    from numerics import USAGE
+
+    worst: dict[tuple[str, str], float] = {}
+    for test, label, used in USAGE:
+        worst[test, label] = max(used, worst.get((test, label), 0.0))
+    terminalreporter.section(f"float32 tolerance used, the {count} closest of {len(USAGE)} comparisons")
+    for (test, label), used in sorted(worst.items(), key=lambda item: -item[1])[:count]:
+        terminalreporter.write_line(f"{used:7.1%}  {test}{' ' + label if label else ''}")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import GradCatcher, lm_dataset, tiny_llama, tiny_qwen2, tiny_tokenizer
 from datasets import Dataset
+from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, forward_chain, grad_scales
 from torch import nn
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
@@ -16,6 +17,8 @@ from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
 from hf_distill.losses.topk import teacher_topk, topk_token_kd
 from hf_distill.mapping import ADAPTERS_ATTR
 from hf_distill.teacher_cache import build_teacher_cache
+
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 
 B, T, D, V = 3, 7, 8, 23
 DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
@@ -36,7 +39,10 @@ def inputs(seed=0, teachers=1, teacher_rows=V):
 
 
 def reference(head, hidden, t_logits, labels, alpha_task, alpha_logits, loss, temperature, rows=None, weights=None):
-    """Task loss + registry divergence on full logits, written out from the unfused pieces."""
+    """Task loss + registry divergence on full logits, written out from the unfused pieces.
+
+    Returns ``(total, task, kd, scale)``, ``scale`` the size of the terms the total adds up (tests/numerics.py).
+    """
     from hf_distill.losses import mix_teacher_logits
 
     logits = head(hidden)  # (B, T, V)
@@ -47,7 +53,16 @@ def reference(head, hidden, t_logits, labels, alpha_task, alpha_logits, loss, te
     rows = rows or V
     target = mix_teacher_logits([t[..., :rows] for t in t_logits], weights or [1.0] * len(t_logits), temperature, loss)
     kd = get_loss("logits", loss)(logits[..., :rows], target, mask=mask, temperature=temperature)
-    return alpha_task * task + alpha_logits * kd, task, kd
+    scales = (
+        cross_entropy_scale(logits),
+        divergence_scale(logits[..., :rows], target, temperature=temperature, mask=mask),
+    )
+    scale = alpha_task * scales[0] + alpha_logits * scales[1]
+    return alpha_task * task + alpha_logits * kd, (task, scales[0]), (kd, scales[1]), scale
+
+
+# the chains of additions behind a loss over these inputs: the head's width, the vocabulary, the tokens
+N_LOSS = D + V + B * T
 
 
 @pytest.mark.parametrize("loss", DIVERGENCES)
@@ -55,7 +70,7 @@ def reference(head, hidden, t_logits, labels, alpha_task, alpha_logits, loss, te
 def test_fused_loss_equals_task_plus_kd_on_full_logits(loss, chunk_size):
     head, hidden, t_heads, t_hidden, labels = inputs()
     t_logits = [h(x) for h, x in zip(t_heads, t_hidden)]
-    want, want_task, want_kd = reference(head, hidden, t_logits, labels, 0.3, 0.7, loss, 2.0)
+    want, want_task, want_kd, scale = reference(head, hidden, t_logits, labels, 0.3, 0.7, loss, 2.0)
     got, terms = fused_causal_lm_loss(
         hidden,
         head,
@@ -68,17 +83,19 @@ def test_fused_loss_equals_task_plus_kd_on_full_logits(loss, chunk_size):
         temperature=2.0,
         chunk_size=chunk_size,
     )
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(terms["task"], want_task.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(terms["logits"], want_kd.detach(), rtol=1e-5, atol=1e-6)
+    assert_fp32_close(got, want, scale=scale, n=N_LOSS, msg="total")
+    assert_fp32_close(terms["task"], want_task[0], scale=want_task[1], n=N_LOSS, msg="task")
+    assert_fp32_close(terms["logits"], want_kd[0], scale=want_kd[1], n=N_LOSS, msg="kd")
     for g, w in zip(torch.autograd.grad(got, [hidden, head.weight]), torch.autograd.grad(want, [hidden, head.weight])):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+        assert_fp32_close(g, w, n=2 * N_LOSS, msg="grad")  # the loss's chains, then back through the head
 
 
 def test_fused_loss_with_two_teachers_padded_rows_and_a_normaliser():
     head, hidden, t_heads, t_hidden, labels = inputs(seed=1, teachers=2, teacher_rows=V + 5)
     t_logits = [h(x) for h, x in zip(t_heads, t_hidden)]
-    want, _, _ = reference(head, hidden, t_logits, labels, 1.0, 1.0, "kl", 1.0, rows=V - 3, weights=[0.25, 0.75])
+    want, _, _, scale = reference(
+        head, hidden, t_logits, labels, 1.0, 1.0, "kl", 1.0, rows=V - 3, weights=[0.25, 0.75]
+    )
     n = int((labels != -100).sum())
     got, _ = fused_causal_lm_loss(
         hidden,
@@ -92,7 +109,7 @@ def test_fused_loss_with_two_teachers_padded_rows_and_a_normaliser():
         normalizer=2 * n,  # e.g. the count of a two-micro-batch window
         chunk_size=4,
     )
-    torch.testing.assert_close(got, want / 2, rtol=1e-5, atol=1e-6)
+    assert_fp32_close(got, want / 2, scale=scale / 2, n=N_LOSS + 2)  # and a mixture of 2 teachers
 
 
 def test_fused_loss_from_a_topk_cache_equals_topk_kd_on_full_logits():
@@ -113,8 +130,9 @@ def test_fused_loss_from_a_topk_cache_equals_topk_kd_on_full_logits():
         chunk_size=3,
     )
     assert set(terms) == {"logits"}
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.autograd.grad(got, hidden)[0], torch.autograd.grad(want, hidden)[0])
+    scale = divergence_scale(head(hidden), t_heads[0](t_hidden[0]), temperature=2.0, mask=mask)
+    assert_fp32_close(got, want, scale=scale, n=N_LOSS)
+    assert_fp32_close(torch.autograd.grad(got, hidden)[0], torch.autograd.grad(want, hidden)[0], n=2 * N_LOSS)
 
 
 def test_fused_loss_without_targets_is_zero_not_nan():
@@ -150,7 +168,7 @@ def lm_config(out, **kw):
 
 
 def first_step(out, chunk, teacher=None, student=None, data=None, **kw):
-    """Loss, logged terms and gradients of one compute_loss + backward on the first 8 rows."""
+    """Loss, logged terms and gradients of one compute_loss + backward on the first 8 rows, and that batch."""
     teacher = teacher or tiny_llama(seed=1)
     student = student or build_student(teacher, layers=[0, 3])
     trainer = DistillationTrainer(
@@ -166,21 +184,44 @@ def first_step(out, chunk, teacher=None, student=None, data=None, **kw):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
     logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
-    return trainer, loss.detach(), logged, grads
+    return trainer, loss.detach(), logged, grads, batch
+
+
+def step_scales(trainer, batch, logged):
+    """The sizes of the terms behind each logged loss of a step (tests/numerics.py): the student's cross-entropy and
+    its divergence to the teacher over both models' logits; the hidden-state MSE adds squares (its own value)."""
+    with torch.no_grad():
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        student = trainer.model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        teacher = trainer.teachers[0](input_ids=ids, attention_mask=attention).logits[:, :-1]
+    mask = batch["labels"][:, 1:] != -100
+    temperature = trainer.args.temperature
+    return {
+        "loss/task": cross_entropy_scale(student),
+        "loss/logits": divergence_scale(student, teacher, temperature=temperature, mask=mask),
+        "loss/hidden": logged["loss/hidden"],
+    }
 
 
 @pytest.mark.parametrize("loss", ["kl", "jsd"])
 def test_trainer_chunked_path_equals_full_logits_path(tmp_out, loss):
-    chunked, loss_c, logged_c, grads_c = first_step(tmp_out + "c", 5, logit_loss=loss, alpha_hidden=1.0)
-    full, loss_f, logged_f, grads_f = first_step(tmp_out + "f", 0, logit_loss=loss, alpha_hidden=1.0)
+    chunked, loss_c, logged_c, grads_c, batch = first_step(tmp_out + "c", 5, logit_loss=loss, alpha_hidden=1.0)
+    full, loss_f, logged_f, grads_f, _ = first_step(tmp_out + "f", 0, logit_loss=loss, alpha_hidden=1.0)
     assert chunked._fused and not full._fused
-    torch.testing.assert_close(loss_c, loss_f, rtol=1e-5, atol=1e-6)
     assert logged_c.keys() == logged_f.keys() == {"loss/task", "loss/logits", "loss/hidden"}
+    scales = step_scales(full, batch, logged_f)
+    # the two paths differ in the head and the loss: its width, the vocabulary and the tokens are the chains
+    config = full.model.config
+    n = config.hidden_size + config.vocab_size + int(batch["attention_mask"].sum())
     for key in logged_c:
-        assert logged_c[key] == pytest.approx(logged_f[key], rel=1e-5)
+        assert_fp32_close(logged_c[key], logged_f[key], scale=scales[key], n=n, msg=key)
+    total_scale = 0.5 * scales["loss/task"] + scales["loss/logits"] + scales["loss/hidden"]  # alpha_task = 0.5
+    assert_fp32_close(loss_c, loss_f, scale=total_scale, n=n, msg="loss")
     assert grads_c.keys() == grads_f.keys() and len(grads_c) > 10
-    for name in grads_c:
-        torch.testing.assert_close(grads_c[name], grads_f[name], rtol=1e-4, atol=1e-6, msg=name)
+    scales = grad_scales(grads_f)
+    for name in grads_c:  # then back through the student
+        n_grad = 2 * n + config.num_hidden_layers * config.hidden_size
+        assert_fp32_close(grads_c[name], grads_f[name], scale=scales[name], n=n_grad, msg=name)
 
 
 def test_chunked_student_forward_computes_one_position_of_logits(tmp_out):
@@ -274,8 +315,10 @@ def test_cached_loss_equals_live_topk_loss(tmp_path):
         t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         ids, logprobs = teacher_topk(t_logits, k=6, temperature=1.0)
         s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    want = topk_token_kd(s_logits, ids, logprobs, mask=batch["labels"][:, 1:] != -100, loss="kl")
-    torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-5)
+    mask = batch["labels"][:, 1:] != -100
+    want = topk_token_kd(s_logits, ids, logprobs, mask=mask, loss="kl")
+    scale = divergence_scale(s_logits, t_logits, mask=mask)
+    assert_fp32_close(got, want, scale=scale, n=student.config.hidden_size + V + int(mask.sum()))
 
 
 def prompt_data(n=8):
@@ -433,8 +476,11 @@ def test_chunked_loss_under_gradient_accumulation_matches_one_big_batch(tmp_out)
     big = accumulated_grads(tmp_out + "a", batch=8, accum=1)
     accumulated = accumulated_grads(tmp_out + "b", batch=2, accum=4)
     assert big.keys() == accumulated.keys() and any(ADAPTERS_ATTR in n for n in big)
+    # the micro-batches sum their tokens in other orders: every chain of the step (forward, loss, backward) differs
+    n = 2 * forward_chain(tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1).config, 12) + 8 * 12
+    scales = grad_scales(big)
     for name in big:
-        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert_fp32_close(accumulated[name], big[name], scale=scales[name], n=n, msg=name)
 
 
 @pytest.mark.parametrize("loss", ["kl", "jsd"])  # kl: the closed-form gradient; jsd: autograd
@@ -450,6 +496,7 @@ def test_fused_loss_with_ignored_labels_inside_the_mask(loss):
         hidden, head, labels=labels, mask=None, teacher=TeacherTargets(logits=[t_logits]),
         alpha_task=0.4, alpha_logits=0.6, loss=loss, temperature=2.0, chunk_size=4,
     )  # fmt: skip
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    scale = 0.4 * cross_entropy_scale(logits) + 0.6 * divergence_scale(logits, t_logits, temperature=2.0)
+    assert_fp32_close(got, want, scale=scale, n=N_LOSS)
     for g, w in zip(torch.autograd.grad(got, [hidden, head.weight]), torch.autograd.grad(want, [hidden, head.weight])):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+        assert_fp32_close(g, w, n=2 * N_LOSS)

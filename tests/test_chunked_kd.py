@@ -6,21 +6,15 @@ import weakref
 
 import pytest
 import torch
+from numerics import assert_fp32_close, divergence_scale, head_grad_scales, logit_grad_scale
 from torch import nn
 
 from hf_distill.losses import chunked_token_kd, get_loss
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 DIVERGENCES = ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl"]
 B, T, D, DT, V = 3, 6, 8, 12, 37
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread hand-offs would dominate, and on a busy machine they cost milliseconds per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_inputs(seed=0, teacher_dtype=torch.float32):
@@ -42,9 +36,31 @@ def grads(loss, head, hidden):
     return torch.autograd.grad(loss, [hidden, head.weight, head.bias])
 
 
-def assert_close(got, want):
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 * max(w.abs().max().item(), 1.0))
+# the chains of additions behind the loss: the heads' widths, the vocabulary, the tokens (tests/numerics.py)
+N_LOSS = DT + V + B * T
+
+
+def scale_of(name, student_logits, teacher_logits, **kw):
+    """The size of the terms the loss sums: the divergence's terms, or the MSE's squares (its value)."""
+    if name == "mse":
+        return get_loss("logits", "mse")(student_logits, teacher_logits, mask=kw.get("mask")).item()
+    return divergence_scale(
+        student_logits, teacher_logits, temperature=kw.get("temperature", 1.0), mask=kw.get("mask")
+    )
+
+
+def assert_close(got, want, name, head, hidden, teacher_logits, dtype=torch.float32, **kw):
+    """Gradients w.r.t. hidden, weight and bias: the loss's chains, then back through the head, each entry to the
+    size of the terms it adds up."""
+    logits = head(hidden)
+    if name == "mse":  # d/ds mean over V and tokens of (s - t)^2: no cancellation
+        mask = kw.get("mask", torch.ones(logits.shape[:-1], dtype=torch.bool))
+        dy = 2 * (logits - teacher_logits).abs().detach().double() * mask[..., None] / (V * int(mask.sum()))
+    else:
+        dy = logit_grad_scale(logits, teacher_logits, **kw)
+    scales = head_grad_scales(dy, hidden, head.weight)
+    for g, w, scale, what in zip(got, want, scales, ("hidden", "weight", "bias")):
+        assert_fp32_close(g, w, scale=scale, n=2 * N_LOSS, dtype=dtype, msg=what)
 
 
 @pytest.mark.parametrize("name", DIVERGENCES)
@@ -61,11 +77,12 @@ def test_value_and_gradients_match_unchunked(name, temperature, teacher):
     kw = {"mask": mask, "temperature": temperature, "beta": 0.3}
     want = get_loss("logits", name)(head(hidden), t_logits, **kw)
     want_grads = grads(want, head, hidden)
+    scale = scale_of(name, head(hidden), t_logits, **kw)
     for chunk_size in (1, 7, 64):  # one row, chunks not dividing N = 12, one chunk larger than N
         got = chunked_token_kd(hidden, head, **teacher_kw, loss=name, chunk_size=chunk_size, **kw)
         assert got.dtype == torch.float32 and got.dim() == 0
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-        assert_close(grads(got, head, hidden), want_grads)
+        assert_fp32_close(got, want, scale=scale, n=N_LOSS)
+        assert_close(grads(got, head, hidden), want_grads, name, head, hidden, t_logits, **kw)
 
 
 @pytest.mark.parametrize("name", [*DIVERGENCES, "mse"])
@@ -73,8 +90,8 @@ def test_bf16_teacher_logits_and_no_mask(name):
     head, hidden, _, _, t_logits, _ = make_inputs(seed=1, teacher_dtype=torch.bfloat16)
     want = get_loss("logits", name)(head(hidden), t_logits, temperature=2.0)
     got = chunked_token_kd(hidden, head, t_logits, loss=name, temperature=2.0, chunk_size=5)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    assert_close(grads(got, head, hidden), grads(want, head, hidden))
+    assert_fp32_close(got, want, scale=scale_of(name, head(hidden), t_logits, temperature=2.0), n=N_LOSS)
+    assert_close(grads(got, head, hidden), grads(want, head, hidden), name, head, hidden, t_logits, temperature=2.0)
 
 
 def test_head_as_weight_tensor_or_pair_normalizer_and_scaled_backward():
@@ -82,15 +99,21 @@ def test_head_as_weight_tensor_or_pair_normalizer_and_scaled_backward():
     weight = head.weight
     want = 0.25 * get_loss("logits", "jsd")(hidden @ weight.T, t_logits, mask=mask, normalizer=40, beta=0.7)
     got = 0.25 * chunked_token_kd(hidden, weight, t_logits, mask=mask, loss="jsd", normalizer=40, beta=0.7)
-    torch.testing.assert_close(got, want)
-    for g, w in zip(torch.autograd.grad(got, [hidden, weight]), torch.autograd.grad(want, [hidden, weight])):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-8)
+    scale = 0.25 * divergence_scale(hidden @ weight.T, t_logits, mask=mask) * int(mask.sum()) / 40
+    assert_fp32_close(got, want, scale=scale, n=N_LOSS)
+    dy = 0.25 * logit_grad_scale(hidden @ weight.T, t_logits, mask=mask, normalizer=40)
+    scales = head_grad_scales(dy, hidden, weight)[:2]
+    for g, w, scale in zip(
+        torch.autograd.grad(got, [hidden, weight]), torch.autograd.grad(want, [hidden, weight]), scales
+    ):
+        assert_fp32_close(g, w, scale=scale, n=2 * N_LOSS)
     # (weight, bias) pair and a tensor normalizer (the gradient-accumulation count)
     want = get_loss("logits", "kl")(head(hidden), t_logits, mask=mask, normalizer=torch.tensor(30))
     pair = (head.weight, head.bias)
     got = chunked_token_kd(hidden, pair, t_logits, mask=mask, normalizer=torch.tensor(30), chunk_size=4)
-    torch.testing.assert_close(got, want)
-    assert_close(grads(got, head, hidden), grads(want, head, hidden))
+    assert_fp32_close(got, want, scale=divergence_scale(head(hidden), t_logits, mask=mask) * int(mask.sum()) / 30)
+    kw = {"mask": mask, "normalizer": 30}
+    assert_close(grads(got, head, hidden), grads(want, head, hidden), "kl", head, hidden, t_logits, **kw)
 
 
 def test_masked_and_garbage_positions_get_no_gradient_and_teacher_none():
@@ -107,7 +130,7 @@ def test_identical_teacher_gives_zero_and_all_masked_gives_zero():
     head, hidden, _, _, _, mask = make_inputs(seed=4)
     for name in DIVERGENCES:
         loss = chunked_token_kd(hidden, head, teacher_hidden=hidden.detach(), teacher_head=head, loss=name)
-        assert loss.item() == pytest.approx(0.0, abs=1e-6)
+        assert_fp32_close(loss, 0.0, scale=divergence_scale(head(hidden), head(hidden)), n=N_LOSS, msg=name)
     empty = torch.zeros_like(mask)
     loss = chunked_token_kd(hidden, head, torch.randn(B, T, V), mask=empty)
     assert loss.item() == 0.0
@@ -119,20 +142,21 @@ def test_frozen_head_no_grad_mode_and_bf16_student():
     head.requires_grad_(False)
     loss = chunked_token_kd(hidden, head, t_logits, mask=mask, chunk_size=5)
     (g,) = torch.autograd.grad(loss, [hidden])
-    torch.testing.assert_close(
-        g, torch.autograd.grad(get_loss("logits", "kl")(head(hidden), t_logits, mask=mask), [hidden])[0]
-    )
+    want = torch.autograd.grad(get_loss("logits", "kl")(head(hidden), t_logits, mask=mask), [hidden])[0]
+    assert_fp32_close(g, want, n=2 * N_LOSS)
     with torch.no_grad():
         assert not chunked_token_kd(hidden, head, t_logits, mask=mask).requires_grad
-    # a bf16 student: same rounding as the unchunked loss up to bf16 precision
+    # a bf16 student: same rounding as the unchunked loss up to bf16 precision (its logits and gradients are bf16)
     head16 = nn.Linear(D, V).to(torch.bfloat16)
     h16 = hidden.detach().to(torch.bfloat16).requires_grad_()
     want = get_loss("logits", "kl")(head16(h16), t_logits, mask=mask, temperature=2.0)
     got = chunked_token_kd(h16, head16, t_logits, mask=mask, temperature=2.0, chunk_size=5)
-    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
-    for g, w in zip(grads(got, head16, h16), grads(want, head16, h16)):
-        assert g.dtype == torch.bfloat16
-        torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2 * w.abs().max().item())
+    scale = divergence_scale(head16(h16), t_logits, temperature=2.0, mask=mask)
+    assert_fp32_close(got, want, scale=scale, n=N_LOSS, dtype=torch.bfloat16)
+    got_grads = grads(got, head16, h16)
+    assert all(g.dtype == torch.bfloat16 for g in got_grads)
+    kw = {"mask": mask, "temperature": 2.0}
+    assert_close(got_grads, grads(want, head16, h16), "kl", head16, h16, t_logits, dtype=torch.bfloat16, **kw)
 
 
 @pytest.mark.parametrize(

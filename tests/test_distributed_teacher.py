@@ -17,6 +17,7 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 from conftest import classification_dataset, tiny_bert, tiny_llama
+from numerics import assert_fp32_close
 from torch.nn.parallel import DistributedDataParallel
 
 from hf_distill import DistillationConfig, DistillationTrainer
@@ -229,23 +230,26 @@ def test_sharded_teacher_on_two_cpu_processes(tmp_path):
     for record in ranks:
         assert record["local_fraction"] == pytest.approx(0.5, abs=0.02)
         assert record["local_fraction_kept_head"] == pytest.approx(0.5, abs=0.02)
-        assert record["max_logit_diff"] < 1e-5
-        assert record["kd_sharded"] == pytest.approx(record["kd_whole"], rel=1e-6)
+        # the worker compared the logits; the KD loss to float32 rounding of the model's chains (tests/numerics.py)
+        assert_fp32_close(record["kd_sharded"], record["kd_whole"], scale=record["kd_scale"], n=record["n"])
         # a sharded and a whole teacher give the same training losses, step by step
         assert len(record["losses_sharded"]) == 2
-        assert record["losses_sharded"] == pytest.approx(record["losses_whole"], rel=1e-6)
+        losses = torch.tensor(record["losses_sharded"]), torch.tensor(record["losses_whole"])
+        assert_fp32_close(*losses, scale=record["kd_scale"], n=record["n"], msg="losses")
     # the two ranks' shards are disjoint halves of the whole
     assert ranks[0]["local_fraction"] + ranks[1]["local_fraction"] == pytest.approx(1.0, abs=1e-9)
     # an fp32 teacher through place_teacher under accelerate's FSDP2 plugin with bf16 (the `fsdp` config): the
     # logits_to_keep=1 forward runs, and its KD loss is that of the whole teacher cast to bf16. Cast first (the
-    # default: default_teacher_dtype is bf16 there): the same numbers. Kept fp32 (teacher_dtype float32): the bf16 policy
-    # casts the weights but not the buffers (the rotary inv_freq, which the bf16 reference has in bf16), measured
-    # rel 1.7e-4 (untied) and 3.0e-4 (tied), allowed 1e-3.
+    # default: default_teacher_dtype is bf16 there): the same numbers, but two bf16 forwards may round a logit to
+    # neighbouring bf16 values (one bf16 rounding of the logits, tests/numerics.py). Kept fp32 (teacher_dtype float32):
+    # the bf16 policy casts the weights but not the buffers (the rotary inv_freq, which the bf16 reference has in
+    # bf16): bf16 rounding along the model's chains; measured rel 1.7e-4 (untied) and 3.0e-4 (tied).
     for record in ranks:
         cases = record["fsdp2_bf16"]
         assert sorted((c["tied"], c["cast_first"]) for c in cases) == [
             (a, b) for a in (False, True) for b in (False, True)
         ]
         for case in cases:
-            rel = 1e-6 if case["cast_first"] else 1e-3
-            assert case["kd_sharded"] == pytest.approx(case["kd_whole_bf16"], rel=rel), case
+            n = 1 if case["cast_first"] else record["n"]
+            got, want = case["kd_sharded"], case["kd_whole_bf16"]
+            assert_fp32_close(got, want, scale=case["kd_scale"], n=n, dtype=torch.bfloat16, msg=str(case))

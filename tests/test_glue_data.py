@@ -9,15 +9,14 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import SHARED_DIR
 from transformers import BertTokenizerFast
 
 from hf_distill.tasks import GLUE_TASKS, features_for, get_task, load_glue, tokenize_glue
 from hf_distill.tasks import glue as glue_module
 
-GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
-requires_real_glue = pytest.mark.skipif(
-    not GLUE_DIR.is_dir(), reason=f"real GLUE files not found at {GLUE_DIR} (../shared/data/glue beside the repo)"
-)
+GLUE_DIR = SHARED_DIR / "data" / "glue"
+requires_real_glue = pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
 
 
 @functools.cache

@@ -347,7 +347,7 @@ def check_two_ranks_one_writer(out: Path, ranks: list[dict], outputs: list[str])
 
 
 @pytest.fixture
-def glue_teacher(tmp_path):
+def glue_teacher(tmp_path, shared_dir):
     words = sorted(
         {w for line in (SST2 / "dev.tsv").read_text().splitlines()[1:200] for w in line.split("\t")[0].split()}
     )
@@ -357,7 +357,7 @@ def glue_teacher(tmp_path):
     return str(folder)
 
 
-@pytest.mark.skipif(not SST2.exists(), reason="../shared/data/glue/SST-2 is not beside the repository")
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
 def test_glue_num_processes_2_runs_two_ranks_and_rank0_writes(tmp_path, glue_teacher):
     out, ranks, _ = run_launched(
         tmp_path, "glue", "--teacher_model_name_or_path", glue_teacher, "--data_dir", str(SST2),

@@ -9,11 +9,14 @@ import math
 import pytest
 import torch
 from conftest import classification_dataset, tiny_bert
+from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, forward_chain, grad_scales
 from transformers import BertConfig, BertForTokenClassification
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
 from hf_distill.length_buckets import length_groups, merge_outputs, split_batch, valid_lengths
 from hf_distill.losses import get_loss
+
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 
 
 def _cost(groups, power):
@@ -65,8 +68,9 @@ def test_valid_lengths_only_for_right_padding():
 
 
 def _relation_reference(s, t, mask, heads):
-    """The definition on each row's real tokens (in order), one row and relation head at a time."""
-    total, rows = 0.0, 0
+    """The definition on each row's real tokens (in order), one row and relation head at a time; and the size of the
+    terms it sums (tests/numerics.py)."""
+    total, rows, scale = 0.0, 0, 0.0
     for b in range(s.shape[0]):
         keep = mask[b].bool()
         xs_all, xt_all = s[b, keep], t[b, keep]
@@ -76,8 +80,9 @@ def _relation_reference(s, t, mask, heads):
             log_s = (xs @ xs.T / math.sqrt(ds)).log_softmax(-1)
             p_t = (xt @ xt.T / math.sqrt(dt)).softmax(-1)
             total = total + (p_t * (p_t.log() - log_s)).sum() / heads
+            scale += divergence_scale(log_s, p_t.log()) * len(xs) / heads
         rows += int(keep.sum())
-    return total / rows
+    return total / rows, scale / rows
 
 
 @pytest.mark.parametrize("padding", ["right", "left", "gaps", "none"])
@@ -99,13 +104,14 @@ def test_grouped_relation_kd_equals_the_definition(padding):
     got = rel(s, t, mask=mask, num_relation_heads=heads)
     got.backward()
     ref_s = s.detach().clone().requires_grad_(True)
-    want = _relation_reference(ref_s, t, mask, heads)
+    want, scale = _relation_reference(ref_s, t, mask, heads)
     want.backward()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(s.grad, ref_s.grad, rtol=1e-4, atol=1e-7)
+    n = 12 + seq + heads + int(mask.sum())  # the relations' widths, keys, heads, rows
+    assert_fp32_close(got, want, scale=scale, n=n)
+    assert_fp32_close(s.grad, ref_s.grad, n=2 * n)
     assert not s.grad[~mask.bool()].any()  # padded positions get no gradient
     whole = rel(s.detach(), t, mask=mask, num_relation_heads=heads, max_groups=1)
-    torch.testing.assert_close(got.detach(), whole, rtol=1e-5, atol=1e-7)
+    assert_fp32_close(got, whole, scale=scale, n=n)
     if padding == "right":
         assert len(length_groups(mask.sum(1), power=2, multiple=16)) > 1  # the test really ran several groups
 
@@ -134,18 +140,19 @@ def test_merged_token_outputs_equal_the_whole_batch_forward():
         ]
     merged = merge_outputs(parts, groups, 6, 10, token_logits=True)
     keep = mask.bool()
-    torch.testing.assert_close(merged.logits[keep], whole.logits[keep], rtol=1e-5, atol=1e-5)
-    for a, b in zip(merged.hidden_states, whole.hidden_states, strict=True):
-        torch.testing.assert_close(a[keep], b[keep], rtol=1e-5, atol=1e-5)
+    n = forward_chain(config, 10)  # shorter padded rows: every product and softmax of the forward runs on other shapes
+    assert_fp32_close(merged.logits[keep], whole.logits[keep], n=n, msg="logits")
+    for layer, (a, b) in enumerate(zip(merged.hidden_states, whole.hidden_states, strict=True)):
+        assert_fp32_close(a[keep], b[keep], n=n, msg=f"hidden states {layer}")
     pair = keep[:, None, :, None] & keep[:, None, None, :]  # real query and key
-    for a, b in zip(merged.attentions, whole.attentions, strict=True):
-        torch.testing.assert_close(a[pair.expand_as(a)], b[pair.expand_as(b)], rtol=1e-5, atol=1e-5)
+    for layer, (a, b) in enumerate(zip(merged.attentions, whole.attentions, strict=True)):
+        assert_fp32_close(a[pair.expand_as(a)], b[pair.expand_as(b)], n=n, msg=f"attentions {layer}")
 
 
 def _kd_step(out, groups, calls):
     teacher = tiny_bert(hidden=48, heads=4, seed=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     student = build_student(teacher, layers=[1, 3], hidden_size=32, intermediate_size=40, num_attention_heads=2)
-    teacher.register_forward_hook(lambda *_: calls.append(1))
+    hook = teacher.register_forward_hook(lambda *_: calls.append(1))
     args = DistillationConfig(
         output_dir=out, report_to="none", use_cpu=True, per_device_train_batch_size=16, max_steps=1,
         alpha_task=0.5, alpha_logits=0.5, alpha_hidden=1.0, alpha_attention=1.0, attention_loss="relation",
@@ -158,22 +165,38 @@ def _kd_step(out, groups, calls):
     loss = trainer.compute_loss(student, batch)
     loss.backward()
     terms = {k: v[-1] for k, v in trainer._metrics["train"].items()}
-    return loss.detach(), terms, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    hook.remove()
+    with torch.no_grad():  # the sizes of the terms behind the logged losses (tests/numerics.py)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        s_logits, t_logits = student.eval()(**inputs).logits, teacher(**inputs).logits
+    relation = 4 * math.log(batch["input_ids"].shape[1])  # a KL over <= 24 keys: 2 (H_s + H_t) + its own value
+    scales = {
+        "loss/task": cross_entropy_scale(s_logits),
+        "loss/logits": divergence_scale(s_logits, t_logits, temperature=args.temperature),
+        "loss/hidden": terms["loss/hidden"],  # an MSE adds squares
+        "loss/attention": relation + 2 * terms["loss/attention"],
+    }
+    return loss.detach(), terms, grads, scales
 
 
 def test_teacher_in_length_groups_gives_the_same_loss_and_gradients(tmp_path):
     calls_whole, calls_grouped = [], []
-    loss_whole, terms_whole, grads_whole = _kd_step(str(tmp_path / "a"), 1, calls_whole)
-    loss_grouped, terms_grouped, grads_grouped = _kd_step(str(tmp_path / "b"), 4, calls_grouped)
+    loss_whole, terms_whole, grads_whole, scales = _kd_step(str(tmp_path / "a"), 1, calls_whole)
+    loss_grouped, terms_grouped, grads_grouped, _ = _kd_step(str(tmp_path / "b"), 4, calls_grouped)
     assert len(calls_whole) == 1 and len(calls_grouped) > 1  # the teacher really ran on groups
-    torch.testing.assert_close(loss_grouped, loss_whole, rtol=1e-5, atol=1e-7)
     assert (
         terms_grouped.keys() == terms_whole.keys() == {f"loss/{k}" for k in ("task", "logits", "hidden", "attention")}
     )
+    # the teacher's forward on shorter padded rows, then the losses over its outputs
+    n = forward_chain(tiny_bert(hidden=48, heads=4).config, 24) + 16 * 24
     for name in terms_whole:
-        assert terms_grouped[name] == pytest.approx(terms_whole[name], rel=1e-5, abs=1e-7), name
-    for name in grads_whole:
-        torch.testing.assert_close(grads_grouped[name], grads_whole[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert_fp32_close(terms_grouped[name], terms_whole[name], scale=scales[name], n=n, msg=name)
+    total = 0.5 * scales["loss/task"] + 0.5 * scales["loss/logits"] + scales["loss/hidden"] + scales["loss/attention"]
+    assert_fp32_close(loss_grouped, loss_whole, scale=total, n=n, msg="loss")
+    grad_scale = grad_scales(grads_whole)
+    for name in grads_whole:  # and back through the student
+        assert_fp32_close(grads_grouped[name], grads_whole[name], scale=grad_scale[name], n=2 * n, msg=name)
 
 
 def test_teacher_length_groups_is_validated():

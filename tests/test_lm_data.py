@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_llama, tiny_tokenizer
 from datasets import Dataset
+from numerics import assert_fp32_close, cross_entropy_scale, forward_chain
 
 from hf_distill.data import (
     DistillationDataCollator,
@@ -20,6 +21,8 @@ from hf_distill.data import (
     read_text_split,
     tokenize_lm_dataset,
 )
+
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 
 EOS, PAD, IGNORE = 2, 0, -100
 USER, ASSISTANT, SYSTEM = "<|user|>", "<|assistant|>", "<|system|>"
@@ -301,7 +304,7 @@ def test_collator_pads_topk_tables():
     assert batch["teacher_topk_ids"][1].tolist() == [[7, 8, 9], [10, 11, 12], [13, 14, 15]]
     logprobs = batch["teacher_topk_logprobs"]
     assert logprobs.dtype == torch.float32 and logprobs.shape == (2, 3, 3)
-    torch.testing.assert_close(logprobs[0], torch.tensor([[-0.1, -0.2, -0.3], [-0.4, -0.5, -0.6], [0.0, 0.0, 0.0]]))
+    assert torch.equal(logprobs[0], torch.tensor([[-0.1, -0.2, -0.3], [-0.4, -0.5, -0.6], [0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="teacher_topk_ids"):
         collate(
             [{"input_ids": [1, 2], "teacher_topk_ids": [[1], [2]]}, {"input_ids": [3], "teacher_topk_ids": [[1, 2]]}]
@@ -353,28 +356,36 @@ def test_collator_argument_errors():
 # ------------------------------------------------------------------------------------------------------ perplexity
 
 
-def _reference_nll(model, blocks: torch.Tensor) -> float:
-    """Mean cross-entropy of each block's next-token predictions, block by block, straight from the definition."""
-    losses = []
+def _reference(model, blocks: torch.Tensor) -> tuple[float, float, int]:
+    """``(nll, scale, n)``: the mean cross-entropy of each block's next-token predictions, block by block, straight
+    from the definition; the size of the terms it sums and its chains of additions (tests/numerics.py): the model's
+    forward on a block, then the mean over the tokens."""
+    losses, scale = [], 0.0
     with torch.no_grad():
         for block in blocks:
             logits = model(input_ids=block[None]).logits[0]  # (T, V)
             losses.append(F.cross_entropy(logits[:-1], block[1:], reduction="none"))
-    return torch.cat(losses).mean().item()
+            scale = max(scale, cross_entropy_scale(logits))
+    n = forward_chain(model.config, blocks.shape[1]) + blocks.numel()
+    return torch.cat(losses).mean().item(), scale, n
+
+
+def assert_nll_close(result, model, blocks):
+    """The perplexity's nll and its exp against the reference; an error e in the nll is a relative error e in exp(nll)."""
+    nll, scale, n = _reference(model, blocks)
+    assert_fp32_close(result["nll"], nll, scale=scale, n=n, msg="nll")
+    assert_fp32_close(result["perplexity"], math.exp(nll), scale=math.exp(nll) * scale, n=n, msg="perplexity")
 
 
 def test_perplexity_matches_cross_entropy():
     model = tiny_llama(num_layers=2)
     ids = torch.randint(4, 99, (47,), generator=torch.Generator().manual_seed(0))
     result = perplexity(model, ids, block_size=8, batch_size=3)  # 5 blocks in batches of 3 + 2; 7 tokens dropped
-    expected = _reference_nll(model, ids[:40].view(5, 8))
     assert result["blocks"] == 5 and result["tokens"] == 35
-    assert result["nll"] == pytest.approx(expected, rel=1e-5)
-    assert result["perplexity"] == pytest.approx(torch.tensor(expected).exp().item(), rel=1e-5)
+    assert_nll_close(result, model, ids[:40].view(5, 8))
     capped = perplexity(model, ids.tolist(), block_size=8, max_blocks=2)
-    assert capped["blocks"] == 2 and capped["nll"] == pytest.approx(
-        _reference_nll(model, ids[:16].view(2, 8)), rel=1e-5
-    )
+    assert capped["blocks"] == 2
+    assert_nll_close(capped, model, ids[:16].view(2, 8))
 
 
 def test_perplexity_max_tokens_scores_whole_blocks_within_the_cap(capsys):
@@ -405,7 +416,8 @@ def test_perplexity_of_text(tok):
     text = "the cat saw a dog and the dog saw a bird"  # 11 words -> 2 blocks of 5
     result = perplexity(model, text, tok, block_size=5)
     blocks = torch.tensor(ids(tok, text)[:10]).view(2, 5)
-    assert result["tokens"] == 8 and result["nll"] == pytest.approx(_reference_nll(model, blocks), rel=1e-5)
+    assert result["tokens"] == 8
+    assert_nll_close(result, model, blocks)
     with pytest.raises(ValueError, match="no tokenizer"):
         perplexity(model, text, block_size=5)
     with pytest.raises(ValueError, match="11 tokens, fewer than block_size=12"):
@@ -415,11 +427,10 @@ def test_perplexity_of_text(tok):
 def test_perplexity_scores_in_eval_mode_and_restores_train_mode():
     model = tiny_llama(num_layers=2, attention_dropout=0.5)
     ids = torch.randint(4, 99, (32,), generator=torch.Generator().manual_seed(1))
-    expected = _reference_nll(model.eval(), ids.view(4, 8))
     model.train()
     result = perplexity(model, ids, block_size=8)
     assert model.training
-    assert result["nll"] == pytest.approx(expected, rel=1e-5)  # dropout would change it
+    assert_nll_close(result, model.eval(), ids.view(4, 8))  # dropout would change it
     model.eval()
     perplexity(model, ids, block_size=8)
     assert not model.training

@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale
 
 from hf_distill.losses import available_losses, get_loss, mix_teacher_logits, register_loss, task_loss
 from hf_distill.losses.registry import _LOSSES
+
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 
 torch.manual_seed(0)
 
@@ -51,13 +54,17 @@ def test_divergences_match_reference(name, temperature):
     want = ref_divergence(
         name, [s[b, i].tolist() for b, i in rows], [t[b, i].tolist() for b, i in rows], temperature, 0.3
     )
-    assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-7)
+    # float32 against float64: the error of the float32 log-softmaxes and sums, sized by the terms they add up
+    scale = divergence_scale(s[mask], t[mask], temperature=temperature)
+    assert_fp32_close(got, want, scale=scale, n=7 + len(rows), msg=name)
 
 
 @pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "mse"])
 def test_logit_losses_zero_for_identical_and_ignore_padding(name):
     z = torch.randn(2, 5, 11)
-    assert get_loss("logits", name)(z, z.clone(), temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    # the divergence of identical distributions is a sum of terms that cancel (exactly, for the MSE)
+    scale = 0.0 if name == "mse" else divergence_scale(z, z, temperature=2.0)
+    assert_fp32_close(get_loss("logits", name)(z, z.clone(), temperature=2.0), 0.0, scale=scale, n=11 + 10, msg=name)
     s, t = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
     mask = torch.ones(2, 5, dtype=torch.bool)
     mask[:, 3:] = False
@@ -65,7 +72,8 @@ def test_logit_losses_zero_for_identical_and_ignore_padding(name):
     s2[:, 3:] += 100.0  # garbage at padded positions changes nothing
     t2[:, 3:] -= 50.0
     fn = get_loss("logits", name)
-    assert fn(s2, t2, mask=mask).item() == pytest.approx(fn(s, t, mask=mask).item(), rel=1e-6)
+    scale = fn(s, t, mask=mask).item() if name == "mse" else divergence_scale(s, t, mask=mask)
+    assert_fp32_close(fn(s2, t2, mask=mask), fn(s, t, mask=mask), scale=scale, n=11 + 6, msg=name)
 
 
 @pytest.mark.parametrize("name, plain", [("skew_kl", "kl"), ("skew_reverse_kl", "reverse_kl")])
@@ -73,8 +81,11 @@ def test_skew_kl_limits_and_beta_range(name, plain):
     s, t = torch.randn(3, 4, 9), torch.randn(3, 4, 9)
     fn = get_loss("logits", name)
     # beta = 0 is the plain KL; the skewed target only ever lowers the divergence (KL is convex in its 2nd argument)
-    assert fn(s, t, beta=0.0, temperature=2.0).item() == pytest.approx(
-        get_loss("logits", plain)(s, t, temperature=2.0).item(), rel=1e-6
+    assert_fp32_close(
+        fn(s, t, beta=0.0, temperature=2.0),
+        get_loss("logits", plain)(s, t, temperature=2.0),
+        scale=divergence_scale(s, t, temperature=2.0),
+        n=9 + 12,
     )
     assert 0 < fn(s, t, beta=0.9).item() < fn(s, t, beta=0.1).item() < get_loss("logits", plain)(s, t).item()
     for bad in (-0.1, 1.0):
@@ -89,15 +100,16 @@ def test_temperature_squared_scaling(name):
     fn = get_loss("logits", name)
     for temp in (2.0, 3.0):
         softened_at_one = fn(s / temp, t / temp, temperature=1.0)
-        assert fn(s, t, temperature=temp).item() == pytest.approx(temp**2 * softened_at_one.item(), rel=1e-5)
+        scale = divergence_scale(s, t, temperature=temp)
+        assert_fp32_close(fn(s, t, temperature=temp), temp**2 * softened_at_one, scale=scale, n=9 + 4, msg=name)
 
 
 def test_logits_mse_and_normalizer():
     s, t = torch.randn(3, 4), torch.randn(3, 4)
     want = sum(((s[i] - t[i]) ** 2).mean().item() for i in range(3)) / 3
-    assert get_loss("logits", "mse")(s, t).item() == pytest.approx(want, rel=1e-6)
+    assert_fp32_close(get_loss("logits", "mse")(s, t), want, n=4 + 3)  # squares: the value is the scale
     # an explicit normalizer divides the sum instead of taking the mean
-    assert get_loss("logits", "mse")(s, t, normalizer=6).item() == pytest.approx(want * 3 / 6, rel=1e-6)
+    assert_fp32_close(get_loss("logits", "mse")(s, t, normalizer=6), want * 3 / 6, n=4 + 3)
 
 
 def test_gradient_reaches_student_only():
@@ -120,10 +132,11 @@ def test_hidden_losses_match_reference():
     tokens = [(b, i) for b in range(2) for i in range(4) if mask[b, i]]
     mse = sum(((s[b, i] - t[b, i]) ** 2).mean().item() for b, i in tokens) / len(tokens)
     cos = sum(1 - (s[b, i] @ t[b, i] / (s[b, i].norm() * t[b, i].norm())).item() for b, i in tokens) / len(tokens)
-    assert get_loss("hidden", "mse")(s, t, mask=mask).item() == pytest.approx(mse, rel=1e-5)
-    assert get_loss("hidden", "cosine")(s, t, mask=mask).item() == pytest.approx(cos, rel=1e-5)
-    for name in ("mse", "cosine"):
-        assert get_loss("hidden", name)(s, s.clone(), mask=mask).item() == pytest.approx(0.0, abs=1e-6)
+    n = 8 + len(tokens)  # dot products over D, then the mean over tokens
+    assert_fp32_close(get_loss("hidden", "mse")(s, t, mask=mask), mse, n=n)
+    assert_fp32_close(get_loss("hidden", "cosine")(s, t, mask=mask), cos, scale=2.0, n=n)  # 1 - cos, |cos| <= 1
+    for name, scale in (("mse", 0.0), ("cosine", 2.0)):
+        assert_fp32_close(get_loss("hidden", name)(s, s.clone(), mask=mask), 0.0, scale=scale, n=n, msg=name)
 
 
 def _attn(b, h, t):
@@ -138,9 +151,13 @@ def test_attention_map_losses_match_reference():
     kls = []
     for b, q in rows:
         kls.append(sum(kl(t[b, h, q].tolist(), s[b, h, q].tolist()) for h in range(3)) / 3)
-    assert get_loss("attention", "mse")(s, t, mask=mask).item() == pytest.approx(mse, rel=1e-5)
-    assert get_loss("attention", "kl")(s, t, mask=mask).item() == pytest.approx(sum(kls) / len(kls), rel=1e-5)
-    assert get_loss("attention", "kl")(s, s.clone(), mask=mask).item() == pytest.approx(0.0, abs=1e-6)
+    n = 5 + 3 + len(rows)  # keys, heads, rows
+    row_mask = mask[:, None, :].expand(2, 3, 5)
+    assert_fp32_close(get_loss("attention", "mse")(s, t, mask=mask), mse, n=n)
+    scale = divergence_scale(s.log(), t.log(), mask=row_mask)
+    assert_fp32_close(get_loss("attention", "kl")(s, t, mask=mask), sum(kls) / len(kls), scale=scale, n=n)
+    scale = divergence_scale(s.log(), s.log(), mask=row_mask)
+    assert_fp32_close(get_loss("attention", "kl")(s, s.clone(), mask=mask), 0.0, scale=scale, n=n)
 
 
 def test_relation_kd_matches_reference_and_needs_no_equal_widths():
@@ -154,16 +171,20 @@ def test_relation_kd_matches_reference_and_needs_no_equal_widths():
         xr = x[b, :n, r * d : (r + 1) * d]
         return ((xr @ xr.T) / math.sqrt(d)).softmax(-1)
 
-    vals = []
+    vals, rows_s, rows_t = [], [], []
     for b in range(2):
         for q in range(int(mask[b].sum())):
             vals.append(sum(kl(rel(t, b, r)[q].tolist(), rel(s, b, r)[q].tolist()) for r in range(heads)) / heads)
+            rows_s += [rel(s, b, r)[q] for r in range(heads)]
+            rows_t += [rel(t, b, r)[q] for r in range(heads)]
     got = get_loss("attention", "relation")(s, t, mask=mask, num_relation_heads=heads)
-    assert got.item() == pytest.approx(sum(vals) / len(vals), rel=1e-4)
+    # the relations' widths (8), keys (<= 5), heads and rows: the chains of additions behind the value
+    n = 8 + 5 + heads + len(vals)
+    scale = sum(divergence_scale(a.log(), b.log()) for a, b in zip(rows_s, rows_t)) / len(rows_s)
+    assert_fp32_close(got, sum(vals) / len(vals), scale=scale, n=n)
     x = torch.randn(2, 5, 12)
-    assert get_loss("attention", "relation")(
-        x, x.clone(), mask=mask, num_relation_heads=heads
-    ).item() == pytest.approx(0, abs=1e-6)
+    same = get_loss("attention", "relation")(x, x.clone(), mask=mask, num_relation_heads=heads)
+    assert_fp32_close(same, 0.0, scale=4 * math.log(5), n=n)  # divergence_scale of p and p over 5 keys: 4 H(p)
 
 
 @pytest.mark.parametrize("padded", [True, False])
@@ -187,7 +208,7 @@ def test_relation_kd_gradient_matches_autograd_reference(padded):
             p_t = (xt @ xt.T / math.sqrt(2 * d)).softmax(-1)
             total = total + (p_t * (p_t.log() - log_s)).sum() / heads
     (total / n).backward()
-    torch.testing.assert_close(s.grad, ref_s.grad, rtol=1e-4, atol=1e-6)
+    assert_fp32_close(s.grad, ref_s.grad, n=2 * (2 * d + 5) + heads + n)  # forward and backward chains
     if padded:  # padded positions get no gradient
         assert s.grad[1, 3:].abs().max() == 0
 
@@ -196,23 +217,25 @@ def test_task_losses():
     logits = torch.randn(4, 3)
     labels = torch.tensor([0, 2, -100, 1])
     want = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
-    assert task_loss(logits, labels, task="sequence_classification").item() == pytest.approx(want.item(), rel=1e-6)
+    scale = cross_entropy_scale(logits)
+    assert_fp32_close(task_loss(logits, labels, task="sequence_classification"), want, scale=scale, n=3 + 4)
     reg = torch.randn(4, 1)
     target = torch.randn(4)
     want = ((reg.squeeze(-1) - target) ** 2).mean()
-    assert task_loss(reg, target, task="sequence_classification").item() == pytest.approx(want.item(), rel=1e-6)
+    assert_fp32_close(task_loss(reg, target, task="sequence_classification"), want, n=4)
     lm_logits = torch.randn(2, 5, 7)  # already aligned: positions 0..4 of a 6-token sequence
     lm_labels = torch.tensor([[-100, 1, 2, 3, -100, -100], [-100, -100, 4, 5, 6, 0]])
     want = torch.nn.functional.cross_entropy(lm_logits.reshape(-1, 7), lm_labels[:, 1:].reshape(-1), ignore_index=-100)
-    assert task_loss(lm_logits, lm_labels, task="causal_lm").item() == pytest.approx(want.item(), rel=1e-6)
+    scale = cross_entropy_scale(lm_logits)
+    assert_fp32_close(task_loss(lm_logits, lm_labels, task="causal_lm"), want, scale=scale, n=7 + 10)
 
 
 def test_mixing_teachers_averages_distributions():
     a, b = torch.randn(3, 5), torch.randn(3, 5)
     mixed = mix_teacher_logits([a, b], [3.0, 1.0], temperature=2.0, loss="kl")
     want = 0.75 * (a / 2).softmax(-1) + 0.25 * (b / 2).softmax(-1)
-    torch.testing.assert_close((mixed / 2).softmax(-1), want)
-    torch.testing.assert_close(mix_teacher_logits([a, b], [1.0, 1.0], 2.0, "mse"), (a + b) / 2)
+    assert_fp32_close((mixed / 2).softmax(-1), want, n=5 + 2)  # softmaxes over 5, a mixture of 2
+    assert_fp32_close(mix_teacher_logits([a, b], [1.0, 1.0], 2.0, "mse"), (a + b) / 2, n=2)
     assert mix_teacher_logits([a], [1.0], 2.0, "kl") is a
 
 
@@ -243,7 +266,7 @@ def test_attention_mse_does_not_depend_on_padding_length():
     pa[..., :4, :4], pb[..., :4, :4] = a, b
     short = get_loss("attention", "mse")(a, b, mask=torch.ones(1, 4))
     long = get_loss("attention", "mse")(pa, pb, mask=torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0]]))
-    assert short.item() == pytest.approx(long.item(), rel=1e-6)
+    assert_fp32_close(short, long, n=8 + 2 + 4)  # squares summed over keys, heads, rows
 
 
 def test_fused_qkv_widths_follow_grouped_query_attention():
@@ -271,13 +294,13 @@ def test_matched_terms_weight_each_pair_and_pick_their_layers():
     ]
     mse, cos = get_loss("hidden", "mse"), get_loss("hidden", "cosine")
     want = 0.25 * mse(student[0], teacher[2], mask=mask) + 0.75 * cos(student[1], teacher[4], mask=mask)
-    assert hidden_term(matches, student, teacher, mask=mask).item() == pytest.approx(want.item(), rel=1e-6)
+    assert_fp32_close(hidden_term(matches, student, teacher, mask=mask), want, n=2)  # the same two terms, summed
     qkv_s = {1: [torch.randn(2, 4, 6, generator=g) for _ in range(3)]}
     qkv_t = {2: [torch.randn(2, 4, 12, generator=g) for _ in range(3)]}
     rel = get_loss("attention", "relation")
     want = 0.5 * sum(rel(s, t, mask=mask, num_relation_heads=3) for s, t in zip(qkv_s[1], qkv_t[2])) / 3
     got = attention_term(matches, student_qkv=qkv_s, teacher_qkv=qkv_t, mask=mask, relation_heads=3)
-    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert_fp32_close(got, want, n=3)  # the same three relation terms, summed
     # 6 heads of 64 (K/V: 2 heads, 128 wide) and 4 heads of 48 (K/V 1 head, 48): gcd of 384, 128, 192, 48
     small = LlamaConfig(hidden_size=384, num_attention_heads=6, num_key_value_heads=2)
     tiny = LlamaConfig(hidden_size=192, num_attention_heads=4, num_key_value_heads=1)

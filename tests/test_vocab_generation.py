@@ -18,6 +18,8 @@ from hf_distill.vocab import (
     shared_vocab_rows,
 )
 
+pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
+
 PAD, BOS, EOS = 0, 1, 2
 
 
