@@ -204,3 +204,23 @@ def test_student_dropout_is_checked():
         GlueArguments(student_dropout=1.0)
     with pytest.raises(ValueError, match="none of the dropout fields"):
         student_dropout_overrides(GlueArguments(student_dropout=0.0), object())
+
+
+def test_a_base_teachers_new_head_is_seeded(tmp_path):
+    """A base model gets a newly initialised classification head: with one seed, every run gets the same teacher,
+    whatever the global RNG held before (the demo's teacher, and so its students, differed run to run)."""
+    from transformers import BertModel
+
+    from hf_distill.recipes.glue import load_teacher
+
+    base = tmp_path / "base"
+    BertModel(tiny_bert(num_layers=2).config).save_pretrained(base)
+    glue_args = GlueArguments(task_name="sst2", finetune_teacher=False)
+    heads = []
+    for seed, noise in [(3, 0), (3, 1), (4, 0)]:
+        torch.manual_seed(noise)  # what ran before the job
+        args = DistillationConfig(output_dir=str(tmp_path / "out"), teacher_model_name_or_path=str(base), seed=seed)
+        teacher = load_teacher(glue_args, args, get_task("sst2"), None, None, None)
+        heads.append(teacher.classifier.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])
+    assert not torch.equal(heads[0], heads[2])

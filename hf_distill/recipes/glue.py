@@ -22,6 +22,7 @@ from transformers import (
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 
 from ..constants import IGNORE_INDEX
@@ -185,6 +186,7 @@ def prepare_data(glue_args: GlueArguments, tokenizer, seed: int):
 def load_teacher(glue_args, args: DistillationConfig, task, data, tokenizer, collator):
     name = resolve_model_path(args.teacher_model_name_or_path)
     labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
+    set_seed(args.seed)  # a base model's new classification head: the same seed, the same teacher
     teacher = AutoModelForSequenceClassification.from_pretrained(
         name, num_labels=task.num_labels, use_safetensors=True, trust_remote_code=args.trust_remote_code, **labels
     )
