@@ -503,7 +503,34 @@ def validate_causal_lm_job(lm, args):
         args.teacher_model_name_or_path, "--teacher_model_name_or_path", args.trust_remote_code
     )
     check_layers(layers, num_layers(teacher))
-    return load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
+    tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
+    if lm.student_model_name_or_path:
+        check_lm_student(lm.student_model_name_or_path, tokenizer, args.trust_remote_code)
+    return tokenizer
+
+
+def check_lm_student(name: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:
+    """Refuse a causal-LM student (``--student_model_name_or_path``) that cannot read the teacher's token ids: its
+    config or tokenizer does not load, its tokenizer maps some id to another token than the teacher's, or it has
+    fewer embedding rows than the teacher has tokens. The job feeds both models the teacher's tokenization."""
+    from .vocab import first_vocab_difference  # here: it imports torch
+
+    flag = "--student_model_name_or_path"
+    config = load_model_config(name, flag, trust_remote_code)
+    diff = first_vocab_difference(load_tokenizer(name, flag, config), teacher_tokenizer)
+    if diff is not None:
+        index, student_token, teacher_token = diff
+        raise ValueError(
+            f"{flag} {name}: its tokenizer differs from the teacher's, first at id {index} (student {student_token!r}, "
+            f"teacher {teacher_token!r}), and the job feeds both models the teacher's token ids; pass a student with "
+            "the teacher's tokenizer, or --student_layers to build one from the teacher."
+        )
+    rows = getattr(config.get_text_config(), "vocab_size", None)
+    if isinstance(rows, int) and rows < len(teacher_tokenizer):
+        raise ValueError(
+            f"{flag} {name} has {rows} embedding rows, fewer than the teacher's {len(teacher_tokenizer)} tokens; pass "
+            "a student with the teacher's vocabulary."
+        )
 
 
 def prepare_output_dir(args, tag: str) -> None:

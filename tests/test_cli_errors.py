@@ -183,6 +183,39 @@ def test_model_folder_without_weights_is_refused(capsys, tmp_path, teacher, sst2
     assert not no_training and not out.exists()
 
 
+def test_causal_lm_student_that_cannot_read_the_teachers_tokens_is_refused_before_the_teacher_loads(
+    capsys, tmp_path, monkeypatch, lm_teacher, no_training
+):
+    from hf_distill.recipes import causal_lm as job
+
+    monkeypatch.setattr(job.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("teacher loaded"))
+    out, text = tmp_path / "out", tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    other = tmp_path / "other_tokenizer"
+    tiny_llama(num_layers=2).save_pretrained(other)
+    word_tokenizer(WORDS[:94]).save_pretrained(other)  # 99 tokens, as many as the teacher's, other ids
+    argv = causal_lm(lm_teacher, out, "--train_file", str(text), "--student_model_name_or_path")
+    refused(
+        capsys,
+        [*argv, str(other)],
+        f"--student_model_name_or_path {other}: its tokenizer differs from the teacher's, first at id",
+        "pass a student with the teacher's tokenizer",
+    )
+    small = tmp_path / "small_vocab"
+    student = tiny_llama(num_layers=2)
+    student.resize_token_embeddings(50)
+    student.save_pretrained(small)
+    tiny_tokenizer().save_pretrained(small)
+    refused(capsys, [*argv, str(small)], f"{small} has 50 embedding rows, fewer than the teacher's 99 tokens")
+    untokenized = tmp_path / "no_tokenizer"
+    tiny_llama(num_layers=2).save_pretrained(untokenized)
+    refused(capsys, [*argv, str(untokenized)], f"--student_model_name_or_path {untokenized} has no tokenizer files")
+    refused(
+        capsys, [*argv, str(tmp_path / "nope")], f"--student_model_name_or_path {tmp_path / 'nope'} does not exist"
+    )
+    assert not no_training and not out.exists()
+
+
 def test_looks_local():
     for name in ("./t", "../t", "/abs/t", "~/t", "a/b/c", "model.safetensors", "teacher.json"):
         assert looks_local(name), name

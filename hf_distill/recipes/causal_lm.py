@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from ..data import DistillationDataCollator, load_lm_dataset, perplexity, read_text_split, tokenize_lm_dataset
 from ..distillation_config import DistillationConfig
@@ -28,7 +28,6 @@ from ..report import count_parameters
 from ..student import build_student
 from ..teacher_cache import CACHE_META_FILE, build_teacher_cache, load_teacher_cache
 from ..validation import parse_layers, prepare_output_dir, resolve_resume, validate_causal_lm_job
-from ..vocab import check_tokenizers
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +171,8 @@ def add_text_prompts(train, lm: CausalLMArguments, args: DistillationConfig):
 
 def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, tokenizer):
     if lm.student_model_name_or_path:
-        path = resolve_model_path(lm.student_model_name_or_path)
+        path = resolve_model_path(lm.student_model_name_or_path)  # its tokenizer: checked by validate_causal_lm_job
         student = AutoModelForCausalLM.from_pretrained(path, dtype=next(teacher.parameters()).dtype)
-        check_tokenizers(AutoTokenizer.from_pretrained(path), tokenizer, "student", "teacher")
     else:
         torch.manual_seed(args.seed)
         student = build_student(teacher, layers=parse_layers(lm.student_layers))
