@@ -216,6 +216,32 @@ def test_causal_lm_student_that_cannot_read_the_teachers_tokens_is_refused_befor
     assert not no_training and not out.exists()
 
 
+def test_causal_lm_builds_its_trainer_before_scoring_perplexities(
+    capsys, tmp_path, monkeypatch, lm_teacher, no_training
+):
+    """What the trainer refuses (here attention-map KD between 2 and 4 heads) is refused before the minutes that
+    scoring the teacher's and the student's perplexities take on a full validation file."""
+    from hf_distill.recipes import causal_lm as job
+
+    monkeypatch.setattr(job, "perplexity", lambda *a, **k: pytest.fail("scoring started"))
+    text = tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    student = tmp_path / "two_heads"
+    tiny_llama(num_layers=2, heads=2, kv_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(
+        student
+    )
+    tiny_tokenizer().save_pretrained(student)
+    argv = causal_lm(lm_teacher, tmp_path / "out", "--train_file", str(text), "--validation_files", str(text),
+                     "--student_model_name_or_path", str(student), "--alpha_attention", "1", "--attention_loss", "kl")  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2  # after the teacher's and the student's loading bars
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "hf-distill causal-lm: error: Attention KD on maps needs equal head counts (student 2, teacher 4)"
+    )
+    assert not no_training
+
+
 def test_looks_local():
     for name in ("./t", "../t", "/abs/t", "~/t", "a/b/c", "model.safetensors", "teacher.json"):
         assert looks_local(name), name

@@ -260,23 +260,29 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         train = _teacher_cache(lm, args, teacher, train, tokenizer)
 
     student = make_student(lm, args, teacher, tokenizer)
-    print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
-    results = {"task": "causal_lm", "teacher_model": args.teacher_model_name_or_path}
-    bars = not args.disable_tqdm and args.local_process_index == 0
-    if lm.eval_teacher:
-        results["teacher"] = score(teacher, texts, tokenizer, lm, label="teacher", progress=bars)
-    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
-
-    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
+    teacher_size = count_parameters(teacher)  # before the trainer places it (a ZeRO-3 engine holds shards)
+    live_teacher = args.needs_live_teacher(cached=use_cache)
+    # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher if args.needs_live_teacher(cached=use_cache) else None,
+        teacher_model=teacher if live_teacher else None,
         args=args,
         train_dataset=train,
         data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
         teacher_processing_class=tokenizer,
     )
+    print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
+    results = {"task": "causal_lm", "teacher_model": args.teacher_model_name_or_path}
+    bars = not args.disable_tqdm and args.local_process_index == 0
+    if lm.eval_teacher:
+        # the teacher as the trainer placed it (device, dtype, shards): the one the student learns from
+        placed = trainer.teachers[0] if live_teacher else teacher
+        results["teacher"] = score(placed, texts, tokenizer, lm, label="teacher", progress=bars)
+        results["teacher"]["num_parameters"] = teacher_size
+    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
+
+    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
     trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
     trainer.save_model(args.output_dir)
     model = trainer.model
