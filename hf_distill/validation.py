@@ -185,6 +185,56 @@ def num_layers(config) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def student_depth(layers: list[int] | None, student_config, teacher_layers: int | None):
+    """``(student blocks, teacher blocks it was built from or None)`` of a job's student: ``--student_layers``, a
+    ``--student_model_name_or_path`` config, or build_student's default (every other teacher block: half, rounded
+    up)."""
+    if student_config is not None:
+        return num_layers(student_config), getattr(student_config, "distillation_teacher_layers", None)
+    if layers is not None:
+        return len(layers), layers
+    if teacher_layers is None:
+        return None, None
+    # build_student's default, every other block: encoders end with the last, decoders start with the first (as many
+    # blocks either way, and the number is all that a layer map is checked against)
+    return (teacher_layers + 1) // 2, list(range(teacher_layers - 1, -1, -2))[::-1]
+
+
+def check_layer_maps(args, num_student_layers: int | None, num_teacher_layers: int | None, init_layers=None) -> None:
+    """Refuse a ``--layer_map`` / ``--attention_layer_map`` that a student of ``num_student_layers`` blocks (built
+    from the teacher blocks ``init_layers``) and a teacher of ``num_teacher_layers`` cannot match, as
+    ``DistillationTrainer`` resolves them (only with ``alpha_hidden`` or ``alpha_attention`` > 0): a pair naming a
+    layer either model lacks, ``init`` for a student not built from the teacher, an attention map without a pair of
+    blocks. Checked before any teacher is loaded or fine-tuned."""
+    from .mapping.layer_map import parse_layer_pairs, resolve_layer_pairs  # here: the package imports torch
+
+    if not (args.alpha_hidden > 0 or args.alpha_attention > 0) or None in (num_student_layers, num_teacher_layers):
+        return
+    ns, nt = num_student_layers, num_teacher_layers
+    maps = [("--layer_map", args.layer_map)]  # the trainer resolves it whenever either term is on
+    attention_flag = "--layer_map"
+    if args.attention_layer_map is not None and args.alpha_attention > 0:
+        maps.append(("--attention_layer_map", args.attention_layer_map))
+        attention_flag = "--attention_layer_map"
+    for flag, spec in maps:
+        if spec not in ("uniform", "last", "init"):
+            for s, t in parse_layer_pairs(spec):
+                if not (0 <= s <= ns and 0 <= t <= nt):
+                    raise ValueError(
+                        f"{flag} {spec}: pair {s}:{t} names a layer the models lack, the student has layers 0..{ns} "
+                        f"and the teacher 0..{nt} (0 is the embeddings); give pairs in those ranges, or {flag} uniform."
+                    )
+        try:
+            pairs = resolve_layer_pairs(spec, ns, nt, init_layers)
+        except ValueError as err:
+            raise ValueError(f"{flag} {spec}: {error_line(err)}") from err
+        if args.alpha_attention > 0 and flag == attention_flag and not any(s > 0 and t > 0 for s, t in pairs):
+            raise ValueError(
+                f"{flag} {spec}: attention KD needs a pair of transformer blocks (layers 1 and up, 0 is the "
+                f"embeddings); add one, or {flag} last."
+            )
+
+
 # ------------------------------------------------------------------------------------------------------- label heads
 
 
@@ -425,10 +475,13 @@ def validate_glue_job(glue_args, args):
     check_label_head(teacher, task, args.teacher_model_name_or_path, "--teacher_model_name_or_path",
                      trained=glue_args.finetune_teacher)  # fmt: skip
     check_layers(layers, num_layers(teacher))
+    student = None
     if glue_args.student_model_name_or_path:
         flag = "--student_model_name_or_path"
         student = _load_config(glue_args.student_model_name_or_path, flag, args)
         check_label_head(student, task, glue_args.student_model_name_or_path, flag, trained=True)
+    depth, built_from = student_depth(layers, student, num_layers(teacher))
+    check_layer_maps(args, depth, num_layers(teacher), built_from)
     check_glue_data_dir(glue_args.data_dir, task)
     tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
     if glue_args.student_model_name_or_path:  # it reads the teacher's token ids
@@ -504,15 +557,19 @@ def validate_causal_lm_job(lm, args):
     )
     check_layers(layers, num_layers(teacher))
     tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
+    student = None
     if lm.student_model_name_or_path:
-        check_lm_student(lm.student_model_name_or_path, tokenizer, args.trust_remote_code)
+        student = check_lm_student(lm.student_model_name_or_path, tokenizer, args.trust_remote_code)
+    depth, built_from = student_depth(layers, student, num_layers(teacher))
+    check_layer_maps(args, depth, num_layers(teacher), built_from)
     return tokenizer
 
 
-def check_lm_student(name: str, teacher_tokenizer, trust_remote_code: bool = False) -> None:
-    """Refuse a causal-LM student (``--student_model_name_or_path``) that cannot read the teacher's token ids: its
-    config or tokenizer does not load, its tokenizer maps some id to another token than the teacher's, or it has
-    fewer embedding rows than the teacher has tokens. The job feeds both models the teacher's tokenization."""
+def check_lm_student(name: str, teacher_tokenizer, trust_remote_code: bool = False):
+    """The config of a causal-LM student (``--student_model_name_or_path``) that can read the teacher's token ids;
+    refused when its config or tokenizer does not load, its tokenizer maps some id to another token than the
+    teacher's, or it has fewer embedding rows than the teacher has tokens. The job feeds both models the teacher's
+    tokenization."""
     from .vocab import first_vocab_difference  # here: it imports torch
 
     flag = "--student_model_name_or_path"
@@ -531,6 +588,7 @@ def check_lm_student(name: str, teacher_tokenizer, trust_remote_code: bool = Fal
             f"{flag} {name} has {rows} embedding rows, fewer than the teacher's {len(teacher_tokenizer)} tokens; pass "
             "a student with the teacher's vocabulary."
         )
+    return config
 
 
 def prepare_output_dir(args, tag: str) -> None:

@@ -291,6 +291,33 @@ def test_student_layers_bad_format_or_out_of_range(capsys, tmp_path, teacher, ss
     assert not no_training
 
 
+def test_layer_maps_the_models_cannot_match_are_refused_before_teacher_fine_tuning(
+    capsys, tmp_path, teacher, sst2, lm_teacher, no_training
+):
+    out = tmp_path / "out"
+    tuned = [*glue(teacher, sst2, out), "--finetune_teacher", "true", "--teacher_max_steps", "1"]  # student 1,3
+    refused(
+        capsys,
+        [*tuned, "--alpha_hidden", "1", "--layer_map", "0:0,3:4"],
+        "--layer_map 0:0,3:4: pair 3:4 names a layer the models lack",
+        "the student has layers 0..2 and the teacher 0..4",
+    )
+    refused(capsys, [*tuned, "--alpha_hidden", "1", "--layer_map", "1:9"], "pair 1:9", "the teacher 0..4")
+    refused(
+        capsys,
+        [*tuned, "--alpha_attention", "1", "--attention_layer_map", "0:0"],
+        "--attention_layer_map 0:0: attention KD needs a pair of transformer blocks",
+    )
+    separate = [a for a in tuned if a not in ("--student_layers", "1,3")] + ["--student_model_name_or_path", teacher]
+    refused(capsys, [*separate, "--alpha_hidden", "1", "--layer_map", "init"], "--layer_map init", "build_student")
+    text = tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    refused(capsys, causal_lm(lm_teacher, out, "--train_file", str(text), "--layer_map", "1:7"), "--layer_map 1:7")
+    assert not no_training and not out.exists()
+    with pytest.raises(TrainingStarted):  # a map within range passes: the teacher's fine-tuning starts
+        main([*tuned, "--alpha_hidden", "1", "--layer_map", "0:0,2:4"])
+
+
 def test_build_student_with_a_string_of_layers_is_a_clear_error():
     with pytest.raises(ValueError, match=r"layers='0,2' is a string; pass a list .* layers=\[0, 2\]"):
         build_student(tiny_bert(), layers="0,2")
