@@ -307,6 +307,19 @@ def check_glue_data_dir(data_dir: str | None, task, flag: str = "--data_dir") ->
     raise ValueError(f"{flag} {data_dir} has no {' or '.join(missing)}; pass the folder with {where}.")
 
 
+def check_lm_file_type(path: str, flag: str) -> None:
+    """Refuse a causal-LM data file of a kind the job does not read (by its ending: ``.csv``, ``.parquet``...)."""
+    from .data.lm import LM_FILE_EXTENSIONS  # here: the data package imports torch and datasets
+
+    if not path.lower().endswith(LM_FILE_EXTENSIONS):
+        ending = os.path.splitext(path)[1]
+        kind = f"{ending} files" if ending else "files without an extension"
+        raise ValueError(
+            f"{flag} {path}: the causal-LM job does not read {kind}, only {', '.join(LM_FILE_EXTENSIONS)} "
+            "(.txt: plain text; .json/.jsonl: records with text, prompt/completion or messages); convert it."
+        )
+
+
 def check_text_file(path: str, flag: str) -> None:
     """Refuse a training or validation file that does not exist or holds nothing but whitespace."""
     if not os.path.isfile(path):
@@ -531,6 +544,7 @@ def validate_causal_lm_job(lm, args):
         raise ValueError("--train_file and --dataset_name are both set; pass one of them.")
     files = [lm.train_file] if isinstance(lm.train_file, str) else list(lm.train_file or [])
     for path in files:
+        check_lm_file_type(path, "--train_file")
         check_text_file(path, "--train_file")
     if lm.train_file is None and lm.dataset_name is None and lm.data_free_samples < 1:
         raise ValueError("No training data: set --train_file or --dataset_name, or --data_free_samples N.")

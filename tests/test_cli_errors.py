@@ -397,6 +397,11 @@ def test_empty_blank_or_missing_training_files_are_refused(capsys, tmp_path, lm_
         refused(capsys, causal_lm(lm_teacher, out, "--train_file", path), f"--train_file {path} is empty or blank")
     missing = str(tmp_path / "nope.txt")
     refused(capsys, causal_lm(lm_teacher, out, "--train_file", missing), f"--train_file {missing} does not exist")
+    for name in ("train.csv", "train"):  # a kind the job does not read: refused before the teacher is loaded
+        (tmp_path / name).write_text("text\nthe cat saw a dog\n")
+        path = str(tmp_path / name)
+        refused(capsys, causal_lm(lm_teacher, out, "--train_file", path), f"--train_file {path}: the causal-LM job does not read",
+                "only .txt, .json, .jsonl")  # fmt: skip
     good = tmp_path / "good.txt"
     good.write_text("the cat saw a dog\n" * 50)
     refused(
