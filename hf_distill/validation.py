@@ -35,6 +35,11 @@ def load_config_file(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f)
+    except OSError as err:  # no read permission, a device...
+        raise ValueError(
+            f"--config {path} cannot be read ({err.strerror or error_line(err)}); make it readable, or pass another "
+            "YAML file."
+        ) from err
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -307,6 +312,20 @@ def check_glue_data_dir(data_dir: str | None, task, flag: str = "--data_dir") ->
     raise ValueError(f"{flag} {data_dir} has no {' or '.join(missing)}; pass the folder with {where}.")
 
 
+def check_dataset_name(name: str | None, flag: str = "--dataset_name") -> None:
+    """Refuse a ``--dataset_name`` meant as a local path that is no dataset folder: one that does not exist (never
+    tried on the Hub) or a file (that is ``--train_file``'s). A Hub name (``org/name``) passes: loading it tells."""
+    if name is None or os.path.isdir(name):
+        return
+    if os.path.isfile(name):
+        raise ValueError(f"{flag} {name} is a file; pass it with --train_file, or pass a dataset folder or Hub name.")
+    if looks_local(name):
+        raise ValueError(
+            f"{flag} {name} does not exist; pass an existing dataset folder, a Hub dataset such as org/name, or "
+            "local files with --train_file."
+        )
+
+
 def check_lm_file_type(path: str, flag: str) -> None:
     """Refuse a causal-LM data file of a kind the job does not read (by its ending: ``.csv``, ``.parquet``...)."""
     from .data.lm import LM_FILE_EXTENSIONS  # here: the data package imports torch and datasets
@@ -542,6 +561,7 @@ def validate_causal_lm_job(lm, args):
     check_model_path(lm.student_model_name_or_path, "--student_model_name_or_path")
     if lm.train_file is not None and lm.dataset_name is not None:
         raise ValueError("--train_file and --dataset_name are both set; pass one of them.")
+    check_dataset_name(lm.dataset_name)
     files = [lm.train_file] if isinstance(lm.train_file, str) else list(lm.train_file or [])
     for path in files:
         check_lm_file_type(path, "--train_file")

@@ -94,7 +94,21 @@ def test_config_file_missing_not_yaml_or_not_a_mapping(capsys, tmp_path, teacher
     listed = tmp_path / "list.yaml"
     listed.write_text("- task_name\n- sst2\n")
     refused(capsys, ["causal-lm", "--config", str(listed)], str(listed), "holds a list, not a mapping")
+    refused(capsys, ["glue", "--config", str(tmp_path)], f"--config {tmp_path} is a folder")
     assert not no_training
+
+
+def test_config_file_that_cannot_be_read_is_one_line(capsys, tmp_path, monkeypatch):
+    from hf_distill import validation
+
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("max_steps: 1\n")
+
+    def no_permission(path, *args, **kwargs):  # what open() raises on a file without read permission (not as root)
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(validation, "open", no_permission, raising=False)
+    refused(capsys, ["glue", "--config", str(locked)], f"--config {locked} cannot be read (Permission denied)")
 
 
 def test_yaml_paths_are_relative_to_the_yaml_file_and_output_dir_to_the_cwd(tmp_path, monkeypatch, teacher, sst2):
@@ -387,6 +401,38 @@ def lm_teacher(tmp_path_factory):
 def causal_lm(teacher, out, *flags):
     return ["causal-lm", "--teacher_model_name_or_path", teacher, "--output_dir", str(out), "--block_size", "8",
             "--max_steps", "1", "--report_to", "none", "--use_cpu", "true", *flags]  # fmt: skip
+
+
+def test_dataset_name_that_cannot_be_loaded_is_one_line_before_the_teacher_loads(
+    capsys, tmp_path, monkeypatch, lm_teacher, no_training
+):
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    from hf_distill.recipes import causal_lm as job
+
+    monkeypatch.setattr(job.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("teacher loaded"))
+    asked = []
+
+    def not_on_the_hub(name, *args, **kwargs):
+        asked.append(name)
+        raise DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed.")
+
+    monkeypatch.setattr(datasets, "load_dataset", not_on_the_hub)
+    out = tmp_path / "out"
+    typo = str(tmp_path / "data" / "wikitxt")
+    refused(capsys, causal_lm(lm_teacher, out, "--dataset_name", typo), f"--dataset_name {typo} does not exist")
+    text = tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    refused(capsys, causal_lm(lm_teacher, out, "--dataset_name", str(text)), "is a file; pass it with --train_file")
+    assert asked == []  # a name that looks local never reaches the Hub
+    refused(
+        capsys,
+        causal_lm(lm_teacher, out, "--dataset_name", "org/wikitxt"),
+        "--dataset_name org/wikitxt: cannot load its 'train' split (Dataset 'org/wikitxt' doesn't exist on the Hub",
+        "check the name",
+    )
+    assert asked == ["org/wikitxt"] and not no_training
 
 
 def test_empty_blank_or_missing_training_files_are_refused(capsys, tmp_path, lm_teacher, no_training):

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 from ..data import DistillationDataCollator, load_lm_dataset, perplexity, read_text_split, tokenize_lm_dataset
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
+from ..file_checks import error_line
 from ..generation import sample_sequences
 from ..modeling import resolve_dtype, resolve_model_path
 from ..report import count_parameters
@@ -132,6 +133,21 @@ class CausalLMArguments:
     )
 
 
+def load_hub_split(lm: CausalLMArguments, split: str):
+    """The ``split`` of ``--dataset_name``; a dataset that cannot be loaded (no such name, no such split, the Hub out
+    of reach) is a ``ValueError`` of one line."""
+    from datasets.exceptions import DatasetsError
+
+    try:
+        return load_lm_dataset(lm.dataset_name, lm.dataset_config_name, split=split)
+    except (OSError, DatasetsError, ValueError) as err:  # ConnectionError, DatasetNotFoundError: OSErrors
+        raise ValueError(
+            f"--dataset_name {lm.dataset_name}: cannot load its {split!r} split ({error_line(err, first=False)}); check "
+            "the name (a Hub dataset such as org/name, or a local dataset folder), or pass local files with "
+            "--train_file."
+        ) from err
+
+
 def load_text_data(lm: CausalLMArguments, tokenizer):
     """``(train dataset, {name: validation text})`` from the arguments (Hub, local files), tokenized."""
     texts = {}
@@ -139,8 +155,7 @@ def load_text_data(lm: CausalLMArguments, tokenizer):
         if os.path.isfile(entry):
             texts[os.path.basename(entry)] = read_text_split(entry, part="all")
         elif lm.dataset_name:
-            split = load_lm_dataset(lm.dataset_name, lm.dataset_config_name, split=entry)
-            texts[entry] = "\n\n".join(split["text"])
+            texts[entry] = "\n\n".join(load_hub_split(lm, entry)["text"])
         else:
             raise ValueError(f"validation_files entry {entry!r} is neither a file nor a split of --dataset_name.")
     if lm.train_file is None and lm.dataset_name is None:
@@ -153,8 +168,10 @@ def load_text_data(lm: CausalLMArguments, tokenizer):
         from datasets import Dataset
 
         raw = Dataset.from_dict({"text": [read_text_split(lm.train_file, "train", fraction)]})
+    elif lm.dataset_name:
+        raw = load_hub_split(lm, lm.dataset_split)
     else:
-        raw = load_lm_dataset(lm.dataset_name, lm.dataset_config_name, lm.train_file, split=lm.dataset_split)
+        raw = load_lm_dataset(train_file=lm.train_file)
     train = tokenize_lm_dataset(raw, tokenizer, block_size=lm.block_size)
     if lm.max_train_samples is not None and lm.max_train_samples < len(train):
         train = train.select(range(lm.max_train_samples))
@@ -241,12 +258,12 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         )
     check_eval_caps(lm)
     prepare_output_dir(args, "causal-lm")
-    teacher_path = resolve_model_path(args.teacher_model_name_or_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    train, texts = load_text_data(lm, tokenizer)  # a dataset that cannot be loaded: before the teacher is
+    teacher_path = resolve_model_path(args.teacher_model_name_or_path)
     dtype = resolve_dtype(args.teacher_dtype, torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype).eval()
-    train, texts = load_text_data(lm, tokenizer)
     if train is None:
         if lm.data_free_samples < 1:
             raise ValueError("No training data: set --train_file or --dataset_name, or --data_free_samples N.")
