@@ -428,6 +428,29 @@ def check_output_dir(output_dir: str, overwrite: bool, resume, resumable: bool =
         )
 
 
+def check_overwrite_keeps_inputs(output_dir: str, overwrite: bool, inputs) -> None:
+    """With ``overwrite`` (``--overwrite_output_dir``), refuse an ``output_dir`` that is, or holds, one of the job's
+    ``inputs`` (``(flag, path)`` pairs: model folders, data, caches), which clearing the earlier run there would
+    delete. Hub names, unset flags and paths that do not exist are skipped."""
+    if not overwrite:
+        return
+    out = os.path.realpath(output_dir)
+    for flag, path in inputs:
+        if not isinstance(path, str) or not path or not os.path.exists(path):
+            continue
+        real = os.path.realpath(path)
+        if real == out:
+            raise ValueError(
+                f"--output_dir {output_dir} is also {flag} {path}, which --overwrite_output_dir would delete; write to "
+                "another --output_dir."
+            )
+        if real.startswith(out.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                f"--output_dir {output_dir} holds {flag} {path}, which --overwrite_output_dir could delete; write to "
+                "another --output_dir, or move the input out of it."
+            )
+
+
 def clear_previous_run(output_dir: str) -> list[str]:
     """Delete what an earlier run left in ``output_dir`` (:data:`RUN_MARKERS` and the rest of a saved model: teacher/,
     student_no_kd/, checkpoints, weights, results.json, report.png...); other files stay. Returns the names removed."""
@@ -515,6 +538,13 @@ def validate_glue_job(glue_args, args):
     depth, built_from = student_depth(layers, student, num_layers(teacher))
     check_layer_maps(args, depth, num_layers(teacher), built_from)
     check_glue_data_dir(glue_args.data_dir, task)
+    check_overwrite_keeps_inputs(
+        args.output_dir,
+        args.overwrite_output_dir,
+        [("--teacher_model_name_or_path", args.teacher_model_name_or_path),
+         ("--student_model_name_or_path", glue_args.student_model_name_or_path),
+         ("--data_dir", glue_args.data_dir), ("--cache_dir", glue_args.cache_dir)],
+    )  # fmt: skip
     tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
     if glue_args.student_model_name_or_path:  # it reads the teacher's token ids
         rows = getattr(student.get_text_config(), "vocab_size", None)
@@ -545,6 +575,12 @@ def validate_compare_job(cmp):
         configs[role] = load_model_config(name, flag, safetensors_only=True)  # loaded with use_safetensors=True
         check_label_head(configs[role], task, name, flag, trained=False, can_finetune=False)
     check_glue_data_dir(cmp.data_dir, task)
+    check_overwrite_keeps_inputs(
+        cmp.output_dir,
+        cmp.overwrite_output_dir,
+        [(f"--{name}", getattr(cmp, name)) for name in ("teacher_model_name_or_path", "student_model_name_or_path",
+                                                         "data_dir")],
+    )  # fmt: skip
     return load_tokenizer(cmp.student_model_name_or_path, "--student_model_name_or_path", configs["student"])
 
 
@@ -586,6 +622,14 @@ def validate_causal_lm_job(lm, args):
         and not os.path.isdir(lm.teacher_cache_dir)
     ):
         raise ValueError(f"--teacher_cache_dir {lm.teacher_cache_dir} is a file; pass a folder (created if missing).")
+    check_overwrite_keeps_inputs(
+        args.output_dir,
+        args.overwrite_output_dir,
+        [("--teacher_model_name_or_path", args.teacher_model_name_or_path),
+         ("--student_model_name_or_path", lm.student_model_name_or_path), ("--dataset_name", lm.dataset_name),
+         *[("--train_file", path) for path in files], *[("--validation_files", path) for path in lm.validation_files],
+         ("--teacher_cache_dir", lm.teacher_cache_dir)],
+    )  # fmt: skip
     teacher = load_model_config(
         args.teacher_model_name_or_path, "--teacher_model_name_or_path", args.trust_remote_code
     )

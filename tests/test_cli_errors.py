@@ -524,6 +524,50 @@ def test_output_dir_holding_a_run_is_refused_unless_overwritten(capsys, tmp_path
     assert sorted(os.listdir(out)) == ["notes.txt"]
 
 
+def test_overwrite_output_dir_never_deletes_the_jobs_inputs(capsys, tmp_path, teacher, sst2, lm_teacher, no_training):
+    """An output_dir that is, or holds, the teacher, the student, the data or the teacher cache is refused with
+    --overwrite_output_dir, before anything is deleted: clearing the earlier run would delete weights, config and
+    tokenizer files, or teacher/."""
+    import shutil
+
+    own = Path(shutil.copytree(teacher, tmp_path / "bert"))
+    before = sorted(os.listdir(own))
+    overwrite = ("--overwrite_output_dir", "true")
+    refused(capsys, [*glue(str(own), sst2, own), *overwrite],
+            f"--output_dir {own} is also --teacher_model_name_or_path {own}, which --overwrite_output_dir would delete")  # fmt: skip
+    refused(capsys, [*glue(teacher, sst2, sst2), *overwrite], f"--output_dir {sst2} is also --data_dir {sst2}")
+    run = tmp_path / "run"  # a teacher fine-tuned by an earlier run, reused as the teacher of the next one
+    shutil.copytree(teacher, run / "teacher")
+    refused(capsys, [*glue(str(run / "teacher"), sst2, run), *overwrite],
+            f"--output_dir {run} holds --teacher_model_name_or_path {run / 'teacher'}", "another --output_dir")  # fmt: skip
+    student = [a for a in glue(teacher, sst2, own) if a not in ("--student_layers", "1,3")]
+    refused(
+        capsys,
+        [*student, "--student_model_name_or_path", str(own), *overwrite],
+        "is also --student_model_name_or_path",
+    )
+    compare = ["compare", "--teacher_model_name_or_path", teacher, "--student_model_name_or_path", str(own),
+               "--data_dir", sst2, "--output_dir", str(own), *overwrite]  # fmt: skip
+    refused(capsys, compare, f"--output_dir {own} is also --student_model_name_or_path {own}")
+    lm_own = Path(shutil.copytree(lm_teacher, tmp_path / "llama"))
+    text = lm_own / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    refused(
+        capsys,
+        [*causal_lm(str(lm_own), lm_own, "--train_file", str(text)), *overwrite],
+        "is also --teacher_model_name_or_path",
+    )
+    refused(
+        capsys, [*causal_lm(lm_teacher, lm_own, "--train_file", str(text)), *overwrite], f"holds --train_file {text}"
+    )
+    cache = tmp_path / "out" / "cache"
+    cache.mkdir(parents=True)
+    refused(capsys, [*causal_lm(lm_teacher, tmp_path / "out", "--train_file", str(text), "--teacher_cache_dir", str(cache)),
+                     *overwrite], f"holds --teacher_cache_dir {cache}")  # fmt: skip
+    assert sorted(os.listdir(own)) == before and "model.safetensors" in os.listdir(run / "teacher")
+    assert "model.safetensors" in os.listdir(lm_own) and not no_training
+
+
 def test_clear_previous_run_leaves_other_files(tmp_path):
     for name in ("checkpoint-5/", "eval/", "lora_adapter/", "config.json", "tokenizer.json", "report.png", "x.csv"):
         path = tmp_path / name.rstrip("/")
