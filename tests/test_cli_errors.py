@@ -118,11 +118,20 @@ def test_yaml_paths_are_relative_to_the_yaml_file_and_output_dir_to_the_cwd(tmp_
     os.symlink(teacher, tmp_path / "teacher")
     (cfg / "job.yaml").write_text(
         "data_dir: ../../SST-2\nteacher_model_name_or_path: ../../teacher\noutput_dir: out/job\n"
-        "student_model_name_or_path: org/name\n"
+        "student_model_name_or_path: org/name\ncache_dir: ../hub_cache\n"
     )
+    (cfg / "lm.yaml").write_text("teacher_cache_dir: cache/topk\n")
     monkeypatch.chdir(tmp_path / "configs")  # anywhere but the YAML's folder
     glue_args, args = parse_with_config([GlueArguments, DistillationConfig], ["--config", "deep/job.yaml"], "t")
     assert os.path.samefile(glue_args.data_dir, sst2) and os.path.samefile(args.teacher_model_name_or_path, teacher)
+    assert glue_args.cache_dir == "hub_cache"  # configs/hub_cache, seen from the working directory configs/
+    from hf_distill.recipes.causal_lm import CausalLMArguments
+
+    lm_types = [CausalLMArguments, DistillationConfig]
+    lm, _ = parse_with_config(lm_types, ["--config", "deep/lm.yaml"], "t")
+    assert lm.teacher_cache_dir == os.path.join("deep", "cache", "topk")
+    lm, _ = parse_with_config(lm_types, ["--config", "deep/lm.yaml", "--teacher_cache_dir", "cache/topk"], "t")
+    assert lm.teacher_cache_dir == "cache/topk"  # on the command line: relative to the working directory
     assert args.output_dir == "out/job" and glue_args.student_model_name_or_path == "org/name"  # CWD, Hub name
     # flags on the command line stay relative to the working directory
     glue_args, _ = parse_with_config(
