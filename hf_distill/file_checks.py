@@ -216,21 +216,40 @@ def torch_problem(path: str) -> str | None:
     return None
 
 
-def index_problem(folder: str, name: str) -> str | None:
+def index_shards(folder: str, name: str) -> list[str] | None:
+    """The shard files (relative to the index's own folder) that the sharded-weights index ``name`` of ``folder``
+    names, each once; ``None`` when the index cannot be read or has no ``weight_map``."""
+    try:
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(weight_map, dict) or not weight_map:
+        return None
+    return sorted({str(s) for s in weight_map.values()})
+
+
+def index_problem(folder: str, name: str, open_shards: bool = True) -> str | None:
     """What is wrong with a sharded-weights index (``*.index.json``) in ``folder``, or None: it parses and every
-    shard it names is there."""
+    shard it names is there, beside it, and (``open_shards``) whole: each one opened (:func:`safetensors_problem`,
+    :func:`torch_problem`)."""
     problem = json_problem(os.path.join(folder, name))
     if problem:
         return problem
-    with open(os.path.join(folder, name), encoding="utf-8") as f:
-        weight_map = json.load(f).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
+    shards = index_shards(folder, name)
+    if shards is None:
         return "has no weight_map"
-    missing = sorted({s for s in weight_map.values() if not os.path.isfile(os.path.join(folder, str(s)))})
+    here = os.path.dirname(os.path.join(folder, name))  # shards lie beside their index, in a subfolder too
+    missing = [s for s in shards if not os.path.isfile(os.path.join(here, s))]
     if missing:
         return f"names the shard {missing[0]}, which is missing" + (
             f" (and {len(missing) - 1} more)" if missing[1:] else ""
         )
+    for shard in shards if open_shards else ():
+        path = os.path.join(here, shard)
+        problem = safetensors_problem(path) if shard.endswith(".safetensors") else torch_problem(path)
+        if problem:
+            return f"names the shard {shard}, which {problem}"
     return None
 
 
@@ -250,9 +269,23 @@ def file_problem(folder: str, name: str) -> str | None:
 
 
 def first_problem(folder: str, names) -> str | None:
-    """``"path what is wrong"`` for the first damaged file among ``names`` (relative to ``folder``), or None."""
+    """``"path what is wrong"`` for the first damaged file among ``names`` (relative to ``folder``), or None. The
+    shards that an index among ``names`` names are opened too, each once, whether ``names`` lists them or not."""
+    names, shards = list(names), set()
+    for index in [n for n in names if n.endswith(".index.json")]:
+        for shard in index_shards(folder, index) or ():
+            shards.add(os.path.normpath(os.path.join(os.path.dirname(index), shard)))
+    names += sorted(shards - set(map(os.path.normpath, names)))
     for name in names:
-        problem = file_problem(folder, name)
+        path = os.path.join(folder, name)
+        if name.endswith(".index.json"):
+            problem = index_problem(folder, name, open_shards=False)  # its shards are among names now
+        elif os.path.normpath(name) in shards:
+            if not os.path.isfile(path):
+                continue  # its index says so
+            problem = safetensors_problem(path) if name.endswith(".safetensors") else torch_problem(path)
+        else:
+            problem = file_problem(folder, name)
         if problem:
-            return f"{os.path.join(folder, name)} {problem}"
+            return f"{path} {problem}"
     return None

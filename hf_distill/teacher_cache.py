@@ -113,7 +113,8 @@ def teacher_fingerprint(teacher: nn.Module | str) -> tuple[str, str]:
     for name, tensor in sorted(teacher.state_dict().items()):
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}\0{data.dtype}\0{tuple(data.shape)}\n".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        # flat first: a 0-dim tensor (a scalar buffer) cannot be viewed as bytes of another element size
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest(), "tensors"
 
 

@@ -35,6 +35,11 @@ def load_config_file(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f)
+    except OSError as err:  # no read permission, a device...
+        raise ValueError(
+            f"--config {path} cannot be read ({err.strerror or error_line(err)}); make it readable, or pass another "
+            "YAML file."
+        ) from err
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -185,6 +190,56 @@ def num_layers(config) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def student_depth(layers: list[int] | None, student_config, teacher_layers: int | None):
+    """``(student blocks, teacher blocks it was built from or None)`` of a job's student: ``--student_layers``, a
+    ``--student_model_name_or_path`` config, or build_student's default (every other teacher block: half, rounded
+    up)."""
+    if student_config is not None:
+        return num_layers(student_config), getattr(student_config, "distillation_teacher_layers", None)
+    if layers is not None:
+        return len(layers), layers
+    if teacher_layers is None:
+        return None, None
+    # build_student's default, every other block: encoders end with the last, decoders start with the first (as many
+    # blocks either way, and the number is all that a layer map is checked against)
+    return (teacher_layers + 1) // 2, list(range(teacher_layers - 1, -1, -2))[::-1]
+
+
+def check_layer_maps(args, num_student_layers: int | None, num_teacher_layers: int | None, init_layers=None) -> None:
+    """Refuse a ``--layer_map`` / ``--attention_layer_map`` that a student of ``num_student_layers`` blocks (built
+    from the teacher blocks ``init_layers``) and a teacher of ``num_teacher_layers`` cannot match, as
+    ``DistillationTrainer`` resolves them (only with ``alpha_hidden`` or ``alpha_attention`` > 0): a pair naming a
+    layer either model lacks, ``init`` for a student not built from the teacher, an attention map without a pair of
+    blocks. Checked before any teacher is loaded or fine-tuned."""
+    from .mapping.layer_map import parse_layer_pairs, resolve_layer_pairs  # here: the package imports torch
+
+    if not (args.alpha_hidden > 0 or args.alpha_attention > 0) or None in (num_student_layers, num_teacher_layers):
+        return
+    ns, nt = num_student_layers, num_teacher_layers
+    maps = [("--layer_map", args.layer_map)]  # the trainer resolves it whenever either term is on
+    attention_flag = "--layer_map"
+    if args.attention_layer_map is not None and args.alpha_attention > 0:
+        maps.append(("--attention_layer_map", args.attention_layer_map))
+        attention_flag = "--attention_layer_map"
+    for flag, spec in maps:
+        if spec not in ("uniform", "last", "init"):
+            for s, t in parse_layer_pairs(spec):
+                if not (0 <= s <= ns and 0 <= t <= nt):
+                    raise ValueError(
+                        f"{flag} {spec}: pair {s}:{t} names a layer the models lack, the student has layers 0..{ns} "
+                        f"and the teacher 0..{nt} (0 is the embeddings); give pairs in those ranges, or {flag} uniform."
+                    )
+        try:
+            pairs = resolve_layer_pairs(spec, ns, nt, init_layers)
+        except ValueError as err:
+            raise ValueError(f"{flag} {spec}: {error_line(err)}") from err
+        if args.alpha_attention > 0 and flag == attention_flag and not any(s > 0 and t > 0 for s, t in pairs):
+            raise ValueError(
+                f"{flag} {spec}: attention KD needs a pair of transformer blocks (layers 1 and up, 0 is the "
+                f"embeddings); add one, or {flag} last."
+            )
+
+
 # ------------------------------------------------------------------------------------------------------- label heads
 
 
@@ -255,6 +310,33 @@ def check_glue_data_dir(data_dir: str | None, task, flag: str = "--data_dir") ->
             return
     missing = [n for n in needed if not os.path.isfile(os.path.join(data_dir, n))]
     raise ValueError(f"{flag} {data_dir} has no {' or '.join(missing)}; pass the folder with {where}.")
+
+
+def check_dataset_name(name: str | None, flag: str = "--dataset_name") -> None:
+    """Refuse a ``--dataset_name`` meant as a local path that is no dataset folder: one that does not exist (never
+    tried on the Hub) or a file (that is ``--train_file``'s). A Hub name (``org/name``) passes: loading it tells."""
+    if name is None or os.path.isdir(name):
+        return
+    if os.path.isfile(name):
+        raise ValueError(f"{flag} {name} is a file; pass it with --train_file, or pass a dataset folder or Hub name.")
+    if looks_local(name):
+        raise ValueError(
+            f"{flag} {name} does not exist; pass an existing dataset folder, a Hub dataset such as org/name, or "
+            "local files with --train_file."
+        )
+
+
+def check_lm_file_type(path: str, flag: str) -> None:
+    """Refuse a causal-LM data file of a kind the job does not read (by its ending: ``.csv``, ``.parquet``...)."""
+    from .data.lm import LM_FILE_EXTENSIONS  # here: the data package imports torch and datasets
+
+    if not path.lower().endswith(LM_FILE_EXTENSIONS):
+        ending = os.path.splitext(path)[1]
+        kind = f"{ending} files" if ending else "files without an extension"
+        raise ValueError(
+            f"{flag} {path}: the causal-LM job does not read {kind}, only {', '.join(LM_FILE_EXTENSIONS)} "
+            "(.txt: plain text; .json/.jsonl: records with text, prompt/completion or messages); convert it."
+        )
 
 
 def check_text_file(path: str, flag: str) -> None:
@@ -346,6 +428,29 @@ def check_output_dir(output_dir: str, overwrite: bool, resume, resumable: bool =
         )
 
 
+def check_overwrite_keeps_inputs(output_dir: str, overwrite: bool, inputs) -> None:
+    """With ``overwrite`` (``--overwrite_output_dir``), refuse an ``output_dir`` that is, or holds, one of the job's
+    ``inputs`` (``(flag, path)`` pairs: model folders, data, caches), which clearing the earlier run there would
+    delete. Hub names, unset flags and paths that do not exist are skipped."""
+    if not overwrite:
+        return
+    out = os.path.realpath(output_dir)
+    for flag, path in inputs:
+        if not isinstance(path, str) or not path or not os.path.exists(path):
+            continue
+        real = os.path.realpath(path)
+        if real == out:
+            raise ValueError(
+                f"--output_dir {output_dir} is also {flag} {path}, which --overwrite_output_dir would delete; write to "
+                "another --output_dir."
+            )
+        if real.startswith(out.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                f"--output_dir {output_dir} holds {flag} {path}, which --overwrite_output_dir could delete; write to "
+                "another --output_dir, or move the input out of it."
+            )
+
+
 def clear_previous_run(output_dir: str) -> list[str]:
     """Delete what an earlier run left in ``output_dir`` (:data:`RUN_MARKERS` and the rest of a saved model: teacher/,
     student_no_kd/, checkpoints, weights, results.json, report.png...); other files stay. Returns the names removed."""
@@ -425,11 +530,21 @@ def validate_glue_job(glue_args, args):
     check_label_head(teacher, task, args.teacher_model_name_or_path, "--teacher_model_name_or_path",
                      trained=glue_args.finetune_teacher)  # fmt: skip
     check_layers(layers, num_layers(teacher))
+    student = None
     if glue_args.student_model_name_or_path:
         flag = "--student_model_name_or_path"
         student = _load_config(glue_args.student_model_name_or_path, flag, args)
         check_label_head(student, task, glue_args.student_model_name_or_path, flag, trained=True)
+    depth, built_from = student_depth(layers, student, num_layers(teacher))
+    check_layer_maps(args, depth, num_layers(teacher), built_from)
     check_glue_data_dir(glue_args.data_dir, task)
+    check_overwrite_keeps_inputs(
+        args.output_dir,
+        args.overwrite_output_dir,
+        [("--teacher_model_name_or_path", args.teacher_model_name_or_path),
+         ("--student_model_name_or_path", glue_args.student_model_name_or_path),
+         ("--data_dir", glue_args.data_dir), ("--cache_dir", glue_args.cache_dir)],
+    )  # fmt: skip
     tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
     if glue_args.student_model_name_or_path:  # it reads the teacher's token ids
         rows = getattr(student.get_text_config(), "vocab_size", None)
@@ -460,6 +575,12 @@ def validate_compare_job(cmp):
         configs[role] = load_model_config(name, flag, safetensors_only=True)  # loaded with use_safetensors=True
         check_label_head(configs[role], task, name, flag, trained=False, can_finetune=False)
     check_glue_data_dir(cmp.data_dir, task)
+    check_overwrite_keeps_inputs(
+        cmp.output_dir,
+        cmp.overwrite_output_dir,
+        [(f"--{name}", getattr(cmp, name)) for name in ("teacher_model_name_or_path", "student_model_name_or_path",
+                                                         "data_dir")],
+    )  # fmt: skip
     return load_tokenizer(cmp.student_model_name_or_path, "--student_model_name_or_path", configs["student"])
 
 
@@ -476,8 +597,10 @@ def validate_causal_lm_job(lm, args):
     check_model_path(lm.student_model_name_or_path, "--student_model_name_or_path")
     if lm.train_file is not None and lm.dataset_name is not None:
         raise ValueError("--train_file and --dataset_name are both set; pass one of them.")
+    check_dataset_name(lm.dataset_name)
     files = [lm.train_file] if isinstance(lm.train_file, str) else list(lm.train_file or [])
     for path in files:
+        check_lm_file_type(path, "--train_file")
         check_text_file(path, "--train_file")
     if lm.train_file is None and lm.dataset_name is None and lm.data_free_samples < 1:
         raise ValueError("No training data: set --train_file or --dataset_name, or --data_free_samples N.")
@@ -499,11 +622,51 @@ def validate_causal_lm_job(lm, args):
         and not os.path.isdir(lm.teacher_cache_dir)
     ):
         raise ValueError(f"--teacher_cache_dir {lm.teacher_cache_dir} is a file; pass a folder (created if missing).")
+    check_overwrite_keeps_inputs(
+        args.output_dir,
+        args.overwrite_output_dir,
+        [("--teacher_model_name_or_path", args.teacher_model_name_or_path),
+         ("--student_model_name_or_path", lm.student_model_name_or_path), ("--dataset_name", lm.dataset_name),
+         *[("--train_file", path) for path in files], *[("--validation_files", path) for path in lm.validation_files],
+         ("--teacher_cache_dir", lm.teacher_cache_dir)],
+    )  # fmt: skip
     teacher = load_model_config(
         args.teacher_model_name_or_path, "--teacher_model_name_or_path", args.trust_remote_code
     )
     check_layers(layers, num_layers(teacher))
-    return load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
+    tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
+    student = None
+    if lm.student_model_name_or_path:
+        student = check_lm_student(lm.student_model_name_or_path, tokenizer, args.trust_remote_code)
+    depth, built_from = student_depth(layers, student, num_layers(teacher))
+    check_layer_maps(args, depth, num_layers(teacher), built_from)
+    return tokenizer
+
+
+def check_lm_student(name: str, teacher_tokenizer, trust_remote_code: bool = False):
+    """The config of a causal-LM student (``--student_model_name_or_path``) that can read the teacher's token ids;
+    refused when its config or tokenizer does not load, its tokenizer maps some id to another token than the
+    teacher's, or it has fewer embedding rows than the teacher has tokens. The job feeds both models the teacher's
+    tokenization."""
+    from .vocab import first_vocab_difference  # here: it imports torch
+
+    flag = "--student_model_name_or_path"
+    config = load_model_config(name, flag, trust_remote_code)
+    diff = first_vocab_difference(load_tokenizer(name, flag, config), teacher_tokenizer)
+    if diff is not None:
+        index, student_token, teacher_token = diff
+        raise ValueError(
+            f"{flag} {name}: its tokenizer differs from the teacher's, first at id {index} (student {student_token!r}, "
+            f"teacher {teacher_token!r}), and the job feeds both models the teacher's token ids; pass a student with "
+            "the teacher's tokenizer, or --student_layers to build one from the teacher."
+        )
+    rows = getattr(config.get_text_config(), "vocab_size", None)
+    if isinstance(rows, int) and rows < len(teacher_tokenizer):
+        raise ValueError(
+            f"{flag} {name} has {rows} embedding rows, fewer than the teacher's {len(teacher_tokenizer)} tokens; pass "
+            "a student with the teacher's vocabulary."
+        )
+    return config
 
 
 def prepare_output_dir(args, tag: str) -> None:

@@ -94,7 +94,21 @@ def test_config_file_missing_not_yaml_or_not_a_mapping(capsys, tmp_path, teacher
     listed = tmp_path / "list.yaml"
     listed.write_text("- task_name\n- sst2\n")
     refused(capsys, ["causal-lm", "--config", str(listed)], str(listed), "holds a list, not a mapping")
+    refused(capsys, ["glue", "--config", str(tmp_path)], f"--config {tmp_path} is a folder")
     assert not no_training
+
+
+def test_config_file_that_cannot_be_read_is_one_line(capsys, tmp_path, monkeypatch):
+    from hf_distill import validation
+
+    locked = tmp_path / "locked.yaml"
+    locked.write_text("max_steps: 1\n")
+
+    def no_permission(path, *args, **kwargs):  # what open() raises on a file without read permission (not as root)
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(validation, "open", no_permission, raising=False)
+    refused(capsys, ["glue", "--config", str(locked)], f"--config {locked} cannot be read (Permission denied)")
 
 
 def test_yaml_paths_are_relative_to_the_yaml_file_and_output_dir_to_the_cwd(tmp_path, monkeypatch, teacher, sst2):
@@ -104,11 +118,20 @@ def test_yaml_paths_are_relative_to_the_yaml_file_and_output_dir_to_the_cwd(tmp_
     os.symlink(teacher, tmp_path / "teacher")
     (cfg / "job.yaml").write_text(
         "data_dir: ../../SST-2\nteacher_model_name_or_path: ../../teacher\noutput_dir: out/job\n"
-        "student_model_name_or_path: org/name\n"
+        "student_model_name_or_path: org/name\ncache_dir: ../hub_cache\n"
     )
+    (cfg / "lm.yaml").write_text("teacher_cache_dir: cache/topk\n")
     monkeypatch.chdir(tmp_path / "configs")  # anywhere but the YAML's folder
     glue_args, args = parse_with_config([GlueArguments, DistillationConfig], ["--config", "deep/job.yaml"], "t")
     assert os.path.samefile(glue_args.data_dir, sst2) and os.path.samefile(args.teacher_model_name_or_path, teacher)
+    assert glue_args.cache_dir == "hub_cache"  # configs/hub_cache, seen from the working directory configs/
+    from hf_distill.recipes.causal_lm import CausalLMArguments
+
+    lm_types = [CausalLMArguments, DistillationConfig]
+    lm, _ = parse_with_config(lm_types, ["--config", "deep/lm.yaml"], "t")
+    assert lm.teacher_cache_dir == os.path.join("deep", "cache", "topk")
+    lm, _ = parse_with_config(lm_types, ["--config", "deep/lm.yaml", "--teacher_cache_dir", "cache/topk"], "t")
+    assert lm.teacher_cache_dir == "cache/topk"  # on the command line: relative to the working directory
     assert args.output_dir == "out/job" and glue_args.student_model_name_or_path == "org/name"  # CWD, Hub name
     # flags on the command line stay relative to the working directory
     glue_args, _ = parse_with_config(
@@ -183,6 +206,65 @@ def test_model_folder_without_weights_is_refused(capsys, tmp_path, teacher, sst2
     assert not no_training and not out.exists()
 
 
+def test_causal_lm_student_that_cannot_read_the_teachers_tokens_is_refused_before_the_teacher_loads(
+    capsys, tmp_path, monkeypatch, lm_teacher, no_training
+):
+    from hf_distill.recipes import causal_lm as job
+
+    monkeypatch.setattr(job.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("teacher loaded"))
+    out, text = tmp_path / "out", tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    other = tmp_path / "other_tokenizer"
+    tiny_llama(num_layers=2).save_pretrained(other)
+    word_tokenizer(WORDS[:94]).save_pretrained(other)  # 99 tokens, as many as the teacher's, other ids
+    argv = causal_lm(lm_teacher, out, "--train_file", str(text), "--student_model_name_or_path")
+    refused(
+        capsys,
+        [*argv, str(other)],
+        f"--student_model_name_or_path {other}: its tokenizer differs from the teacher's, first at id",
+        "pass a student with the teacher's tokenizer",
+    )
+    small = tmp_path / "small_vocab"
+    student = tiny_llama(num_layers=2)
+    student.resize_token_embeddings(50)
+    student.save_pretrained(small)
+    tiny_tokenizer().save_pretrained(small)
+    refused(capsys, [*argv, str(small)], f"{small} has 50 embedding rows, fewer than the teacher's 99 tokens")
+    untokenized = tmp_path / "no_tokenizer"
+    tiny_llama(num_layers=2).save_pretrained(untokenized)
+    refused(capsys, [*argv, str(untokenized)], f"--student_model_name_or_path {untokenized} has no tokenizer files")
+    refused(
+        capsys, [*argv, str(tmp_path / "nope")], f"--student_model_name_or_path {tmp_path / 'nope'} does not exist"
+    )
+    assert not no_training and not out.exists()
+
+
+def test_causal_lm_builds_its_trainer_before_scoring_perplexities(
+    capsys, tmp_path, monkeypatch, lm_teacher, no_training
+):
+    """What the trainer refuses (here attention-map KD between 2 and 4 heads) is refused before the minutes that
+    scoring the teacher's and the student's perplexities take on a full validation file."""
+    from hf_distill.recipes import causal_lm as job
+
+    monkeypatch.setattr(job, "perplexity", lambda *a, **k: pytest.fail("scoring started"))
+    text = tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    student = tmp_path / "two_heads"
+    tiny_llama(num_layers=2, heads=2, kv_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(
+        student
+    )
+    tiny_tokenizer().save_pretrained(student)
+    argv = causal_lm(lm_teacher, tmp_path / "out", "--train_file", str(text), "--validation_files", str(text),
+                     "--student_model_name_or_path", str(student), "--alpha_attention", "1", "--attention_loss", "kl")  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2  # after the teacher's and the student's loading bars
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "hf-distill causal-lm: error: Attention KD on maps needs equal head counts (student 2, teacher 4)"
+    )
+    assert not no_training
+
+
 def test_looks_local():
     for name in ("./t", "../t", "/abs/t", "~/t", "a/b/c", "model.safetensors", "teacher.json"):
         assert looks_local(name), name
@@ -230,6 +312,33 @@ def test_student_layers_bad_format_or_out_of_range(capsys, tmp_path, teacher, ss
     )
     refused(capsys, [*glue(teacher, sst2, out), "--student_layers", "3,1"], "--student_layers 3,1", "increasing")
     assert not no_training
+
+
+def test_layer_maps_the_models_cannot_match_are_refused_before_teacher_fine_tuning(
+    capsys, tmp_path, teacher, sst2, lm_teacher, no_training
+):
+    out = tmp_path / "out"
+    tuned = [*glue(teacher, sst2, out), "--finetune_teacher", "true", "--teacher_max_steps", "1"]  # student 1,3
+    refused(
+        capsys,
+        [*tuned, "--alpha_hidden", "1", "--layer_map", "0:0,3:4"],
+        "--layer_map 0:0,3:4: pair 3:4 names a layer the models lack",
+        "the student has layers 0..2 and the teacher 0..4",
+    )
+    refused(capsys, [*tuned, "--alpha_hidden", "1", "--layer_map", "1:9"], "pair 1:9", "the teacher 0..4")
+    refused(
+        capsys,
+        [*tuned, "--alpha_attention", "1", "--attention_layer_map", "0:0"],
+        "--attention_layer_map 0:0: attention KD needs a pair of transformer blocks",
+    )
+    separate = [a for a in tuned if a not in ("--student_layers", "1,3")] + ["--student_model_name_or_path", teacher]
+    refused(capsys, [*separate, "--alpha_hidden", "1", "--layer_map", "init"], "--layer_map init", "build_student")
+    text = tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    refused(capsys, causal_lm(lm_teacher, out, "--train_file", str(text), "--layer_map", "1:7"), "--layer_map 1:7")
+    assert not no_training and not out.exists()
+    with pytest.raises(TrainingStarted):  # a map within range passes: the teacher's fine-tuning starts
+        main([*tuned, "--alpha_hidden", "1", "--layer_map", "0:0,2:4"])
 
 
 def test_build_student_with_a_string_of_layers_is_a_clear_error():
@@ -303,6 +412,38 @@ def causal_lm(teacher, out, *flags):
             "--max_steps", "1", "--report_to", "none", "--use_cpu", "true", *flags]  # fmt: skip
 
 
+def test_dataset_name_that_cannot_be_loaded_is_one_line_before_the_teacher_loads(
+    capsys, tmp_path, monkeypatch, lm_teacher, no_training
+):
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+
+    from hf_distill.recipes import causal_lm as job
+
+    monkeypatch.setattr(job.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("teacher loaded"))
+    asked = []
+
+    def not_on_the_hub(name, *args, **kwargs):
+        asked.append(name)
+        raise DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed.")
+
+    monkeypatch.setattr(datasets, "load_dataset", not_on_the_hub)
+    out = tmp_path / "out"
+    typo = str(tmp_path / "data" / "wikitxt")
+    refused(capsys, causal_lm(lm_teacher, out, "--dataset_name", typo), f"--dataset_name {typo} does not exist")
+    text = tmp_path / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    refused(capsys, causal_lm(lm_teacher, out, "--dataset_name", str(text)), "is a file; pass it with --train_file")
+    assert asked == []  # a name that looks local never reaches the Hub
+    refused(
+        capsys,
+        causal_lm(lm_teacher, out, "--dataset_name", "org/wikitxt"),
+        "--dataset_name org/wikitxt: cannot load its 'train' split (Dataset 'org/wikitxt' doesn't exist on the Hub",
+        "check the name",
+    )
+    assert asked == ["org/wikitxt"] and not no_training
+
+
 def test_empty_blank_or_missing_training_files_are_refused(capsys, tmp_path, lm_teacher, no_training):
     out = tmp_path / "out"
     for name, content in (("empty.txt", ""), ("blank.txt", "\n  \n\t\n"), ("blank.jsonl", "\n\n")):
@@ -311,6 +452,11 @@ def test_empty_blank_or_missing_training_files_are_refused(capsys, tmp_path, lm_
         refused(capsys, causal_lm(lm_teacher, out, "--train_file", path), f"--train_file {path} is empty or blank")
     missing = str(tmp_path / "nope.txt")
     refused(capsys, causal_lm(lm_teacher, out, "--train_file", missing), f"--train_file {missing} does not exist")
+    for name in ("train.csv", "train"):  # a kind the job does not read: refused before the teacher is loaded
+        (tmp_path / name).write_text("text\nthe cat saw a dog\n")
+        path = str(tmp_path / name)
+        refused(capsys, causal_lm(lm_teacher, out, "--train_file", path), f"--train_file {path}: the causal-LM job does not read",
+                "only .txt, .json, .jsonl")  # fmt: skip
     good = tmp_path / "good.txt"
     good.write_text("the cat saw a dog\n" * 50)
     refused(
@@ -385,6 +531,50 @@ def test_output_dir_holding_a_run_is_refused_unless_overwritten(capsys, tmp_path
     with pytest.raises(TrainingStarted):  # overwriting clears the earlier run, then trains
         main([*glue(teacher, sst2, out), "--overwrite_output_dir", "true"])
     assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_overwrite_output_dir_never_deletes_the_jobs_inputs(capsys, tmp_path, teacher, sst2, lm_teacher, no_training):
+    """An output_dir that is, or holds, the teacher, the student, the data or the teacher cache is refused with
+    --overwrite_output_dir, before anything is deleted: clearing the earlier run would delete weights, config and
+    tokenizer files, or teacher/."""
+    import shutil
+
+    own = Path(shutil.copytree(teacher, tmp_path / "bert"))
+    before = sorted(os.listdir(own))
+    overwrite = ("--overwrite_output_dir", "true")
+    refused(capsys, [*glue(str(own), sst2, own), *overwrite],
+            f"--output_dir {own} is also --teacher_model_name_or_path {own}, which --overwrite_output_dir would delete")  # fmt: skip
+    refused(capsys, [*glue(teacher, sst2, sst2), *overwrite], f"--output_dir {sst2} is also --data_dir {sst2}")
+    run = tmp_path / "run"  # a teacher fine-tuned by an earlier run, reused as the teacher of the next one
+    shutil.copytree(teacher, run / "teacher")
+    refused(capsys, [*glue(str(run / "teacher"), sst2, run), *overwrite],
+            f"--output_dir {run} holds --teacher_model_name_or_path {run / 'teacher'}", "another --output_dir")  # fmt: skip
+    student = [a for a in glue(teacher, sst2, own) if a not in ("--student_layers", "1,3")]
+    refused(
+        capsys,
+        [*student, "--student_model_name_or_path", str(own), *overwrite],
+        "is also --student_model_name_or_path",
+    )
+    compare = ["compare", "--teacher_model_name_or_path", teacher, "--student_model_name_or_path", str(own),
+               "--data_dir", sst2, "--output_dir", str(own), *overwrite]  # fmt: skip
+    refused(capsys, compare, f"--output_dir {own} is also --student_model_name_or_path {own}")
+    lm_own = Path(shutil.copytree(lm_teacher, tmp_path / "llama"))
+    text = lm_own / "train.txt"
+    text.write_text("the cat saw a dog\n" * 50)
+    refused(
+        capsys,
+        [*causal_lm(str(lm_own), lm_own, "--train_file", str(text)), *overwrite],
+        "is also --teacher_model_name_or_path",
+    )
+    refused(
+        capsys, [*causal_lm(lm_teacher, lm_own, "--train_file", str(text)), *overwrite], f"holds --train_file {text}"
+    )
+    cache = tmp_path / "out" / "cache"
+    cache.mkdir(parents=True)
+    refused(capsys, [*causal_lm(lm_teacher, tmp_path / "out", "--train_file", str(text), "--teacher_cache_dir", str(cache)),
+                     *overwrite], f"holds --teacher_cache_dir {cache}")  # fmt: skip
+    assert sorted(os.listdir(own)) == before and "model.safetensors" in os.listdir(run / "teacher")
+    assert "model.safetensors" in os.listdir(lm_own) and not no_training
 
 
 def test_clear_previous_run_leaves_other_files(tmp_path):

@@ -387,6 +387,31 @@ def test_a_sharded_student_is_checked_shard_by_shard(student_dir, hub):
     assert hub.requests == []
 
 
+def test_a_sharded_teacher_is_opened_shard_by_shard_beside_its_index(student_dir, hub, capsys):
+    """--include_teacher with a sharded teacher/: the index's shards are found beside it (not in the student's
+    folder) and every one is opened; a truncated or missing shard is one line, exit code 2, nothing uploaded."""
+    teacher = student_dir / "teacher"
+    model = AutoModelForSequenceClassification.from_pretrained(teacher)
+    os.remove(teacher / "model.safetensors")
+    model.save_pretrained(teacher, max_shard_size="20KB")
+    shards = sorted(p.name for p in teacher.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (teacher / "model.safetensors.index.json").is_file()
+    argv = ["push", str(student_dir), "--include_teacher", "true", "--dry_run", "true"]
+    assert main(argv) == 0  # whole: every shard opened, the upload listed
+    assert f"teacher/{shards[-1]}" in capsys.readouterr().out
+    last, whole = teacher / shards[-1], (teacher / shards[-1]).read_bytes()
+    last.write_bytes(whole[:-10])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"hf-distill push: error: {last} is truncated: its header describes")
+    last.write_bytes(whole)
+    os.remove(teacher / shards[0])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"model.safetensors.index.json names the shard {shards[0]}, which is missing" in err[0]
+    assert hub.requests == [] and hub.repos == {}
+
+
 def test_token_never_leaks(student_dir, hub, caplog, capfd):
     loggers = [logging.getLogger(name) for name in ("hf_distill", "huggingface_hub", "transformers")]
     levels = [lg.level for lg in loggers]

@@ -368,6 +368,25 @@ def test_a_cache_fits_only_its_teachers_weights(tmp_path, caplog):
         load_teacher_cache(memory_out, teacher=memory)
 
 
+def test_fingerprint_of_scalar_tensors(tmp_path):
+    """0-dim tensors (a step counter, a scale in bf16) in a teacher's state dict or weight files are fingerprinted:
+    their values count, and the fingerprint does not crash on a dtype wider than a byte."""
+    from safetensors.torch import save_file
+
+    def teacher(scale: float):
+        model = tiny_llama(num_layers=1, seed=0)
+        model.register_buffer("scale", torch.tensor(scale, dtype=torch.bfloat16))
+        model.register_buffer("step", torch.tensor(7))
+        return model
+
+    digest, of = teacher_fingerprint(teacher(1.5))
+    assert of == "tensors" and digest == teacher_fingerprint(teacher(1.5))[0] != teacher_fingerprint(teacher(2.0))[0]
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    save_file({"scale": torch.tensor(1.5), "w": torch.ones(2, 2)}, str(folder / "model.safetensors"))
+    assert teacher_fingerprint(str(folder))[1] == "weight files"
+
+
 @pytest.mark.parametrize("where", ["data", "meta", "state"])
 def test_a_flipped_byte_is_refused_by_name(tmp_path, where):
     out, data = tmp_path / "cache", lm_dataset(n=4, seq_len=8)

@@ -38,6 +38,7 @@ TEXT_PARTS = ("train", "validation", "all")
 
 # Builder for each local file extension; .txt files are read whole (one row per file).
 _LOCAL_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json"}
+LM_FILE_EXTENSIONS = tuple(_LOCAL_BUILDERS)  # the endings of the local files load_lm_dataset reads
 
 
 # ----------------------------------------------------------------------------------------------------------- loading

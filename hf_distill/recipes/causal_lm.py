@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from ..data import DistillationDataCollator, load_lm_dataset, perplexity, read_text_split, tokenize_lm_dataset
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
+from ..file_checks import error_line
 from ..generation import sample_sequences
 from ..modeling import resolve_dtype, resolve_model_path
 from ..report import count_parameters
 from ..student import build_student
 from ..teacher_cache import CACHE_META_FILE, build_teacher_cache, load_teacher_cache
 from ..validation import parse_layers, prepare_output_dir, resolve_resume, validate_causal_lm_job
-from ..vocab import check_tokenizers
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,21 @@ class CausalLMArguments:
     )
 
 
+def load_hub_split(lm: CausalLMArguments, split: str):
+    """The ``split`` of ``--dataset_name``; a dataset that cannot be loaded (no such name, no such split, the Hub out
+    of reach) is a ``ValueError`` of one line."""
+    from datasets.exceptions import DatasetsError
+
+    try:
+        return load_lm_dataset(lm.dataset_name, lm.dataset_config_name, split=split)
+    except (OSError, DatasetsError, ValueError) as err:  # ConnectionError, DatasetNotFoundError: OSErrors
+        raise ValueError(
+            f"--dataset_name {lm.dataset_name}: cannot load its {split!r} split ({error_line(err, first=False)}); check "
+            "the name (a Hub dataset such as org/name, or a local dataset folder), or pass local files with "
+            "--train_file."
+        ) from err
+
+
 def load_text_data(lm: CausalLMArguments, tokenizer):
     """``(train dataset, {name: validation text})`` from the arguments (Hub, local files), tokenized."""
     texts = {}
@@ -140,8 +155,7 @@ def load_text_data(lm: CausalLMArguments, tokenizer):
         if os.path.isfile(entry):
             texts[os.path.basename(entry)] = read_text_split(entry, part="all")
         elif lm.dataset_name:
-            split = load_lm_dataset(lm.dataset_name, lm.dataset_config_name, split=entry)
-            texts[entry] = "\n\n".join(split["text"])
+            texts[entry] = "\n\n".join(load_hub_split(lm, entry)["text"])
         else:
             raise ValueError(f"validation_files entry {entry!r} is neither a file nor a split of --dataset_name.")
     if lm.train_file is None and lm.dataset_name is None:
@@ -154,8 +168,10 @@ def load_text_data(lm: CausalLMArguments, tokenizer):
         from datasets import Dataset
 
         raw = Dataset.from_dict({"text": [read_text_split(lm.train_file, "train", fraction)]})
+    elif lm.dataset_name:
+        raw = load_hub_split(lm, lm.dataset_split)
     else:
-        raw = load_lm_dataset(lm.dataset_name, lm.dataset_config_name, lm.train_file, split=lm.dataset_split)
+        raw = load_lm_dataset(train_file=lm.train_file)
     train = tokenize_lm_dataset(raw, tokenizer, block_size=lm.block_size)
     if lm.max_train_samples is not None and lm.max_train_samples < len(train):
         train = train.select(range(lm.max_train_samples))
@@ -172,9 +188,8 @@ def add_text_prompts(train, lm: CausalLMArguments, args: DistillationConfig):
 
 def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, tokenizer):
     if lm.student_model_name_or_path:
-        path = resolve_model_path(lm.student_model_name_or_path)
+        path = resolve_model_path(lm.student_model_name_or_path)  # its tokenizer: checked by validate_causal_lm_job
         student = AutoModelForCausalLM.from_pretrained(path, dtype=next(teacher.parameters()).dtype)
-        check_tokenizers(AutoTokenizer.from_pretrained(path), tokenizer, "student", "teacher")
     else:
         torch.manual_seed(args.seed)
         student = build_student(teacher, layers=parse_layers(lm.student_layers))
@@ -243,12 +258,12 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         )
     check_eval_caps(lm)
     prepare_output_dir(args, "causal-lm")
-    teacher_path = resolve_model_path(args.teacher_model_name_or_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    train, texts = load_text_data(lm, tokenizer)  # a dataset that cannot be loaded: before the teacher is
+    teacher_path = resolve_model_path(args.teacher_model_name_or_path)
     dtype = resolve_dtype(args.teacher_dtype, torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype).eval()
-    train, texts = load_text_data(lm, tokenizer)
     if train is None:
         if lm.data_free_samples < 1:
             raise ValueError("No training data: set --train_file or --dataset_name, or --data_free_samples N.")
@@ -262,23 +277,29 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         train = _teacher_cache(lm, args, teacher, train, tokenizer)
 
     student = make_student(lm, args, teacher, tokenizer)
-    print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
-    results = {"task": "causal_lm", "teacher_model": args.teacher_model_name_or_path}
-    bars = not args.disable_tqdm and args.local_process_index == 0
-    if lm.eval_teacher:
-        results["teacher"] = score(teacher, texts, tokenizer, lm, label="teacher", progress=bars)
-    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
-
-    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
+    teacher_size = count_parameters(teacher)  # before the trainer places it (a ZeRO-3 engine holds shards)
+    live_teacher = args.needs_live_teacher(cached=use_cache)
+    # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher if args.needs_live_teacher(cached=use_cache) else None,
+        teacher_model=teacher if live_teacher else None,
         args=args,
         train_dataset=train,
         data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
         teacher_processing_class=tokenizer,
     )
+    print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
+    results = {"task": "causal_lm", "teacher_model": args.teacher_model_name_or_path}
+    bars = not args.disable_tqdm and args.local_process_index == 0
+    if lm.eval_teacher:
+        # the teacher as the trainer placed it (device, dtype, shards): the one the student learns from
+        placed = trainer.teachers[0] if live_teacher else teacher
+        results["teacher"] = score(placed, texts, tokenizer, lm, label="teacher", progress=bars)
+        results["teacher"]["num_parameters"] = teacher_size
+    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
+
+    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
     trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
     trainer.save_model(args.output_dir)
     model = trainer.model
