@@ -6,7 +6,7 @@ import weakref
 
 import pytest
 import torch
-from numerics import assert_fp32_close, divergence_scale, head_grad_scales, logit_grad_scale
+from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, head_grad_scales, logit_grad_scale
 from torch import nn
 
 from hf_distill.losses import chunked_token_kd, get_loss
@@ -239,17 +239,39 @@ def masked_head_inputs(seed=6):
     return weight, bias, hidden, (t_weight, t_bias), t_hidden, t_logits, mask
 
 
-def assert_equal_to_sliced(got, want, weight, bias, hidden, sliced):
+def assert_equal_to_sliced(got, want, weight, bias, hidden, sliced, name, teacher_logits, labels=None, **kw):
     """``got`` (full vocabulary, masked entries) and ``want`` (the masked entries sliced away, head ``sliced``) agree
-    in value and gradients; the gradients are finite and zero on the masked rows of the head."""
+    in value and gradients to float32 rounding; the gradients are finite and zero on the masked rows of the head.
+    ``teacher_logits`` are the teacher's on the kept entries, ``labels`` the next-token targets of a fused loss (ids
+    into the kept entries), ``kw`` the loss's mask and temperature."""
     assert torch.isfinite(got)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    head = nn.Linear(hidden.shape[-1], len(sliced[1]))
+    with torch.no_grad():
+        head.weight.copy_(sliced[0])
+        head.bias.copy_(sliced[1])
+        logits = head(hidden)
+    scale = divergence_scale(logits, teacher_logits, temperature=kw["temperature"], mask=kw["mask"])
+    if name == "mse" or labels is not None:  # nothing cancels in an MSE; a cross-entropy adds terms of its own size
+        scale = max(scale, cross_entropy_scale(logits), abs(want.item()))
+    assert_fp32_close(got, want, scale=scale, n=N_LOSS, msg="value")
     g_hidden, g_weight, g_bias = torch.autograd.grad(got, [hidden, weight, bias])
     w_hidden, w_weight, w_bias = torch.autograd.grad(want, [hidden, *sliced])
     for g in (g_hidden, g_weight, g_bias):
         assert torch.isfinite(g).all()
     assert (g_weight[~KEEP] == 0).all() and (g_bias[~KEEP] == 0).all()
-    assert_close((g_hidden, g_weight[KEEP], g_bias[KEEP]), (w_hidden, w_weight, w_bias))
+    if labels is None:
+        assert_close((g_hidden, g_weight[KEEP], g_bias[KEEP]), (w_hidden, w_weight, w_bias), name, head, hidden,
+                     teacher_logits, temperature=kw["temperature"], mask=kw["mask"])  # fmt: skip
+        return
+    # a fused loss adds the cross-entropy's gradient (p_s - onehot) / N: its terms are at most 1 / N per entry
+    dy = logit_grad_scale(logits, teacher_logits, temperature=kw["temperature"], mask=kw["mask"])
+    dy = (
+        dy
+        + torch.nn.functional.one_hot(labels.clamp(min=0), logits.shape[-1]) * kw["mask"][..., None] / kw["mask"].sum()
+    )
+    for g, w, sc, what in zip((g_hidden, g_weight[KEEP], g_bias[KEEP]), (w_hidden, w_weight, w_bias),
+                              head_grad_scales(dy.double(), hidden, head.weight), ("hidden", "weight", "bias")):  # fmt: skip
+        assert_fp32_close(g, w, scale=sc, n=2 * N_LOSS, msg=what)
 
 
 @pytest.mark.parametrize("name", [*DIVERGENCES, "mse"])
@@ -260,7 +282,7 @@ def test_chunked_kd_with_entries_both_models_mask(name):
     got = chunked_token_kd(hidden, (weight, bias), t_logits, chunk_size=5, **kw)
     sliced = (weight[KEEP].detach().requires_grad_(), bias[KEEP].detach().requires_grad_())
     want = chunked_token_kd(hidden, sliced, t_logits[..., KEEP], chunk_size=5, **kw)
-    assert_equal_to_sliced(got, want, weight, bias, hidden, sliced)
+    assert_equal_to_sliced(got, want, weight, bias, hidden, sliced, name, t_logits[..., KEEP], **kw)
 
 
 @pytest.mark.parametrize("name", [*DIVERGENCES, "mse"])
@@ -281,7 +303,9 @@ def test_fused_causal_lm_loss_with_entries_both_models_mask(name):
     sliced = (weight[KEEP].detach().requires_grad_(), bias[KEEP].detach().requires_grad_())
     teacher = TeacherTargets(hidden=[t_hidden], heads=[(t_head[0][KEEP], t_head[1][KEEP])])
     want, _ = fused_causal_lm_loss(hidden, sliced, labels=new_ids.masked_fill(~mask, -100), teacher=teacher, **kw)
-    assert_equal_to_sliced(got, want, weight, bias, hidden, sliced)
+    with torch.no_grad():
+        t_logits = t_hidden @ t_head[0][KEEP].T + t_head[1][KEEP]
+    assert_equal_to_sliced(got, want, weight, bias, hidden, sliced, name, t_logits, labels=new_ids, **kw)
 
 
 # ---- labels outside the vocabulary ----
