@@ -11,7 +11,7 @@ untrained.
 
 ``--data random`` uses full batches of 32 x 64 random tokens (the worst case: every sequence at the maximum length);
 ``--data sst2`` uses batches of the benchmark's SST-2 training set as the recipe builds them (max length 64, padded to
-the longest sentence of each batch, about 40 tokens on average), which is what a KD run pays per step.
+the longest sentence of each batch), which is what a KD run pays per step.
 
     python benchmarks/glue_step_time.py --threads 1 --rounds 24 --data sst2
 
