@@ -23,7 +23,16 @@ from .distributed import default_teacher_dtype, place_teacher, teacher_placement
 from .file_checks import WEIGHT_INDEXES, file_problem, json_problem
 from .generation import SamplingRNG, generate_completions
 from .length_buckets import length_groups, merge_outputs, merge_records, split_batch, valid_lengths
-from .losses import align_logits, check_labels, count_items, get_loss, mix_teacher_logits, target_mask, task_loss
+from .losses import (
+    align_logits,
+    check_labels,
+    count_items,
+    get_loss,
+    loss_needs,
+    mix_teacher_logits,
+    target_mask,
+    task_loss,
+)
 from .losses.matched import attention_term, default_relation_heads, hidden_term
 from .losses.token import TeacherTargets, fused_causal_lm_loss
 from .losses.topk import topk_token_kd
@@ -171,7 +180,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
             raise ValueError(
                 f"teacher_weights {args.teacher_weights} has {len(args.teacher_weights)} entries for {len(teachers)} teachers."
             )
-        maps = args.alpha_attention > 0 and args.attention_loss != "relation"
+        maps = args.alpha_attention > 0 and "attention" in loss_needs("attention", args.attention_loss)
         return [
             load_model(
                 t,
@@ -214,7 +223,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
             logger.warning(
                 "problem_type=%s: using logit_loss='mse' instead of %r.", self.problem_type, args.logit_loss
             )
-        if args.alpha_attention > 0 and args.attention_loss != "relation":
+        if args.alpha_attention > 0 and "attention" in loss_needs("attention", args.attention_loss):
             s_heads, t_heads = student.config.num_attention_heads, self.teachers[0].config.num_attention_heads
             if s_heads != t_heads and args.attention_head_reduction == "none":
                 raise ValueError(
@@ -380,7 +389,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
         hidden = sorted({(m.student_layer, m.teacher_layer)[index] for m in self.matches if m.feature == "hidden"})
         if hidden:
             request["output_hidden_states"] = hidden
-        if any(m.feature == "attention" and m.loss != "relation" for m in self.matches):
+        if any(m.feature == "attention" and "attention" in loss_needs("attention", m.loss) for m in self.matches):
             request["output_attentions"] = True
         return request
 
@@ -388,7 +397,13 @@ class DistillationTrainer(HubPushMixin, Trainer):
         if role == "other_teacher":
             return []
         index = 0 if role == "student" else 1
-        return sorted({(m.student_layer, m.teacher_layer)[index] for m in self.matches if m.loss == "relation"})
+        return sorted(
+            {
+                (m.student_layer, m.teacher_layer)[index]
+                for m in self.matches
+                if m.feature == "attention" and "qkv" in loss_needs("attention", m.loss)
+            }
+        )
 
     def _forward(self, model, inputs, role, fused=False):
         """Run one model asking for what the losses need; ``role`` is student, teacher or other_teacher.
