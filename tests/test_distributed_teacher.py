@@ -181,9 +181,9 @@ def test_replicated_teacher_is_frozen_and_unchanged_by_training(tmp_out):
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset()
     )
-    assert trainer.teachers[0] is teacher and not teacher.training
+    assert trainer.teachers[0].model is teacher and not teacher.training
     trainer.train()
-    placed = trainer.teachers[0]
+    placed = trainer.teachers[0].model
     assert placed is teacher and not isinstance(placed, DistributedDataParallel) and not placed.training
     student_modules = {id(m) for m in trainer.model_wrapped.modules()}
     assert not any(id(m) in student_modules for m in placed.modules())  # nothing of it inside the trained model
