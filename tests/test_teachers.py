@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -16,12 +18,15 @@ from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, Distillatio
 from hf_distill.mapping import ADAPTERS_FILE
 from hf_distill.teachers import (
     ModelTeacher,
+    Teacher,
+    TeacherOutputs,
     TeacherRequest,
     TopKCacheTeacher,
     as_teacher,
     as_teachers,
 )
 
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 
 
@@ -187,3 +192,22 @@ def test_every_teacher_is_asked_for_its_internals(tmp_out):
     assert first.config._attn_implementation == "eager" and second.config._attn_implementation == "eager"
     logged = [h for h in trainer.state.log_history if "loss" in h][-1]
     assert logged["loss/attention/teacher_0"] > 0 and logged["loss/attention/teacher_1"] > 0
+
+
+def docs_snippet(name: str) -> str:
+    """The python block of docs/concepts.md that follows ``<!-- test: name -->``."""
+    text = (DOCS / "concepts.md").read_text()
+    match = re.search(rf"<!-- test: {name} -->\s*```python\n(.*?)```", text, re.S)
+    assert match, f"docs/concepts.md has no block marked {name}"
+    return match.group(1)
+
+
+def test_the_docs_example_of_a_teacher_of_ones_own_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(docs_snippet("own-teacher"), "docs/concepts.md", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert isinstance(trainer.teachers[0], Teacher) and not isinstance(trainer.teachers[0], ModelTeacher)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(h["loss/logits"] > 0 for h in logged)
+    assert isinstance(namespace["teacher"].outputs(namespace["batch"], TeacherRequest(logits=True)), TeacherOutputs)
