@@ -58,7 +58,9 @@ class ModelTeacher(Teacher):
 
     def __init__(self, model: nn.Module, *, name: str | None = None, length_groups: int | None = None):
         self.model = model
-        self.config = unwrap(model).config
+        # the transformers model itself: placement may wrap `model` (a ZeRO-3 engine), never this one
+        self.inner = unwrap(model)
+        self.config = self.inner.config
         self.task = infer_task(model)
         self.name = name or self.config.name_or_path or f"{type(model).__name__} (built in memory)"
         self.length_groups = length_groups
@@ -92,14 +94,14 @@ class ModelTeacher(Teacher):
         return TeacherOutputs(
             logits=out.logits if request.logits and not chunked else None,
             last_hidden=out.hidden_states[self.config.num_hidden_layers] if chunked else None,
-            head=self.model.get_output_embeddings() if chunked else None,
+            head=self.inner.get_output_embeddings() if chunked else None,
             hidden_states=out.hidden_states if request.hidden_layers else None,
             attentions=out.attentions if request.attention_layers else None,
             qkv=qkv,
         )
 
     def _forward(self, inputs: dict, request: TeacherRequest):
-        return run_model(self.model, inputs, request, inner=unwrap(self.model), task=self.task)
+        return run_model(self.model, inputs, request, inner=self.inner, task=self.task)
 
     def _groups(self, inputs: dict):
         """Length groups for the forward, or None to run it on the whole batch."""
