@@ -43,6 +43,7 @@ from hf_distill.cli import parse_with_config  # noqa: E402
 from hf_distill.modeling import resolve_model_path  # noqa: E402
 from hf_distill.recipes.glue import GlueArguments, make_student  # noqa: E402
 from hf_distill.tasks.glue import get_task  # noqa: E402
+from hf_distill.teachers import TeacherRequest  # noqa: E402
 
 
 def random_batches(opts, count: int = 4) -> list[dict]:
@@ -133,7 +134,7 @@ def main() -> None:
     def teacher_forward_grouped(batch):  # as the KD step runs it (length groups by default on a CPU), no extras
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         with torch.no_grad():
-            next(iter(runs.values()))[0]._teacher_forward(teacher, inputs, "other_teacher", False)
+            next(iter(runs.values()))[0].teachers[0].outputs(inputs, TeacherRequest(logits=True))
 
     def sync():  # GPU kernels are asynchronous: time them to completion
         if device.type == "cuda":

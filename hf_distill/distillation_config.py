@@ -98,7 +98,10 @@ class DistillationConfig(TrainingArguments):
     )
     teacher_weights: list[float] | None = field(
         default=None,
-        metadata={"help": "With several teachers: one non-negative weight each for averaging their soft targets."},
+        metadata={
+            "help": "With several teachers: one non-negative weight each, for their soft targets and their hidden-state "
+            "and attention terms alike."
+        },
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code when loading models by name."}

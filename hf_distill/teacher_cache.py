@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from .constants import TEACHER_CACHE_COLUMNS
 from .file_checks import is_weight_file
 from .losses.topk import LOGPROB_TOLERANCE, teacher_topk
 
 logger = logging.getLogger(__name__)
 
 CACHE_META_FILE = "hf_distill_teacher_cache.json"
-TEACHER_CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 CACHE_DTYPES = {"float16": np.float16, "float32": np.float32}
 CACHE_FORMAT_VERSION = 2  # 2: checksums of the files, the teacher's weights, data as indexed
 _CHUNK_ROWS = 10_000  # rows hashed at a time

@@ -88,7 +88,7 @@ def main(out: str, kind: str, mode: str = "train", *numbers: str) -> None:
     trainer.train()
     assert isinstance(trainer.model_wrapped, DistributedDataParallel)
     # the teacher is replicated, never DDP-wrapped: nothing to average, and no gradients at all
-    teacher = trainer.teachers[0]
+    teacher = trainer.teachers[0].model
     assert not isinstance(teacher, DistributedDataParallel) and not teacher.training
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     torch.save(

@@ -97,7 +97,7 @@ def train(teacher_model, tag):
     model = copy.deepcopy(student).train()
     torch.manual_seed(0)  # the projection adapters are drawn before the Trainer seeds: the same ones in both runs
     trainer = DistillationTrainer(model=model, teacher_model=teacher_model, args=args, train_dataset=lm_dataset(n=16))
-    assert trainer._fused and trainer.teachers[0] is teacher_model
+    assert trainer._fused and trainer.teachers[0].model is teacher_model
     trainer.train()
     assert type(trainer.model_wrapped).__name__ == "DistributedDataParallel"
     losses = [log["loss/logits"] for log in trainer.state.log_history if "loss/logits" in log]

@@ -69,6 +69,9 @@ def fake_deepspeed(monkeypatch):
             super().__init__()
             self.module = module
 
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
     def initialize(model=None, config=None, **kwargs):
         calls.append({"model": model, "config": config, **kwargs})
         return DeepSpeedEngine(model), None, None, None
@@ -132,6 +135,23 @@ def test_zero3_teacher_is_an_inference_engine(fake_deepspeed):
     assert len(fake_deepspeed) == 1
 
 
+def test_a_zero3_model_teacher_still_gives_its_internals(fake_deepspeed):
+    """The engine wraps the model; config, q/k/v hooks and hidden states are read from the model inside it."""
+    from hf_distill.teachers import ModelTeacher, TeacherRequest
+
+    model = tiny_llama(seed=1)
+    teacher = ModelTeacher(model)
+    teacher.prepare(fake_accelerator(DistributedType.DEEPSPEED, zero=3), torch.float32)
+    assert teacher.model is not model and teacher.model.module is model and teacher.placement == "zero3"
+    ids = torch.randint(1, 99, (2, 6))
+    request = TeacherRequest(logits=True, hidden_layers=(2,), qkv_layers=(3,))
+    out = teacher.outputs({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, request)
+    with torch.no_grad():
+        want = model(input_ids=ids, output_hidden_states=True)
+    assert torch.equal(out.logits, want.logits) and torch.equal(out.hidden_states[2], want.hidden_states[2])
+    assert list(out.qkv) == [3] and [x.shape[-1] for x in out.qkv[3]] == [32, 16, 16]
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_zero12_teacher_stays_out_of_deepspeed(fake_deepspeed, stage):
     teacher = tiny_llama(seed=1)
@@ -181,9 +201,9 @@ def test_replicated_teacher_is_frozen_and_unchanged_by_training(tmp_out):
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset()
     )
-    assert trainer.teachers[0] is teacher and not teacher.training
+    assert trainer.teachers[0].model is teacher and not teacher.training
     trainer.train()
-    placed = trainer.teachers[0]
+    placed = trainer.teachers[0].model
     assert placed is teacher and not isinstance(placed, DistributedDataParallel) and not placed.training
     student_modules = {id(m) for m in trainer.model_wrapped.modules()}
     assert not any(id(m) in student_modules for m in placed.modules())  # nothing of it inside the trained model

@@ -259,6 +259,33 @@ def test_registry_rejects_duplicates_and_lists_names():
         del _LOSSES[("hidden", "l1_for_test")]
 
 
+def test_registry_entries_declare_what_they_read_and_callers_follow_it():
+    from hf_distill.losses import loss_needs, teacher_topk, topk_token_kd
+
+    assert loss_needs("logits", "kl") == ("logits", "topk") and loss_needs("logits", "mse") == ("logits",)
+    assert loss_needs("hidden", "cosine") == ("hidden",)
+    assert loss_needs("attention", "kl") == ("attention",) and loss_needs("attention", "relation") == ("qkv",)
+    with pytest.raises(ValueError, match=r"needs=\('probs',\) for loss 'x': give one or more of \['logits', 'topk'"):
+        register_loss("logits", "x", needs="probs")
+    with pytest.raises(ValueError, match="Unknown logits loss 'nope'"):
+        loss_needs("logits", "nope")
+
+    # a loss of one's own on raw logits: refused on a top-k cache, fed averaged logits by several teachers (as mse)
+    @register_loss("logits", "abs_for_test", needs="logits")
+    def abs_logits(s, t, *, normalizer=None, **_):
+        return (s.float() - t.float()).abs().sum() / (normalizer or 1)
+
+    g = torch.Generator().manual_seed(0)
+    s, t1, t2 = (torch.randn(3, 5, generator=g) for _ in range(3))
+    try:
+        with pytest.raises(ValueError, match=r"loss='abs_for_test' compares raw logits.*\(jsd, kl, reverse_kl"):
+            topk_token_kd(s, *teacher_topk(t1, 2), loss="abs_for_test")
+        assert torch.equal(mix_teacher_logits([t1, t2], [3.0, 1.0], 2.0, "abs_for_test"), 0.75 * t1 + 0.25 * t2)
+        assert not torch.allclose(mix_teacher_logits([t1, t2], [3.0, 1.0], 2.0, "kl"), 0.75 * t1 + 0.25 * t2)
+    finally:
+        del _LOSSES[("logits", "abs_for_test")]
+
+
 def test_attention_mse_does_not_depend_on_padding_length():
     a, b = _attn(1, 2, 4), _attn(1, 2, 4)
     pad = torch.zeros(1, 2, 8, 8)

@@ -214,7 +214,7 @@ def logged_kd_losses(kind, device, precision, out):
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data)
     assert trainer._fused == (kind == "lm")
     assert trainer.accelerator.mixed_precision == precision
-    assert {p.dtype for p in trainer.teachers[0].parameters()} == {HALF[precision]}
+    assert {p.dtype for p in trainer.teachers[0].model.parameters()} == {HALF[precision]}
     # the student's forward is autocast, except fp16 on the CPU: accelerate applies no fp16 autocast there
     assert trainer.accelerator.native_amp == (precision == "bf16" or (precision == "fp16" and device != "cpu"))
     trainer.train()

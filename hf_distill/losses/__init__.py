@@ -6,12 +6,13 @@ from .chunked import chunked_token_kd
 from .logits import mix_teacher_logits
 from .matched import attention_term, default_relation_heads, hidden_term
 from .reduction import count_items, flatten_valid, reduce_items
-from .registry import LOSS_KINDS, available_losses, get_loss, register_loss
+from .registry import LOSS_INPUTS, LOSS_KINDS, available_losses, get_loss, loss_needs, register_loss
 from .task import IGNORE_INDEX, TASK_KINDS, align_logits, check_labels, target_mask, task_loss
 from .topk import teacher_topk, topk_token_kd
 
 __all__ = [
     "IGNORE_INDEX",
+    "LOSS_INPUTS",
     "LOSS_KINDS",
     "TASK_KINDS",
     "align_logits",
@@ -24,6 +25,7 @@ __all__ = [
     "flatten_valid",
     "get_loss",
     "hidden_term",
+    "loss_needs",
     "match_heads",
     "mix_teacher_logits",
     "reduce_items",

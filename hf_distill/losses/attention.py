@@ -158,7 +158,7 @@ def _left_aligned(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
 
 
-@register_loss("attention", "relation")
+@register_loss("attention", "relation", needs="qkv")
 def relation_kl(
     student_states, teacher_states, *, mask=None, normalizer=None, num_relation_heads=1, max_groups=4, **_
 ):

@@ -26,7 +26,7 @@ from .reduction import reduce_items
 from .registry import get_loss
 
 
-def _head_params(head, who: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def head_params(head, who: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight (V, D), bias (V,) or None)`` of an ``nn.Linear``-like module, a weight tensor or a pair."""
     if isinstance(head, nn.Module):
         if not isinstance(getattr(head, "weight", None), torch.Tensor):
@@ -153,7 +153,7 @@ def chunked_linear_loss(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    weight, bias = _head_params(head, "head")
+    weight, bias = head_params(head, "head")
     if hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"Hidden size {hidden.shape[-1]} does not match the head's weight {tuple(weight.shape)}.")
     batch_shape = hidden.shape[:-1]
@@ -218,8 +218,8 @@ def chunked_token_kd(
     if (teacher_logits is None) == (teacher_hidden is None) or (teacher_hidden is None) != (teacher_head is None):
         raise ValueError("Give either teacher_logits, or teacher_hidden together with teacher_head.")
     divergence = get_loss("logits", loss)
-    weight, _ = _head_params(student_head, "student_head")
-    teacher_weight, teacher_bias = (None, None) if teacher_head is None else _head_params(teacher_head, "teacher_head")
+    weight, _ = head_params(student_head, "student_head")
+    teacher_weight, teacher_bias = (None, None) if teacher_head is None else head_params(teacher_head, "teacher_head")
     _check_shapes(
         student_hidden, weight, student_hidden.shape[:-1], teacher_logits, teacher_hidden, teacher_weight, mask
     )

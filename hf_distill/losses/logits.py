@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .reduction import flatten_valid, reduce_items
-from .registry import register_loss
+from .registry import loss_needs, register_loss
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -127,7 +127,7 @@ def skew_reverse_kl(student_logits, teacher_logits, *, mask=None, temperature=1.
     return reduce_items(per_item, normalizer) * temperature**2
 
 
-@register_loss("logits", "mse")
+@register_loss("logits", "mse", needs="logits")
 def logits_mse(student_logits, teacher_logits, *, mask=None, normalizer=None, **_):
     """Mean squared error between raw logits, averaged over the ``V`` outputs of an item (no temperature).
 
@@ -146,14 +146,15 @@ def mix_teacher_logits(teacher_logits: list[torch.Tensor], weights: list[float],
     """Combine several teachers' logits ``[(*batch, V)]`` into one soft target.
 
     For divergences the teachers' distributions at temperature ``T`` are averaged with ``weights`` and returned as
-    pseudo-logits ``T * log(sum_i w_i p_i)``, whose softmax at ``T`` is exactly the mixture. For ``mse`` the logits
-    themselves are averaged. One teacher is returned unchanged.
+    pseudo-logits ``T * log(sum_i w_i p_i)``, whose softmax at ``T`` is exactly the mixture. For a loss on raw logits
+    (``mse``: its registry entry needs ``"logits"`` only) the logits themselves are averaged. One teacher is returned
+    unchanged.
     """
     if len(teacher_logits) == 1:
         return teacher_logits[0]
     w = torch.tensor(weights, dtype=torch.float32, device=teacher_logits[0].device)
     w = w / w.sum()
-    if loss == "mse":  # a teacher of weight 0 is left out: 0 * -inf would be nan
+    if "topk" not in loss_needs("logits", loss):  # a teacher of weight 0 is left out: 0 * -inf would be nan
         return sum(wi * z.float() for wi, weight, z in zip(w, weights, teacher_logits) if weight > 0)
     stacked = torch.stack([_log_probs(z, temperature) for z in teacher_logits])  # (n_teachers, *batch, V)
     log_mix = torch.logsumexp(stacked + w.log().view(-1, *[1] * (stacked.dim() - 1)), dim=0)

@@ -12,7 +12,7 @@ import math
 import torch
 
 from .attention import match_heads
-from .registry import get_loss
+from .registry import get_loss, loss_needs
 
 
 def hidden_term(matches, student_hidden, teacher_hidden, *, mask=None, normalizer=None) -> torch.Tensor:
@@ -47,13 +47,13 @@ def attention_term(
     """``Σ_m w_m · loss_m`` over the attention matches.
 
     Map losses (``kl``, ``mse``) compare ``attentions[layer - 1]``, ``(B, H, T, T)`` each (``head_reduction`` as in
-    :func:`match_heads`). ``relation`` averages the self-relation KL of queries, keys and values, taken from
+    :func:`match_heads`). A loss that needs ``"qkv"`` (``relation``) averages over queries, keys and values, from
     ``qkv[layer] = [q, k, v]`` (``(B, T, D_x)`` each, see :func:`hf_distill.capture.capture_qkv`).
     """
     total = 0.0
     for m in (m for m in matches if m.feature == "attention"):
         fn = get_loss("attention", m.loss)
-        if m.loss == "relation":
+        if "qkv" in loss_needs("attention", m.loss):
             pairs = zip(student_qkv[m.student_layer], teacher_qkv[m.teacher_layer])
             kw = {"mask": mask, "normalizer": normalizer, "num_relation_heads": relation_heads}
             loss = sum(fn(s, t, **kw) for s, t in pairs) / 3

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .chunked import _head_params, chunked_linear_loss
+from .chunked import chunked_linear_loss, head_params
 from .logits import mix_teacher_logits
 from .registry import get_loss
 from .task import IGNORE_INDEX, check_labels
@@ -51,7 +51,7 @@ class TeacherTargets:
         for i in range(len(self.logits if self.logits is not None else self.hidden)):
             t = chunk[f"teacher{i}"].to(device)
             if self.logits is None:
-                weight, bias = _head_params(self.heads[i], "teacher head")
+                weight, bias = head_params(self.heads[i], "teacher head")
                 t = F.linear(t.to(weight.device, weight.dtype), weight, bias).to(device)
             rows.append(t[:, :vocab_rows] if vocab_rows else t)
         return mix_teacher_logits(rows, self.weights or [1.0] * len(rows), temperature, loss)
@@ -97,7 +97,7 @@ def fused_causal_lm_loss(
         (only those with a non-zero weight).
     """
     if labels is not None:  # before any chunk: a -1 would otherwise index the vocabulary
-        check_labels(labels, _head_params(student_head, "student_head")[0].shape[0], "vocab_size")
+        check_labels(labels, head_params(student_head, "student_head")[0].shape[0], "vocab_size")
     use_task = alpha_task > 0 and labels is not None
     use_kd = alpha_logits > 0 and teacher is not None
     divergence = get_loss("logits", loss) if use_kd else None

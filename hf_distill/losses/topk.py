@@ -27,7 +27,8 @@ The alternative (``tail="renormalize"``)
 In both cases the registered divergence (``kl``, ``reverse_kl``, ``jsd``, ``skew_kl``, ``skew_reverse_kl`` or one of
 your own) is applied at temperature 1 to the ``(N, k + 1)`` or ``(N, k)`` log-probabilities, which are already
 softened at ``T`` (``log_softmax`` of normalised log-probabilities is the identity), and multiplied by ``T^2``.
-``mse`` compares raw logits, which the top-k cache does not keep, so it is refused.
+A loss on raw logits (``mse``, whose registry entry ``needs`` only ``"logits"``) cannot read a top-k cache, so it
+is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .reduction import flatten_valid
-from .registry import get_loss
+from .registry import available_losses, get_loss, loss_needs
 
 TAIL_CHOICES = ("bucket", "renormalize")
 
@@ -152,10 +153,11 @@ def topk_token_kd(
     Returns:
         A float32 scalar; gradients flow to ``student_logits`` only.
     """
-    if loss == "mse":
+    if "topk" not in loss_needs("logits", loss):
+        usable = [name for name in available_losses("logits") if "topk" in loss_needs("logits", name)]
         raise ValueError(
-            "loss='mse' compares raw logits, which a top-k teacher does not keep; use a divergence "
-            "(kl, reverse_kl, jsd, skew_kl, skew_reverse_kl) or distil from the full teacher logits."
+            f"loss={loss!r} compares raw logits, which a top-k teacher does not keep; use a divergence "
+            f"({', '.join(usable)}) or distil from the full teacher logits."
         )
     if tail not in TAIL_CHOICES:
         raise ValueError(f"Unknown tail {tail!r}; choose one of {list(TAIL_CHOICES)}.")

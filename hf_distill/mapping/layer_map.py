@@ -25,10 +25,14 @@ class LayerMatch:
     loss: str  # a name registered for `feature` in hf_distill.losses
     weight: float  # the pair's share of the feature's loss; the shares of one feature sum to 1
     projection: str | None = None  # "linear" when the student is projected to the teacher's width
+    teacher: int = 0  # which teacher (its index in teacher_model) the student learns from
 
     @property
     def key(self) -> str:
-        return f"{self.feature}_{self.student_layer}_{self.teacher_layer}"
+        """A name unique among all teachers' matches: ``hidden_1_2`` for teacher 0 (as before several teachers
+        had their own maps), ``teacher1_hidden_1_2`` for teacher 1."""
+        prefix = f"teacher{self.teacher}_" if self.teacher else ""
+        return f"{prefix}{self.feature}_{self.student_layer}_{self.teacher_layer}"
 
 
 def parse_layer_pairs(spec) -> list[tuple[int, int]]:
@@ -88,8 +92,9 @@ def build_layer_matches(
     hidden_loss: str | None,
     attention_loss: str | None,
     projection: str = "linear",
+    teacher: int = 0,
 ) -> list[LayerMatch]:
-    """Turn resolved pairs into :class:`LayerMatch` records for the active features.
+    """Turn resolved pairs into :class:`LayerMatch` records for the active features, of teacher number ``teacher``.
 
     ``hidden_loss=None`` (or ``attention_loss=None``) leaves that feature out. Attention matches skip pairs that
     involve the embeddings (layer 0). A hidden match gets a linear projection when the widths differ.
@@ -104,10 +109,11 @@ def build_layer_matches(
                     "(teacher) needs a projection: set projection='linear' or alpha_hidden=0."
                 )
             proj = projection
-        matches += [LayerMatch(s, t, "hidden", hidden_loss, 1.0 / len(pairs), proj) for s, t in pairs]
+        matches += [LayerMatch(s, t, "hidden", hidden_loss, 1.0 / len(pairs), proj, teacher) for s, t in pairs]
     if attention_loss is not None:
         attn_pairs = [(s, t) for s, t in pairs if s > 0 and t > 0]
         if not attn_pairs:
             raise ValueError(f"Attention KD needs at least one pair of transformer blocks (>= 1), got {pairs}.")
-        matches += [LayerMatch(s, t, "attention", attention_loss, 1.0 / len(attn_pairs)) for s, t in attn_pairs]
+        share = 1.0 / len(attn_pairs)
+        matches += [LayerMatch(s, t, "attention", attention_loss, share, teacher=teacher) for s, t in attn_pairs]
     return matches

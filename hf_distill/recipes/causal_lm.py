@@ -294,7 +294,7 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     bars = not args.disable_tqdm and args.local_process_index == 0
     if lm.eval_teacher:
         # the teacher as the trainer placed it (device, dtype, shards): the one the student learns from
-        placed = trainer.teachers[0] if live_teacher else teacher
+        placed = trainer.teachers[0].model if live_teacher else teacher
         results["teacher"] = score(placed, texts, tokenizer, lm, label="teacher", progress=bars)
         results["teacher"]["num_parameters"] = teacher_size
     results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)

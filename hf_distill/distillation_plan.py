@@ -1,0 +1,264 @@
+"""What a distillation run decides once, before training, from its config, student and teachers: the teachers as
+sources, the checks of each pair, every teacher's layer matches, what each model is asked for, and the settings of
+the objective. The one place where the config becomes objects; :class:`~hf_distill.DistillationTrainer` only runs them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from .checks import check_label_spaces, ensure_eager_attention
+from .constants import TEACHER_CACHE_COLUMNS
+from .losses import loss_needs
+from .losses.matched import default_relation_heads
+from .losses.objective import ObjectiveSettings
+from .mapping import LayerMatch, build_layer_matches, disable_attention_dropout, resolve_layer_pairs
+from .modeling import fused_loss_blockers, resolve_dtype, unwrap
+from .teachers import Teacher, TeacherRequest, TopKCacheTeacher, as_teachers
+from .vocab import load_tokenizer_for, shared_vocab_rows
+
+logger = logging.getLogger(__name__)
+
+_NO_DISTRIBUTION = ("regression", "multi_label_classification")  # heads whose outputs are no distribution
+
+
+def _has_cache(dataset) -> bool:
+    return all(c in (getattr(dataset, "column_names", None) or []) for c in TEACHER_CACHE_COLUMNS)
+
+
+def _maps(args) -> bool:
+    """Whether attention KD compares attention maps (which need eager attention)."""
+    return args.alpha_attention > 0 and "attention" in loss_needs("attention", args.attention_loss)
+
+
+def build_teachers(teacher_model, args, task: str, train_dataset=None, eval_dataset=None) -> list[Teacher]:
+    """The run's teachers: ``teacher_model`` (a model, a name, a :class:`Teacher` or a list; default
+    ``args.teacher_model_name_or_path``) as :class:`Teacher` objects; with a top-k teacher cache in the data, the
+    first one reads its soft targets from there (:class:`TopKCacheTeacher`), or stands alone when no live teacher
+    is needed. Empty for a no-KD baseline."""
+    teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+    cached = _has_cache(train_dataset) or _has_cache(eval_dataset)
+    if teacher_model is None:
+        if not args.needs_live_teacher(_has_cache(train_dataset)):
+            return [TopKCacheTeacher()] if cached and args.alpha_logits > 0 else []
+        if _has_cache(train_dataset):
+            raise ValueError(
+                "Training from a teacher cache without the teacher: hidden-state/attention KD and generated "
+                "completions need the teacher itself (set alpha_hidden=alpha_attention=lmbda=0, seq_kd=False)."
+            )
+        raise ValueError(
+            "No teacher: pass teacher_model=, set teacher_model_name_or_path in the config, or train on data "
+            "with a top-k teacher cache (hf_distill.teacher_cache.build_teacher_cache)."
+        )
+    given = len(teacher_model) if isinstance(teacher_model, list | tuple) else 1
+    if args.teacher_weights is not None and len(args.teacher_weights) != given:
+        raise ValueError(
+            f"teacher_weights {args.teacher_weights} has {len(args.teacher_weights)} entries for {given} teachers."
+        )
+    teachers = as_teachers(
+        teacher_model,
+        task=task,
+        length_groups=args.teacher_length_groups,
+        dtype=resolve_dtype(args.teacher_dtype, None) if args.teacher_dtype else None,
+        trust_remote_code=args.trust_remote_code,
+        attn_implementation="eager" if _maps(args) else None,
+    )
+    if cached and args.alpha_logits > 0 and not isinstance(teachers[0], TopKCacheTeacher):
+        if len(teachers) > 1:
+            raise ValueError(
+                f"The data carry a top-k teacher cache, which holds one teacher's soft targets, but {len(teachers)} "
+                "teachers were given: pass the one the cache was built from, or drop the cache columns."
+            )
+        teachers = [TopKCacheTeacher(teachers[0])]
+    return teachers
+
+
+@dataclass
+class DistillationPlan:
+    """The decisions of one run: task, problem type, the layer matches of every teacher and the objective's
+    settings; :meth:`request` says what each model is asked for."""
+
+    task: str
+    problem_type: str | None
+    matches: list[LayerMatch]
+    settings: ObjectiveSettings
+    teacher_hidden_sizes: list[int]
+
+    def request(self, teacher: int | None, chunked: bool) -> TeacherRequest:
+        """What teacher number ``teacher`` (``None``: the student) must give for the active losses."""
+        own = [m for m in self.matches if teacher is None or m.teacher == teacher]
+
+        def layers(feature: str, need: str | None = None) -> tuple[int, ...]:
+            picked = {
+                m.student_layer if teacher is None else m.teacher_layer
+                for m in own
+                if m.feature == feature and (need is None or need in loss_needs(feature, m.loss))
+            }
+            return tuple(sorted(picked))
+
+        return TeacherRequest(
+            logits=teacher is None or self.settings.alpha_logits > 0,
+            chunked=chunked,
+            hidden_layers=layers("hidden"),
+            attention_layers=layers("attention", "attention"),
+            qkv_layers=layers("attention", "qkv"),
+        )
+
+    def describe(self, teachers: list[Teacher], loss_path: str) -> str:
+        """The resolved set-up, as logged at the start of training."""
+        pairs = [
+            f"{m.feature}: student {m.student_layer} <- teacher{f'_{m.teacher}' if len(teachers) > 1 else ''} "
+            f"{m.teacher_layer} ({m.loss}, w={m.weight:.3g}, proj={m.projection})"
+            for m in self.matches
+        ]
+        kinds = ", ".join(type(t).__name__ for t in teachers) or "none"
+        return (
+            f"hf_distill: task={self.task}, {len(teachers)} teacher(s) ({kinds}), {loss_path}, layer matches:\n  "
+            + ("\n  ".join(pairs) or "none")
+        )
+
+
+def build_plan(student: nn.Module, teachers: list[Teacher], args, task: str, tokenizers=(None, None)):
+    """Check every teacher against the student and resolve the plan (see the module docstring).
+
+    ``tokenizers``: the student's and the teachers' tokenizer (compared before token-level KD; a teacher's defaults
+    to the one saved beside it). Attention-map KD switches the student and the teachers to eager attention and the
+    student's attention dropout off.
+    """
+    inner = unwrap(student)
+    problem_type = inner.config.problem_type
+    if task == "sequence_classification" and inner.config.num_labels == 1:
+        problem_type = "regression"
+    vocab_rows = _check_teachers(inner, teachers, args, task, tokenizers)
+    if problem_type in _NO_DISTRIBUTION and args.logit_loss != "mse":
+        # a softmax over one output (or over independent sigmoid outputs) is no distribution to match
+        logger.warning("problem_type=%s: using logit_loss='mse' instead of %r.", problem_type, args.logit_loss)
+    if _maps(args):
+        _check_attention_maps(student, teachers, args)
+    matches = []
+    if args.alpha_hidden > 0 or args.alpha_attention > 0:
+        for i, teacher in enumerate(teachers):
+            matches += _teacher_matches(inner.config, teacher, i, args)
+    relation_heads = tuple(
+        (args.relation_heads or default_relation_heads(inner.config, t.config))
+        if any(m.teacher == i and "qkv" in loss_needs(m.feature, m.loss) for m in matches)
+        else 1
+        for i, t in enumerate(teachers)
+    )
+    settings = ObjectiveSettings(
+        task=task,
+        alpha_task=args.alpha_task,
+        alpha_logits=args.alpha_logits,
+        alpha_hidden=args.alpha_hidden,
+        alpha_attention=args.alpha_attention,
+        temperature=args.temperature,
+        logit_loss="mse" if problem_type in _NO_DISTRIBUTION else args.logit_loss,
+        beta=args.jsd_beta,
+        label_smoothing=args.label_smoothing_factor,
+        head_reduction=args.attention_head_reduction,
+        problem_type=problem_type,
+        vocab_rows=vocab_rows,
+        teacher_weights=tuple(args.teacher_weights) if args.teacher_weights is not None else None,
+        relation_heads=relation_heads,
+        chunk_size=args.kd_chunk_size,
+    )
+    widths = [t.hidden_size if t.config is not None else 0 for t in teachers]
+    return DistillationPlan(task, problem_type, matches, settings, widths)
+
+
+def _check_teachers(student: nn.Module, teachers: list[Teacher], args, task: str, tokenizers) -> int | None:
+    """Task, vocabulary and label space of each teacher against the student; returns the shared vocabulary rows
+    token-level KD compares (``None``: all)."""
+    vocab_rows = None
+    for teacher in teachers:
+        if getattr(teacher, "task", task) != task:
+            raise ValueError(f"The student solves {task} but a teacher solves {teacher.task}.")
+        if task == "causal_lm" and args.alpha_logits > 0 and teacher.model is not None:
+            rows = shared_vocab_rows(
+                student, teacher.model, tokenizers[0], tokenizers[1] or load_tokenizer_for(teacher.model)
+            )
+            if vocab_rows not in (None, rows):
+                raise ValueError(f"The teachers share {vocab_rows} and {rows} vocabulary rows with the student.")
+            vocab_rows = rows
+        elif task != "causal_lm" and teacher.config is not None:
+            check_label_spaces(student.config, teacher.config)
+    return vocab_rows
+
+
+def _check_attention_maps(student: nn.Module, teachers: list[Teacher], args) -> None:
+    """Attention-map KD: equal head counts (or a head reduction), eager attention everywhere, no attention dropout."""
+    s_heads = unwrap(student).config.num_attention_heads
+    for i, teacher in enumerate(teachers):
+        t_heads = teacher.config.num_attention_heads if teacher.config is not None else s_heads
+        if s_heads != t_heads and args.attention_head_reduction == "none":
+            raise ValueError(
+                f"Attention KD on maps needs equal head counts (student {s_heads}, teacher {t_heads}); set "
+                "attention_head_reduction='mean' or attention_loss='relation'."
+            )
+        if teacher.model is not None:
+            ensure_eager_attention(teacher.model, "teacher" if i == 0 else f"teacher_model[{i}]")
+    ensure_eager_attention(student, "student")
+    if disable_attention_dropout(student):
+        logger.warning("Attention-map KD: set the student's attention-probability dropout to 0.")
+
+
+def _teacher_matches(s_cfg, teacher: Teacher, index: int, args) -> list[LayerMatch]:
+    """Teacher ``index``'s hidden-state and attention matches, its layer map resolved against its own depth."""
+    if teacher.config is None:
+        raise ValueError(
+            f"teacher_model[{index}] ({teacher.name}) has no config: hidden-state and attention KD need its layer "
+            "count and width (give the teacher a model config, or set alpha_hidden=alpha_attention=0)."
+        )
+
+    def pairs(spec):
+        init = getattr(s_cfg, "distillation_teacher_layers", None)
+        return resolve_layer_pairs(spec, s_cfg.num_hidden_layers, teacher.num_hidden_layers, init)
+
+    common = {
+        "student_hidden_size": s_cfg.hidden_size,
+        "teacher_hidden_size": teacher.hidden_size,
+        "teacher": index,
+    }
+    hidden = build_layer_matches(
+        pairs(args.layer_map),
+        **common,
+        hidden_loss=args.hidden_loss if args.alpha_hidden > 0 else None,
+        attention_loss=None,
+        projection=args.projection,
+    )
+    attention = build_layer_matches(
+        pairs(args.attention_layer_map or args.layer_map),
+        **common,
+        hidden_loss=None,
+        attention_loss=args.attention_loss if args.alpha_attention > 0 else None,
+    )
+    return hidden + attention
+
+
+def chunked_loss_blockers(placement: str, student: nn.Module, teachers: list[Teacher]) -> list[str]:
+    """Why the chunked causal-LM loss cannot run with these models (see ``fused_loss_blockers``), ZeRO-3 included
+    (``placement`` as :func:`hf_distill.distributed.teacher_placement` gives it)."""
+    if placement == "zero3":
+        # the teachers are DeepSpeed engines by now, and the student becomes one: asking them for logits_to_keep
+        # would give an accidental reason, this is the real one
+        return ["ZeRO-3 partitions the output heads that the chunked loss reads outside the forward"]
+    return fused_loss_blockers([unwrap(student), *(t.model for t in teachers if t.model is not None)])
+
+
+def distillation_record(plan: DistillationPlan, teachers: list[Teacher], student: nn.Module, args, version) -> dict:
+    """What ``distillation_config.json`` holds: the package version, the task, the teachers, the layer matches and
+    every distillation field of the config."""
+    names = [t.name for t in teachers]
+    if args.teacher_model_name_or_path and names:
+        names[0] = args.teacher_model_name_or_path
+    return {
+        "hf_distill_version": version,
+        "task": plan.task,
+        "teachers": names,
+        "student_layers_from_teacher": getattr(unwrap(student).config, "distillation_teacher_layers", None),
+        "layer_matches": [asdict(m) for m in plan.matches],
+        **args.distillation_dict(),
+    }
