@@ -1,7 +1,5 @@
 """hf_distill: knowledge distillation for Hugging Face language models."""
 
-__version__ = "0.1.0"
-
 import logging as _logging
 import os as _os
 
@@ -20,6 +18,7 @@ from .distillation_trainer import DISTILLATION_CONFIG_FILE, DistillationTrainer 
 from .losses import available_losses, get_loss, register_loss  # noqa: E402
 from .mapping import LayerMatch, resolve_layer_pairs  # noqa: E402
 from .student import build_student  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "DISTILLATION_CONFIG_FILE",

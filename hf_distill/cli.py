@@ -6,7 +6,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from . import __version__
+from .version import __version__
 from .file_checks import error_line
 from .launch import LAUNCH_FLAGS, add_launch_arguments, launch_if_asked
 from .validation import load_config_file

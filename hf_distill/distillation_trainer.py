@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 from transformers import Trainer
 
-from . import __version__
+from .version import __version__
 from .checkpoints import (
     checkpoint_problems,
     checkpoint_to_resume,

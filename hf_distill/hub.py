@@ -22,7 +22,7 @@ from typing import Optional
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
-from . import __version__
+from .version import __version__
 from .distillation_config import DISTILLATION_CONFIG_FILE
 from .file_checks import first_problem, loadable_weights
 from .mapping import ADAPTERS_FILE

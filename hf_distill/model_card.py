@@ -21,7 +21,7 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from . import __version__
+from .version import __version__
 from .distillation_config import DISTILLATION_CONFIG_FILE
 from .tasks.glue import GLUE_TASKS
 

@@ -36,6 +36,7 @@ from torch.nn.utils.rnn import pad_sequence
 from .constants import TEACHER_CACHE_COLUMNS
 from .file_checks import is_weight_file
 from .losses.topk import LOGPROB_TOLERANCE, teacher_topk
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -281,8 +282,6 @@ def build_teacher_cache(
 
 def _save_cache(cached: datasets.Dataset, output_dir: str, meta: dict) -> None:
     """``save_to_disk`` then the meta file, last and atomically, so that only a complete folder reads as a cache."""
-    from . import __version__
-
     meta_path = os.path.join(output_dir, CACHE_META_FILE)
     if os.path.exists(meta_path):  # an older cache is being overwritten: it stops counting as finished right now
         os.remove(meta_path)
