@@ -38,7 +38,7 @@ from summarize import DROP, glue_quality, load  # noqa: E402
 
 from hf_distill.cli import parse_with_config  # noqa: E402
 from hf_distill.distillation_config import DistillationConfig  # noqa: E402
-from hf_distill.modeling import resolve_model_path  # noqa: E402
+from hf_distill.models import resolve_model_path  # noqa: E402
 from hf_distill.recipes.glue import (  # noqa: E402
     GlueArguments,
     augment_train,

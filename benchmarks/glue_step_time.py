@@ -40,7 +40,7 @@ from summarize import baseline, glue_step_time, load  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from hf_distill.cli import parse_with_config  # noqa: E402
-from hf_distill.modeling import resolve_model_path  # noqa: E402
+from hf_distill.models import resolve_model_path  # noqa: E402
 from hf_distill.recipes.glue import GlueArguments, make_student  # noqa: E402
 from hf_distill.tasks.glue import get_task  # noqa: E402
 from hf_distill.teachers import TeacherRequest  # noqa: E402

@@ -36,7 +36,7 @@ from summarize import lm_quality, load  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
 from hf_distill.data import DistillationDataCollator, perplexity, read_text_split, tokenize_lm_dataset  # noqa: E402
-from hf_distill.modeling import resolve_model_path  # noqa: E402
+from hf_distill.models import resolve_model_path  # noqa: E402
 
 TEACHER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TEXT = ROOT.parent / "shared/data/text"

@@ -17,7 +17,7 @@ from .distillation_config import DistillationConfig  # noqa: E402
 from .distillation_trainer import DISTILLATION_CONFIG_FILE, DistillationTrainer  # noqa: E402
 from .losses import available_losses, get_loss, register_loss  # noqa: E402
 from .mapping import LayerMatch, resolve_layer_pairs  # noqa: E402
-from .student import build_student  # noqa: E402
+from .models import build_student  # noqa: E402
 from .version import __version__  # noqa: E402
 
 __all__ = [

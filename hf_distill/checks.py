@@ -1,4 +1,4 @@
-"""Checks run before training: label spaces and attention backends of teacher and student (vocabularies: vocab.py)."""
+"""Checks run before training: label spaces and attention backends of teacher and student (vocabularies: models/vocab.py)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ import sys
 
 from transformers import HfArgumentParser
 
-from .version import __version__
 from .file_checks import error_line
 from .launch import LAUNCH_FLAGS, add_launch_arguments, launch_if_asked
 from .validation import load_config_file
+from .version import __version__
 
 
 def parse_with_config(

@@ -15,10 +15,16 @@ from .constants import TEACHER_CACHE_COLUMNS
 from .losses import loss_needs
 from .losses.matched import default_relation_heads
 from .losses.objective import ObjectiveSettings
-from .mapping import LayerMatch, build_layer_matches, disable_attention_dropout, resolve_layer_pairs
-from .modeling import fused_loss_blockers, resolve_dtype, unwrap
+from .mapping import LayerMatch, build_layer_matches, resolve_layer_pairs
+from .models import (
+    disable_attention_dropout,
+    fused_loss_blockers,
+    load_tokenizer_for,
+    resolve_dtype,
+    shared_vocab_rows,
+    unwrap,
+)
 from .teachers import Teacher, TeacherRequest, TopKCacheTeacher, as_teachers
-from .vocab import load_tokenizer_for, shared_vocab_rows
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import safetensors.torch
 import torch
 from transformers import Trainer
 
-from .version import __version__
 from .checkpoints import (
     checkpoint_problems,
     checkpoint_to_resume,
@@ -41,11 +40,12 @@ from .mapping import (
     projection_hook,
     strip_adapters,
 )
-from .modeling import infer_task, resolve_dtype, unwrap
+from .models import infer_task, resolve_dtype, unwrap
 from .schedules import intermediate_scale
 from .teachers import TeacherOutputs
 from .teachers.model import check_distinct, model_inputs, run_model
 from .trainer_hub import HubPushMixin
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 

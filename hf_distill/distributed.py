@@ -24,7 +24,7 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
-from .mapping import get_layers
+from .models import get_layers
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from .constants import IGNORE_INDEX
+from .models.facts import unwrap
 
 
 class SamplingRNG:
@@ -56,13 +57,6 @@ class SamplingRNG:
         self.coin.setstate(state["coin"])
         self.cpu = state["cpu"]
         self.cuda = dict(state["cuda"])
-
-
-def _unwrap_parallel(model: nn.Module) -> nn.Module:
-    """The model inside DDP/Accelerate wrappers (``.module``); PEFT models keep their wrapper, their generate works."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    return model
 
 
 def _eos_list(eos_token_id) -> list[int]:
@@ -168,7 +162,7 @@ def generate_completions(
         prompt and on padding (see :func:`pack_completions`).
     """
     config = _generation_config(max_new_tokens, pad_token_id, eos_token_id, temperature, top_k, top_p, do_sample)
-    generator = _unwrap_parallel(model)
+    generator = unwrap(model, peft=False)
     device = next(generator.parameters()).device
     was_training = generator.training
     generator.eval()

@@ -22,7 +22,6 @@ from typing import Optional
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
-from .version import __version__
 from .distillation_config import DISTILLATION_CONFIG_FILE
 from .file_checks import first_problem, loadable_weights
 from .mapping import ADAPTERS_FILE
@@ -38,6 +37,7 @@ from .model_card import (
     teacher_of,
     write_model_card,  # noqa: F401  (re-exported: hf_distill.hub.write_model_card)
 )
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .version import __version__
 from .distillation_config import DISTILLATION_CONFIG_FILE
 from .tasks.glue import GLUE_TASKS
+from .version import __version__
 
 # the student's files the card reads or describes; hf_distill.hub builds its upload list from these too
 RESULTS_FILE = "results.json"

@@ -90,7 +90,7 @@ def load_model_config(name: str, flag: str, trust_remote_code: bool = False, saf
     folder or Hub name that cannot be read is a ``ValueError`` naming ``flag``."""
     from transformers import AutoConfig
 
-    from .modeling import resolve_model_path  # here: it imports torch and transformers' model classes
+    from .models import resolve_model_path  # here: it imports torch and transformers' model classes
 
     check_model_path(name, flag, safetensors_only)
     try:
@@ -115,7 +115,7 @@ def load_tokenizer(name: str, flag: str, config=None):
     model's embedding rows is refused too (:func:`check_tokenizer_vocab`)."""
     from transformers import AutoTokenizer
 
-    from .modeling import resolve_model_path  # here: it imports torch and transformers' model classes
+    from .models import resolve_model_path  # here: it imports torch and transformers' model classes
 
     path = resolve_model_path(name)
     if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
@@ -648,7 +648,7 @@ def check_lm_student(name: str, teacher_tokenizer, trust_remote_code: bool = Fal
     refused when its config or tokenizer does not load, its tokenizer maps some id to another token than the
     teacher's, or it has fewer embedding rows than the teacher has tokens. The job feeds both models the teacher's
     tokenization."""
-    from .vocab import first_vocab_difference  # here: it imports torch
+    from .models import first_vocab_difference  # here: it imports torch
 
     flag = "--student_model_name_or_path"
     config = load_model_config(name, flag, trust_remote_code)

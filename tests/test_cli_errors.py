@@ -15,8 +15,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel, T
 
 from hf_distill.cli import main, parse_with_config, split_debug
 from hf_distill.distillation_config import DistillationConfig
+from hf_distill.models import build_student
 from hf_distill.recipes.glue import GlueArguments, teacher_budget
-from hf_distill.student import build_student
 from hf_distill.validation import clear_previous_run, looks_local, previous_run
 
 ROOT = Path(__file__).resolve().parents[1]

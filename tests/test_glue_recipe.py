@@ -108,7 +108,7 @@ def test_compare_scores_and_times_two_saved_models(tiny_teacher_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from hf_distill.cli import main
-    from hf_distill.student import build_student
+    from hf_distill.models import build_student
 
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     student_dir = tmp_path / "student"

@@ -299,7 +299,7 @@ def test_attention_mse_does_not_depend_on_padding_length():
 def test_fused_qkv_widths_follow_grouped_query_attention():
     from transformers import Phi3Config
 
-    from hf_distill.capture import qkv_widths
+    from hf_distill.models import qkv_widths
 
     assert qkv_widths(Phi3Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2)) == [32, 16, 16]
 

@@ -9,7 +9,7 @@ from numerics import assert_fp32_close, forward_chain
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hf_distill import build_student
-from hf_distill.mapping import get_layers
+from hf_distill.models import get_layers
 
 pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 

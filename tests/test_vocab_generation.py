@@ -10,7 +10,7 @@ from conftest import VOCAB, tiny_llama, tiny_qwen2, tiny_tokenizer
 from torch import nn
 
 from hf_distill.generation import generate_completions, pack_completions, sample_sequences
-from hf_distill.vocab import (
+from hf_distill.models.vocab import (
     check_tokenizers,
     first_vocab_difference,
     load_tokenizer_for,
@@ -80,12 +80,12 @@ def padded_teacher(rows=112):
 def test_padded_rows_with_one_tokenizer_share_the_smaller_count(caplog):
     teacher, student = padded_teacher(), tiny_llama(num_layers=1)
     assert output_rows(teacher) == 112 and output_rows(student) == VOCAB
-    logging.getLogger("hf_distill.vocab").addHandler(caplog.handler)
+    logging.getLogger("hf_distill.models.vocab").addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.INFO, logger="hf_distill.vocab"):
+        with caplog.at_level(logging.INFO, logger="hf_distill.models.vocab"):
             assert shared_vocab_rows(student, teacher, tiny_tokenizer(), tiny_tokenizer()) == VOCAB
     finally:
-        logging.getLogger("hf_distill.vocab").removeHandler(caplog.handler)
+        logging.getLogger("hf_distill.models.vocab").removeHandler(caplog.handler)
     assert "padded rows" in caplog.text
 
 

@@ -48,7 +48,7 @@ def attention_term(
 
     Map losses (``kl``, ``mse``) compare ``attentions[layer - 1]``, ``(B, H, T, T)`` each (``head_reduction`` as in
     :func:`match_heads`). A loss that needs ``"qkv"`` (``relation``) averages over queries, keys and values, from
-    ``qkv[layer] = [q, k, v]`` (``(B, T, D_x)`` each, see :func:`hf_distill.capture.capture_qkv`).
+    ``qkv[layer] = [q, k, v]`` (``(B, T, D_x)`` each, see :func:`hf_distill.models.capture_qkv`).
     """
     total = 0.0
     for m in (m for m in matches if m.feature == "attention"):

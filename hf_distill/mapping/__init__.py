@@ -1,4 +1,4 @@
-"""Layer matching: records, map resolution, projection adapters and per-architecture facts."""
+"""Layer matching: records, map resolution and projection adapters (per-architecture facts: ``hf_distill.models``)."""
 
 from .adapters import (
     ADAPTERS_ATTR,
@@ -11,23 +11,16 @@ from .adapters import (
     strip_adapters,
 )
 from .layer_map import FEATURES, LayerMatch, build_layer_matches, parse_layer_pairs, resolve_layer_pairs
-from .model_facts import MODEL_FACTS, ArchFacts, arch_facts, disable_attention_dropout, get_layers, layers_prefix
 
 __all__ = [
     "ADAPTERS_ATTR",
     "ADAPTERS_FILE",
     "FEATURES",
-    "MODEL_FACTS",
-    "ArchFacts",
     "DistillationAdapters",
     "LayerMatch",
     "adapter_state",
     "attach_adapters",
-    "arch_facts",
     "build_layer_matches",
-    "disable_attention_dropout",
-    "get_layers",
-    "layers_prefix",
     "parse_layer_pairs",
     "projected_states",
     "projection_hook",

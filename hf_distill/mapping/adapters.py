@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..models.facts import unwrap
 from .layer_map import LayerMatch
 
 ADAPTERS_ATTR = "hf_distill_adapters"
@@ -49,7 +50,7 @@ def attach_adapters(model: nn.Module, matches: list[LayerMatch], teacher_hidden_
     """Attach the projection adapters of every teacher's matches to ``model`` (a transformers model, PEFT-wrapped or
     not) as the submodule ``ADAPTERS_ATTR``, left out of a plain ``save_pretrained`` too; returns them, or ``None``
     when no match needs one."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap(model)
     adapters = DistillationAdapters(matches, inner.config.hidden_size, teacher_hidden_sizes)
     if not len(adapters):
         return None

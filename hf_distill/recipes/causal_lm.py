@@ -24,9 +24,8 @@ from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..generation import sample_sequences
-from ..modeling import resolve_dtype, resolve_model_path
+from ..models import build_student, resolve_dtype, resolve_model_path
 from ..report import count_parameters
-from ..student import build_student
 from ..teacher_cache import CACHE_META_FILE, build_teacher_cache, load_teacher_cache
 from ..validation import parse_layers, prepare_output_dir, resolve_resume, validate_causal_lm_job
 

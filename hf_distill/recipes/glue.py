@@ -30,9 +30,8 @@ from ..data.augment import augment_dataset, embedding_neighbours, word_candidate
 from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
-from ..modeling import resolve_model_path
+from ..models import DROPOUT_FIELDS, build_student, resolve_model_path
 from ..report import build_results, write_report
-from ..student import build_student
 from ..tasks import compute_metrics_for, get_task, load_glue, tokenize_glue
 from ..tasks.glue import task_files
 from ..validation import (
@@ -247,27 +246,6 @@ _SHARED_TRAINING_FIELDS = (
     "disable_tqdm",
     "dataloader_num_workers",
     "train_sampling_strategy",
-)
-
-
-# config fields of dropout probabilities across the architectures of hf_distill.mapping (BERT, RoBERTa, ELECTRA,
-# DistilBERT, GPT-2, Llama...), heads included: BERT's classifier_dropout (which falls back to hidden_dropout_prob
-# when None), DistilBERT's seq_classif_dropout / qa_dropout, GPT-2's and ELECTRA's summary dropouts
-DROPOUT_FIELDS = (
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "classifier_dropout",
-    "dropout",
-    "attention_dropout",
-    "seq_classif_dropout",
-    "qa_dropout",
-    "hidden_dropout",
-    "activation_dropout",
-    "resid_pdrop",
-    "embd_pdrop",
-    "attn_pdrop",
-    "summary_first_dropout",
-    "summary_last_dropout",
 )
 
 

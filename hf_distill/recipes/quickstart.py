@@ -24,8 +24,8 @@ from transformers import (
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
 from ..model_card import write_model_card
+from ..models import build_student
 from ..report import build_results, write_report
-from ..student import build_student
 from ..validation import check_output_dir, clear_previous_run
 
 

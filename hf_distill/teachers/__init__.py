@@ -23,7 +23,7 @@ __all__ = [
 
 def as_teacher(teacher, *, task: str | None = None, length_groups: int | None = None, **load_kwargs) -> Teacher:
     """A :class:`Teacher` from a ``Teacher`` (itself), a model (a :class:`ModelTeacher`) or a Hub name / local folder
-    (loaded for ``task`` with :func:`hf_distill.modeling.load_model`'s ``load_kwargs``: ``dtype``,
+    (loaded for ``task`` with :func:`hf_distill.models.load_model`'s ``load_kwargs``: ``dtype``,
     ``trust_remote_code``, ``attn_implementation``)."""
     if isinstance(teacher, Teacher):
         return teacher

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..capture import capture_qkv
 from ..distributed import place_teacher, teacher_placement
 from ..length_buckets import length_groups, merge_outputs, merge_records, split_batch, valid_lengths
-from ..modeling import infer_task, load_model, unwrap
+from ..models import capture_qkv, infer_task, load_model, unwrap
 from .base import NOT_MODEL_INPUTS, Teacher, TeacherOutputs, TeacherRequest
 
 
@@ -68,7 +67,7 @@ class ModelTeacher(Teacher):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, task: str, *, length_groups: int | None = None, **load_kwargs):
-        """Load the teacher by Hub name or local folder (:func:`hf_distill.modeling.load_model` keywords)."""
+        """Load the teacher by Hub name or local folder (:func:`hf_distill.models.load_model` keywords)."""
         return cls(load_model(name_or_path, task, **load_kwargs), length_groups=length_groups)
 
     def prepare(self, accelerator, dtype=None) -> None:

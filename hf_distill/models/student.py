@@ -9,7 +9,7 @@ import operator
 import torch
 from transformers import PreTrainedModel
 
-from .mapping import arch_facts, get_layers, layers_prefix
+from .facts import arch_facts, get_layers, layers_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def build_student(teacher: PreTrainedModel, layers=None, **config_overrides) -> 
     """A new model of the teacher's class with the chosen teacher layers, embeddings and head copied.
 
     Args:
-        teacher: a transformers model whose ``config.model_type`` is in ``hf_distill.mapping.MODEL_FACTS``
+        teacher: a transformers model whose ``config.model_type`` is in ``hf_distill.models.MODEL_FACTS``
             (BERT family, Llama/Qwen2/Mistral/Gemma, GPT-2...).
         layers: 0-based teacher block indices to keep, strictly increasing. Default for encoders: every other
             layer, ending with the last (``[1, 3, 5]`` of 6), which lines up with ``layer_map="uniform"``. Default

@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .mapping import arch_facts, get_layers
+from .facts import arch_facts, get_layers
 
 
 def _module(root: nn.Module, dotted: str) -> nn.Module:

@@ -1,4 +1,5 @@
-"""One table of per-architecture facts, keyed by ``config.model_type``.
+"""The per-architecture facts: one table keyed by ``config.model_type``, the config fields and head attributes that
+differ between families, and the way to the transformers model inside training wrappers.
 
 ``layers`` is the attribute path, from the bare base model (``model.base_model``), to the ``nn.ModuleList`` of
 transformer blocks. ``qkv`` names the query/key/value projections inside one block: three names, or one fused
@@ -9,6 +10,7 @@ decoders, whose default student keeps the first block (see ``build_student``). A
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from torch import nn
@@ -55,14 +57,48 @@ def arch_facts(model: nn.Module) -> ArchFacts:
     if model_type not in MODEL_FACTS:
         raise ValueError(
             f"hf_distill has no layer facts for model_type {model_type!r}; supported: {sorted(MODEL_FACTS)}. "
-            "Add an entry to hf_distill.mapping.model_facts.MODEL_FACTS."
+            "Add an entry to hf_distill.models.facts.MODEL_FACTS."
         )
     return MODEL_FACTS[model_type]
 
 
+# config fields of dropout probabilities across the families above, heads included: BERT's classifier_dropout
+# (which falls back to hidden_dropout_prob when None), DistilBERT's seq_classif_dropout / qa_dropout, GPT-2's and
+# ELECTRA's summary dropouts
+DROPOUT_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "dropout",
+    "attention_dropout",
+    "seq_classif_dropout",
+    "qa_dropout",
+    "hidden_dropout",
+    "activation_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "summary_first_dropout",
+    "summary_last_dropout",
+)
+
+# config attributes of output heads that are not a plain linear map (the fused causal-LM loss needs a linear head)
+NONLINEAR_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def unwrap(model: nn.Module, *, peft: bool = True) -> nn.Module:
+    """The transformers model inside DDP/Accelerate/DeepSpeed wrappers (``.module``) and, with ``peft``, inside a
+    PEFT model (``peft=False`` keeps the PEFT wrapper, whose ``generate`` works)."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    if peft and hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
 def base_model(model: nn.Module) -> nn.Module:
-    """The bare transformer under heads and PEFT wrappers."""
-    model = getattr(model, "get_base_model", lambda: model)()
+    """The bare transformer under heads and wrappers."""
+    model = unwrap(model)
     return getattr(model, "base_model", model)
 
 
@@ -102,3 +138,17 @@ def disable_attention_dropout(model: nn.Module) -> int:
             changed += float(current) > 0
             setattr(parent, attr, 0.0)
     return changed
+
+
+def fused_loss_blockers(models: list[nn.Module]) -> list[str]:
+    """Why the fused, chunked causal-LM loss cannot serve these models (empty when it can): it needs a forward that
+    takes ``logits_to_keep`` and a plain linear output head (no soft-capping or scaling after it)."""
+    reasons = []
+    for m in models:
+        name = type(m).__name__
+        if "logits_to_keep" not in inspect.signature(m.forward).parameters or m.get_output_embeddings() is None:
+            reasons.append(f"{name} takes no logits_to_keep or has no output embeddings")
+        for attr in NONLINEAR_HEAD_ATTRS:
+            if getattr(m.config, attr, None) not in (None, 1, 1.0):
+                reasons.append(f"the head of {name} is not linear ({attr}={getattr(m.config, attr)})")
+    return reasons

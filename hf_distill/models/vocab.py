@@ -12,16 +12,9 @@ import os
 
 from torch import nn
 
+from .facts import unwrap
+
 logger = logging.getLogger(__name__)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside a DDP/Accelerate wrapper (``.module``) and/or a PEFT model."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
 
 
 def output_rows(model: nn.Module) -> int:
@@ -30,7 +23,7 @@ def output_rows(model: nn.Module) -> int:
     Falls back to ``config.vocab_size`` for models without an output embedding. PEFT and DDP wrappers are looked
     through.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None) if head is not None else None
     if weight is not None:
@@ -39,8 +32,8 @@ def output_rows(model: nn.Module) -> int:
 
 
 def _model_name(model: nn.Module) -> str:
-    config = getattr(_unwrap(model), "config", None)
-    return getattr(config, "name_or_path", None) or type(_unwrap(model)).__name__
+    config = getattr(unwrap(model), "config", None)
+    return getattr(config, "name_or_path", None) or type(unwrap(model)).__name__
 
 
 def _tokenizer_name(tokenizer) -> str:
@@ -141,7 +134,7 @@ def load_tokenizer_for(model_or_name):
     if isinstance(model_or_name, str | os.PathLike):
         path = os.fspath(model_or_name)
     else:
-        config = getattr(_unwrap(model_or_name), "config", None)
+        config = getattr(unwrap(model_or_name), "config", None)
         path = getattr(config, "name_or_path", None) or ""
     if not path or not os.path.isdir(path):
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 
 import torch
@@ -15,7 +14,8 @@ from transformers import (
 )
 from transformers.models.auto import modeling_auto
 
-from .file_checks import looks_local
+from ..file_checks import looks_local
+from .facts import unwrap
 
 _AUTO_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
@@ -103,11 +103,6 @@ def _gguf_folder(name: str) -> str | None:
     return folder
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def infer_task(model: nn.Module) -> str:
     """``"causal_lm"``, ``"sequence_classification"`` or ``"token_classification"`` from the model class."""
     name = type(unwrap(model)).__name__
@@ -135,21 +130,3 @@ def load_model(name_or_path: str, task: str, *, dtype=None, trust_remote_code=Fa
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     return _AUTO_CLASSES[task].from_pretrained(resolve_model_path(name_or_path), **kwargs)
-
-
-# config attributes of output heads that are not a plain linear map (the fused causal-LM loss needs a linear head)
-_NONLINEAR_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
-def fused_loss_blockers(models: list[nn.Module]) -> list[str]:
-    """Why the fused, chunked causal-LM loss cannot serve these models (empty when it can): it needs a forward that
-    takes ``logits_to_keep`` and a plain linear output head (no soft-capping or scaling after it)."""
-    reasons = []
-    for m in models:
-        name = type(m).__name__
-        if "logits_to_keep" not in inspect.signature(m.forward).parameters or m.get_output_embeddings() is None:
-            reasons.append(f"{name} takes no logits_to_keep or has no output embeddings")
-        for attr in _NONLINEAR_HEAD_ATTRS:
-            if getattr(m.config, attr, None) not in (None, 1, 1.0):
-                reasons.append(f"the head of {name} is not linear ({attr}={getattr(m.config, attr)})")
-    return reasons
