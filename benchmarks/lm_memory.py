@@ -63,8 +63,8 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student  # noqa: E402
 from hf_distill.data import DistillationDataCollator  # noqa: E402
+from hf_distill.data.teacher_cache import build_teacher_cache, cache_bytes_per_token, load_teacher_cache  # noqa: E402
 from hf_distill.models import resolve_model_path  # noqa: E402
-from hf_distill.teacher_cache import build_teacher_cache, cache_bytes_per_token, load_teacher_cache  # noqa: E402
 
 TEACHER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STUDENT_LAYERS = list(range(2, 30, 3))  # [2, 5, ..., 29]: 10 of the teacher's 30 blocks, evenly spread, the last kept

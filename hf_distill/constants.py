@@ -3,7 +3,7 @@
 # the label of a position or example without a target: ignored by every task loss (PyTorch's cross_entropy default)
 IGNORE_INDEX = -100
 
-# the columns of a top-k teacher cache (hf_distill.teacher_cache): token ids and log-probabilities, (T, k) per example
+# the columns of a top-k teacher cache (hf_distill.data.teacher_cache): token ids and log-probabilities, (T, k) per example
 TEACHER_CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 # the prompts that on-policy / sequence-level KD generate completions from
 GENERATION_COLUMNS = ("prompt_input_ids", "prompt_attention_mask", "prompt_length")

@@ -57,7 +57,7 @@ def build_teachers(teacher_model, args, task: str, train_dataset=None, eval_data
             )
         raise ValueError(
             "No teacher: pass teacher_model=, set teacher_model_name_or_path in the config, or train on data "
-            "with a top-k teacher cache (hf_distill.teacher_cache.build_teacher_cache)."
+            "with a top-k teacher cache (hf_distill.data.build_teacher_cache)."
         )
     given = len(teacher_model) if isinstance(teacher_model, list | tuple) else 1
     if args.teacher_weights is not None and len(args.teacher_weights) != given:

@@ -69,7 +69,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
     ``teacher_model`` is a model, a Hub name / local folder, a :class:`hf_distill.teachers.Teacher`, or a list of
     them: their soft targets are mixed, and their hidden-state and attention terms weighted, with
     ``args.teacher_weights``. It may be left out when the training data carries a top-k teacher cache
-    (:mod:`hf_distill.teacher_cache`). ``teacher_processing_class`` is the teachers' tokenizer, compared with the
+    (:mod:`hf_distill.data.teacher_cache`). ``teacher_processing_class`` is the teachers' tokenizer, compared with the
     student's (``processing_class``) before token-level KD; by default it is loaded from each teacher's folder, or
     taken to be the student's. Every other argument is the ``Trainer``'s.
     """

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from .constants import IGNORE_INDEX
+from .data.padding import pad_rows
 from .models.facts import unwrap
 
 
@@ -116,16 +117,12 @@ def pack_completions(
     kept = ((is_eos.long().cumsum(1) - is_eos.long()) == 0).sum(1)  # (B,)
     rows = []
     for ids, mask, completion, n in zip(prompt_input_ids, prompt_attention_mask, completion_ids, kept.tolist()):
-        rows.append((ids[mask.bool()], completion[:n]))
-    length = max(len(p) + len(c) for p, c in rows)
-    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (prompt, completion) in enumerate(rows):
-        p, n = len(prompt), len(prompt) + len(completion)
-        input_ids[i, :n] = torch.cat([prompt.cpu(), completion.cpu()])
-        labels[i, p:n] = completion.cpu()
-        attention_mask[i, :n] = 1
+        rows.append((ids[mask.bool()].cpu(), completion[:n].cpu()))
+    input_ids = pad_rows([torch.cat([p, c]) for p, c in rows], pad_token_id, dtype=torch.long)
+    labels = pad_rows(
+        [torch.cat([torch.full_like(p, IGNORE_INDEX), c]) for p, c in rows], IGNORE_INDEX, dtype=torch.long
+    )
+    attention_mask = pad_rows([[1] * (len(p) + len(c)) for p, c in rows], 0, dtype=torch.long)
     device = prompt_input_ids.device
     return {
         "input_ids": input_ids.to(device),

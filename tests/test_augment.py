@@ -9,7 +9,7 @@ from conftest import classification_dataset, tiny_bert, word_tokenizer
 from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, forward_chain
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
-from hf_distill.data import augment_dataset, embedding_neighbours, replace_words, word_candidates
+from hf_distill.tasks import augment_dataset, embedding_neighbours, replace_words, word_candidates
 
 pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 

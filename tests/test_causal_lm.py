@@ -12,11 +12,11 @@ from torch import nn
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
 from hf_distill.data import DistillationDataCollator
+from hf_distill.data.teacher_cache import build_teacher_cache
 from hf_distill.losses import get_loss, task_loss
 from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
 from hf_distill.losses.topk import teacher_topk, topk_token_kd
 from hf_distill.mapping import ADAPTERS_ATTR
-from hf_distill.teacher_cache import build_teacher_cache
 from hf_distill.teachers import TopKCacheTeacher
 
 pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
@@ -266,7 +266,7 @@ def test_training_from_a_teacher_cache_without_the_teacher(tmp_path):
     data = lm_dataset(n=16)
     cache_dir = str(tmp_path / "cache")
     build_teacher_cache(teacher, data, k=8, temperature=2.0, output_dir=cache_dir, batch_size=4)
-    from hf_distill.teacher_cache import load_teacher_cache
+    from hf_distill.data.teacher_cache import load_teacher_cache
 
     cached, meta = load_teacher_cache(cache_dir, temperature=2.0)
     student = build_student(teacher, layers=[0, 3])

@@ -17,9 +17,9 @@ from numerics import assert_fp32_close, cross_entropy_scale, forward_chain
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_distill.cli import main, parse_with_config
+from hf_distill.data.teacher_cache import CACHE_META_FILE
 from hf_distill.distillation_config import DistillationConfig
 from hf_distill.recipes.causal_lm import CausalLMArguments, run
-from hf_distill.teacher_cache import CACHE_META_FILE
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, f
 from transformers import BertConfig, BertForTokenClassification
 
 from hf_distill import DistillationConfig, DistillationTrainer, build_student
-from hf_distill.length_buckets import length_groups, merge_outputs, split_batch, valid_lengths
 from hf_distill.losses import get_loss
+from hf_distill.losses.lengths import length_groups, valid_lengths
+from hf_distill.teachers.length_buckets import merge_outputs, split_batch
 
 pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 

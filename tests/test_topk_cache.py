@@ -13,8 +13,7 @@ from datasets import Dataset
 from numerics import assert_fp32_close, divergence_scale, forward_chain
 from transformers import AutoModelForCausalLM
 
-from hf_distill.losses import get_loss, teacher_topk, topk_token_kd
-from hf_distill.teacher_cache import (
+from hf_distill.data.teacher_cache import (
     CACHE_META_FILE,
     TEACHER_CACHE_COLUMNS,
     build_teacher_cache,
@@ -23,6 +22,7 @@ from hf_distill.teacher_cache import (
     load_teacher_cache,
     teacher_fingerprint,
 )
+from hf_distill.losses import get_loss, teacher_topk, topk_token_kd
 
 pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 

@@ -1,7 +1,6 @@
-"""Causal-LM data: load text or chat datasets, tokenize them with loss masks, collate batches, score perplexity.
-Classification data: teacher-labelled word-replacement augmentation (:mod:`.augment`)."""
+"""Data: causal-LM text and chat datasets (load, tokenize with loss masks, collate, score perplexity), the one
+row-padding helper, and teacher caches on disk (the teacher's top-k log-probabilities, computed once)."""
 
-from .augment import augment_dataset, embedding_neighbours, replace_words, word_candidates
 from .lm import (
     LM_FORMATS,
     DistillationDataCollator,
@@ -11,17 +10,29 @@ from .lm import (
     read_text_split,
     tokenize_lm_dataset,
 )
+from .padding import pad_rows
+from .teacher_cache import (
+    CACHE_META_FILE,
+    build_teacher_cache,
+    cache_bytes_per_token,
+    is_teacher_cache_batch,
+    load_teacher_cache,
+    teacher_fingerprint,
+)
 
 __all__ = [
-    "augment_dataset",
-    "embedding_neighbours",
-    "replace_words",
-    "word_candidates",
+    "CACHE_META_FILE",
     "LM_FORMATS",
     "DistillationDataCollator",
+    "build_teacher_cache",
+    "cache_bytes_per_token",
     "detect_format",
+    "is_teacher_cache_batch",
     "load_lm_dataset",
+    "load_teacher_cache",
+    "pad_rows",
     "perplexity",
     "read_text_split",
+    "teacher_fingerprint",
     "tokenize_lm_dataset",
 ]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..constants import IGNORE_INDEX
+from .padding import pad_rows
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ class DistillationDataCollator:
             if all(isinstance(v, str) or v is None for v in values):
                 continue
             if key in pad_values or _is_per_token(values, lengths):
-                batch[key] = _pad_rows(key, values, lengths, width, pad_values.get(key, 0))
+                batch[key] = _pad_column(key, values, lengths, width, pad_values.get(key, 0))
             else:
                 batch[key] = _stack(key, values)
         if "prompt_length" in features[0]:
@@ -368,13 +369,9 @@ class DistillationDataCollator:
         for n, length in zip(prompt_lengths, lengths):
             if not 0 <= n <= length:
                 raise ValueError(f"prompt_length {n} is outside 0..len(input_ids)={length}.")
-        width = max(prompt_lengths)
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for i, (f, n) in enumerate(zip(features, prompt_lengths)):
-            if n:
-                ids[i, width - n :] = torch.as_tensor(f["input_ids"][:n], dtype=torch.long)
-                mask[i, width - n :] = 1
+        prompts = [f["input_ids"][:n] for f, n in zip(features, prompt_lengths)]
+        ids = pad_rows(prompts, self.pad_token_id, dtype=torch.long, left=True)
+        mask = pad_rows([[1] * n for n in prompt_lengths], 0, dtype=torch.long, left=True)
         return {"prompt_input_ids": ids, "prompt_attention_mask": mask}
 
 
@@ -382,8 +379,9 @@ def _is_per_token(values, lengths) -> bool:
     return all(isinstance(v, (list, tuple, torch.Tensor)) and len(v) == n for v, n in zip(values, lengths))
 
 
-def _pad_rows(key: str, values, lengths, width: int, pad_value) -> torch.Tensor:
-    """``(B, width, *rest)``: each row ``(T_i, *rest)`` right-padded with ``pad_value`` along its first axis."""
+def _pad_column(key: str, values, lengths, width: int, pad_value) -> torch.Tensor:
+    """``(B, width, *rest)``: each row ``(T_i, *rest)`` of column ``key`` right-padded with ``pad_value``, after
+    checking it is as long as its ``input_ids`` and shaped like the other rows."""
     rows = [torch.as_tensor(v) for v in values]
     for row, n in zip(rows, lengths):
         if row.shape[:1] != (n,):
@@ -392,12 +390,7 @@ def _pad_rows(key: str, values, lengths, width: int, pad_value) -> torch.Tensor:
     rest = shaped[0].shape[1:] if shaped else ()
     if any(row.shape[1:] != rest for row in shaped):
         raise ValueError(f"Column {key!r} mixes per-token shapes {sorted({tuple(r.shape[1:]) for r in shaped})}.")
-    dtype = _tensor_dtype(shaped)
-    out = torch.full((len(rows), width, *rest), pad_value, dtype=dtype)
-    for i, row in enumerate(rows):
-        if row.numel():
-            out[i, : len(row)] = row.to(dtype)
-    return out
+    return pad_rows(rows, pad_value, width=width, dtype=_tensor_dtype(shaped))
 
 
 def _stack(key: str, values) -> torch.Tensor:

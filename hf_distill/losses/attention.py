@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..length_buckets import length_groups, valid_lengths
+from .lengths import length_groups, valid_lengths
 from .reduction import reduce_items
 from .registry import register_loss
 
@@ -167,7 +167,7 @@ def relation_kl(
     gradient flows into it); ``mask`` ``(B, T)``, 1 for real tokens, which may sit anywhere in a row.
 
     A padded batch is computed in up to ``max_groups`` groups of rows of similar length, each cut to its longest row
-    rounded up to a multiple of 16 (:func:`hf_distill.length_buckets.length_groups`): a relation involves only a
+    rounded up to a multiple of 16 (:func:`hf_distill.losses.lengths.length_groups`): a relation involves only a
     row's real tokens, so the value is the same without the ``(T, T)`` work on padding (82% of it on SST-2 batches).
     """
     if mask is None:

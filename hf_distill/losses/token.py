@@ -26,7 +26,7 @@ class TeacherTargets:
 
     ``logits``: one ``(B, T, V)`` tensor per teacher. ``hidden`` and ``heads``: one ``(B, T, Dt)`` last hidden state
     and one linear head per teacher (the logits are computed per chunk). ``topk_ids`` / ``topk_logprobs``: a top-k
-    cache ``(B, T, k)`` (see :mod:`hf_distill.teacher_cache`). ``weights``: one per teacher (default equal).
+    cache ``(B, T, k)`` (see :mod:`hf_distill.data.teacher_cache`). ``weights``: one per teacher (default equal).
     """
 
     logits: list[torch.Tensor] | None = None

@@ -3,7 +3,7 @@
 A full-vocabulary teacher distribution costs ``V`` floats per token (``V = 49,152``: 196 KB in float32); its top-k
 ids and log-probabilities cost ``k * (4 + 2)`` bytes in int32 + float16 (``k = 32``: 192 bytes). :func:`teacher_topk`
 extracts them; :func:`topk_token_kd` distils from them with any registered divergence
-(see :mod:`hf_distill.teacher_cache` for the cache on disk).
+(see :mod:`hf_distill.data.teacher_cache` for the cache on disk).
 
 The choice: the tail bucket (``tail="bucket"``, the default)
     The teacher's top-k entries are the log-probabilities of the *full* softmax, so ``1 - sum_i p_i`` is the mass of

@@ -19,14 +19,22 @@ from typing import Optional
 import torch
 from transformers import AutoModelForCausalLM
 
-from ..data import DistillationDataCollator, load_lm_dataset, perplexity, read_text_split, tokenize_lm_dataset
+from ..data import (
+    CACHE_META_FILE,
+    DistillationDataCollator,
+    build_teacher_cache,
+    load_lm_dataset,
+    load_teacher_cache,
+    perplexity,
+    read_text_split,
+    tokenize_lm_dataset,
+)
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..generation import sample_sequences
 from ..models import build_student, resolve_dtype, resolve_model_path
 from ..report import count_parameters
-from ..teacher_cache import CACHE_META_FILE, build_teacher_cache, load_teacher_cache
 from ..validation import parse_layers, prepare_output_dir, resolve_resume, validate_causal_lm_job
 
 logger = logging.getLogger(__name__)

@@ -26,13 +26,20 @@ from transformers import (
 )
 
 from ..constants import IGNORE_INDEX
-from ..data.augment import augment_dataset, embedding_neighbours, word_candidates
 from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..models import DROPOUT_FIELDS, build_student, resolve_model_path
 from ..report import build_results, write_report
-from ..tasks import compute_metrics_for, get_task, load_glue, tokenize_glue
+from ..tasks import (
+    augment_dataset,
+    compute_metrics_for,
+    embedding_neighbours,
+    get_task,
+    load_glue,
+    tokenize_glue,
+    word_candidates,
+)
 from ..tasks.glue import task_files
 from ..validation import (
     check_glue_data_dir,

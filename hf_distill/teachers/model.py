@@ -1,6 +1,6 @@
 """A frozen model run live as the teacher: in ``eval()`` under ``no_grad``, placed per strategy (DDP replica, FSDP2
 shards, ZeRO-3 engine: :func:`hf_distill.distributed.place_teacher`), asked for exactly what the losses need, and run
-on groups of rows of similar length when that skips padding (:mod:`hf_distill.length_buckets`).
+on groups of rows of similar length when that skips padding (:mod:`hf_distill.teachers.length_buckets`).
 
 :func:`run_model` is the one forward both the student and a live teacher go through.
 """
@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from ..distributed import place_teacher, teacher_placement
-from ..length_buckets import length_groups, merge_outputs, merge_records, split_batch, valid_lengths
+from ..losses.lengths import length_groups, valid_lengths
 from ..models import capture_qkv, infer_task, load_model, unwrap
 from .base import NOT_MODEL_INPUTS, Teacher, TeacherOutputs, TeacherRequest
+from .length_buckets import merge_outputs, merge_records, split_batch
 
 
 def forward_kwargs(request: TeacherRequest, config, task: str) -> dict:

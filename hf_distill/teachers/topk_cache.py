@@ -1,4 +1,4 @@
-"""Soft targets read from a top-k teacher cache in the batch (:mod:`hf_distill.teacher_cache`), so that the teacher
+"""Soft targets read from a top-k teacher cache in the batch (:mod:`hf_distill.data.teacher_cache`), so that the teacher
 need not run for them: ``teacher_topk_ids`` and ``teacher_topk_logprobs``, ``(B, T, k)`` each, aligned with the
 ``input_ids`` positions. Hidden states, attention maps and Q/K/V, which no cache holds, come from the model the cache
 was built from, run live, when one is given.

@@ -31,12 +31,12 @@ import datasets
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
-from .constants import TEACHER_CACHE_COLUMNS
-from .file_checks import is_weight_file
-from .losses.topk import LOGPROB_TOLERANCE, teacher_topk
-from .version import __version__
+from ..constants import TEACHER_CACHE_COLUMNS
+from ..file_checks import is_weight_file
+from ..losses.topk import LOGPROB_TOLERANCE, teacher_topk
+from ..version import __version__
+from .padding import pad_rows
 
 logger = logging.getLogger(__name__)
 
@@ -149,13 +149,6 @@ def _check_build_args(dataset, k, temperature, batch_size, dtype) -> None:
         )
 
 
-def _pad_rows(rows, pad_value: int) -> torch.Tensor:
-    """Ragged rows (lists or 1-d tensors) -> ``(B, L)`` int64, right-padded with ``pad_value``."""
-    return pad_sequence(
-        [torch.as_tensor(r, dtype=torch.int64) for r in rows], batch_first=True, padding_value=pad_value
-    )
-
-
 def _cache_features(dataset, k: int, dtype: str) -> datasets.Features:
     """The dataset's features plus the two columns: ragged lists (one per position) of ``k`` values. The inner lists
     have a fixed length, which Arrow stores without offsets: ``k * (4 + 2)`` bytes a token, not 8 more."""
@@ -188,9 +181,9 @@ def _teacher_batch_fn(teacher, k, temperature, dtype, pad_token_id, stats):
     @torch.no_grad()
     def fn(batch):
         lengths = [len(r) for r in batch["input_ids"]]
-        input_ids = _pad_rows(batch["input_ids"], pad_token_id).to(device)  # (B, L)
+        input_ids = pad_rows(batch["input_ids"], pad_token_id, dtype=torch.int64).to(device)  # (B, L)
         if "attention_mask" in batch:
-            attention_mask = _pad_rows(batch["attention_mask"], 0).to(device)  # (B, L)
+            attention_mask = pad_rows(batch["attention_mask"], 0, dtype=torch.int64).to(device)  # (B, L)
         else:
             attention_mask = (torch.arange(input_ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
             attention_mask = attention_mask.to(device)
@@ -342,7 +335,7 @@ def load_teacher_cache(
         raise ValueError(
             f"{path!r} is not a finished teacher cache: it has no {CACHE_META_FILE} (written last by "
             "build_teacher_cache, so an interrupted build has none). Build it with "
-            "hf_distill.teacher_cache.build_teacher_cache(teacher, dataset, k=..., output_dir=...)."
+            "hf_distill.data.build_teacher_cache(teacher, dataset, k=..., output_dir=...)."
         )
     meta = _read_meta(path, meta_path)
     _check_files(path, meta)
