@@ -120,7 +120,7 @@ def _causal_lm(argv: list[str]) -> int:
 
 
 def _push(argv: list[str]) -> int:
-    from .hub import (
+    from .publish import (
         PushArguments,
         check_files,
         check_student_folder,

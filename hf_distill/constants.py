@@ -7,3 +7,6 @@ IGNORE_INDEX = -100
 TEACHER_CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 # the prompts that on-policy / sequence-level KD generate completions from
 GENERATION_COLUMNS = ("prompt_input_ids", "prompt_attention_mask", "prompt_length")
+
+# what every job writes beside its model (hf_distill.report) and the model card reads (hf_distill.publish)
+RESULTS_FILE = "results.json"

@@ -41,10 +41,10 @@ from .mapping import (
     strip_adapters,
 )
 from .models import infer_task, resolve_dtype, unwrap
+from .publish.trainer_hub import HubPushMixin
 from .schedules import intermediate_scale
 from .teachers import TeacherOutputs
 from .teachers.model import check_distinct, model_inputs, run_model
-from .trainer_hub import HubPushMixin
 from .version import __version__
 
 logger = logging.getLogger(__name__)

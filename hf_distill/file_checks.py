@@ -1,5 +1,5 @@
 """Open every file of a saved model before trusting it: safetensors headers and tensors, PyTorch weight pickles, JSON
-files and shard indexes. A push (:mod:`hf_distill.hub`) and a resume from a checkpoint
+files and shard indexes. A push (:mod:`hf_distill.publish.hub`) and a resume from a checkpoint
 (:class:`hf_distill.DistillationTrainer`) use these to refuse a truncated, empty or damaged file by name instead of
 publishing or loading it.
 

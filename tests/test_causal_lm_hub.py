@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_distill.cli import main, parse_with_config
 from hf_distill.distillation_config import DistillationConfig
-from hf_distill.hub import render_model_card, student_files
+from hf_distill.publish import render_model_card, student_files
 from hf_distill.recipes.causal_lm import CausalLMArguments, run
 
 REPO_ID = "tester/tiny-llama-student"
@@ -210,7 +210,7 @@ def test_adapter_without_a_hub_base_is_refused(tmp_path):
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path)}))
     (folder / "adapter_model.safetensors").write_bytes(b"")
-    from hf_distill.hub import check_student_folder
+    from hf_distill.publish import check_student_folder
 
     with pytest.raises(ValueError, match="not a Hub repository"):
         check_student_folder(str(folder))

@@ -25,7 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, DistillationTrainer
 from hf_distill.cli import main
-from hf_distill.hub import push_student, render_model_card, student_files, write_model_card
+from hf_distill.publish import push_student, render_model_card, student_files, write_model_card
 from hf_distill.report import count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -145,7 +145,7 @@ def test_only_the_main_process_pushes(tmp_path, monkeypatch, main_process):
     """Under DDP every process runs the saves and ``push_to_hub``; only the world's process zero uploads (the others
     have no ``push_in_progress``: an AttributeError at the first save once). The uploads are recorded here (the Hub is
     never reached), with ``is_world_process_zero`` forced either way."""
-    from hf_distill import trainer_hub
+    from hf_distill.publish import trainer_hub
 
     calls = []
     monkeypatch.setattr(trainer_hub, "push_student", lambda folder, repo_id, **kw: calls.append(("student", folder)))

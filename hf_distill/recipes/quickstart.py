@@ -23,8 +23,8 @@ from transformers import (
 
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
-from ..model_card import write_model_card
 from ..models import build_student
+from ..publish import write_model_card
 from ..report import build_results, write_report
 from ..validation import check_output_dir, clear_previous_run
 

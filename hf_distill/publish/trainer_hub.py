@@ -1,5 +1,5 @@
 """Publishing from the trainer: ``push_to_hub`` and the pushes at each save (``push_to_hub=True``) upload the student
-alone, through :func:`hf_distill.hub.push_student`, with the hf_distill model card; checkpoints only when asked for."""
+alone, through :func:`hf_distill.publish.push_student`, with the hf_distill model card; checkpoints only when asked for."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from transformers.utils import (
     hf_api,
 )
 
-from .distillation_config import DISTILLATION_CONFIG_FILE
-from .hub import _refuse_token, push_student
-from .model_card import _read_json
+from ..distillation_config import DISTILLATION_CONFIG_FILE
+from .files import read_json
+from .hub import push_student, refuse_token
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def copy_student_files(checkpoint: str, folder: str) -> list[str]:
     names = [CONFIG_NAME, GENERATION_CONFIG_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_NAME, DISTILLATION_CONFIG_FILE]
     names += [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, ADAPTER_SAFE_WEIGHTS_NAME]
     for index_name in (WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_INDEX_NAME):
-        index = _read_json(checkpoint, index_name)
+        index = read_json(checkpoint, index_name)
         if index is not None:
             names += [index_name, *sorted(set(index["weight_map"].values()))]
     copied = [n for n in names if os.path.isfile(os.path.join(checkpoint, n))]
@@ -56,7 +56,7 @@ def _upload_checkpoint(checkpoint: str, repo_id: str, path_in_repo: str, token: 
     """Upload a whole checkpoint folder (asked for with hub_strategy), unless a file in it holds the token."""
     names = [n for n in os.listdir(checkpoint) if os.path.isfile(os.path.join(checkpoint, n))]
     try:
-        _refuse_token(token or get_token(), checkpoint, names, "")
+        refuse_token(token or get_token(), checkpoint, names, "")
     except ValueError as err:  # training_args.bin pickles the arguments, hub_token included
         raise ValueError(
             f"{err} The checkpoint was not uploaded: give the token through HF_TOKEN or `hf auth login` instead "

@@ -7,42 +7,23 @@ Typical use before a push, to review or edit the card (``hf-distill push out/sst
 Everything comes from the student's folder: ``distillation_config.json``, ``results.json`` when present (the GLUE
 job's scores, size and speed, or the causal-LM job's perplexities) and ``config.json``; nothing is fetched from the
 network. The body is rendered from ``templates/model_card.md`` (package data, read through ``importlib.resources``)
-by ``huggingface_hub.ModelCard.from_template``. Pushing the card with the student is :mod:`hf_distill.hub`'s job.
+by ``huggingface_hub.ModelCard.from_template``. Pushing the card with the student is :mod:`hf_distill.publish.hub`'s job.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .distillation_config import DISTILLATION_CONFIG_FILE
-from .tasks.glue import GLUE_TASKS
-from .version import __version__
-
-# the student's files the card reads or describes; hf_distill.hub builds its upload list from these too
-RESULTS_FILE = "results.json"
-CARD_FILE = "README.md"
-ADAPTER_CONFIG = "adapter_config.json"  # a peft (LoRA) student saved as an adapter: no config.json of its own
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-    "chat_template.json",
-)
+from ..constants import RESULTS_FILE
+from ..distillation_config import DISTILLATION_CONFIG_FILE
+from ..tasks.glue import GLUE_TASKS
+from ..version import __version__
+from .files import ADAPTER_CONFIG, CARD_FILE, TOKENIZER_FILES, is_repo_id, local_license, read_json
 
 _TASKS = {  # distillation_config.json "task" -> (pipeline tag, Auto class)
     "sequence_classification": ("text-classification", "AutoModelForSequenceClassification"),
@@ -67,31 +48,6 @@ _PERPLEXITY_ROLES = (  # causal-LM results.json key -> row of the card's table
     ("student_before_training", "student before training"),
     ("student", "student (distilled)"),
 )
-
-
-def _read_json(folder: str, name: str) -> dict | None:
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _is_repo_id(name: str | None) -> bool:
-    """A Hub id such as ``bert-base-uncased`` or ``org/model`` (not a local folder or a description)."""
-    pattern = r"[\w-]+(\.[\w-]+)*(/[\w-]+(\.[\w-]+)*)?"
-    return bool(name) and not os.path.exists(name) and re.fullmatch(pattern, name) is not None
-
-
-def _local_license(teacher: str | None) -> str | None:
-    """The license in a local teacher folder's README.md metadata, if any."""
-    readme = os.path.join(teacher or "", CARD_FILE)
-    if not teacher or not os.path.isfile(readme):
-        return None
-    try:
-        return ModelCard.load(readme, ignore_metadata_errors=True).data.license
-    except Exception:  # an unreadable card only costs the license line
-        return None
 
 
 def _human(n: float) -> str:
@@ -295,10 +251,10 @@ def teacher_of(folder: str) -> dict | None:
     folder = os.path.abspath(folder)
     if os.path.isfile(os.path.join(folder, DISTILLATION_CONFIG_FILE)) or os.path.basename(folder) != "teacher":
         return None
-    run = _read_json(os.path.dirname(folder), DISTILLATION_CONFIG_FILE)
+    run = read_json(os.path.dirname(folder), DISTILLATION_CONFIG_FILE)
     if run is None:
         return None
-    return {**run, "results": _read_json(os.path.dirname(folder), RESULTS_FILE)}
+    return {**run, "results": read_json(os.path.dirname(folder), RESULTS_FILE)}
 
 
 def _teacher_section(run: dict, task_type: str) -> tuple[dict, _ResultsSection]:
@@ -308,7 +264,7 @@ def _teacher_section(run: dict, task_type: str) -> tuple[dict, _ResultsSection]:
     results = run.get("results") or {}
     context = {
         "base": base,
-        "base_is_hub": _is_repo_id(base),
+        "base_is_hub": is_repo_id(base),
         "base_name": os.path.basename(os.path.normpath(base)) if base else None,
         "task": None,
         "scores": None,
@@ -337,8 +293,8 @@ def _teacher_section(run: dict, task_type: str) -> tuple[dict, _ResultsSection]:
 
 def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: dict, results: dict | None) -> dict:
     """Everything the template shows but the results, as plain strings and lists."""
-    config = _read_json(folder, "config.json") or {}
-    adapter = _read_json(folder, ADAPTER_CONFIG)
+    config = read_json(folder, "config.json") or {}
+    adapter = read_json(folder, ADAPTER_CONFIG)
     task = dist.get("task") or (results or {}).get("task")  # results.json says causal_lm too
     pipeline_tag, auto_class = _TASKS.get(task, ("text-classification", "AutoModel"))
     if adapter is not None:  # peft resolves the base model from adapter_config.json
@@ -352,7 +308,7 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         "repo": repo_id or folder,
         "version": dist.get("hf_distill_version", __version__),
         "teacher": teacher,
-        "teacher_is_hub": _is_repo_id(teacher),
+        "teacher_is_hub": is_repo_id(teacher),
         "teacher_name": os.path.basename(os.path.normpath(teacher)) if teacher else None,
         "teacher_finetuned": os.path.isfile(os.path.join(folder, "teacher", "config.json")),  # the GLUE job's
         "teachers": dist.get("teachers", []),
@@ -365,7 +321,7 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         "layer_matches": dist.get("layer_matches", []),
         "auto_class": auto_class,
         "pipeline_tag": pipeline_tag,
-        "tokenizer_from": (repo_id or folder) if has_tokenizer else (teacher if _is_repo_id(teacher) else None),
+        "tokenizer_from": (repo_id or folder) if has_tokenizer else (teacher if is_repo_id(teacher) else None),
         "has_report": "report.png" in names,
         "adapter_base": adapter.get("base_model_name_or_path") if adapter else None,
         "results": None,  # scores, size and speed (GLUE job), see _score_section
@@ -397,8 +353,8 @@ def render_model_card(
     speed, and the ``model-index``) and ``config.json``. ``license`` defaults to the one in a local teacher's card.
     ``repo_id`` is used in the loading snippet (default: the folder). Nothing is fetched from the network.
     """
-    dist = _read_json(folder, DISTILLATION_CONFIG_FILE) or {}
-    results = _read_json(folder, RESULTS_FILE)
+    dist = read_json(folder, DISTILLATION_CONFIG_FILE) or {}
+    results = read_json(folder, RESULTS_FILE)
     run = None if dist else teacher_of(folder)
     if run is not None:  # a run's teacher: a plain card, with the model it was fine-tuned from as its base
         dist = {"task": run.get("task"), "hf_distill_version": run.get("hf_distill_version", __version__)}
@@ -415,17 +371,17 @@ def render_model_card(
         section = _ResultsSection()
     context.update(section.context)
     card_data = ModelCardData(
-        base_model=teacher if _is_repo_id(teacher) else None,
+        base_model=teacher if is_repo_id(teacher) else None,
         datasets=datasets or section.datasets,
         language=language,
         library_name="peft" if context["adapter_base"] else "transformers",
-        license=license or _local_license(teacher),
+        license=license or local_license(teacher),
         model_name=context["title"] if results or section.eval_results else None,
         pipeline_tag=context["pipeline_tag"],
         tags=[*(["distillation"] if context["distilled"] else []), "hf-distill", *section.tags, *(tags or [])],
         eval_results=section.eval_results,
     )
-    template = resources.files("hf_distill").joinpath("templates/model_card.md").read_text(encoding="utf-8")
+    template = resources.files("hf_distill.publish").joinpath("templates/model_card.md").read_text(encoding="utf-8")
     return str(ModelCard.from_template(card_data, template_str=template, **context))
 
 

@@ -6,8 +6,7 @@ Typical use after a run (``hf-distill push out/sst2 --repo_id my-org/minilm-l3-s
     push_student("out/sst2", "my-org/minilm-l3-sst2")
 
 Everything goes through ``huggingface_hub.HfApi``, so the endpoint and the token come from ``HF_ENDPOINT``,
-``HF_TOKEN`` or ``hf auth login`` as usual. The card is rendered by :mod:`hf_distill.model_card`, whose
-``render_model_card`` and ``write_model_card`` are re-exported here.
+``HF_TOKEN`` or ``hf auth login`` as usual. The card is rendered by :mod:`hf_distill.publish.model_card`.
 """
 
 from __future__ import annotations
@@ -22,22 +21,20 @@ from typing import Optional
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
-from .distillation_config import DISTILLATION_CONFIG_FILE
-from .file_checks import first_problem, loadable_weights
-from .mapping import ADAPTERS_FILE
-from .model_card import (
+from ..constants import RESULTS_FILE
+from ..distillation_config import DISTILLATION_CONFIG_FILE
+from ..file_checks import first_problem, loadable_weights
+from ..mapping import ADAPTERS_FILE
+from ..version import __version__
+from .files import (
     ADAPTER_CONFIG,
     CARD_FILE,
-    RESULTS_FILE,
     TOKENIZER_FILES,
-    _is_repo_id,
-    _local_license,
-    _read_json,
-    render_model_card,
-    teacher_of,
-    write_model_card,  # noqa: F401  (re-exported: hf_distill.hub.write_model_card)
+    is_repo_id,
+    local_license,
+    read_json,
 )
-from .version import __version__
+from .model_card import render_model_card, teacher_of
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +130,10 @@ def check_student_folder(folder: str) -> None:
             "finished student: push the folder trainer.save_model() wrote (the run's output_dir)."
         )
     missing = []
-    adapter = _read_json(folder, ADAPTER_CONFIG)
+    adapter = read_json(folder, ADAPTER_CONFIG)
     if adapter is not None:
         base = adapter.get("base_model_name_or_path")
-        if not _is_repo_id(base):
+        if not is_repo_id(base):
             raise ValueError(
                 f"{folder} holds a LoRA adapter whose base model is {base!r}, not a Hub repository, so nobody could "
                 "load it from the Hub: merge the adapter (hf-distill causal-lm --merge_lora true) and push the "
@@ -148,7 +145,7 @@ def check_student_folder(folder: str) -> None:
         others = loadable_weights(names)
         hint = f" (only {others[0]}: re-save with save_pretrained)" if others else ""
         missing.append(f"weights (*.safetensors, written by trainer.save_model() or save_pretrained){hint}")
-    index = _read_json(folder, "model.safetensors.index.json")
+    index = read_json(folder, "model.safetensors.index.json")
     if index:
         missing += sorted({f"weight shard {s}" for s in index.get("weight_map", {}).values() if s not in names})
     if missing:
@@ -204,7 +201,7 @@ def _check_token(api: HfApi) -> dict:
 
 def _hub_license(api: HfApi, teacher: str | None) -> str | None:
     """The teacher's license from its Hub card, best effort (a missing or private teacher just gives none)."""
-    if not _is_repo_id(teacher):
+    if not is_repo_id(teacher):
         return None
     try:
         card_data = api.model_info(teacher).card_data
@@ -227,13 +224,13 @@ def _card_for_push(api, folder, files, repo_id, regenerate, card) -> str:
             return text
         logger.info("%s is an unfilled template (peft writes one with every adapter): rendering the card.", CARD_FILE)
     if card.get("license") is None:
-        dist = _read_json(folder, DISTILLATION_CONFIG_FILE) or {}
+        dist = read_json(folder, DISTILLATION_CONFIG_FILE) or {}
         teacher = card.get("base_model") or next(iter(dist.get("teachers") or []), None)
-        card["license"] = _local_license(teacher) or _hub_license(api, teacher)
+        card["license"] = local_license(teacher) or _hub_license(api, teacher)
     return render_model_card(folder, repo_id, **card)
 
 
-def _refuse_token(token: str | None, folder: str, files: list[str], card: str) -> None:
+def refuse_token(token: str | None, folder: str, files: list[str], card: str) -> None:
     """Refuse to publish a file (or a card) that contains the token."""
     if not token:
         return
@@ -278,7 +275,7 @@ def push_student(
     if "/" not in repo_id:
         repo_id = f"{user['name']}/{repo_id}"
     readme = _card_for_push(api, folder, files, repo_id, regenerate_card, card)
-    _refuse_token(token or get_token(), folder, files, readme)
+    refuse_token(token or get_token(), folder, files, readme)
     operations = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=os.path.join(folder, n)) for n in files]
     operations = [op for op in operations if op.path_in_repo != CARD_FILE]
     operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=readme.encode("utf-8")))
