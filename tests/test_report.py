@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import tiny_bert, tiny_gpt2, tiny_llama
 
-from hf_distill import report
 from hf_distill.report import (
     build_results,
     count_parameters,
@@ -19,11 +18,13 @@ from hf_distill.report import (
     measure_speed,
     measure_speeds,
     size_on_disk_mb,
+    speed,
     speedup_stats,
     spread_stats,
     time_interleaved,
     timing_warning,
     write_report,
+    write_results,
 )
 
 TEACHER_SCORES = {
@@ -303,7 +304,7 @@ def _fake_timings(times):
 def test_build_results_reports_medians_spreads_and_the_busy_machine_warning(models, monkeypatch, caplog):
     teacher, student, baseline = models
     quiet = [[40.0, 41.0, 39.0, 40.0, 40.0], [10.0, 10.0, 10.0, 11.0, 9.0], [10.0] * 5]
-    monkeypatch.setattr(report, "time_interleaved", _fake_timings(quiet))
+    monkeypatch.setattr(speed, "time_interleaved", _fake_timings(quiet))
     kwargs = {"baseline_scores": BASELINE_SCORES, "baseline_model": baseline, "rounds": 5, **SMALL}
     with caplog.at_level(logging.WARNING, logger="hf_distill.report"):
         out = build_results("sst2", "accuracy", TEACHER_SCORES, STUDENT_SCORES, teacher, student, **kwargs)
@@ -316,7 +317,7 @@ def test_build_results_reports_medians_spreads_and_the_busy_machine_warning(mode
 
     # a student slowed 8x in two rounds out of five: its median holds, its spread and the speedup's do not
     busy = [[40.0, 41.0, 39.0, 40.0, 40.0], [10.0, 80.0, 10.0, 80.0, 9.0], [10.0] * 5]
-    monkeypatch.setattr(report, "time_interleaved", _fake_timings(busy))
+    monkeypatch.setattr(speed, "time_interleaved", _fake_timings(busy))
     with caplog.at_level(logging.WARNING, logger="hf_distill.report"):
         out = build_results("sst2", "accuracy", TEACHER_SCORES, STUDENT_SCORES, teacher, student, **kwargs)
     assert out["student"]["latency_ms"] == 10.0 and out["student"]["latency_spread"] == pytest.approx(7.0)
@@ -395,6 +396,18 @@ def test_write_report_writes_json_and_png(results, tmp_out, capsys):
         assert json.load(f) == json.loads(json.dumps(results))
     _check_png(paths["figure"])
     assert "retention" in capsys.readouterr().out
+
+
+def test_write_results_writes_plain_json_and_refuses_other_objects(tmp_out):
+    import numpy as np
+
+    values = {"task": "causal_lm", "loss": torch.tensor(0.5), "ppl": np.float32(3.0), "rows": torch.arange(3)}
+    path = write_results(values, tmp_out)
+    assert path == os.path.join(tmp_out, "results.json")
+    with open(path) as f:
+        assert json.load(f) == {"task": "causal_lm", "loss": 0.5, "ppl": 3.0, "rows": [0, 1, 2]}
+    with pytest.raises(ValueError, match="cannot be written to JSON; pass plain numbers"):
+        write_results({"model": object()}, tmp_out)
 
 
 def test_write_report_without_log_history(results, tmp_out):

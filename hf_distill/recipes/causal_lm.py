@@ -10,7 +10,6 @@ Output layout: ``output_dir/`` holds the student (a full model, a LoRA adapter, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..generation import sample_sequences
 from ..models import build_student, resolve_dtype, resolve_model_path
-from ..report import count_parameters
+from ..report import count_parameters, format_perplexities, write_results
 from ..validation import parse_layers, prepare_output_dir, resolve_resume, validate_causal_lm_job
 
 logger = logging.getLogger(__name__)
@@ -324,9 +323,8 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         }
     )
     if args.should_save:
-        with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-    print(format_results(results))
+        write_results(results, args.output_dir)
+    print(format_perplexities(results))
     return results
 
 
@@ -371,17 +369,3 @@ def _teacher_cache(lm, args, teacher, train, tokenizer):
         teacher_name=args.teacher_model_name_or_path,
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-def format_results(results: dict) -> str:
-    """A table of perplexities (rows: models, columns: validation texts) and parameter counts."""
-    roles = [r for r in ("teacher", "student_before_training", "student") if r in results]
-    names = list(results[roles[0]]["perplexity"]) if roles else []
-    header = f"{'model':<26}{'params':>12}" + "".join(f"{n[:24]:>26}" for n in names)
-    lines = [header, "-" * len(header)]
-    for role in roles:
-        r = results[role]
-        lines.append(
-            f"{role:<26}{r['num_parameters'] / 1e6:>11.1f}M" + "".join(f"{r['perplexity'][n]:>26.2f}" for n in names)
-        )
-    return "\n".join(lines)
