@@ -1,4 +1,5 @@
-"""Memory and time of token-level logit KD: the naive loss on full logits vs chunked_token_kd, on CPU.
+"""Memory and time of token-level logit KD: the naive loss on full logits vs the chunked KD term of
+``fused_causal_lm_loss`` (``alpha_task=0``: the path the trainer runs), on CPU.
 
 The shapes of issue #4 (batch 8 x seq 512, SmolLM2's vocabulary 49,152 and width 576): one (B, T, V) float32 tensor
 is 0.8 GB. Each variant runs forward + backward of the KD loss alone, from the student's last hidden states and
@@ -39,7 +40,7 @@ from common import default_dir, new_path, run_record, write_record  # noqa: E402
 from memory import reset_peak_rss, rss_mb  # noqa: E402
 from summarize import chunked_kd_memory, load  # noqa: E402
 
-from hf_distill.losses import chunked_token_kd, get_loss  # noqa: E402
+from hf_distill.losses import TeacherTargets, fused_causal_lm_loss, get_loss  # noqa: E402
 
 
 class _Saved:
@@ -72,12 +73,16 @@ def _loss(variant, teacher, args, head, hidden, teacher_head, teacher_hidden, te
             with torch.no_grad():
                 teacher_logits = teacher_head(teacher_hidden)  # (B, T, V) float32
         return get_loss("logits", args.loss)(head(hidden), teacher_logits, **kw)
-    teacher_kw = (
-        {"teacher_logits": teacher_logits}
+    targets = (
+        TeacherTargets(logits=[teacher_logits])
         if teacher == "logits"
-        else {"teacher_hidden": teacher_hidden, "teacher_head": teacher_head}
+        else TeacherTargets(hidden=[teacher_hidden], heads=[teacher_head])
     )
-    return chunked_token_kd(hidden, head, **teacher_kw, loss=args.loss, chunk_size=args.chunk_size, **kw)
+    total, _ = fused_causal_lm_loss(
+        hidden, head, labels=None, teacher=targets, alpha_task=0.0, alpha_logits=1.0, loss=args.loss,
+        chunk_size=args.chunk_size, **kw,
+    )  # fmt: skip
+    return total
 
 
 def run_variant(variant: str, teacher: str, args) -> dict:

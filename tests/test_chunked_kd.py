@@ -1,4 +1,5 @@
-"""chunked_token_kd equals the unchunked registry loss on full logits, in value and gradients, and saves far less."""
+"""The chunked token-level KD term (fused_causal_lm_loss without its task term, as the trainer runs it) equals the
+unchunked registry loss on full logits, in value and gradients, and saves far less."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, head_grad_scales, logit_grad_scale
 from torch import nn
 
-from hf_distill.losses import chunked_token_kd, get_loss
+from hf_distill.losses import TeacherTargets, fused_causal_lm_loss, get_loss
 
 pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 
@@ -30,6 +31,19 @@ def make_inputs(seed=0, teacher_dtype=torch.float32):
     # prompt tokens (row 1 starts with 2 of them) and right padding are masked
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
     return head, hidden, teacher_head, teacher_hidden, teacher_logits, mask
+
+
+def chunked_kd(hidden, head, teacher_logits=None, *, teacher_hidden=None, teacher_head=None, mask=None, **kw):
+    """The KD term alone, chunked: ``fused_causal_lm_loss`` with ``alpha_task=0``, the teacher's logits given or
+    computed per chunk from its hidden states and head."""
+    if teacher_logits is not None:
+        teacher = TeacherTargets(logits=[teacher_logits])
+    else:
+        teacher = TeacherTargets(hidden=[teacher_hidden], heads=[teacher_head])
+    total, _ = fused_causal_lm_loss(
+        hidden, head, labels=None, mask=mask, teacher=teacher, alpha_task=0.0, alpha_logits=1.0, **kw
+    )
+    return total
 
 
 def grads(loss, head, hidden):
@@ -79,7 +93,7 @@ def test_value_and_gradients_match_unchunked(name, temperature, teacher):
     want_grads = grads(want, head, hidden)
     scale = scale_of(name, head(hidden), t_logits, **kw)
     for chunk_size in (1, 7, 64):  # one row, chunks not dividing N = 12, one chunk larger than N
-        got = chunked_token_kd(hidden, head, **teacher_kw, loss=name, chunk_size=chunk_size, **kw)
+        got = chunked_kd(hidden, head, **teacher_kw, loss=name, chunk_size=chunk_size, **kw)
         assert got.dtype == torch.float32 and got.dim() == 0
         assert_fp32_close(got, want, scale=scale, n=N_LOSS)
         assert_close(grads(got, head, hidden), want_grads, name, head, hidden, t_logits, **kw)
@@ -89,7 +103,7 @@ def test_value_and_gradients_match_unchunked(name, temperature, teacher):
 def test_bf16_teacher_logits_and_no_mask(name):
     head, hidden, _, _, t_logits, _ = make_inputs(seed=1, teacher_dtype=torch.bfloat16)
     want = get_loss("logits", name)(head(hidden), t_logits, temperature=2.0)
-    got = chunked_token_kd(hidden, head, t_logits, loss=name, temperature=2.0, chunk_size=5)
+    got = chunked_kd(hidden, head, t_logits, loss=name, temperature=2.0, chunk_size=5)
     assert_fp32_close(got, want, scale=scale_of(name, head(hidden), t_logits, temperature=2.0), n=N_LOSS)
     assert_close(grads(got, head, hidden), grads(want, head, hidden), name, head, hidden, t_logits, temperature=2.0)
 
@@ -98,7 +112,7 @@ def test_head_as_weight_tensor_or_pair_normalizer_and_scaled_backward():
     head, hidden, _, _, t_logits, mask = make_inputs(seed=2)
     weight = head.weight
     want = 0.25 * get_loss("logits", "jsd")(hidden @ weight.T, t_logits, mask=mask, normalizer=40, beta=0.7)
-    got = 0.25 * chunked_token_kd(hidden, weight, t_logits, mask=mask, loss="jsd", normalizer=40, beta=0.7)
+    got = 0.25 * chunked_kd(hidden, weight, t_logits, mask=mask, loss="jsd", normalizer=40, beta=0.7)
     scale = 0.25 * divergence_scale(hidden @ weight.T, t_logits, mask=mask) * int(mask.sum()) / 40
     assert_fp32_close(got, want, scale=scale, n=N_LOSS)
     dy = 0.25 * logit_grad_scale(hidden @ weight.T, t_logits, mask=mask, normalizer=40)
@@ -110,7 +124,7 @@ def test_head_as_weight_tensor_or_pair_normalizer_and_scaled_backward():
     # (weight, bias) pair and a tensor normalizer (the gradient-accumulation count)
     want = get_loss("logits", "kl")(head(hidden), t_logits, mask=mask, normalizer=torch.tensor(30))
     pair = (head.weight, head.bias)
-    got = chunked_token_kd(hidden, pair, t_logits, mask=mask, normalizer=torch.tensor(30), chunk_size=4)
+    got = chunked_kd(hidden, pair, t_logits, mask=mask, normalizer=torch.tensor(30), chunk_size=4)
     assert_fp32_close(got, want, scale=divergence_scale(head(hidden), t_logits, mask=mask) * int(mask.sum()) / 30)
     kw = {"mask": mask, "normalizer": 30}
     assert_close(grads(got, head, hidden), grads(want, head, hidden), "kl", head, hidden, t_logits, **kw)
@@ -120,7 +134,7 @@ def test_masked_and_garbage_positions_get_no_gradient_and_teacher_none():
     head, hidden, t_head, t_hidden, _, mask = make_inputs(seed=3)
     t_hidden = t_hidden.clone().requires_grad_()
     t_head.requires_grad_(True)
-    loss = chunked_token_kd(hidden, head, teacher_hidden=t_hidden, teacher_head=t_head, mask=mask, chunk_size=4)
+    loss = chunked_kd(hidden, head, teacher_hidden=t_hidden, teacher_head=t_head, mask=mask, chunk_size=4)
     loss.backward()
     assert hidden.grad[~mask].abs().sum() == 0 and hidden.grad[mask].abs().sum() > 0
     assert t_hidden.grad is None and t_head.weight.grad is None  # no gradient reaches the teacher
@@ -129,10 +143,10 @@ def test_masked_and_garbage_positions_get_no_gradient_and_teacher_none():
 def test_identical_teacher_gives_zero_and_all_masked_gives_zero():
     head, hidden, _, _, _, mask = make_inputs(seed=4)
     for name in DIVERGENCES:
-        loss = chunked_token_kd(hidden, head, teacher_hidden=hidden.detach(), teacher_head=head, loss=name)
+        loss = chunked_kd(hidden, head, teacher_hidden=hidden.detach(), teacher_head=head, loss=name)
         assert_fp32_close(loss, 0.0, scale=divergence_scale(head(hidden), head(hidden)), n=N_LOSS, msg=name)
     empty = torch.zeros_like(mask)
-    loss = chunked_token_kd(hidden, head, torch.randn(B, T, V), mask=empty)
+    loss = chunked_kd(hidden, head, torch.randn(B, T, V), mask=empty)
     assert loss.item() == 0.0
     assert all(g.abs().sum() == 0 for g in grads(loss, head, hidden))
 
@@ -140,17 +154,17 @@ def test_identical_teacher_gives_zero_and_all_masked_gives_zero():
 def test_frozen_head_no_grad_mode_and_bf16_student():
     head, hidden, _, _, t_logits, mask = make_inputs(seed=5)
     head.requires_grad_(False)
-    loss = chunked_token_kd(hidden, head, t_logits, mask=mask, chunk_size=5)
+    loss = chunked_kd(hidden, head, t_logits, mask=mask, chunk_size=5)
     (g,) = torch.autograd.grad(loss, [hidden])
     want = torch.autograd.grad(get_loss("logits", "kl")(head(hidden), t_logits, mask=mask), [hidden])[0]
     assert_fp32_close(g, want, n=2 * N_LOSS)
     with torch.no_grad():
-        assert not chunked_token_kd(hidden, head, t_logits, mask=mask).requires_grad
+        assert not chunked_kd(hidden, head, t_logits, mask=mask).requires_grad
     # a bf16 student: same rounding as the unchunked loss up to bf16 precision (its logits and gradients are bf16)
     head16 = nn.Linear(D, V).to(torch.bfloat16)
     h16 = hidden.detach().to(torch.bfloat16).requires_grad_()
     want = get_loss("logits", "kl")(head16(h16), t_logits, mask=mask, temperature=2.0)
-    got = chunked_token_kd(h16, head16, t_logits, mask=mask, temperature=2.0, chunk_size=5)
+    got = chunked_kd(h16, head16, t_logits, mask=mask, temperature=2.0, chunk_size=5)
     scale = divergence_scale(head16(h16), t_logits, temperature=2.0, mask=mask)
     assert_fp32_close(got, want, scale=scale, n=N_LOSS, dtype=torch.bfloat16)
     got_grads = grads(got, head16, h16)
@@ -162,20 +176,19 @@ def test_frozen_head_no_grad_mode_and_bf16_student():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"teacher_logits": torch.randn(B, T, V + 1)}, "logit KD needs the same"),
-        ({"teacher_logits": torch.randn(B, T + 1, V)}, "teacher tokens"),
-        ({"teacher_logits": torch.randn(B, T, V), "teacher_hidden": torch.randn(B, T, DT)}, "Give either"),
-        ({"teacher_hidden": torch.randn(B, T, DT)}, "Give either"),
+        ({"teacher_logits": torch.randn(B, T, V + 1)}, f"Student vocabulary {V} and teacher 0's vocabulary {V + 1}"),
+        ({"teacher_logits": torch.randn(B, T + 1, V)}, r"\(3, 7, 37\) does not match the tokens \(3, 6\)"),
         ({"teacher_logits": torch.randn(B, T, V), "chunk_size": 0}, "chunk_size must be >= 1, got 0"),
         ({"teacher_logits": torch.randn(B, T, V), "loss": "kld"}, r"choose one of \['jsd', 'kl'"),
         ({"teacher_logits": torch.randn(B, T, V), "mask": torch.ones(B, T + 1)}, "mask"),
-        ({"teacher_hidden": torch.randn(B, T, DT), "teacher_head": nn.Linear(DT + 1, V)}, "Teacher hidden size"),
+        ({"teacher_hidden": torch.randn(B, T, DT), "teacher_head": nn.Linear(DT + 1, V)}, "hidden size 12 does not"),
+        ({"teacher_hidden": torch.randn(B, T, DT), "teacher_head": nn.Linear(DT, V - 1)}, "teacher 0's vocabulary 36"),
     ],
 )
 def test_bad_inputs_raise_value_error(kwargs, message):
     head, hidden, *_ = make_inputs()
     with pytest.raises(ValueError, match=message):
-        chunked_token_kd(hidden, head, **kwargs)
+        chunked_kd(hidden, head, **kwargs)
 
 
 class _Saved:
@@ -211,7 +224,7 @@ def test_saves_o_of_hidden_plus_head_not_tokens_times_vocab(name):
     teacher = torch.randn(b, t, v)
     mask = torch.ones(b, t, dtype=torch.bool)
     naive = saved_bytes(lambda: get_loss("logits", name)(head(hidden), teacher, mask=mask))
-    chunked = saved_bytes(lambda: chunked_token_kd(hidden, head, teacher, mask=mask, loss=name, chunk_size=chunk))
+    chunked = saved_bytes(lambda: chunked_kd(hidden, head, teacher, mask=mask, loss=name, chunk_size=chunk))
     assert naive >= 2 * n * v * 4  # several (N, V) float32 tensors
     # gradients for hidden (N, D), weight (V, D) and bias (V,), the token indices (N,), nothing of size N x V
     assert chunked <= 4 * (n * d + v * d + v) + 8 * n + 1024
@@ -279,9 +292,9 @@ def test_chunked_kd_with_entries_both_models_mask(name):
     """They were nan in value and gradients for every loss but the forward KL."""
     weight, bias, hidden, _, _, t_logits, mask = masked_head_inputs()
     kw = {"mask": mask, "temperature": 2.0, "beta": 0.3, "loss": name}
-    got = chunked_token_kd(hidden, (weight, bias), t_logits, chunk_size=5, **kw)
+    got = chunked_kd(hidden, (weight, bias), t_logits, chunk_size=5, **kw)
     sliced = (weight[KEEP].detach().requires_grad_(), bias[KEEP].detach().requires_grad_())
-    want = chunked_token_kd(hidden, sliced, t_logits[..., KEEP], chunk_size=5, **kw)
+    want = chunked_kd(hidden, sliced, t_logits[..., KEEP], chunk_size=5, **kw)
     assert_equal_to_sliced(got, want, weight, bias, hidden, sliced, name, t_logits[..., KEEP], **kw)
 
 
@@ -289,8 +302,6 @@ def test_chunked_kd_with_entries_both_models_mask(name):
 def test_fused_causal_lm_loss_with_entries_both_models_mask(name):
     """The fused cross-entropy + KD loss (the closed form for kl, autograd for the others), the teacher's logits
     coming chunk by chunk from its masked head, equals the same loss on the vocabulary without the masked entries."""
-    from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
-
     weight, bias, hidden, t_head, t_hidden, _, mask = masked_head_inputs(seed=7)
     g = torch.Generator().manual_seed(7)
     kept_ids = KEEP.nonzero().squeeze(1)
@@ -315,8 +326,6 @@ def test_fused_causal_lm_loss_with_entries_both_models_mask(name):
 @pytest.mark.parametrize("bad", [-1, V])
 def test_fused_causal_lm_loss_refuses_labels_outside_the_vocabulary(loss, alpha_task, bad):
     """The closed form clamped a -1 label to token 0 and trained it as such; a label >= V was an IndexError."""
-    from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
-
     head, hidden, _, _, t_logits, mask = make_inputs(seed=8)
     labels = torch.randint(0, V, (B, T)).masked_fill(~mask, -100)
     labels[0, 1] = labels[2, 0] = bad

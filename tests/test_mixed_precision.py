@@ -23,15 +23,15 @@ from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, f
 
 from hf_distill import DistillationConfig, DistillationTrainer
 from hf_distill.losses import (
+    TeacherTargets,
     available_losses,
-    chunked_token_kd,
+    fused_causal_lm_loss,
     get_loss,
     mix_teacher_logits,
     task_loss,
     teacher_topk,
     topk_token_kd,
 )
-from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
 
 pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 
@@ -127,13 +127,15 @@ def bf16_heads():
 
 
 @pytest.mark.parametrize("name", available_losses("logits"))
-def test_chunked_token_kd_computes_in_fp32(name):
+def test_chunked_kd_term_computes_in_fp32(name):
     hidden, head, t_hidden, t_head, s_logits, t_logits = bf16_heads()
-    kw = {"mask": MASK, "loss": name, "temperature": 2.0, "beta": 0.3, "chunk_size": 4}
+    kw = {"labels": None, "mask": MASK, "alpha_task": 0.0, "alpha_logits": 1.0, "loss": name, "temperature": 2.0}
+    kw.update(beta=0.3, chunk_size=4)
     want = get_loss("logits", name)(s_logits.float(), t_logits.float(), mask=MASK, temperature=2.0, beta=0.3)
     scale = loss_scale(name, s_logits, t_logits, mask=MASK, temperature=2.0)
-    assert_fp32_match(chunked_token_kd(hidden, head, t_logits, **kw), want, scale)
-    got = chunked_token_kd(hidden, head, teacher_hidden=t_hidden, teacher_head=t_head, **kw)
+    got, _ = fused_causal_lm_loss(hidden, head, teacher=TeacherTargets(logits=[t_logits]), **kw)
+    assert_fp32_match(got, want, scale)
+    got, _ = fused_causal_lm_loss(hidden, head, teacher=TeacherTargets(hidden=[t_hidden], heads=[t_head]), **kw)
     assert_fp32_match(got, want, scale)
 
 

@@ -68,16 +68,6 @@ def _key_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
     return bias.masked_fill_(~mask.bool(), torch.finfo(torch.float32).min)
 
 
-def self_relation(states: torch.Tensor, num_heads: int, mask: torch.Tensor | None) -> torch.Tensor:
-    """Log self-relation ``log softmax(X_r X_r^T / sqrt(d_r))``: ``(B, T, D) -> (B, R, T, T)``.
-
-    Keys at padded positions are excluded (probability 0).
-    """
-    b, t, _ = states.shape
-    scores = _relation_scores(_heads(states, num_heads), num_heads, _key_bias(mask))  # (B * R, T, T)
-    return F.log_softmax(scores.view(b, num_heads, t, t), dim=-1)
-
-
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """``(n, L, D) -> (n * R, L, D / R)`` in float32."""
     n, length, d = x.shape

@@ -1,10 +1,11 @@
-"""Token-level logit KD for causal LMs that never materialises the full ``(B, T, V)`` student logits.
+"""A loss over a linear output head that never materialises the full ``(B, T, V)`` logits: the building block of the
+fused causal-LM loss (:func:`hf_distill.losses.token.fused_causal_lm_loss`).
 
 For large vocabularies the logits dominate memory: ``8 x 512 x 49,152`` floats are 0.8 GB per tensor, and a naive
 KD loss keeps several such tensors (student logits, both log-softmaxes, the pointwise divergence) alive until the
-backward pass. :func:`chunked_token_kd` takes the student's last hidden states and output head instead, and walks
-over the valid tokens ``chunk_size`` rows at a time: it computes the chunk's student logits, the teacher's chunk (from
-precomputed logits, or from the teacher's hidden states and head), the registered divergence in float32, and the
+backward pass. :func:`chunked_linear_loss` takes the student's last hidden states and output head instead, and walks
+over the valid tokens ``chunk_size`` rows at a time: it computes the chunk's student logits, the caller's loss of the
+chunk (the teacher's rows coming from precomputed logits, or from the teacher's hidden states and head), and the
 gradient of the chunk's loss with respect to the student's hidden states, head weight and bias. Only those gradients
 (``(B*T, D)``, ``(V, D)``, ``(V,)``) are kept for the backward pass, which merely scales them by the incoming gradient;
 the chunk's ``(chunk_size, V)`` intermediates are freed before the next chunk. This is the approach of Liger-Kernel's
@@ -22,9 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .reduction import reduce_items
-from .registry import get_loss
-
 
 def head_params(head, who: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight (V, D), bias (V,) or None)`` of an ``nn.Linear``-like module, a weight tensor or a pair."""
@@ -37,31 +35,6 @@ def head_params(head, who: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(head, (tuple, list)) and len(head) == 2:
         return head[0], head[1]
     raise ValueError(f"{who} must be an nn.Linear-like module, a weight tensor (V, D) or a (weight, bias) pair.")
-
-
-def _check_shapes(student_hidden, weight, batch_shape, teacher_logits, teacher_hidden, teacher_weight, mask):
-    if student_hidden.shape[-1] != weight.shape[-1]:
-        raise ValueError(
-            f"Student hidden size {student_hidden.shape[-1]} does not match its head's weight {tuple(weight.shape)}."
-        )
-    if teacher_logits is not None:
-        teacher_batch, teacher_vocab = teacher_logits.shape[:-1], teacher_logits.shape[-1]
-    else:
-        teacher_batch, teacher_vocab = teacher_hidden.shape[:-1], teacher_weight.shape[0]
-        if teacher_hidden.shape[-1] != teacher_weight.shape[-1]:
-            raise ValueError(
-                f"Teacher hidden size {teacher_hidden.shape[-1]} does not match its head's weight "
-                f"{tuple(teacher_weight.shape)}."
-            )
-    if teacher_batch != batch_shape:
-        raise ValueError(f"Student tokens {tuple(batch_shape)} and teacher tokens {tuple(teacher_batch)} differ.")
-    if teacher_vocab != weight.shape[0]:
-        raise ValueError(
-            f"Student vocabulary {weight.shape[0]} and teacher vocabulary {teacher_vocab} differ; "
-            "logit KD needs the same label set or vocabulary."
-        )
-    if mask is not None and mask.shape != batch_shape:
-        raise ValueError(f"mask {tuple(mask.shape)} does not match the tokens {tuple(batch_shape)}.")
 
 
 class _ChunkedLinearLoss(torch.autograd.Function):
@@ -134,8 +107,8 @@ def chunked_linear_loss(
 ) -> torch.Tensor:
     """``sum over valid tokens of loss_fn(head(hidden), targets)``, computed ``chunk_size`` tokens at a time.
 
-    The building block of :func:`chunked_token_kd` and of the fused causal-LM loss: the ``(N, V)`` logits never
-    exist in full, the gradients w.r.t. ``hidden`` and the head's parameters are exact.
+    The building block of the fused causal-LM loss: the ``(N, V)`` logits never exist in full, the gradients
+    w.r.t. ``hidden`` and the head's parameters are exact.
 
     Args:
         hidden: ``(*batch, D)`` hidden states (the head's input).
@@ -168,72 +141,3 @@ def chunked_linear_loss(
     rows = None if mask is None else mask.reshape(-1).bool().nonzero().squeeze(1).to(hidden.device)  # (N,)
     want_grad = torch.is_grad_enabled()
     return _ChunkedLinearLoss.apply(flat_hidden, weight, bias, rows, flat, loss_fn, chunk_size, want_grad)
-
-
-def chunked_token_kd(
-    student_hidden: torch.Tensor,
-    student_head,
-    teacher_logits: torch.Tensor | None = None,
-    *,
-    teacher_hidden: torch.Tensor | None = None,
-    teacher_head=None,
-    mask: torch.Tensor | None = None,
-    loss: str = "kl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    normalizer: float | torch.Tensor | None = None,
-    chunk_size: int = 1024,
-) -> torch.Tensor:
-    """Token-level logit KD computed ``chunk_size`` tokens at a time from the student's hidden states.
-
-    The value and the gradients (w.r.t. ``student_hidden`` and the head's weight and bias) are those of
-    ``get_loss("logits", loss)(student_head(student_hidden), teacher_logits, mask=mask, temperature=temperature,
-    beta=beta, normalizer=normalizer)``, to float rounding, but neither the student's ``(N, V)`` logits nor their
-    softmax intermediates ever exist in full: peak extra memory is ``O(chunk_size x V)`` plus the gradients kept for
-    the backward pass, ``O(B*T x D + V x D)``. No gradient flows to the teacher. The divergences hold about eight
-    float32 ``(chunk_size, V)`` tensors at their peak (``chunk_size=1024``, ``V=49,152``: 1.5 GB; ``256``: 0.4 GB),
-    so lower ``chunk_size`` for large vocabularies; chunks of a few hundred rows cost no measurable time.
-
-    Args:
-        student_hidden: ``(B, T, D)`` last hidden states of the student (any ``(*batch, D)``), already aligned with
-            the teacher's prediction positions (shifted for causal LMs).
-        student_head: the output head: an ``nn.Linear``-like module (``weight`` ``(V, D)``, optional ``bias``
-            ``(V,)``), a weight tensor ``(V, D)``, or a ``(weight, bias)`` pair. It must be purely linear (no logit
-            soft-capping or scaling after it).
-        teacher_logits: ``(B, T, V)`` teacher logits, any float dtype (bf16/fp16 are upcast per chunk). Give either
-            these or ``teacher_hidden`` and ``teacher_head``.
-        teacher_hidden: ``(B, T, Dt)`` teacher last hidden states; the teacher's logits are then computed per chunk
-            (under ``no_grad``) with ``teacher_head`` (same forms as ``student_head``, weight ``(V, Dt)``).
-        mask: ``(B, T)`` boolean/0-1, true for the tokens to distil (padding and prompt tokens false).
-        loss: a registered logits loss: ``kl``, ``reverse_kl``, ``jsd``, ``skew_kl``, ``skew_reverse_kl`` (see
-            :mod:`hf_distill.losses.logits` for the definitions) or ``mse``.
-        temperature: softmax temperature ``T``; divergences are multiplied by ``T^2``.
-        beta: the ``beta`` of ``jsd`` and the skew weight of ``skew_kl`` / ``skew_reverse_kl``.
-        normalizer: the sum over valid tokens is divided by it; default the number of valid tokens.
-        chunk_size: tokens per chunk (>= 1).
-
-    Returns:
-        A float32 scalar.
-    """
-    if (teacher_logits is None) == (teacher_hidden is None) or (teacher_hidden is None) != (teacher_head is None):
-        raise ValueError("Give either teacher_logits, or teacher_hidden together with teacher_head.")
-    divergence = get_loss("logits", loss)
-    weight, _ = head_params(student_head, "student_head")
-    teacher_weight, teacher_bias = (None, None) if teacher_head is None else head_params(teacher_head, "teacher_head")
-    _check_shapes(
-        student_hidden, weight, student_hidden.shape[:-1], teacher_logits, teacher_hidden, teacher_weight, mask
-    )
-    teacher = teacher_logits if teacher_logits is not None else teacher_hidden
-
-    def loss_fn(logits, chunk):
-        target = chunk["teacher"].to(logits.device)
-        if teacher_hidden is not None:
-            with torch.no_grad():
-                target = F.linear(target, teacher_weight, teacher_bias)  # (n, V)
-        return divergence(logits, target, normalizer=1, temperature=temperature, beta=beta)
-
-    total = chunked_linear_loss(
-        student_hidden, student_head, loss_fn, {"teacher": teacher}, mask=mask, chunk_size=chunk_size
-    )
-    count = student_hidden.shape[:-1].numel() if mask is None else int(mask.bool().sum())
-    return reduce_items(total.reshape(1), count if normalizer is None else normalizer)

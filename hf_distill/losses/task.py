@@ -14,8 +14,6 @@ import torch.nn.functional as F
 from ..constants import IGNORE_INDEX
 from .reduction import reduce_items
 
-TASK_KINDS = ("sequence_classification", "token_classification", "causal_lm")
-
 
 def check_labels(labels: torch.Tensor, num_classes: int, what: str = "num_labels") -> None:
     """Refuse integer labels that are neither ``IGNORE_INDEX`` nor a class id in ``[0, num_classes)``.

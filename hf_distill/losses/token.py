@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
 from .chunked import chunked_linear_loss, head_params
 from .logits import mix_teacher_logits
 from .registry import get_loss
-from .task import IGNORE_INDEX, check_labels
+from .task import check_labels
+from .topk import topk_token_kd
 
 
 @dataclass
@@ -42,6 +44,25 @@ class TeacherTargets:
             return {"topk_ids": self.topk_ids, "topk_logprobs": self.topk_logprobs}
         source = self.logits if self.logits is not None else self.hidden
         return {f"teacher{i}": t for i, t in enumerate(source or [])}
+
+    def check(self, vocab: int, vocab_rows: int | None) -> None:
+        """Refuse teachers whose outputs cannot line up with a student of ``vocab`` output rows: each teacher needs
+        ``vocab`` rows (at least ``vocab_rows`` when given), and its hidden states the width of its head."""
+        source = self.logits if self.logits is not None else self.hidden or []
+        for i, t in enumerate(source):
+            rows = t.shape[-1]
+            if self.logits is None:
+                weight, _ = head_params(self.heads[i], "teacher head")
+                if rows != weight.shape[-1]:
+                    raise ValueError(
+                        f"Teacher {i}'s hidden size {rows} does not match its head's weight {tuple(weight.shape)}."
+                    )
+                rows = weight.shape[0]
+            if rows < (vocab_rows or vocab) or (vocab_rows is None and rows != vocab):
+                raise ValueError(
+                    f"Student vocabulary {vocab} and teacher {i}'s vocabulary {rows} differ; logit KD needs the same "
+                    "vocabulary (or vocab_rows= for one tokenizer with padded embeddings)."
+                )
 
     @torch.no_grad()
     def chunk_target(self, chunk: dict, device, vocab_rows: int | None, temperature: float, loss: str):
@@ -96,10 +117,13 @@ def fused_causal_lm_loss(
         ``total`` (a differentiable float32 scalar) and the detached normalised terms ``{"task": ..., "logits": ...}``
         (only those with a non-zero weight).
     """
+    vocab = head_params(student_head, "student_head")[0].shape[0]
     if labels is not None:  # before any chunk: a -1 would otherwise index the vocabulary
-        check_labels(labels, head_params(student_head, "student_head")[0].shape[0], "vocab_size")
+        check_labels(labels, vocab, "vocab_size")
     use_task = alpha_task > 0 and labels is not None
     use_kd = alpha_logits > 0 and teacher is not None
+    if use_kd:
+        teacher.check(vocab, vocab_rows)
     divergence = get_loss("logits", loss) if use_kd else None
     sums = {
         name: student_hidden.new_zeros((), dtype=torch.float32)
@@ -136,8 +160,6 @@ def fused_causal_lm_loss(
         if use_kd:
             student = logits[:, :vocab_rows] if vocab_rows else logits
             if teacher.topk_ids is not None:
-                from .topk import topk_token_kd
-
                 kd = topk_token_kd(
                     student,
                     chunk["topk_ids"].to(logits.device),

@@ -10,12 +10,11 @@ from .adapters import (
     projection_hook,
     strip_adapters,
 )
-from .layer_map import FEATURES, LayerMatch, build_layer_matches, parse_layer_pairs, resolve_layer_pairs
+from .layer_map import LayerMatch, build_layer_matches, parse_layer_pairs, resolve_layer_pairs
 
 __all__ = [
     "ADAPTERS_ATTR",
     "ADAPTERS_FILE",
-    "FEATURES",
     "DistillationAdapters",
     "LayerMatch",
     "adapter_state",

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FEATURES = ("hidden", "attention")
-
 
 @dataclass(frozen=True)
 class LayerMatch:
