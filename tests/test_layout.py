@@ -103,6 +103,44 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+# the stages of the package, lowest first (docs/concepts.md, "How a batch flows"): a module imports from its own
+# stage or a lower one, never from a higher one
+STAGES = [
+    ["constants", "version", "file_checks", "schedules", "checks", "launch"],
+    ["models"],
+    ["mapping", "losses"],
+    ["distributed", "teachers", "distillation_config"],
+    ["data", "tasks"],
+    ["generation", "checkpoints", "report", "publish"],
+    ["distillation_plan", "distillation_trainer"],
+    ["validation"],
+    ["recipes", "cli", "__init__"],
+]
+
+
+def _part(module: str) -> str:
+    """The top-level part of the package a module belongs to: ``losses`` for ``hf_distill.losses.task``."""
+    return module.split(".")[1] if "." in module else "__init__"
+
+
+def test_every_part_of_the_package_has_a_stage():
+    parts = {_part(m) for m in MODULES}
+    staged = [name for stage in STAGES for name in stage]
+    assert sorted(parts) == sorted(staged), "add a new module or package to STAGES (and to docs/concepts.md)"
+
+
+def test_imports_only_go_down_the_stages():
+    stage = {name: i for i, names in enumerate(STAGES) for name in names}
+    graph = _graph()
+    up = [
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if stage[_part(target)] > stage[_part(module)]
+    ]
+    assert not up, f"imports up the stages: {up}"
+
+
 def test_imports_only_go_down_the_graph_has_no_cycle():
     graph, state, path = _graph(), {}, []
 
