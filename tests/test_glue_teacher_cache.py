@@ -98,3 +98,19 @@ def test_a_teacher_cache_needs_a_kd_term_and_a_folder_of_its_own(tmp_path):
     (tmp_path / "cache" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds no finished teacher cache but other files"):
         check_teacher_cache(glue_args, args)
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+def test_augmented_rows_are_cached_as_rewritten(teacher_dir, tmp_path, capsys):
+    # augmentation rewrites the rows once, before training (seeded), so the cache holds the rewritten rows
+    glue_args, args = job(teacher_dir, tmp_path / "aug", str(tmp_path / "cache"))
+    glue_args = dataclasses.replace(glue_args, augment_prob=0.5, unlabelled_train_samples=0, max_train_samples=64)
+    run(glue_args, args)
+    out = capsys.readouterr().out
+    assert "training examples rewritten" in out and "running the teacher once over 64 examples" in out
+    glue_args, args = job(teacher_dir, tmp_path / "aug_again", str(tmp_path / "cache"))
+    run(dataclasses.replace(glue_args, augment_prob=0.5, unlabelled_train_samples=0, max_train_samples=64), args)
+    assert "teacher cache: reusing" in capsys.readouterr().out
+    glue_args, args = job(teacher_dir, tmp_path / "no_aug", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="was built on other training data"):  # the rows without their rewrites
+        run(dataclasses.replace(glue_args, unlabelled_train_samples=0, max_train_samples=64), args)
