@@ -142,14 +142,14 @@ def build_encoder_cache(
     model = live.model
     device = next(model.parameters()).device
     pad_id = getattr(live.config, "pad_token_id", None) or 0
-    columns = [c for c in _INPUTS if c in dataset.column_names]
+    inputs = dataset.select_columns([c for c in _INPUTS if c in dataset.column_names])
     parts: dict[str, list[torch.Tensor]] = {}
     lengths = []
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(dataset), batch_size):
-            rows = dataset.select_columns(columns)[start : start + batch_size]
+            rows = inputs[start : start + batch_size]
             batch = _batch(rows, pad_id, device)
             mask = batch["attention_mask"].bool()
             for name_, value in _real(live.outputs(batch, request), request, mask, torch.float16).items():
