@@ -9,6 +9,11 @@ The variants are interleaved round by round on the same batch, so that noise fro
 alike; the ratios are medians of the per-round ratios. Only speed is measured, so the teacher's classifier is left
 untrained.
 
+``kd_cached`` is the ``kd`` recipe with the teacher read from an encoder teacher cache
+(:func:`hf_distill.data.build_encoder_cache`: logits, mapped hidden states and the Q/K/V of the relation layers,
+float16, no padding), built once before timing over the rows the batches are drawn from (for ``--data sst2`` the
+whole 16k-sentence training set, whose size the run records); its step never runs the teacher.
+
 ``--data random`` uses full batches of 32 x 64 random tokens (the worst case: every sequence at the maximum length);
 ``--data sst2`` uses batches of the benchmark's SST-2 training set as the recipe builds them (max length 64, padded to
 the longest sentence of each batch), which is what a KD run pays per step.
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,37 +46,63 @@ from summarize import baseline, glue_step_time, load  # noqa: E402
 
 from hf_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from hf_distill.cli import parse_with_config  # noqa: E402
+from hf_distill.constants import TEACHER_CACHE_INDEX  # noqa: E402
+from hf_distill.data import build_encoder_cache, with_cache_index  # noqa: E402
+from hf_distill.distillation_plan import build_plan  # noqa: E402
 from hf_distill.models import resolve_model_path  # noqa: E402
 from hf_distill.recipes.glue import GlueArguments, make_student  # noqa: E402
 from hf_distill.tasks.glue import get_task  # noqa: E402
-from hf_distill.teachers import TeacherRequest  # noqa: E402
+from hf_distill.teachers import ModelTeacher, TeacherRequest  # noqa: E402
+
+# step-time variants of a glue_quality variant with the teacher read from an encoder cache
+CACHED = {"kd_cached": "kd"}
 
 
-def random_batches(opts, count: int = 4) -> list[dict]:
+def random_batches(opts, count: int = 4) -> tuple[list[dict], Dataset]:
+    """``count`` full batches of random tokens, each row numbered (``teacher_cache_index``) in the dataset of them
+    all."""
     g = torch.Generator().manual_seed(0)
-    return [
+    batches = [
         {
             "input_ids": torch.randint(1000, 20000, (opts.batch_size, opts.seq_len), generator=g),
             "attention_mask": torch.ones(opts.batch_size, opts.seq_len, dtype=torch.long),
             "labels": torch.randint(0, 2, (opts.batch_size,), generator=g),
+            TEACHER_CACHE_INDEX: torch.arange(i * opts.batch_size, (i + 1) * opts.batch_size),
         }
-        for _ in range(count)
+        for i in range(count)
     ]
+    rows = {k: torch.cat([b[k] for b in batches]).tolist() for k in ("input_ids", "attention_mask")}
+    return batches, Dataset.from_dict(rows)
 
 
-def sst2_batches(recipe, opts, count: int = 16) -> list[dict]:
-    """``count`` random batches of the benchmark's 16k SST-2 training sentences, tokenized and padded by the recipe."""
+def sst2_batches(recipe, opts, count: int = 16) -> tuple[list[dict], Dataset]:
+    """``count`` random batches of the benchmark's 16k SST-2 training sentences (``--sst2_rows``), tokenized and padded
+    by the recipe, each row numbered (``teacher_cache_index``) in the training set, which is returned too."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
     from hf_distill.tasks import load_glue, tokenize_glue
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(recipe.teacher_model_name_or_path))
-    train = load_glue("sst2", data_dir=str(DATA / "SST-2"))["train"].shuffle(seed=0).select(range(16000))
-    train = tokenize_glue(train, tokenizer, "sst2", max_length=opts.seq_len)
+    train = load_glue("sst2", data_dir=str(DATA / "SST-2"))["train"].shuffle(seed=0).select(range(opts.sst2_rows))
+    train = with_cache_index(tokenize_glue(train, tokenizer, "sst2", max_length=opts.seq_len))
     collator = DataCollatorWithPadding(tokenizer)
     picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: count * opts.batch_size]
     rows = [train[int(i)] for i in picks]
-    return [dict(collator(rows[i : i + opts.batch_size])) for i in range(0, len(rows), opts.batch_size)]
+    batches = [dict(collator(rows[i : i + opts.batch_size])) for i in range(0, len(rows), opts.batch_size)]
+    return batches, train.remove_columns(TEACHER_CACHE_INDEX)
+
+
+def cached_teacher(student, teacher, args, rows: Dataset) -> tuple:
+    """The encoder cache of ``teacher`` over ``rows`` for the run ``args`` configures, and what it took:
+    ``(cache, {"examples", "tokens", "bytes", "bytes_per_token", "build_s"})``."""
+    request = build_plan(student, [ModelTeacher(teacher)], args, "sequence_classification").request(0, chunked=False)
+    start = time.perf_counter()
+    cache = build_encoder_cache(teacher, rows, request, batch_size=128)
+    build_s = time.perf_counter() - start
+    tokens = int(cache.lengths.sum())
+    size = sum(t.numel() * t.element_size() for k, t in cache.tensors.items() if k != "lengths")
+    stats = {"examples": len(rows), "tokens": tokens, "bytes": size, "bytes_per_token": size / tokens}
+    return cache, {**stats, "request": str(request), "build_s": build_s}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["no_kd", "kd_logits", "kd_hidden", "kd_last", "kd"],
         # data variants (augmentation) take the same step; the student's dropout is the one GLUE field that counts
-        choices=sorted(n for n, v in VARIANTS.items() if set(v) & GLUE_FIELDS <= {"student_dropout"}),
+        choices=sorted([*CACHED, *(n for n, v in VARIANTS.items() if set(v) & GLUE_FIELDS <= {"student_dropout"})]),
     )
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -88,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data", choices=["random", "sst2"], default="random")
+    parser.add_argument(
+        "--sst2_rows", type=int, default=16000, help="SST-2 training sentences batches are drawn from (and cached)."
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--results_dir", default=default_dir("glue_step_time"), help="Where the run's file goes.")
     return parser
@@ -104,20 +139,28 @@ def main() -> None:
     ).eval()
     device = torch.device(opts.device)
     teacher.to(device)
-    batches = sst2_batches(recipe, opts) if opts.data == "sst2" else random_batches(opts)
+    batches, rows = sst2_batches(recipe, opts) if opts.data == "sst2" else random_batches(opts)
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
     # each variant is compared with the no-KD student of the same dropout: timed too, whether asked for or not
     variants = list(dict.fromkeys(name for v in opts.variants for name in (baseline(v), v)))
-    runs = {}
+    runs, cache_stats = {}, None
     for name in variants:
         run_glue, args = variant_arguments(
-            name, glue_args, recipe, output_dir="out/bench-step-time", report_to=[], use_cpu=device.type == "cpu"
+            CACHED.get(name, name),
+            glue_args,
+            recipe,
+            output_dir="out/bench-step-time",
+            report_to=[],
+            use_cpu=device.type == "cpu",
         )
         student = (
             make_student(run_glue, args, teacher, task).to(device).train()
         )  # the recipe's student, dropout and all
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)
+        source = teacher
+        if name in CACHED:
+            source, cache_stats = cached_teacher(student, teacher, args, rows)
+        trainer = DistillationTrainer(model=student, teacher_model=source, args=args)
         trainer.create_optimizer()
         runs[name] = (trainer, student)
 
@@ -168,7 +211,8 @@ def main() -> None:
         "recipe": str(RECIPE.relative_to(ROOT)),
         "glue_arguments": resolved(glue_args),
         "distillation_config": resolved(recipe),
-        "variant_overrides": {name: VARIANTS[name] for name in variants},
+        "variant_overrides": {name: VARIANTS[CACHED.get(name, name)] for name in variants},
+        "cached_variants": {name: base for name, base in CACHED.items() if name in variants},
     }
     results = {
         "ms": ms,
@@ -176,6 +220,7 @@ def main() -> None:
         "baseline": base_of,
         "bound": bound,  # per no-KD student
         "strict_bound": strict,
+        **({"cache": cache_stats} if cache_stats else {}),
     }
     record = run_record("glue_step_time", config, results)
     path = new_path(opts.results_dir, opts.data)

@@ -224,6 +224,13 @@ def glue_step_time(records: list[dict]) -> str:
                 f"\nBound on `{base}`: student step + a plain teacher forward = {r['bound'][base]:.2f}x; with the "
                 f"teacher's forward as the KD step runs it (length groups) = {r['strict_bound'][base]:.2f}x."
             )
+        if r.get("cache"):
+            k = r["cache"]
+            out.append(
+                f"\n`kd_cached` reads the teacher from an encoder cache (float16, no padding) of {k['examples']} "
+                f"examples, {k['tokens']} tokens: {k['bytes'] / 1e6:.0f} MB ({k['bytes_per_token']:.0f} bytes a "
+                f"token), built in {k['build_s']:.0f} s."
+            )
         out += ["", provenance([record]), ""]
     return "\n".join(out).rstrip()
 

@@ -5,6 +5,8 @@ IGNORE_INDEX = -100
 
 # the columns of a top-k teacher cache (hf_distill.data.teacher_cache): token ids and log-probabilities, (T, k) per example
 TEACHER_CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
+# the row of an example in an encoder teacher cache (hf_distill.data.encoder_cache), kept through the collator
+TEACHER_CACHE_INDEX = "teacher_cache_index"
 # the prompts that on-policy / sequence-level KD generate completions from
 GENERATION_COLUMNS = ("prompt_input_ids", "prompt_attention_mask", "prompt_length")
 

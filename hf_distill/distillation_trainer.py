@@ -24,7 +24,7 @@ from .checkpoints import (
     load_sampling_state,
     sampling_state_name,
 )
-from .constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS
+from .constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .distillation_plan import build_plan, build_teachers, chunked_loss_blockers, distillation_record
 from .distributed import default_teacher_dtype, teacher_placement
@@ -49,9 +49,9 @@ from .version import __version__
 
 logger = logging.getLogger(__name__)
 
-# batch columns that are no model inputs but must survive `remove_unused_columns`: the top-k teacher cache and the
-# prompts that on-policy / sequence-level KD generate from
-EXTRA_COLUMNS = (*TEACHER_CACHE_COLUMNS, *GENERATION_COLUMNS)
+# batch columns that are no model inputs but must survive `remove_unused_columns`: the top-k teacher cache, the row of
+# an encoder teacher cache and the prompts that on-policy / sequence-level KD generate from
+EXTRA_COLUMNS = (*TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX, *GENERATION_COLUMNS)
 
 
 @dataclass

@@ -1,6 +1,14 @@
 """Data: causal-LM text and chat datasets (load, tokenize with loss masks, collate, score perplexity), the one
-row-padding helper, and teacher caches on disk (the teacher's top-k log-probabilities, computed once)."""
+row-padding helper, and teacher caches on disk (a causal LM's top-k log-probabilities, an encoder's logits and
+internals), computed once."""
 
+from .encoder_cache import (
+    ENCODER_META_FILE,
+    build_encoder_cache,
+    is_encoder_cache,
+    load_encoder_cache,
+    with_cache_index,
+)
 from .lm import (
     LM_FORMATS,
     DistillationDataCollator,
@@ -21,6 +29,11 @@ from .teacher_cache import (
 )
 
 __all__ = [
+    "ENCODER_META_FILE",
+    "build_encoder_cache",
+    "is_encoder_cache",
+    "load_encoder_cache",
+    "with_cache_index",
     "CACHE_META_FILE",
     "LM_FORMATS",
     "DistillationDataCollator",

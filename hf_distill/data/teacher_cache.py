@@ -73,7 +73,7 @@ def data_fingerprint(dataset: datasets.Dataset) -> str:
     return hashlib.sha256("".join(d.hexdigest() for d in digests.values()).encode()).hexdigest()
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_READ_BYTES):
@@ -106,7 +106,7 @@ def teacher_fingerprint(teacher: nn.Module | str) -> tuple[str, str]:
     if names:
         digest = hashlib.sha256()
         for name in names:
-            digest.update(f"{name}\0{_file_sha256(os.path.join(folder, name))}\n".encode())
+            digest.update(f"{name}\0{file_sha256(os.path.join(folder, name))}\n".encode())
         return digest.hexdigest(), "weight files"
     if isinstance(teacher, str):
         raise ValueError(f"{teacher} holds no weight files (*.safetensors, *.bin) to fingerprint the teacher by.")
@@ -119,7 +119,7 @@ def teacher_fingerprint(teacher: nn.Module | str) -> tuple[str, str]:
     return digest.hexdigest(), "tensors"
 
 
-def _meta_checksum(meta: dict) -> str:
+def meta_checksum(meta: dict) -> str:
     """SHA-256 of the meta record itself (its ``checksum`` field left out), so that a damaged value is caught too."""
     body = {k: v for k, v in meta.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -286,17 +286,7 @@ def _save_cache(cached: datasets.Dataset, output_dir: str, meta: dict) -> None:
     tokens = max(meta["num_tokens"], 1)
     meta["bytes_per_token"] = arrow_bytes / tokens  # everything saved: the top-k columns, input_ids, labels...
     meta["topk_bytes_per_token"] = topk_bytes / tokens  # the two top-k columns alone, with their per-example offsets
-    meta["hf_distill_version"] = __version__
-    meta["files"] = {  # every file of the cache but the meta file, checked on load
-        name: _file_sha256(os.path.join(output_dir, name))
-        for name in sorted(os.listdir(output_dir))
-        if name not in (CACHE_META_FILE, CACHE_META_FILE + ".tmp") and os.path.isfile(os.path.join(output_dir, name))
-    }
-    meta["checksum"] = _meta_checksum(meta)
-    tmp_path = meta_path + ".tmp"
-    with open(tmp_path, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp_path, meta_path)
+    write_meta(output_dir, meta)
     logger.info(
         "Saved a teacher top-%d cache of %d tokens to %s (%.1f bytes per token on disk).",
         meta["k"],
@@ -304,6 +294,23 @@ def _save_cache(cached: datasets.Dataset, output_dir: str, meta: dict) -> None:
         output_dir,
         meta["bytes_per_token"],
     )
+
+
+def write_meta(output_dir: str, meta: dict, meta_file: str = CACHE_META_FILE) -> None:
+    """Finish a cache folder: ``meta`` plus the package version, the SHA-256 of every other file of the folder and its
+    own checksum, written to ``meta_file`` last and atomically (temporary file, then ``os.replace``)."""
+    meta_path = os.path.join(output_dir, meta_file)
+    meta["hf_distill_version"] = __version__
+    meta["files"] = {  # every file of the cache but the meta file, checked on load
+        name: file_sha256(os.path.join(output_dir, name))
+        for name in sorted(os.listdir(output_dir))
+        if name not in (meta_file, meta_file + ".tmp") and os.path.isfile(os.path.join(output_dir, name))
+    }
+    meta["checksum"] = meta_checksum(meta)
+    tmp_path = meta_path + ".tmp"
+    with open(tmp_path, "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(tmp_path, meta_path)
 
 
 def load_teacher_cache(
@@ -337,8 +344,8 @@ def load_teacher_cache(
             "build_teacher_cache, so an interrupted build has none). Build it with "
             "hf_distill.data.build_teacher_cache(teacher, dataset, k=..., output_dir=...)."
         )
-    meta = _read_meta(path, meta_path)
-    _check_files(path, meta)
+    meta = read_meta(path, meta_path)
+    check_files(path, meta)
     if temperature is not None and not math.isclose(float(temperature), meta["temperature"], rel_tol=1e-9):
         raise ValueError(
             f"The teacher cache at {path!r} holds log-probabilities at temperature {meta['temperature']}, but "
@@ -357,7 +364,7 @@ def load_teacher_cache(
             "point --teacher_cache_dir at a new folder (or delete this one) to build a cache for this teacher."
         )
     if teacher is not None:
-        _check_teacher(path, meta, teacher)
+        check_teacher(path, meta, teacher)
     if dataset is not None and meta.get("data_sha256") != data_fingerprint(dataset):
         raise ValueError(
             f"The teacher cache at {path!r} was built on other training data than the data given now (token ids "
@@ -371,46 +378,44 @@ def load_teacher_cache(
     return cached, meta
 
 
-def _read_meta(path: str, meta_path: str) -> dict:
-    """The meta record, checked against its own checksum; an older format (no checksums) is refused."""
-    rebuild = "delete the folder (the causal-lm job then builds it again) or point --teacher_cache_dir elsewhere"
+# how to get a good top-k cache again, in its error messages
+REBUILD = "delete the folder (the causal-lm job then builds it again) or point --teacher_cache_dir elsewhere"
+RETARGET = "point --teacher_cache_dir at a new folder (or delete this one)"
+
+
+def read_meta(path: str, meta_path: str, *, version: int = CACHE_FORMAT_VERSION, fix: str = REBUILD) -> dict:
+    """The meta record, checked against its own checksum; a format older than ``version`` (no checksums) is refused.
+    ``fix`` ends the error message: how to get a good cache."""
+    name = os.path.basename(meta_path)
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"The teacher cache at {path!r} has a damaged {CACHE_META_FILE} ({err}): {rebuild}."
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format_version", 0) < CACHE_FORMAT_VERSION:
+        raise ValueError(f"The teacher cache at {path!r} has a damaged {name} ({err}): {fix}.") from None
+    if not isinstance(meta, dict) or meta.get("format_version", 0) < version:
         raise ValueError(
             f"The teacher cache at {path!r} was built by an older hf_distill, without the checksums this one checks "
-            f"a cache by: {rebuild}."
+            f"a cache by: {fix}."
         )
-    if meta.get("checksum") != _meta_checksum(meta):
-        raise ValueError(
-            f"The teacher cache at {path!r} has a damaged {CACHE_META_FILE} (its checksum differs): {rebuild}."
-        )
+    if meta.get("checksum") != meta_checksum(meta):
+        raise ValueError(f"The teacher cache at {path!r} has a damaged {name} (its checksum differs): {fix}.")
     return meta
 
 
-def _check_files(path: str, meta: dict) -> None:
+def check_files(path: str, meta: dict, *, fix: str = REBUILD) -> None:
     """Every file the build recorded is there, with the SHA-256 it had then."""
     for name, digest in meta["files"].items():
         file = os.path.join(path, name)
         if not os.path.isfile(file):
-            raise ValueError(
-                f"The teacher cache at {path!r} lacks {name}, which it was built with: delete the folder (the "
-                "causal-lm job then builds it again) or point --teacher_cache_dir elsewhere."
-            )
-        if _file_sha256(file) != digest:
+            raise ValueError(f"The teacher cache at {path!r} lacks {name}, which it was built with: {fix}.")
+        if file_sha256(file) != digest:
             raise ValueError(
                 f"The teacher cache at {path!r} is damaged: {name} does not match the checksum recorded when it was "
-                "built; delete the folder (the causal-lm job then builds it again) or point --teacher_cache_dir "
-                "elsewhere."
+                f"built; {fix}."
             )
 
 
-def _check_teacher(path: str, meta: dict, teacher: nn.Module | str) -> None:
+def check_teacher(path: str, meta: dict, teacher: nn.Module | str, *, fix: str = RETARGET) -> None:
     """The teacher's weights are those the cache was built with (compared as the build recorded them)."""
     digest, of = teacher_fingerprint(teacher)
     if of != meta["teacher_sha256_of"]:
@@ -426,6 +431,5 @@ def _check_teacher(path: str, meta: dict, teacher: nn.Module | str) -> None:
         name = teacher if isinstance(teacher, str) else getattr(teacher.config, "_name_or_path", "") or "the teacher"
         raise ValueError(
             f"The teacher cache at {path!r} was built with other teacher weights than those of {name} (the SHA-256 "
-            f"of its {of} differs): point --teacher_cache_dir at a new folder (or delete this one) to build a cache "
-            "for this teacher."
+            f"of its {of} differs): {fix} to build a cache for this teacher."
         )

@@ -2,7 +2,9 @@
 
 Output layout: ``output_dir/`` holds the distilled student (weights, config, tokenizer, distillation_config.json),
 ``results.json`` and ``report.png``; ``output_dir/teacher/`` the fine-tuned teacher (with ``--finetune_teacher``);
-``output_dir/student_no_kd/`` the baseline student (with ``--baseline_no_kd``).
+``output_dir/student_no_kd/`` the baseline student (with ``--baseline_no_kd``). With ``--teacher_cache DIR`` the
+teacher's outputs for the KD training set are computed once into ``DIR`` (or read from it when it holds a cache of
+this teacher, data and configuration) and the student distils from them without running the teacher.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from transformers import (
 )
 
 from ..constants import IGNORE_INDEX
+from ..data import build_encoder_cache, is_encoder_cache, load_encoder_cache, with_cache_index
 from ..distillation_config import DistillationConfig, check_number
+from ..distillation_plan import build_plan
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..models import DROPOUT_FIELDS, build_student, resolve_model_path
@@ -41,6 +45,7 @@ from ..tasks import (
     word_candidates,
 )
 from ..tasks.glue import task_files
+from ..teachers import ModelTeacher
 from ..validation import (
     check_glue_data_dir,
     parse_layers,
@@ -130,6 +135,15 @@ class GlueArguments:
     speed_batch_size: int = field(default=32, metadata={"help": "Batch size of the latency measurement."})
     speed_seq_len: int = field(default=64, metadata={"help": "Sequence length of the latency measurement."})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for Hub downloads."})
+    teacher_cache: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Folder of an encoder teacher cache: the teacher's logits and the internals the KD losses read, "
+            "computed once for the KD training set (after fine-tuning) and stored there without padding in float16, "
+            "or reused when the folder holds one of this teacher, data and configuration; the student then "
+            "distils without running the teacher."
+        },
+    )
 
     def __post_init__(self):
         for name in ("augment_prob", "augment_replace_prob"):
@@ -328,6 +342,43 @@ def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data) -> d
     return {**data, "train": train}
 
 
+def check_teacher_cache(glue_args: GlueArguments, args) -> None:
+    """Before anything is loaded: a teacher cache needs a KD term, and a folder that is a cache or empty."""
+    path = glue_args.teacher_cache
+    if path is None:
+        return
+    if not (args.alpha_logits or args.alpha_hidden or args.alpha_attention):
+        raise ValueError(
+            f"--teacher_cache {path} needs a KD term to cache the teacher for: set alpha_logits (or alpha_hidden / "
+            "alpha_attention) > 0, or drop --teacher_cache."
+        )
+    if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path) and not is_encoder_cache(path)):
+        raise ValueError(
+            f"--teacher_cache {path} holds no finished teacher cache but other files: point it at an empty or new "
+            "folder."
+        )
+
+
+def cached_teacher(glue_args: GlueArguments, args, teacher, student, train):
+    """The teacher of the KD run as a cache of its outputs on ``train`` (``glue_args.teacher_cache``), built now or
+    loaded when the folder holds a matching one; returns ``(teacher, train with its cache index column)``."""
+    path = glue_args.teacher_cache
+    live = ModelTeacher(teacher)
+    request = build_plan(student, [live], args, live.task).request(0, chunked=False)
+    # a fine-tuned teacher's weights are the files saved after fine-tuning, not those it was loaded from
+    weights = os.path.join(args.output_dir, "teacher") if glue_args.finetune_teacher else teacher
+    if is_encoder_cache(path):
+        cache = load_encoder_cache(path, dataset=train, teacher=weights, request=request, source=live)
+        print(f"[glue] teacher cache: reusing {path} ({len(train)} examples); the teacher is not run for them")
+    else:
+        print(f"[glue] teacher cache: running the teacher once over {len(train)} examples into {path}")
+        cache = build_encoder_cache(
+            teacher, train, request, path, batch_size=args.per_device_eval_batch_size, weights=weights
+        )
+        cache.source = live  # evaluation batches (no cache index) run it live
+    return cache, with_cache_index(train)
+
+
 def distill(model, teacher, args, data, collator, tokenizer, compute_metrics, eval_split, resume=None):
     trainer = DistillationTrainer(
         model=model,
@@ -347,6 +398,7 @@ def distill(model, teacher, args, data, collator, tokenizer, compute_metrics, ev
 def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     """Run the whole job and return the ``results.json`` object."""
     check_kd_only_data(glue_args, args)
+    check_teacher_cache(glue_args, args)
     tokenizer = validate_glue_job(glue_args, args)  # every input checked before anything is loaded or trained
     prepare_output_dir(args, "glue")
     task, data = prepare_data(glue_args, tokenizer, args.seed)
@@ -360,9 +412,13 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     if "unlabelled" in data:
         kd_data = {**kd_data, "train": concatenate_datasets([kd_data["train"], data["unlabelled"]])}
         print(f"[glue] + {len(data['unlabelled'])} unlabelled examples labelled by the teacher")
+    kd_teacher = teacher
+    if glue_args.teacher_cache:
+        kd_teacher, train = cached_teacher(glue_args, args, teacher, student, kd_data["train"])
+        kd_data = {**kd_data, "train": train}
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     trainer = distill(
-        student, teacher, args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0], resume
+        student, kd_teacher, args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0], resume
     )
 
     baseline = baseline_trainer = None

@@ -7,10 +7,12 @@ import os
 from torch import nn
 
 from .base import Teacher, TeacherOutputs, TeacherRequest
+from .encoder_cache import EncoderCacheTeacher
 from .model import ModelTeacher
 from .topk_cache import TopKCacheTeacher
 
 __all__ = [
+    "EncoderCacheTeacher",
     "ModelTeacher",
     "Teacher",
     "TeacherOutputs",

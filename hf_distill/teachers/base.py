@@ -2,8 +2,9 @@
 outputs for that batch in one structure.
 
 A kind of teacher subclasses :class:`Teacher` and implements :meth:`Teacher.outputs`; the trainer never asks which
-kind it holds. The kinds here: :class:`~hf_distill.teachers.ModelTeacher` (a frozen model run live) and
-:class:`~hf_distill.teachers.TopKCacheTeacher` (soft targets stored beside the data).
+kind it holds. The kinds here: :class:`~hf_distill.teachers.ModelTeacher` (a frozen model run live),
+:class:`~hf_distill.teachers.TopKCacheTeacher` (soft targets stored beside the data) and
+:class:`~hf_distill.teachers.EncoderCacheTeacher` (an encoder's logits and internals, stored once).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS
+from ..constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
 
-# batch columns that are no model input: the targets, a top-k teacher cache, the prompts completions are generated from
-NOT_MODEL_INPUTS = ("labels", *TEACHER_CACHE_COLUMNS, *GENERATION_COLUMNS)
+# batch columns that are no model input: the targets, a top-k teacher cache, the row of an encoder teacher cache, the
+# prompts completions are generated from
+NOT_MODEL_INPUTS = ("labels", *TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX, *GENERATION_COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""An encoder teacher known through its stored outputs: logits, hidden states, attention maps and Q/K/V of every
+training example, computed once (:func:`hf_distill.data.build_encoder_cache`) and read back per batch, so that the
+teacher need not run again.
+
+The store holds real tokens only, example after example (no padding); each batch names its examples' rows in the
+``teacher_cache_index`` column (kept through the collator), and :meth:`EncoderCacheTeacher.outputs` pads them back
+to the batch's shape, as float32, zeros at padded positions (every loss masks those).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..constants import TEACHER_CACHE_INDEX
+from .base import Teacher, TeacherOutputs, TeacherRequest
+
+
+def stored_request(names) -> TeacherRequest:
+    """What a store with the tensors ``names`` holds (``logits``, ``hidden.<i>``, ``attention.<i>``, ``q.<i>``...)."""
+
+    def layers(prefix: str) -> tuple[int, ...]:
+        return tuple(sorted(int(n.split(".", 1)[1]) for n in names if n.startswith(prefix + ".")))
+
+    return TeacherRequest(
+        logits="logits" in names or "token_logits" in names,
+        hidden_layers=layers("hidden"),
+        attention_layers=layers("attention"),
+        qkv_layers=layers("q"),
+    )
+
+
+def missing_from(held: TeacherRequest, request: TeacherRequest) -> list[str]:
+    """What ``request`` asks that ``held`` lacks, as readable items (empty when ``held`` covers it)."""
+    missing = ["logits"] if request.logits and not held.logits else []
+    for what, field in (
+        ("hidden layer", "hidden_layers"),
+        ("attention map", "attention_layers"),
+        ("Q/K/V", "qkv_layers"),
+    ):
+        lacking = sorted(set(getattr(request, field)) - set(getattr(held, field)))
+        missing += [f"{what} {i}" for i in lacking]
+    return missing
+
+
+def _tokens(flat: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``flat (N_tokens, D)`` rows ``rows`` (one per real token of the batch, in order) -> ``(B, T, D)`` float32."""
+    out = torch.zeros(*mask.shape, flat.shape[-1], dtype=torch.float32)
+    out[mask] = flat[rows].float()
+    return out
+
+
+class EncoderCacheTeacher(Teacher):
+    """A teacher whose outputs for each training example were stored once.
+
+    Args:
+        tensors: the store, real tokens only: ``lengths`` ``(N,)`` (real tokens of each example); ``logits``
+            ``(N, C)`` (or ``token_logits`` ``(sum n, C)``); ``hidden.<i>`` ``(sum n, D)`` for layer ``i``;
+            ``q.<i>``, ``k.<i>``, ``v.<i>`` ``(sum n, D_x)`` for block ``i``; ``attention.<i>`` ``(sum n^2, H)``
+            (example ``e``'s map ``(n, n, H)`` flattened). Any float dtype (16-bit on disk).
+        config: the teacher's model config (layer count, width, heads, labels).
+        source: a :class:`Teacher` for batches without a ``teacher_cache_index`` column (evaluation batches), or
+            ``None`` (such a batch is then refused).
+        name: recorded in ``distillation_config.json``; default ``config.name_or_path``.
+        task: the teacher's task (``sequence_classification`` or ``token_classification``).
+    """
+
+    def __init__(self, tensors: dict, config, *, source: Teacher | None = None, name: str | None = None, task=None):
+        self.tensors = tensors
+        self.config = config
+        self.source = source
+        self.name = name or getattr(config, "name_or_path", "") or "encoder teacher cache"
+        self.task = task or ("token_classification" if "token_logits" in tensors else "sequence_classification")
+        self.held = stored_request(tensors)
+        lengths = tensors["lengths"].long()
+        self.lengths = lengths
+        self.starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])  # first token row of each example
+        squares = lengths * lengths
+        self.pair_starts = torch.cat([squares.new_zeros(1), squares.cumsum(0)[:-1]])
+
+    @property
+    def model(self):
+        return self.source.model if self.source is not None else None
+
+    def prepare(self, accelerator, dtype=None) -> None:
+        if self.source is not None:
+            self.source.prepare(accelerator, dtype)
+
+    def check_request(self, request: TeacherRequest, where: str = "This encoder teacher cache") -> None:
+        """Refuse a request the store does not cover (it was built for other losses or layers)."""
+        missing = missing_from(self.held, request)
+        if missing:
+            raise ValueError(
+                f"{where} holds no {', '.join(missing)}, which the configured losses need: build the cache again "
+                "for this configuration (hf_distill.data.build_encoder_cache with the run's request, or another "
+                "--teacher_cache folder)."
+            )
+
+    @torch.no_grad()
+    def outputs(self, batch: dict, request: TeacherRequest) -> TeacherOutputs:
+        if TEACHER_CACHE_INDEX not in batch:
+            if self.source is None:
+                raise ValueError(
+                    f"A batch without the {TEACHER_CACHE_INDEX!r} column reached an encoder teacher cache that has "
+                    "no live teacher: add the column (hf_distill.data.with_cache_index) or pass source=."
+                )
+            return self.source.outputs(batch, request)
+        self.check_request(request)
+        mask = batch["attention_mask"].bool()  # (B, T)
+        device = mask.device
+        mask, index = mask.cpu(), batch[TEACHER_CACHE_INDEX].long().cpu()  # (B, T), (B,)
+        self._check_lengths(index, mask)
+        rows = (self.starts[index][:, None] + mask.cumsum(1) - 1)[mask]  # (n_real,): the store's row of each token
+        t = self.tensors
+        out = TeacherOutputs()
+        if request.logits:
+            logits = t["logits"][index].float() if "logits" in t else _tokens(t["token_logits"], rows, mask)
+            out.logits = logits.to(device)
+        if request.hidden_layers:
+            hidden = [None] * (self.config.num_hidden_layers + 1)
+            for i in request.hidden_layers:
+                hidden[i] = _tokens(t[f"hidden.{i}"], rows, mask).to(device)
+            out.hidden_states = tuple(hidden)
+        if request.attention_layers:
+            maps = [None] * self.config.num_hidden_layers
+            for i in request.attention_layers:
+                maps[i - 1] = self._maps(t[f"attention.{i}"], index, mask).to(device)
+            out.attentions = tuple(maps)
+        out.qkv = {i: [_tokens(t[f"{x}.{i}"], rows, mask).to(device) for x in "qkv"] for i in request.qkv_layers}
+        return out
+
+    def _check_lengths(self, index: torch.Tensor, mask: torch.Tensor) -> None:
+        if int(index.max()) >= len(self.lengths) or int(index.min()) < 0:
+            raise ValueError(
+                f"{TEACHER_CACHE_INDEX} {int(index.max())} is out of the cache's {len(self.lengths)} examples: the "
+                "batch comes from other data than the cache was built on."
+            )
+        real = mask.sum(1)
+        wrong = (real != self.lengths[index]).nonzero()
+        if len(wrong):
+            b = int(wrong[0])
+            raise ValueError(
+                f"Cache row {int(index[b])} holds {int(self.lengths[index[b]])} tokens but its batch row has "
+                f"{int(real[b])}: the batch comes from other data than the cache was built on (tokenizer, "
+                "max_seq_length or rows differ)."
+            )
+
+    def _maps(self, flat: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Example maps ``(n^2, H)`` each -> ``(B, H, T, T)`` float32, zeros at padded queries and keys."""
+        batch, seq = mask.shape
+        out = torch.zeros(batch, flat.shape[-1], seq, seq, dtype=torch.float32)
+        for b in range(batch):
+            n, start = int(self.lengths[index[b]]), int(self.pair_starts[index[b]])
+            pos = mask[b].nonzero().squeeze(1)  # (n,) the real positions
+            out[b][:, pos[:, None], pos[None, :]] = flat[start : start + n * n].float().view(n, n, -1).permute(2, 0, 1)
+        return out
