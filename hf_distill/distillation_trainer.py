@@ -25,6 +25,7 @@ from .checkpoints import (
     sampling_state_name,
 )
 from .constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
+from .cpu_memory import keep_freed_memory
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .distillation_plan import build_plan, build_teachers, chunked_loss_blockers, distillation_record
 from .distributed import default_teacher_dtype, teacher_placement
@@ -44,6 +45,7 @@ from .models import infer_task, resolve_dtype, unwrap
 from .publish.trainer_hub import HubPushMixin
 from .schedules import intermediate_scale
 from .teachers import TeacherOutputs
+from .teachers.base import check_soft_targets
 from .teachers.model import check_distinct, model_inputs, run_model
 from .version import __version__
 
@@ -102,6 +104,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
         self.regression = self.problem_type == "regression"
         attach_adapters(model, self.matches, self.plan.teacher_hidden_sizes)
         super().__init__(model=model, args=args, **kwargs)
+        if self.args.device.type == "cpu":  # a step frees and allocates again the same large buffers
+            keep_freed_memory()
         default = default_teacher_dtype(self.accelerator, next(unwrap(self.model).parameters()).dtype)
         for teacher in self.teachers:  # freeze, and replicate, shard or wrap as the strategy wants
             teacher.prepare(self.accelerator, resolve_dtype(args.teacher_dtype, default))
@@ -210,7 +214,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
         raw, student = self._student_outputs(model, inputs, chunked)
         local = ItemCounts(*count_batch_items(self.task, labels, mask, inputs.get("input_ids")))
         counts = self._window_counts if (mode == "train" and self._window_counts is not None) else local
-        self._check_soft_targets(teacher_outs)
+        if self.args.alpha_logits > 0 and self.model.training:
+            check_soft_targets(teacher_outs)
         loss, terms = distillation_objective(
             self.plan.settings,
             student,
@@ -244,14 +249,6 @@ class DistillationTrainer(HubPushMixin, Trainer):
             attentions=raw.attentions,
             qkv=qkv,
         )
-
-    def _check_soft_targets(self, teacher_outs: list[TeacherOutputs]) -> None:
-        """Training without any source of soft targets is an error (evaluation leaves the term out)."""
-        if self.args.alpha_logits > 0 and self.model.training and not any(o.has_soft_targets for o in teacher_outs):
-            raise ValueError(
-                "alpha_logits > 0 but there is no teacher and this batch has no teacher cache columns "
-                f"{list(TEACHER_CACHE_COLUMNS)}."
-            )
 
     def _intermediate_scale(self) -> float:
         """Factor on the hidden-state and attention weights at this training step (``args.intermediate_schedule``);

@@ -106,7 +106,7 @@ def _graph() -> dict[str, set[str]]:
 # the stages of the package, lowest first (docs/concepts.md, "How a batch flows"): a module imports from its own
 # stage or a lower one, never from a higher one
 STAGES = [
-    ["constants", "version", "file_checks", "schedules", "checks", "launch"],
+    ["constants", "version", "file_checks", "schedules", "checks", "launch", "cpu_memory"],
     ["models"],
     ["mapping", "losses"],
     ["distributed", "teachers", "distillation_config"],

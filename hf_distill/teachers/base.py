@@ -80,6 +80,15 @@ class TeacherOutputs:
         return self.logits is not None or self.topk_ids is not None or self.last_hidden is not None
 
 
+def check_soft_targets(outputs: list[TeacherOutputs]) -> None:
+    """Refuse to train a logit term on outputs of which none carries soft targets."""
+    if not any(o.has_soft_targets for o in outputs):
+        raise ValueError(
+            "alpha_logits > 0 but there is no teacher and this batch has no teacher cache columns "
+            f"{list(TEACHER_CACHE_COLUMNS)}."
+        )
+
+
 class Teacher(ABC):
     """A source of teacher outputs. Subclass it and implement :meth:`outputs`.
 
