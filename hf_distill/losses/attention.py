@@ -76,8 +76,19 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.float().view(n, length, num_heads, d // num_heads).transpose(1, 2).reshape(n * num_heads, length, -1)
 
 
+def _is_whole(rows: torch.Tensor, length: int, shape: torch.Size) -> bool:
+    """Whether the group is the whole ``(B, T, ...)`` tensor, rows in order (a batch of full-length rows)."""
+    return (
+        length == shape[1]
+        and len(rows) == shape[0]
+        and bool((rows == torch.arange(shape[0], device=rows.device)).all())
+    )
+
+
 def _take(x: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
-    """``x[rows, :length]``, zero-padded when ``length`` exceeds ``x``'s positions."""
+    """``x[rows, :length]``, zero-padded when ``length`` exceeds ``x``'s positions (``x`` itself when that is all)."""
+    if _is_whole(rows, length, x.shape):
+        return x
     x = x[rows, :length]
     return F.pad(x, (0, 0, 0, length - x.shape[1])) if length > x.shape[1] else x
 
@@ -116,7 +127,7 @@ class _GroupedRelationKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad_x = grad.new_zeros(ctx.shape, dtype=torch.float32)
+        grad_x = None
         offset, heads = 0, ctx.num_heads
         for rows, length, valid, xs, diff in ctx.groups:
             g = grad.new_zeros(valid.shape, dtype=torch.float32)  # (n_g, L): ∂L/∂KL of each query row
@@ -127,8 +138,15 @@ class _GroupedRelationKL(torch.autograd.Function):
             big_g = diff.view(n, heads, length, length).mul_(g[:, None, :, None]).view(n * heads, length, length)
             dx = torch.baddbmm(torch.bmm(big_g, xs), big_g.transpose(1, 2), xs, alpha=1.0).mul_(d_r**-0.5)
             dx = dx.view(n, heads, length, d_r).transpose(1, 2).reshape(n, length, heads * d_r)
+            if _is_whole(rows, length, ctx.shape):
+                grad_x = dx  # the only group: no scatter into a buffer
+                continue
+            if grad_x is None:
+                grad_x = grad.new_zeros(ctx.shape, dtype=torch.float32)
             keep = min(length, ctx.shape[1])
             grad_x[rows, :keep] = dx[:, :keep]
+        if grad_x is None:  # no valid row at all
+            grad_x = grad.new_zeros(ctx.shape, dtype=torch.float32)
         return grad_x.to(ctx.dtype), None, None, None, None
 
 
