@@ -10,8 +10,8 @@ alike; the ratios are medians of the per-round ratios. Only speed is measured, s
 untrained.
 
 ``kd_cached`` is the ``kd`` recipe with the teacher read from an encoder teacher cache
-(:func:`hf_distill.data.build_encoder_cache`: logits, mapped hidden states and the Q/K/V of the relation layers,
-float16, no padding), built once before timing over the rows the batches are drawn from (for ``--data sst2`` the
+(:func:`hf_distill.data.build_encoder_cache`: logits, mapped hidden states and the self-relations of the relation
+layers with the run's head count, float16, no padding), built once before timing over the rows the batches are drawn from (for ``--data sst2`` the
 whole 16k-sentence training set, whose size the run records); its step never runs the teacher.
 
 ``--data random`` uses full batches of 32 x 64 random tokens (the worst case: every sequence at the maximum length);
@@ -95,14 +95,16 @@ def sst2_batches(recipe, opts, count: int = 16) -> tuple[list[dict], Dataset]:
 def cached_teacher(student, teacher, args, rows: Dataset) -> tuple:
     """The encoder cache of ``teacher`` over ``rows`` for the run ``args`` configures, and what it took:
     ``(cache, {"examples", "tokens", "bytes", "bytes_per_token", "build_s"})``."""
-    request = build_plan(student, [ModelTeacher(teacher)], args, "sequence_classification").request(0, chunked=False)
+    plan = build_plan(student, [ModelTeacher(teacher)], args, "sequence_classification")
+    request = plan.request(0, chunked=False)
+    heads = plan.settings.relation_heads[0] if request.qkv_layers else None  # as hf-distill glue builds it
     start = time.perf_counter()
-    cache = build_encoder_cache(teacher, rows, request, batch_size=128)
+    cache = build_encoder_cache(teacher, rows, request, batch_size=128, relation_heads=heads)
     build_s = time.perf_counter() - start
     tokens = int(cache.lengths.sum())
     size = sum(t.numel() * t.element_size() for k, t in cache.tensors.items() if k != "lengths")
     stats = {"examples": len(rows), "tokens": tokens, "bytes": size, "bytes_per_token": size / tokens}
-    return cache, {**stats, "request": str(request), "build_s": build_s}
+    return cache, {**stats, "request": str(request), "relation_heads": heads, "build_s": build_s}
 
 
 def build_parser() -> argparse.ArgumentParser:

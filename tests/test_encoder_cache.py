@@ -5,6 +5,7 @@ running the teacher, and what it refuses."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 import pytest
@@ -92,8 +93,11 @@ def test_the_stored_size_has_no_padding(tmp_path):
     assert os.path.getsize(tmp_path / "cache" / "encoder_cache.safetensors") < want + 4096
 
 
-@pytest.mark.parametrize("attention_loss", ["relation", "mse"])
+@pytest.mark.parametrize("attention_loss", ["relation", "mse", "relation_stored"])
 def test_a_run_from_the_cache_has_the_live_teachers_loss_terms(attention_loss, tmp_path):
+    """relation_stored: the cache holds the relation distributions (relation_heads), not the Q/K/V."""
+    stored = attention_loss == "relation_stored"
+    attention_loss = "relation" if stored else attention_loss
     teacher = tiny_bert(seed=1)
     student = tiny_bert(num_layers=2, seed=2, **NO_DROPOUT)
     data = with_cache_index(ragged(classification_dataset(n=12)))
@@ -110,7 +114,12 @@ def test_a_run_from_the_cache_has_the_live_teachers_loss_terms(attention_loss, t
     live = DistillationTrainer(model=copy.deepcopy(student), teacher_model=teacher, args=args)
     request = live.plan.request(0, chunked=False)
     assert request.qkv_layers if attention_loss == "relation" else request.attention_layers
-    cache = build_encoder_cache(teacher, data, request, batch_size=5)
+    heads = live.plan.settings.relation_heads[0] if stored else None
+    cache = build_encoder_cache(teacher, data, request, batch_size=5, relation_heads=heads)
+    assert (cache.relation_heads, any(k.startswith("q.") for k in cache.tensors)) == (
+        heads,
+        attention_loss == "relation" and not stored,
+    )
     cached = DistillationTrainer(model=copy.deepcopy(student), teacher_model=cache, args=args)
     batch = collate(data, range(12))
     for trainer in (live, cached):
@@ -261,3 +270,31 @@ def test_an_unfinished_cache_and_bad_arguments_are_refused(tmp_path, built):
     with pytest.raises(ValueError) as err:
         build_encoder_cache(nan, data, request, str(tmp_path / "nan"))
     assert "logits is NaN" in one_line(err) and not is_encoder_cache(str(tmp_path / "nan"))
+
+
+def test_a_cache_of_relations_is_smaller_for_short_rows_and_serves_its_head_count_only(tmp_path):
+    teacher = tiny_bert(seed=1)  # hidden 32
+    data = with_cache_index(ragged(classification_dataset(n=16)))
+    request = TeacherRequest(logits=True, qkv_layers=(2, 4))
+    path = str(tmp_path / "cache")
+    cache = build_encoder_cache(teacher, data, request, path, batch_size=5, relation_heads=2)
+    lengths = torch.tensor([len(r) for r in data["input_ids"]])
+    # float16 relations of 2 heads per (query, key) pair, float32 sums of p log p per token and head: 3 of each a block
+    want = 2 * 16 * 2 + 2 * 3 * (2 * 2 * int((lengths**2).sum()) + 4 * 2 * int(lengths.sum()))
+    assert sum(t.numel() * t.element_size() for k, t in cache.tensors.items() if k != "lengths") == want
+    batch = collate(data, [3, 1, 5])
+    got = cache.outputs(batch, request).qkv[4][1]  # the keys' relations of block 4
+    mask = batch["attention_mask"]
+    from hf_distill.losses.attention import relation_target
+
+    live = relation_target(ModelTeacher(teacher).outputs(batch, request).qkv[4][1], mask, 2)
+    assert_fp32_close(got.probs.float(), live.probs, dtype=torch.float16)
+    assert_fp32_close(got.neg_entropy, live.neg_entropy, dtype=torch.float16, scale=math.log(12))
+    loaded = load_encoder_cache(path, request=request, relation_heads=2)
+    assert torch.equal(loaded.outputs(batch, request).qkv[2][0].probs, cache.outputs(batch, request).qkv[2][0].probs)
+    with pytest.raises(ValueError, match="self-relations of 2 heads but the run uses 4"):
+        load_encoder_cache(path, request=request, relation_heads=4)
+    with pytest.raises(ValueError, match="right-padded"):
+        cache.outputs({**batch, "attention_mask": mask.flip(1)}, request)
+    with pytest.raises(ValueError, match="relation_heads must be a positive"):
+        build_encoder_cache(teacher, data, request, relation_heads=0)

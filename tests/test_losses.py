@@ -462,3 +462,35 @@ def test_task_loss_refuses_labels_outside_the_label_set(task, logits, labels, me
     with pytest.raises(ValueError) as err:
         task_loss(logits, labels, task=task)
     assert str(err.value) == message + "; a label must lie in that range, or be -100 (ignored)."
+
+
+@pytest.mark.parametrize("length, rows", [(5, [4, 3]), (16, [16, 16]), (20, [20, 3])])
+def test_relation_kd_from_relations_computed_ahead_equals_it_from_the_teachers_states(length, rows):
+    """A RelationTarget (the teacher's relations computed once, as an encoder cache stores them) gives the loss and
+    the student's gradient of the teacher's Q/K/V: groups padded past the batch (5 -> 16), one whole group (16), two
+    groups (20 and 3)."""
+    from hf_distill.losses.attention import relation_target
+
+    heads, d = 3, 4
+    mask = (torch.arange(length)[None] < torch.tensor(rows)[:, None]).long()
+    s = torch.randn(2, length, heads * d, requires_grad=True)
+    t = torch.randn(2, length, 2 * heads * d)
+    n = int(mask.sum())
+    relation = get_loss("attention", "relation")
+    want = relation(s, t, mask=mask, normalizer=n, num_relation_heads=heads)
+    (want_grad,) = torch.autograd.grad(want, s)
+    target = relation_target(t, mask, heads)
+    got = relation(s, target, mask=mask, normalizer=n, num_relation_heads=heads)
+    (got_grad,) = torch.autograd.grad(got, s)
+    assert_fp32_close(got, want, scale=4 * math.log(length), n=2 * d + length)
+    assert_fp32_close(got_grad, want_grad, n=2 * (2 * d + length) + heads + n)
+    # the stored distributions: rows sum to 1 over real keys, zero at padded keys and queries
+    probs = target.probs
+    assert probs.shape == (2, heads, length, length)
+    assert_fp32_close(probs[1, :, : rows[1]].sum(-1), torch.ones(heads, rows[1]), n=length)
+    assert probs[1, :, :, rows[1] :].abs().sum() == 0 and probs[1, :, rows[1] :].abs().sum() == 0
+    with pytest.raises(ValueError, match="3 heads but num_relation_heads is 1"):
+        relation(s, target, mask=mask, num_relation_heads=1)
+    if rows[1] < length:
+        with pytest.raises(ValueError, match="right-padded"):
+            relation(s, target, mask=mask.flip(1), num_relation_heads=heads)

@@ -3,10 +3,13 @@
 :func:`build_encoder_cache` runs the teacher (a :class:`~hf_distill.teachers.ModelTeacher`, length-grouped, as a
 live run would) over ``dataset`` in order and stores, for each example and its real tokens only (no padding), what a
 :class:`~hf_distill.teachers.TeacherRequest` asks: the logits, the hidden states of the mapped layers, the attention
-maps of attention-map KD, and the per-block queries, keys and values that self-relation KD (``attention_loss:
-relation``) computes its relations from. Q/K/V rather than the relation matrices: the relations depend on the
-relation head count (a variant setting) and are ``3 R T^2`` values a block against ``3 T D`` (at ``T = 64`` with
-MiniLM's ``R = 12``, ``D = 384``: twice the size).
+maps of attention-map KD, and for self-relation KD (``attention_loss: relation``) either each block's queries, keys
+and values (``relation_heads=None``: any relation head count can be computed from them) or, with ``relation_heads=R``,
+the relation distributions themselves (:class:`hf_distill.losses.attention.RelationTarget`), which a training step
+then reads instead of computing: ``3 R n^2`` values a block and example against ``3 n D`` for Q/K/V (at MiniLM's
+``R = 12``, ``D = 384``: smaller below 32 tokens, as SST-2 sentences are, twice the size at 64), and the teacher's
+half of every relation term (a quarter of its cost) is gone from the step. Such a cache serves runs with that ``R``
+only.
 
 Values are stored in float16: 10 mantissa bits against bfloat16's 7 (8x finer rounding of the Q/K/V the relation
 softmax amplifies), and an encoder's logits, hidden states and projections stay far below float16's 65504 (a value
@@ -31,8 +34,9 @@ from torch import nn
 from transformers import AutoConfig
 
 from ..constants import TEACHER_CACHE_INDEX
+from ..losses.attention import relation_target
 from ..teachers.base import Teacher, TeacherRequest
-from ..teachers.encoder_cache import EncoderCacheTeacher, missing_from, stored_request
+from ..teachers.encoder_cache import EncoderCacheTeacher, missing_from, stored_relation_heads, stored_request
 from ..teachers.model import ModelTeacher
 from .padding import pad_rows
 from .teacher_cache import check_files, check_teacher, data_fingerprint, read_meta, teacher_fingerprint, write_meta
@@ -80,8 +84,22 @@ def _batch(rows: dict, pad_id: int, device) -> dict:
     return {k: v.to(device) for k, v in out.items()}
 
 
-def _real(outputs, request: TeacherRequest, mask: torch.Tensor, dtype) -> dict[str, torch.Tensor]:
-    """The batch's outputs at its real tokens only, rows after rows: ``{name: (sum n, ...)}`` (``logits`` ``(B, C)``)."""
+def _relations(x: torch.Tensor, mask: torch.Tensor, heads: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's relation distributions ``(R, n, n)`` flattened, examples after examples ``(sum R n^2,)`` in
+    ``dtype``, and ``Σ p log p`` of each of its query rows ``(sum n, R)`` in float32, from the rounded ``p`` (so that
+    the loss from the stored values is a divergence of exactly those)."""
+    probs = relation_target(x.float(), mask, heads).probs.to(dtype)
+    flat, neg_entropy = [], []
+    for b, n in enumerate(mask.sum(1).tolist()):
+        p = probs[b, :, :n, :n]
+        flat.append(p.reshape(-1))
+        neg_entropy.append(torch.special.xlogy(p.float(), p.float()).sum(-1).T)  # (n, R)
+    return torch.cat(flat), torch.cat(neg_entropy)
+
+
+def _real(outputs, request: TeacherRequest, mask: torch.Tensor, dtype, relation_heads=None) -> dict[str, torch.Tensor]:
+    """The batch's outputs at its real tokens only, rows after rows: ``{name: (sum n, ...)}`` (``logits`` ``(B, C)``).
+    With ``relation_heads``, the relations of the Q/K/V (see :func:`_relations`) instead of the Q/K/V."""
     out = {}
     if request.logits:
         logits = outputs.logits
@@ -90,7 +108,12 @@ def _real(outputs, request: TeacherRequest, mask: torch.Tensor, dtype) -> dict[s
         out[f"hidden.{i}"] = outputs.hidden_states[i][mask]
     for i in request.qkv_layers:
         for name, x in zip("qkv", outputs.qkv[i], strict=True):
-            out[f"{name}.{i}"] = x[mask]
+            if relation_heads:
+                out[f"relation.{name}.{i}"], out[f"relation_negent.{name}.{i}"] = _relations(
+                    x, mask, relation_heads, dtype
+                )
+            else:
+                out[f"{name}.{i}"] = x[mask]
     for i in request.attention_layers:  # (B, H, T, T) -> each example's (n, n, H), flattened
         maps = outputs.attentions[i - 1]
         parts = []
@@ -98,7 +121,7 @@ def _real(outputs, request: TeacherRequest, mask: torch.Tensor, dtype) -> dict[s
             pos = mask[b].nonzero().squeeze(1)
             parts.append(maps[b][:, pos[:, None], pos[None, :]].permute(1, 2, 0).reshape(-1, maps.shape[1]))
         out[f"attention.{i}"] = torch.cat(parts)
-    return {k: v.detach().to("cpu", dtype) for k, v in out.items()}
+    return {k: v.detach().to("cpu", torch.float32 if "negent" in k else dtype) for k, v in out.items()}
 
 
 def _check_finite(tensors: dict) -> None:
@@ -119,6 +142,7 @@ def build_encoder_cache(
     batch_size: int = 64,
     weights: str | None = None,
     name: str | None = None,
+    relation_heads: int | None = None,
 ) -> EncoderCacheTeacher:
     """Run ``teacher`` once over ``dataset`` and keep what ``request`` asks, per example, real tokens only.
 
@@ -133,11 +157,15 @@ def build_encoder_cache(
         weights: the folder of the teacher's weight files, recorded as its fingerprint; default the folder it was
             loaded from, else its tensors in memory (give it for a teacher fine-tuned since it was loaded).
         name: recorded as the teacher's name; default its ``name_or_path``.
+        relation_heads: store the self-relations of the requested Q/K/V with this many relation heads (the run's
+            ``ObjectiveSettings.relation_heads``) instead of the Q/K/V: faster steps, for that head count only.
 
     Returns:
         The :class:`EncoderCacheTeacher` of the cache (``source=None``).
     """
     _check_build_args(dataset, request, batch_size)
+    if relation_heads is not None and (not isinstance(relation_heads, int) or relation_heads < 1):
+        raise ValueError(f"relation_heads must be a positive number of heads or None, got {relation_heads!r}.")
     live = teacher if isinstance(teacher, ModelTeacher) else ModelTeacher(teacher)
     model = live.model
     device = next(model.parameters()).device
@@ -152,7 +180,8 @@ def build_encoder_cache(
             rows = inputs[start : start + batch_size]
             batch = _batch(rows, pad_id, device)
             mask = batch["attention_mask"].bool()
-            for name_, value in _real(live.outputs(batch, request), request, mask, torch.float16).items():
+            outputs = live.outputs(batch, request)
+            for name_, value in _real(outputs, request, mask, torch.float16, relation_heads).items():
                 parts.setdefault(name_, []).append(value)
             lengths += mask.sum(1).tolist()
     finally:
@@ -181,6 +210,7 @@ def _save(output_dir: str, tensors: dict, live: ModelTeacher, dataset, request, 
         "teacher": name,
         "task": live.task,
         "request": asdict(request),
+        "relation_heads": stored_relation_heads(tensors),
         "dtype": "float16",
         "num_examples": len(dataset),
         "num_tokens": num_tokens,
@@ -211,6 +241,7 @@ def load_encoder_cache(
     teacher: nn.Module | str | None = None,
     request: TeacherRequest | None = None,
     source: Teacher | None = None,
+    relation_heads: int | None = None,
 ) -> EncoderCacheTeacher:
     """Load a cache written by :func:`build_encoder_cache`, checked first (each check is optional but the files').
 
@@ -221,6 +252,7 @@ def load_encoder_cache(
         teacher: the teacher's model or weight folder; refused unless its weights are those the cache was built with.
         request: what the run's losses read; refused unless the cache holds all of it.
         source: the teacher for batches without the index column (see :class:`EncoderCacheTeacher`).
+        relation_heads: the run's relation head count; refused when the cache holds relations of another count.
     """
     if not is_encoder_cache(path):
         raise ValueError(
@@ -246,8 +278,19 @@ def load_encoder_cache(
             f"The teacher cache at {path!r} holds no {', '.join(missing)}, which the configured losses need: "
             f"{_RETARGET} to build a cache for this configuration."
         )
+    stored_heads = meta.get("relation_heads")
+    if (
+        relation_heads is not None
+        and request is not None
+        and request.qkv_layers
+        and stored_heads not in (None, relation_heads)
+    ):
+        raise ValueError(
+            f"The teacher cache at {path!r} holds self-relations of {stored_heads} heads but the run uses "
+            f"{relation_heads} (relation_heads): {_RETARGET} to build a cache for this configuration."
+        )
     tensors = safetensors.torch.load_file(os.path.join(path, ENCODER_CACHE_FILE))
-    if stored_request(tensors) != held:
+    if stored_request(tensors) != held or stored_relation_heads(tensors) != stored_heads:
         raise ValueError(f"The teacher cache at {path!r} does not hold what its meta file says: {_FIX}.")
     config = AutoConfig.from_pretrained(path)
     return EncoderCacheTeacher(tensors, config, source=source, name=meta["teacher"], task=meta["task"])

@@ -5,10 +5,14 @@ under eager attention. One item is one valid query row: ``mask`` is ``(B, T)`` w
 and student have different head counts, :func:`match_heads` reduces both to one averaged map.
 
 Self-relation KD compares ``softmax(X X^T / sqrt(d_r))`` for ``X`` in {queries, keys, values}, split into ``R``
-relation heads. It needs neither equal head counts nor equal widths, nor attention maps (any backend works).
+relation heads. It needs neither equal head counts nor equal widths, nor attention maps (any backend works). The
+teacher's side is either its projections ``X`` or, computed once ahead (an encoder teacher cache), its relation
+distributions as a :class:`RelationTarget` (:func:`relation_target`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +97,45 @@ def _take(x: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, length - x.shape[1])) if length > x.shape[1] else x
 
 
+class RelationTarget(NamedTuple):
+    """A teacher's self-relations for one of Q, K or V, computed ahead: what :func:`relation_kl` reads of the teacher.
+
+    ``probs`` ``(B, R, T, T)``: ``softmax(X X^T / sqrt(d_r))`` per relation head over each row's real keys, zero at
+    padded keys and padded queries. ``neg_entropy`` ``(B, R, T)``: ``Σ_k p log p`` of each query row (the constant
+    part of the KL), zero at padded queries. Real tokens first in each row (right padding).
+    """
+
+    probs: torch.Tensor
+    neg_entropy: torch.Tensor
+
+
+def relation_target(states: torch.Tensor, mask: torch.Tensor | None, num_heads: int) -> RelationTarget:
+    """``states`` ``(B, T, D)`` (right-padded, ``mask`` ``(B, T)``) -> its :class:`RelationTarget` with ``num_heads``
+    relation heads, in float32."""
+    batch, seq, _ = states.shape
+    bias = None if mask is None else _key_bias(mask)
+    log_p = _relation_scores(_heads(states, num_heads), num_heads, bias).log_softmax(-1)  # (B R, T, T)
+    probs = log_p.exp()
+    neg_entropy = (probs * log_p).sum(-1).view(batch, num_heads, seq)
+    probs = probs.view(batch, num_heads, seq, seq)
+    if mask is not None:  # padded queries: no distribution
+        keep = mask.bool()[:, None, :]
+        probs, neg_entropy = probs * keep[..., None], neg_entropy * keep
+    return RelationTarget(probs, neg_entropy)
+
+
+def _target_group(target: RelationTarget, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A group's ``(p_t (n R, L, L), Σ p_t log p_t (n R, L))`` from a :class:`RelationTarget`, zero-padded to ``L``."""
+    probs, neg_entropy = target
+    if not _is_whole(rows, length, probs.shape[:1] + probs.shape[2:]):
+        probs, neg_entropy = probs[rows, :, :length, :length], neg_entropy[rows, :, :length]
+        if length > probs.shape[-1]:
+            extra = length - probs.shape[-1]
+            probs, neg_entropy = F.pad(probs, (0, extra, 0, extra)), F.pad(neg_entropy, (0, extra))
+    n, heads = probs.shape[:2]
+    return probs.float().reshape(n * heads, length, length), neg_entropy.float().reshape(n * heads, length)
+
+
 class _GroupedRelationKL(torch.autograd.Function):
     """Per valid query row (a row's first ``lengths[b]`` positions), the mean over ``R`` relation heads of
     ``KL(rel_t || rel_s)``, computed group by group (``groups`` from :func:`length_groups`).
@@ -112,14 +155,17 @@ class _GroupedRelationKL(torch.autograd.Function):
             valid = torch.arange(length, device=lengths.device)[None] < lengths[rows][:, None]  # (n_g, L)
             bias = _key_bias(valid)
             xs = _heads(_take(student, rows, length), num_heads)  # (n_g * R, L, d_s)
-            z_s = _relation_scores(xs, num_heads, bias)
-            z_t = _relation_scores(_heads(_take(teacher, rows, length), num_heads), num_heads, bias)
-            # one log-softmax each, the probabilities as their exp, in place: 4 passes over (n_g R, L, L) fewer than
-            # separate softmaxes (the relation terms are most of a cached-teacher KD step)
-            log_t, log_s = z_t.log_softmax(-1), z_s.log_softmax(-1)
-            del z_t, z_s
-            p_t = log_t.exp()
-            kl = log_t.sub_(log_s).mul_(p_t).sum(-1)  # (n_g * R, L)
+            log_s = _relation_scores(xs, num_heads, bias).log_softmax(-1)
+            if isinstance(teacher, RelationTarget):  # KL = Σ p_t log p_t - Σ p_t log_s
+                p_t, neg_entropy = _target_group(teacher, rows, length)
+                kl = neg_entropy - (p_t * log_s).sum(-1)  # (n_g * R, L)
+            else:
+                # one log-softmax each, the probabilities as their exp, in place: 4 passes over (n_g R, L, L) fewer
+                # than separate softmaxes (the relation terms are most of a cached-teacher KD step)
+                log_t = _relation_scores(_heads(_take(teacher, rows, length), num_heads), num_heads, bias)
+                log_t = log_t.log_softmax(-1)
+                p_t = log_t.exp()
+                kl = log_t.sub_(log_s).mul_(p_t).sum(-1)  # (n_g * R, L)
             per_row.append(kl.view(len(rows), num_heads, length).mean(1)[valid])
             saved.append((rows, length, valid, xs, log_s.exp_().sub_(p_t)))  # softmax(z_s) - p_t
         ctx.groups, ctx.num_heads, ctx.shape, ctx.dtype = saved, num_heads, student.shape, student.dtype
@@ -175,8 +221,10 @@ def relation_kl(
     student_states, teacher_states, *, mask=None, normalizer=None, num_relation_heads=1, max_groups=4, **_
 ):
     """MiniLM v2 self-relation KD for one of Q, K or V: per query row, mean over relation heads of
-    ``KL(rel_t || rel_s)``. ``student_states`` is ``(B, T, Ds)``, ``teacher_states`` ``(B, T, Dt)`` (a target: no
-    gradient flows into it); ``mask`` ``(B, T)``, 1 for real tokens, which may sit anywhere in a row.
+    ``KL(rel_t || rel_s)``. ``student_states`` is ``(B, T, Ds)``, ``teacher_states`` ``(B, T, Dt)``, or the teacher's
+    relations computed ahead, a :class:`RelationTarget` with ``num_relation_heads`` heads (a target: no gradient flows
+    into it); ``mask`` ``(B, T)``, 1 for real tokens, which may sit anywhere in a row (right-padded only with a
+    :class:`RelationTarget`).
 
     A padded batch is computed in up to ``max_groups`` groups of rows of similar length, each cut to its longest row
     rounded up to a multiple of 16 (:func:`hf_distill.losses.lengths.length_groups`): a relation involves only a
@@ -185,10 +233,19 @@ def relation_kl(
     if mask is None:
         mask = torch.ones(student_states.shape[:2], dtype=torch.bool, device=student_states.device)
     lengths = valid_lengths(mask)
+    target = isinstance(teacher_states, RelationTarget)
+    if target and teacher_states.probs.shape[1] != num_relation_heads:
+        raise ValueError(
+            f"The teacher's relations have {teacher_states.probs.shape[1]} heads but num_relation_heads is "
+            f"{num_relation_heads}: build them with as many heads as the run's relation_heads."
+        )
     if lengths is None:  # not right-padded: gather each row's real tokens first
+        if target:
+            raise ValueError("Relations computed ahead (a RelationTarget) need right-padded rows (real tokens first).")
         lengths = mask.bool().sum(1)
         student_states, teacher_states = _left_aligned(student_states, mask), _left_aligned(teacher_states, mask)
     # lengths in multiples of 16: CPU softmax kernels are ~10x slower per element on shorter rows
     groups = length_groups(lengths, max_groups=max_groups, power=2, multiple=16)
-    per_row = _GroupedRelationKL.apply(student_states, teacher_states.detach(), lengths, groups, num_relation_heads)
+    teacher = teacher_states if target else teacher_states.detach()
+    per_row = _GroupedRelationKL.apply(student_states, teacher, lengths, groups, num_relation_heads)
     return reduce_items(per_row, normalizer)

@@ -364,16 +364,27 @@ def cached_teacher(glue_args: GlueArguments, args, teacher, student, train):
     loaded when the folder holds a matching one; returns ``(teacher, train with its cache index column)``."""
     path = glue_args.teacher_cache
     live = ModelTeacher(teacher)
-    request = build_plan(student, [live], args, live.task).request(0, chunked=False)
+    plan = build_plan(student, [live], args, live.task)
+    request = plan.request(0, chunked=False)
+    # self-relation KD reads the relations themselves, computed once with the run's head count
+    heads = plan.settings.relation_heads[0] if request.qkv_layers else None
     # a fine-tuned teacher's weights are the files saved after fine-tuning, not those it was loaded from
     weights = os.path.join(args.output_dir, "teacher") if glue_args.finetune_teacher else teacher
     if is_encoder_cache(path):
-        cache = load_encoder_cache(path, dataset=train, teacher=weights, request=request, source=live)
+        cache = load_encoder_cache(
+            path, dataset=train, teacher=weights, request=request, source=live, relation_heads=heads
+        )
         print(f"[glue] teacher cache: reusing {path} ({len(train)} examples); the teacher is not run for them")
     else:
         print(f"[glue] teacher cache: running the teacher once over {len(train)} examples into {path}")
         cache = build_encoder_cache(
-            teacher, train, request, path, batch_size=args.per_device_eval_batch_size, weights=weights
+            teacher,
+            train,
+            request,
+            path,
+            batch_size=args.per_device_eval_batch_size,
+            weights=weights,
+            relation_heads=heads,
         )
         cache.source = live  # evaluation batches (no cache index) run it live
     return cache, with_cache_index(train)

@@ -62,7 +62,8 @@ class TeacherOutputs:
             the logits the chunked causal-LM loss computes chunk by chunk.
         hidden_states: indexed by layer (``hidden_states[i]`` is ``(B, T, D)``); layers not asked for may be ``None``.
         attentions: ``attentions[i - 1]`` is block ``i``'s map ``(B, H, T, T)`` (as transformers returns them).
-        qkv: ``{block: [q (B, T, Dq), k (B, T, Dk), v (B, T, Dv)]}``.
+        qkv: ``{block: [q (B, T, Dq), k (B, T, Dk), v (B, T, Dv)]}``, or for each of them its self-relations
+            computed ahead, a :class:`hf_distill.losses.attention.RelationTarget` (an encoder cache of relations).
     """
 
     logits: torch.Tensor | None = None

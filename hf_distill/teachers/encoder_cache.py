@@ -12,21 +12,29 @@ from __future__ import annotations
 import torch
 
 from ..constants import TEACHER_CACHE_INDEX
+from ..losses.attention import RelationTarget
 from .base import Teacher, TeacherOutputs, TeacherRequest
 
 
 def stored_request(names) -> TeacherRequest:
-    """What a store with the tensors ``names`` holds (``logits``, ``hidden.<i>``, ``attention.<i>``, ``q.<i>``...)."""
+    """What a store with the tensors ``names`` holds (``logits``, ``hidden.<i>``, ``attention.<i>``, ``q.<i>`` or
+    ``relation.q.<i>``...)."""
 
     def layers(prefix: str) -> tuple[int, ...]:
-        return tuple(sorted(int(n.split(".", 1)[1]) for n in names if n.startswith(prefix + ".")))
+        return tuple(sorted(int(n.rsplit(".", 1)[1]) for n in names if n.startswith(prefix + ".")))
 
     return TeacherRequest(
         logits="logits" in names or "token_logits" in names,
         hidden_layers=layers("hidden"),
         attention_layers=layers("attention"),
-        qkv_layers=layers("q"),
+        qkv_layers=tuple(sorted({*layers("q"), *layers("relation.q")})),
     )
+
+
+def stored_relation_heads(tensors: dict) -> int | None:
+    """The relation head count of a store that holds self-relations rather than Q/K/V, else None."""
+    negent = [t for name, t in tensors.items() if name.startswith("relation_negent.")]
+    return int(negent[0].shape[1]) if negent else None
 
 
 def missing_from(held: TeacherRequest, request: TeacherRequest) -> list[str]:
@@ -76,6 +84,7 @@ class EncoderCacheTeacher(Teacher):
         self.starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])  # first token row of each example
         squares = lengths * lengths
         self.pair_starts = torch.cat([squares.new_zeros(1), squares.cumsum(0)[:-1]])
+        self.relation_heads = stored_relation_heads(tensors)
 
     @property
     def model(self):
@@ -125,8 +134,31 @@ class EncoderCacheTeacher(Teacher):
             for i in request.attention_layers:
                 maps[i - 1] = self._maps(t[f"attention.{i}"], index, mask).to(device)
             out.attentions = tuple(maps)
-        out.qkv = {i: [_tokens(t[f"{x}.{i}"], rows, mask).to(device) for x in "qkv"] for i in request.qkv_layers}
+        if self.relation_heads:
+            out.qkv = {
+                i: [self._relations(x, i, index, mask, rows, device) for x in "qkv"] for i in request.qkv_layers
+            }
+        else:
+            out.qkv = {i: [_tokens(t[f"{x}.{i}"], rows, mask).to(device) for x in "qkv"] for i in request.qkv_layers}
         return out
+
+    def _relations(self, x: str, block: int, index, mask, rows, device) -> RelationTarget:
+        """Block ``block``'s stored relations of ``x`` (q, k or v) for the batch: probabilities ``(B, R, T, T)`` in
+        the store's dtype, zero beyond each row's length, and ``Σ p log p`` ``(B, R, T)``; right-padded rows only."""
+        batch, seq = mask.shape
+        lengths = self.lengths[index]
+        if not bool((torch.arange(seq)[None] < lengths[:, None]).eq(mask).all()):
+            raise ValueError("An encoder cache of self-relations needs right-padded batches (real tokens first).")
+        flat, heads = self.tensors[f"relation.{x}.{block}"], self.relation_heads
+        spans = list(zip(lengths.tolist(), (heads * self.pair_starts[index]).tolist()))
+        if all(n == seq for n, _ in spans):  # full rows: their blocks back to back, one copy
+            probs = torch.cat([flat[start : start + heads * n * n] for n, start in spans]).view(batch, heads, seq, seq)
+        else:
+            probs = flat.new_zeros(batch, heads, seq, seq)
+            for b, (n, start) in enumerate(spans):
+                probs[b, :, :n, :n] = flat[start : start + heads * n * n].view(heads, n, n)
+        neg_entropy = _tokens(self.tensors[f"relation_negent.{x}.{block}"], rows, mask).transpose(1, 2)
+        return RelationTarget(probs.to(device), neg_entropy.to(device))
 
     def _check_lengths(self, index: torch.Tensor, mask: torch.Tensor) -> None:
         if int(index.max()) >= len(self.lengths) or int(index.min()) < 0:
