@@ -133,7 +133,8 @@ def _target_group(target: RelationTarget, rows: torch.Tensor, length: int) -> tu
             extra = length - probs.shape[-1]
             probs, neg_entropy = F.pad(probs, (0, extra, 0, extra)), F.pad(neg_entropy, (0, extra))
     n, heads = probs.shape[:2]
-    return probs.float().reshape(n * heads, length, length), neg_entropy.float().reshape(n * heads, length)
+    # a 16-bit p_t stays so: the float32 ops that read it convert on the fly (no float32 copy of it to write and read)
+    return probs.reshape(n * heads, length, length), neg_entropy.float().reshape(n * heads, length)
 
 
 class _GroupedRelationKL(torch.autograd.Function):
@@ -203,8 +204,8 @@ def _relation_scores(x: torch.Tensor, num_heads: int, key_bias: torch.Tensor | N
     None.
     """
     scale = x.shape[-1] ** -0.5
-    if key_bias is None:
-        return torch.bmm(x * scale, x.transpose(1, 2))
+    if key_bias is None:  # beta=0: the scale inside the matmul, no scaled copy of x
+        return torch.baddbmm(x.new_zeros(1, 1, 1), x, x.transpose(1, 2), beta=0.0, alpha=scale)
     n, length = key_bias.shape
     bias = key_bias[:, None, None, :].expand(n, num_heads, 1, length).reshape(n * num_heads, 1, length)
     return torch.baddbmm(bias, x, x.transpose(1, 2), alpha=scale)
