@@ -276,12 +276,19 @@ class DistillationConfig(TrainingArguments):
     def needs_live_teacher(self, cached: bool = False) -> bool:
         """Whether training needs the teacher model itself, given soft targets from a top-k cache (``cached``) or not:
         hidden-state and attention KD, generated completions (which carry no cache) and uncached logit KD do."""
-        return (
-            self.alpha_hidden > 0
-            or self.alpha_attention > 0
-            or self.seq_kd
-            or (self.alpha_logits > 0 and (not cached or self.lmbda > 0))
-        )
+        return bool(self.live_teacher_needs(cached))
+
+    def live_teacher_needs(self, cached: bool = False) -> list[str]:
+        """The settings that need the teacher model itself (see :meth:`needs_live_teacher`), e.g.
+        ``["alpha_hidden > 0"]``; empty when soft targets alone, from a top-k cache, will do."""
+        needs = [f"{name} > 0" for name in ("alpha_hidden", "alpha_attention") if getattr(self, name) > 0]
+        if self.seq_kd:
+            needs.append("seq_kd")
+        if self.alpha_logits > 0 and not cached:
+            needs.append("alpha_logits > 0 without a top-k cache")
+        elif self.alpha_logits > 0 and self.lmbda > 0:
+            needs.append("lmbda > 0 (generated completions have no cache)")
+        return needs
 
     # --- serialisation helpers ---
 

@@ -6,6 +6,7 @@ the objective. The one place where the config becomes objects; :class:`~hf_disti
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -44,7 +45,7 @@ def build_teachers(teacher_model, args, task: str, train_dataset=None, eval_data
     """The run's teachers: ``teacher_model`` (a model, a name, a :class:`Teacher` or a list; default
     ``args.teacher_model_name_or_path``) as :class:`Teacher` objects; with a top-k teacher cache in the data, the
     first one reads its soft targets from there (:class:`TopKCacheTeacher`), or stands alone when no live teacher
-    is needed. Empty for a no-KD baseline."""
+    is needed: a teacher given by name (or path) is then not loaded at all. Empty for a no-KD baseline."""
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
     cached = _has_cache(train_dataset) or _has_cache(eval_dataset)
     if teacher_model is None:
@@ -63,6 +64,17 @@ def build_teachers(teacher_model, args, task: str, train_dataset=None, eval_data
     if args.teacher_weights is not None and len(args.teacher_weights) != given:
         raise ValueError(
             f"teacher_weights {args.teacher_weights} has {len(args.teacher_weights)} entries for {given} teachers."
+        )
+    if isinstance(teacher_model, str | os.PathLike) and cached and args.alpha_logits > 0:
+        name = os.fspath(teacher_model)
+        needs = args.live_teacher_needs(_has_cache(train_dataset))
+        if not needs and (eval_dataset is None or _has_cache(eval_dataset)):
+            # a teacher known by name only: the cache serves every active term, so its weights are not loaded
+            return [TopKCacheTeacher(name=name)]
+        logger.info(
+            "hf_distill: loading the teacher %s: %s needs the model, not only the top-k cache.",
+            name,
+            " and ".join(needs) or "evaluation data without the cache",
         )
     teachers = as_teachers(
         teacher_model,

@@ -87,11 +87,11 @@ def looks_local(name: str) -> bool:
     )
 
 
-def check_model_path(name: str | None, flag: str, safetensors_only: bool = False) -> None:
+def check_model_path(name: str | None, flag: str, safetensors_only: bool = False, weights: bool = True) -> None:
     """Refuse a model path that cannot be a model: a local-looking path that does not exist (no Hub retries), a file,
-    or a folder without ``config.json`` or without weights (:func:`loadable_weights`; only safetensors ones with
-    ``safetensors_only``, for a job that loads with ``use_safetensors=True``). A Hub name (``org/name``) passes;
-    loading it tells whether it exists."""
+    or a folder without ``config.json`` or (unless ``weights=False``: only its config and tokenizer are read) without
+    weights (:func:`loadable_weights`; only safetensors ones with ``safetensors_only``, for a job that loads with
+    ``use_safetensors=True``). A Hub name (``org/name``) passes; loading it tells whether it exists."""
     if name is None:
         return
     if os.path.isdir(name):
@@ -101,7 +101,7 @@ def check_model_path(name: str | None, flag: str, safetensors_only: bool = False
                 f"{flag} {name} has no config.json; pass the folder that save_pretrained wrote (config.json, weights "
                 "and tokenizer files)."
             )
-        if not loadable_weights(files, safetensors_only):
+        if weights and not loadable_weights(files, safetensors_only):
             kinds = "model.safetensors (or a sharded model.safetensors.index.json)"
             if not safetensors_only:
                 kinds = "model.safetensors, pytorch_model.bin, a *.index.json of shards or adapter_model.*"

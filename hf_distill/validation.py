@@ -85,14 +85,16 @@ def resolve_config_paths(values: dict, config_dir: str) -> dict:
 # ------------------------------------------------------------------------------------------------------- models
 
 
-def load_model_config(name: str, flag: str, trust_remote_code: bool = False, safetensors_only: bool = False):
-    """The ``AutoConfig`` of ``name`` (after :func:`check_model_path`, which ``safetensors_only`` is passed to); a
-    folder or Hub name that cannot be read is a ``ValueError`` naming ``flag``."""
+def load_model_config(
+    name: str, flag: str, trust_remote_code: bool = False, safetensors_only: bool = False, weights: bool = True
+):
+    """The ``AutoConfig`` of ``name`` (after :func:`check_model_path`, which ``safetensors_only`` and ``weights`` are
+    passed to); a folder or Hub name that cannot be read is a ``ValueError`` naming ``flag``."""
     from transformers import AutoConfig
 
     from .models import resolve_model_path  # here: it imports torch and transformers' model classes
 
-    check_model_path(name, flag, safetensors_only)
+    check_model_path(name, flag, safetensors_only, weights)
     try:
         return AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
     except OSError as err:
@@ -631,7 +633,10 @@ def validate_causal_lm_job(lm, args):
          ("--teacher_cache_dir", lm.teacher_cache_dir)],
     )  # fmt: skip
     teacher = load_model_config(
-        args.teacher_model_name_or_path, "--teacher_model_name_or_path", args.trust_remote_code
+        args.teacher_model_name_or_path,
+        "--teacher_model_name_or_path",
+        args.trust_remote_code,
+        weights=bool(teacher_weight_uses(lm, args)),
     )
     check_layers(layers, num_layers(teacher))
     tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
@@ -641,6 +646,27 @@ def validate_causal_lm_job(lm, args):
     depth, built_from = student_depth(layers, student, num_layers(teacher))
     check_layer_maps(args, depth, num_layers(teacher), built_from)
     return tokenizer
+
+
+def teacher_weight_uses(lm, args) -> list[str]:
+    """What the causal-LM job needs the teacher's weights for; empty when it trains from a finished top-k cache
+    (``--teacher_cache_dir``) with a separate student and without scoring the teacher: its config and tokenizer are
+    then all it reads of the teacher."""
+    from .data.teacher_cache import CACHE_META_FILE  # here: it imports torch
+
+    cache = lm.teacher_cache_dir
+    uses = []
+    if lm.train_file is None and lm.dataset_name is None:
+        uses.append("sample the training data from it (--data_free_samples)")
+    if cache is not None and not os.path.isfile(os.path.join(cache, CACHE_META_FILE)):
+        uses.append(f"build the top-k cache in {cache}")
+    if not lm.student_model_name_or_path:
+        uses.append("build the student from its layers (--student_model_name_or_path takes a separate one)")
+    if needs := args.live_teacher_needs(cached=cache is not None):
+        uses.append(f"run it live, as {' and '.join(needs)} needs more than a top-k cache holds")
+    if lm.eval_teacher:
+        uses.append("score its perplexities (--eval_teacher false skips that)")
+    return uses
 
 
 def check_lm_student(name: str, teacher_tokenizer, trust_remote_code: bool = False):

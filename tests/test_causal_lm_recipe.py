@@ -179,6 +179,31 @@ def test_teacher_cache_is_built_once_then_trained_from(tmp_path, teacher_dir, ca
         run(*job(tmp_path, teacher_dir, *flags))
 
 
+def test_a_finished_teacher_cache_trains_without_the_teachers_weights(tmp_path, teacher_dir, capsys):
+    """With a finished --teacher_cache_dir, a separate student and --eval_teacher false, only the teacher's config and
+    tokenizer are read: its weights may be gone (the student machine need not have them)."""
+    teacher_dir = str(shutil.copytree(teacher_dir, tmp_path / "teacher"))  # its weights go below
+    student_dir = str(tmp_path / "student")
+    tiny_llama(num_layers=2, seed=3, pad_token_id=0, bos_token_id=1, eos_token_id=2).save_pretrained(student_dir)
+    tiny_tokenizer().save_pretrained(student_dir)
+    train, cache = write_text(tmp_path / "train.txt"), str(tmp_path / "cache")
+    flags = ["--train_file", train, "--validation_files", train, "--teacher_cache_dir", cache,
+             "--teacher_cache_k", "4", "--student_model_name_or_path", student_dir, "--eval_teacher", "false",
+             "--overwrite_output_dir", "true"]  # fmt: skip
+    run(*job(tmp_path, teacher_dir, *flags))  # builds the cache: the teacher is loaded for that
+    assert "loading the teacher's weights to build the top-k cache" in capsys.readouterr().out
+    os.remove(os.path.join(teacher_dir, "model.safetensors"))
+    results = run(*job(tmp_path, teacher_dir, *flags))
+    out = capsys.readouterr().out
+    assert "training from the teacher cache" in out and "loading the teacher's weights" not in out
+    assert "no weight files to check the cache against" in out
+    assert results["max_steps"] == 2 and "teacher" not in results
+    assert results["student"]["perplexity"] != results["student_before_training"]["perplexity"]  # it trained
+    # scoring the teacher needs its weights: their absence is refused up front
+    with pytest.raises(ValueError, match="--teacher_model_name_or_path .* has no weights"):
+        run(*job(tmp_path, teacher_dir, *flags[:-4], "--overwrite_output_dir", "true"))
+
+
 def test_cli_lists_causal_lm_and_documents_its_flags(capsys):
     assert main([]) == 0
     assert "causal-lm" in capsys.readouterr().out

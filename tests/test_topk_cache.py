@@ -468,3 +468,51 @@ def test_build_errors():
         build_teacher_cache(teacher, build_teacher_cache(teacher, data, k=4), k=4)
     with pytest.raises(ValueError, match="vocabulary size 99"):
         build_teacher_cache(teacher, data, k=VOCAB + 1)
+
+
+def test_a_teacher_named_beside_its_cache_is_not_loaded(tmp_path, caplog):
+    """Logit KD from a top-k cache reads the teacher's soft targets from the data: a teacher known by name
+    (``teacher_model_name_or_path``, or a path as ``teacher_model``) is not loaded, so its weights need not be there;
+    a term the cache does not hold loads it, and says why."""
+    from conftest import tiny_tokenizer
+
+    from hf_distill import DistillationConfig, DistillationTrainer
+    from hf_distill.data import DistillationDataCollator
+    from hf_distill.models import build_student
+    from hf_distill.teachers import TopKCacheTeacher
+
+    folder = tmp_path / "teacher"
+    tiny_llama(seed=1).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    teacher = AutoModelForCausalLM.from_pretrained(folder)
+    cached = build_teacher_cache(teacher, lm_dataset(n=8), k=4, temperature=1.0, output_dir=str(tmp_path / "cache"))
+    student = build_student(teacher, layers=[0, 3])
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")  # from_pretrained would fail on it
+
+    def config(**kw):
+        return DistillationConfig(
+            output_dir=str(tmp_path / "out"), report_to="none", per_device_train_batch_size=4, max_steps=2,
+            save_strategy="no", disable_tqdm=True, use_cpu=True, alpha_task=0.0, alpha_logits=1.0, temperature=1.0,
+            **kw,
+        )  # fmt: skip
+
+    collator = DistillationDataCollator(pad_token_id=0)
+    for named, teacher_model in ((str(folder), None), (None, str(folder))):
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher_model, args=config(teacher_model_name_or_path=named),
+            train_dataset=cached, data_collator=collator,
+        )  # fmt: skip
+        assert [type(t) for t in trainer.teachers] == [TopKCacheTeacher] and trainer.teachers[0].model is None
+    trainer.train()
+    assert any(not torch.equal(student.state_dict()[k], v) for k, v in before.items())
+    assert all(h["loss/logits"] > 0 for h in trainer.state.log_history if "loss/logits" in h)
+    # hidden-state KD needs the teacher itself, which the cache does not hold: it is loaded, and the log says why
+    tiny_llama(seed=1).save_pretrained(folder)
+    with caplog.at_level("INFO", logger="hf_distill.distillation_plan"):
+        trainer = DistillationTrainer(
+            model=student, args=config(teacher_model_name_or_path=str(folder), alpha_hidden=1.0),
+            train_dataset=cached, data_collator=collator,
+        )  # fmt: skip
+    assert trainer.teachers[0].model is not None
+    assert f"loading the teacher {folder}: alpha_hidden > 0 needs" in caplog.text

@@ -84,7 +84,11 @@ def file_sha256(path: str) -> str:
 def _model_folder(model: nn.Module) -> str | None:
     """The folder ``model`` was loaded from: a local one, or its copy in the Hub cache; None for a model built in
     memory."""
-    name = getattr(getattr(model, "config", None), "_name_or_path", None) or ""
+    return _named_folder(getattr(getattr(model, "config", None), "_name_or_path", None) or "")
+
+
+def _named_folder(name: str) -> str | None:
+    """The local folder of a model named ``name``: the folder itself, or its copy in the Hub cache; None if none."""
     if os.path.isdir(name):
         return name
     if not name or name.startswith((".", "/")):
@@ -98,10 +102,17 @@ def _model_folder(model: nn.Module) -> str | None:
     return os.path.dirname(config) if isinstance(config, str) else None
 
 
+def teacher_weight_folder(name: str) -> str | None:
+    """The folder holding the weight files of the teacher named ``name`` (a local folder or a Hub name in the Hub
+    cache), read without loading the model; None when there are none here."""
+    folder = _named_folder(name)
+    return folder if folder and any(is_weight_file(n) for n in os.listdir(folder)) else None
+
+
 def teacher_fingerprint(teacher: nn.Module | str) -> tuple[str, str]:
-    """``(SHA-256, what it is of)`` of a teacher's weights: of the weight files in its folder (``teacher`` a folder,
-    or a model loaded from one; ``"weight files"``), else of the model's tensors in memory (``"tensors"``)."""
-    folder = teacher if isinstance(teacher, str) else _model_folder(teacher)
+    """``(SHA-256, what it is of)`` of a teacher's weights: of the weight files in its folder (``teacher`` a folder or
+    Hub name, or a model loaded from one; ``"weight files"``), else of the model's tensors in memory (``"tensors"``)."""
+    folder = _named_folder(teacher) if isinstance(teacher, str) else _model_folder(teacher)
     names = sorted(n for n in os.listdir(folder) if is_weight_file(n)) if folder and os.path.isdir(folder) else []
     if names:
         digest = hashlib.sha256()

@@ -28,13 +28,20 @@ from ..data import (
     read_text_split,
     tokenize_lm_dataset,
 )
+from ..data.teacher_cache import teacher_weight_folder
 from ..distillation_config import DistillationConfig
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..generation import sample_sequences
 from ..models import build_student, resolve_dtype, resolve_model_path
 from ..report import count_parameters, format_perplexities, write_results
-from ..validation import parse_layers, prepare_output_dir, resolve_resume, validate_causal_lm_job
+from ..validation import (
+    parse_layers,
+    prepare_output_dir,
+    resolve_resume,
+    teacher_weight_uses,
+    validate_causal_lm_job,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +129,15 @@ class CausalLMArguments:
         default=None,
         metadata={
             "help": "Top-k teacher cache folder: built from the training data when missing, then used for the "
-            "logit term instead of running the teacher (hidden-state KD still needs the teacher)."
+            "logit term instead of running the teacher (hidden-state KD still needs the teacher). A finished cache "
+            "with --student_model_name_or_path and --eval_teacher false reads only the teacher's config and "
+            "tokenizer, not its weights."
         },
     )
     teacher_cache_k: int = field(default=32, metadata={"help": "Teacher logits kept per token in the cache."})
-    eval_teacher: bool = field(default=True, metadata={"help": "Also report the teacher's perplexities."})
+    eval_teacher: bool = field(
+        default=True, metadata={"help": "Also report the teacher's perplexities (this loads its weights)."}
+    )
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter on the student (peft)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -193,9 +204,11 @@ def add_text_prompts(train, lm: CausalLMArguments, args: DistillationConfig):
 
 
 def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, tokenizer):
+    """The student: ``--student_model_name_or_path`` (in the teacher's dtype), else built from ``teacher``'s layers
+    (``teacher`` may be ``None`` in the first case)."""
     if lm.student_model_name_or_path:
         path = resolve_model_path(lm.student_model_name_or_path)  # its tokenizer: checked by validate_causal_lm_job
-        student = AutoModelForCausalLM.from_pretrained(path, dtype=next(teacher.parameters()).dtype)
+        student = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.teacher_dtype, torch.float32))
     else:
         torch.manual_seed(args.seed)
         student = build_student(teacher, layers=parse_layers(lm.student_layers))
@@ -269,7 +282,12 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     train, texts = load_text_data(lm, tokenizer)  # a dataset that cannot be loaded: before the teacher is
     teacher_path = resolve_model_path(args.teacher_model_name_or_path)
     dtype = resolve_dtype(args.teacher_dtype, torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype).eval()
+    uses = teacher_weight_uses(lm, args)
+    teacher = None  # not loaded when a finished top-k cache is all the job needs of it
+    if uses:
+        if lm.teacher_cache_dir is not None:
+            print(f"[causal-lm] loading the teacher's weights to {'; to '.join(uses)}")
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype).eval()
     if train is None:
         if lm.data_free_samples < 1:
             raise ValueError("No training data: set --train_file or --dataset_name, or --data_free_samples N.")
@@ -280,10 +298,11 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     train = add_text_prompts(train, lm, args)
     use_cache = lm.teacher_cache_dir is not None
     if use_cache:
-        train = _teacher_cache(lm, args, teacher, train, tokenizer)
+        train = _teacher_cache(lm, args, teacher if teacher is not None else teacher_path, train, tokenizer)
 
     student = make_student(lm, args, teacher, tokenizer)
-    teacher_size = count_parameters(teacher)  # before the trainer places it (a ZeRO-3 engine holds shards)
+    # before the trainer places it (a ZeRO-3 engine holds shards)
+    teacher_size = count_parameters(teacher) if teacher is not None else None
     live_teacher = args.needs_live_teacher(cached=use_cache)
     # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
     trainer = DistillationTrainer(
@@ -349,8 +368,17 @@ def _save_merged(model, output_dir: str) -> None:
 
 
 def _teacher_cache(lm, args, teacher, train, tokenizer):
+    """The training data with the teacher's top-k columns: from the finished cache in ``--teacher_cache_dir``, checked
+    against ``teacher`` (the model, or its name when it is not loaded: its weight files are then hashed, not loaded,
+    and not checked when there are none), or built there with the model."""
     if os.path.isfile(os.path.join(lm.teacher_cache_dir, CACHE_META_FILE)):
         print(f"[causal-lm] training from the teacher cache in {lm.teacher_cache_dir}")
+        if isinstance(teacher, str) and teacher_weight_folder(teacher) is None:
+            print(
+                f"[causal-lm] {args.teacher_model_name_or_path} has no weight files to check the cache against: "
+                "trusting the cache's teacher name"
+            )
+            teacher = None
         cached, _ = load_teacher_cache(
             lm.teacher_cache_dir,
             temperature=args.temperature,
