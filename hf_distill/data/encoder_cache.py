@@ -39,7 +39,15 @@ from ..teachers.base import Teacher, TeacherRequest
 from ..teachers.encoder_cache import EncoderCacheTeacher, missing_from, stored_relation_heads, stored_request
 from ..teachers.model import ModelTeacher
 from .padding import pad_rows
-from .teacher_cache import check_files, check_teacher, data_fingerprint, read_meta, teacher_fingerprint, write_meta
+from .teacher_cache import (
+    check_cache_input,
+    check_files,
+    check_teacher,
+    data_fingerprint,
+    read_meta,
+    teacher_fingerprint,
+    write_meta,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +72,7 @@ def _check_build_args(dataset, request: TeacherRequest, batch_size: int) -> None
         raise ValueError(f"request must be a TeacherRequest that asks for something, got {request!r}.")
     if request.chunked:
         raise ValueError("An encoder cache stores logits, not the chunked causal-LM path: set request.chunked=False.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if "input_ids" not in dataset.column_names:
-        raise ValueError(f"The dataset needs an `input_ids` column; it has {dataset.column_names}.")
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty; there is nothing to cache.")
+    check_cache_input(dataset, batch_size)
 
 
 def _batch(rows: dict, pad_id: int, device) -> dict:

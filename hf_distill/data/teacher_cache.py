@@ -141,18 +141,24 @@ def _check_dtype(dtype: str) -> None:
         raise ValueError(f"Unknown cache dtype {dtype!r}; choose one of {list(CACHE_DTYPES)}.")
 
 
-def _check_build_args(dataset, k, temperature, batch_size, dtype) -> None:
-    _check_dtype(dtype)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+def check_cache_input(dataset, batch_size: int) -> None:
+    """What any teacher cache needs of the data it runs the teacher over: tokenized rows, at least one, and a batch
+    size."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if "input_ids" not in dataset.column_names:
         raise ValueError(f"The dataset needs an `input_ids` column; it has {dataset.column_names}.")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty; there is nothing to cache.")
+
+
+def _check_build_args(dataset, k, temperature, batch_size, dtype) -> None:
+    _check_dtype(dtype)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    check_cache_input(dataset, batch_size)
     present = [c for c in TEACHER_CACHE_COLUMNS if c in dataset.column_names]
     if present:
         raise ValueError(
