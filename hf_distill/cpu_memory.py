@@ -11,13 +11,12 @@ that memory again: 67,000 minor faults a step (about a fifth of its time) for th
 threshold) come from the heap and are reused, and the heap is never trimmed. The process keeps its peak memory
 instead of returning it between steps, which is what a training loop needs anyway. It is what
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=...`` does, but at run time. Other allocators (musl, macOS,
-Windows, or jemalloc/tcmalloc preloaded) are left alone.
+Windows) are left alone; with jemalloc or tcmalloc preloaded, glibc's settings are made but unused.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import sys
 
@@ -36,7 +35,7 @@ def _glibc():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the process's own symbols: no ldconfig subprocess to find the library
         libc.gnu_get_libc_version  # noqa: B018 (musl has no such symbol)
     except (OSError, AttributeError):
         return None

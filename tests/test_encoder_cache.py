@@ -5,6 +5,7 @@ running the teacher, and what it refuses."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 
@@ -298,3 +299,18 @@ def test_a_cache_of_relations_is_smaller_for_short_rows_and_serves_its_head_coun
         cache.outputs({**batch, "attention_mask": mask.flip(1)}, request)
     with pytest.raises(ValueError, match="relation_heads must be a positive"):
         build_encoder_cache(teacher, data, request, relation_heads=0)
+    left = data.map(lambda r: {"input_ids": [0, *r["input_ids"]], "attention_mask": [0, *r["attention_mask"]]})
+    with pytest.raises(ValueError, match="right-padded rows only"):
+        build_encoder_cache(teacher, left, request, relation_heads=2)
+    # a cache of a newer format than this hf_distill reads is refused by name (its meta checksum made good)
+    from hf_distill.data.teacher_cache import meta_checksum
+
+    meta_path = os.path.join(path, ENCODER_META_FILE)
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["format_version"] += 1
+    meta["checksum"] = meta_checksum(meta)
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ValueError, match="newer than this hf_distill reads"):
+        load_encoder_cache(path)

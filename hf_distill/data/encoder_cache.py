@@ -35,6 +35,7 @@ from transformers import AutoConfig
 
 from ..constants import TEACHER_CACHE_INDEX
 from ..losses.attention import relation_target
+from ..losses.lengths import valid_lengths
 from ..teachers.base import Teacher, TeacherRequest
 from ..teachers.encoder_cache import EncoderCacheTeacher, missing_from, stored_relation_heads, stored_request
 from ..teachers.model import ModelTeacher
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 ENCODER_META_FILE = "hf_distill_encoder_cache.json"
 ENCODER_CACHE_FILE = "encoder_cache.safetensors"
 ENCODER_FORMAT = "hf_distill_encoder_cache"
-ENCODER_FORMAT_VERSION = 1
+ENCODER_FORMAT_VERSION = 2  # 2: may hold self-relations (relation_heads) instead of Q/K/V
 _FIX = "delete the folder (the glue job then builds it again) or point --teacher_cache elsewhere"
 _RETARGET = "point --teacher_cache at a new folder (or delete this one)"
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -91,6 +92,11 @@ def _relations(x: torch.Tensor, mask: torch.Tensor, heads: int, dtype) -> tuple[
     """Each example's relation distributions ``(R, n, n)`` flattened, examples after examples ``(sum R n^2,)`` in
     ``dtype``, and ``Σ p log p`` of each of its query rows ``(sum n, R)`` in float32, from the rounded ``p`` (so that
     the loss from the stored values is a divergence of exactly those)."""
+    if valid_lengths(mask) is None:
+        raise ValueError(
+            "Self-relations are cached for right-padded rows only (real tokens first): drop the padding inside the "
+            "dataset's rows, or build the cache without relation_heads."
+        )
     probs = relation_target(x.float(), mask, heads).probs.to(dtype)
     flat, neg_entropy = [], []
     for b, n in enumerate(mask.sum(1).tolist()):
@@ -266,6 +272,11 @@ def load_encoder_cache(
     meta = read_meta(path, os.path.join(path, ENCODER_META_FILE), version=ENCODER_FORMAT_VERSION, fix=_FIX)
     if meta.get("format") != ENCODER_FORMAT:
         raise ValueError(f"{path!r} holds a {meta.get('format')!r}, not an encoder teacher cache: {_FIX}.")
+    if meta["format_version"] > ENCODER_FORMAT_VERSION:
+        raise ValueError(
+            f"The teacher cache at {path!r} has format {meta['format_version']}, newer than this hf_distill reads "
+            f"({ENCODER_FORMAT_VERSION}): upgrade hf_distill, or {_RETARGET}."
+        )
     check_files(path, meta, fix=_FIX)
     if teacher is not None:
         check_teacher(path, meta, teacher, fix=_RETARGET)
