@@ -6,12 +6,13 @@ import os
 
 from torch import nn
 
-from .base import Teacher, TeacherOutputs, TeacherRequest
+from .base import CachedTeacher, Teacher, TeacherOutputs, TeacherRequest
 from .encoder_cache import EncoderCacheTeacher
 from .model import ModelTeacher
 from .topk_cache import TopKCacheTeacher
 
 __all__ = [
+    "CachedTeacher",
     "EncoderCacheTeacher",
     "ModelTeacher",
     "Teacher",

@@ -124,3 +124,18 @@ class Teacher(ABC):
     @property
     def hidden_size(self) -> int:
         return self.config.hidden_size
+
+
+class CachedTeacher(Teacher):
+    """A teacher whose outputs were stored once, with an optional live ``source`` :class:`Teacher` for what the store
+    does not hold: its ``model`` and its placement are the source's."""
+
+    source: Teacher | None = None
+
+    @property
+    def model(self):
+        return self.source.model if self.source is not None else None
+
+    def prepare(self, accelerator, dtype=None) -> None:
+        if self.source is not None:
+            self.source.prepare(accelerator, dtype)

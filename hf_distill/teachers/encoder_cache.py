@@ -13,7 +13,7 @@ import torch
 
 from ..constants import TEACHER_CACHE_INDEX
 from ..losses.attention import RelationTarget
-from .base import Teacher, TeacherOutputs, TeacherRequest
+from .base import CachedTeacher, Teacher, TeacherOutputs, TeacherRequest
 
 
 def stored_request(names) -> TeacherRequest:
@@ -57,7 +57,7 @@ def _tokens(flat: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch
     return out
 
 
-class EncoderCacheTeacher(Teacher):
+class EncoderCacheTeacher(CachedTeacher):
     """A teacher whose outputs for each training example were stored once.
 
     Args:
@@ -85,14 +85,6 @@ class EncoderCacheTeacher(Teacher):
         squares = lengths * lengths
         self.pair_starts = torch.cat([squares.new_zeros(1), squares.cumsum(0)[:-1]])
         self.relation_heads = stored_relation_heads(tensors)
-
-    @property
-    def model(self):
-        return self.source.model if self.source is not None else None
-
-    def prepare(self, accelerator, dtype=None) -> None:
-        if self.source is not None:
-            self.source.prepare(accelerator, dtype)
 
     def check_request(self, request: TeacherRequest, where: str = "This encoder teacher cache") -> None:
         """Refuse a request the store does not cover (it was built for other losses or layers)."""

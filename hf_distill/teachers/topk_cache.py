@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..constants import TEACHER_CACHE_COLUMNS
-from .base import Teacher, TeacherOutputs, TeacherRequest
+from .base import CachedTeacher, Teacher, TeacherOutputs, TeacherRequest
 
 
-class TopKCacheTeacher(Teacher):
+class TopKCacheTeacher(CachedTeacher):
     """A teacher known through the top-k cache columns of each batch.
 
     Args:
@@ -28,16 +28,8 @@ class TopKCacheTeacher(Teacher):
         self.name = name or (model.name if model is not None else "top-k teacher cache")
 
     @property
-    def model(self):
-        return self.source.model if self.source is not None else None
-
-    @property
     def config(self):
         return self.source.config if self.source is not None else None
-
-    def prepare(self, accelerator, dtype=None) -> None:
-        if self.source is not None:
-            self.source.prepare(accelerator, dtype)
 
     def outputs(self, batch: dict, request: TeacherRequest) -> TeacherOutputs:
         cached = all(c in batch for c in TEACHER_CACHE_COLUMNS)
