@@ -97,13 +97,11 @@ def _relations(x: torch.Tensor, mask: torch.Tensor, heads: int, dtype) -> tuple[
             "Self-relations are cached for right-padded rows only (real tokens first): drop the padding inside the "
             "dataset's rows, or build the cache without relation_heads."
         )
-    probs = relation_target(x.float(), mask, heads).probs.to(dtype)
-    flat, neg_entropy = [], []
-    for b, n in enumerate(mask.sum(1).tolist()):
-        p = probs[b, :, :n, :n]
-        flat.append(p.reshape(-1))
-        neg_entropy.append(torch.special.xlogy(p.float(), p.float()).sum(-1).T)  # (n, R)
-    return torch.cat(flat), torch.cat(neg_entropy)
+    probs = relation_target(x.float(), mask, heads).probs.to(dtype)  # (B, R, T, T), zeros off the real pairs
+    rounded = probs.float()
+    neg_entropy = torch.special.xlogy(rounded, rounded).sum(-1).transpose(1, 2)[mask]  # (sum n, R)
+    flat = [probs[b, :, :n, :n].reshape(-1) for b, n in enumerate(mask.sum(1).tolist())]
+    return torch.cat(flat), neg_entropy
 
 
 def _real(outputs, request: TeacherRequest, mask: torch.Tensor, dtype, relation_heads=None) -> dict[str, torch.Tensor]:
