@@ -13,6 +13,7 @@ import torch
 
 from ..constants import TEACHER_CACHE_INDEX
 from ..losses.attention import RelationTarget
+from ..losses.lengths import valid_lengths
 from .base import CachedTeacher, Teacher, TeacherOutputs, TeacherRequest
 
 
@@ -54,6 +55,24 @@ def _tokens(flat: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch
     """``flat (N_tokens, D)`` rows ``rows`` (one per real token of the batch, in order) -> ``(B, T, D)`` float32."""
     out = torch.zeros(*mask.shape, flat.shape[-1], dtype=torch.float32)
     out[mask] = flat[rows].float()
+    return out
+
+
+def _place_pairs(blocks: list[torch.Tensor], mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Each example's ``(C, n, n)`` block over its real (query, key) pairs -> ``(B, C, T, T)`` in ``dtype``, zeros at
+    padded queries and keys (``mask`` ``(B, T)``: row ``b`` has ``n`` real tokens, anywhere)."""
+    batch, seq = mask.shape
+    if bool(mask.all()):  # full rows: their blocks back to back, one copy
+        return torch.stack(blocks).to(dtype)
+    out = torch.zeros(batch, blocks[0].shape[0], seq, seq, dtype=dtype)
+    right_padded = valid_lengths(mask) is not None
+    for b, block in enumerate(blocks):
+        if right_padded:  # a slice: cheaper than placing by index
+            n = block.shape[-1]
+            out[b, :, :n, :n] = block
+        else:
+            pos = mask[b].nonzero().squeeze(1)  # (n,) the real positions
+            out[b][:, pos[:, None], pos[None, :]] = block.to(dtype)
     return out
 
 
@@ -124,9 +143,11 @@ class EncoderCacheTeacher(CachedTeacher):
         if request.attention_layers:
             maps = [None] * self.config.num_hidden_layers
             for i in request.attention_layers:
-                maps[i - 1] = self._maps(t[f"attention.{i}"], index, mask).to(device)
+                maps[i - 1] = _place_pairs(self._pairs(t[f"attention.{i}"], index), mask, torch.float32).to(device)
             out.attentions = tuple(maps)
-        if self.relation_heads:
+        if self.relation_heads and request.qkv_layers:
+            if valid_lengths(mask) is None:
+                raise ValueError("An encoder cache of self-relations needs right-padded batches (real tokens first).")
             out.qkv = {
                 i: [self._relations(x, i, index, mask, rows, device) for x in "qkv"] for i in request.qkv_layers
             }
@@ -137,18 +158,8 @@ class EncoderCacheTeacher(CachedTeacher):
     def _relations(self, x: str, block: int, index, mask, rows, device) -> RelationTarget:
         """Block ``block``'s stored relations of ``x`` (q, k or v) for the batch: probabilities ``(B, R, T, T)`` in
         the store's dtype, zero beyond each row's length, and ``Σ p log p`` ``(B, R, T)``; right-padded rows only."""
-        batch, seq = mask.shape
-        lengths = self.lengths[index]
-        if not bool((torch.arange(seq)[None] < lengths[:, None]).eq(mask).all()):
-            raise ValueError("An encoder cache of self-relations needs right-padded batches (real tokens first).")
-        flat, heads = self.tensors[f"relation.{x}.{block}"], self.relation_heads
-        spans = list(zip(lengths.tolist(), (heads * self.pair_starts[index]).tolist()))
-        if all(n == seq for n, _ in spans):  # full rows: their blocks back to back, one copy
-            probs = torch.cat([flat[start : start + heads * n * n] for n, start in spans]).view(batch, heads, seq, seq)
-        else:
-            probs = flat.new_zeros(batch, heads, seq, seq)
-            for b, (n, start) in enumerate(spans):
-                probs[b, :, :n, :n] = flat[start : start + heads * n * n].view(heads, n, n)
+        flat = self.tensors[f"relation.{x}.{block}"]
+        probs = _place_pairs(self._pairs(flat, index, self.relation_heads), mask, flat.dtype)
         neg_entropy = _tokens(self.tensors[f"relation_negent.{x}.{block}"], rows, mask).transpose(1, 2)
         return RelationTarget(probs.to(device), neg_entropy.to(device))
 
@@ -168,12 +179,14 @@ class EncoderCacheTeacher(CachedTeacher):
                 "max_seq_length or rows differ)."
             )
 
-    def _maps(self, flat: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Example maps ``(n^2, H)`` each -> ``(B, H, T, T)`` float32, zeros at padded queries and keys."""
-        batch, seq = mask.shape
-        out = torch.zeros(batch, flat.shape[-1], seq, seq, dtype=torch.float32)
-        for b in range(batch):
-            n, start = int(self.lengths[index[b]]), int(self.pair_starts[index[b]])
-            pos = mask[b].nonzero().squeeze(1)  # (n,) the real positions
-            out[b][:, pos[:, None], pos[None, :]] = flat[start : start + n * n].float().view(n, n, -1).permute(2, 0, 1)
-        return out
+    def _pairs(self, flat: torch.Tensor, index: torch.Tensor, heads: int | None = None) -> list[torch.Tensor]:
+        """The examples ``index``'s ``(C, n, n)`` blocks of a store of (query, key) pairs: ``attention.<i>``
+        ``(sum n^2, H)``, example maps ``(n, n, H)`` (``heads=None``), or ``relation.<x>.<i>`` ``(sum R n^2,)``,
+        example relations ``(R, n, n)`` (``heads=R``). Views, no copy."""
+        blocks = []
+        for n, start in zip(self.lengths[index].tolist(), self.pair_starts[index].tolist(), strict=True):
+            if heads is None:
+                blocks.append(flat[start : start + n * n].view(n, n, -1).permute(2, 0, 1))
+            else:
+                blocks.append(flat[heads * start : heads * (start + n * n)].view(heads, n, n))
+        return blocks
