@@ -10,11 +10,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import tiny_bert, word_tokenizer
+from conftest import classification_dataset, tiny_bert, word_tokenizer
 
 from hf_distill import DistillationConfig
 from hf_distill.data import ENCODER_META_FILE
-from hf_distill.recipes.glue import GlueArguments, check_teacher_cache, run
+from hf_distill.recipes.glue import GlueArguments, cached_teacher, check_teacher_cache, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared/data/glue/SST-2"
@@ -98,6 +98,17 @@ def test_a_teacher_cache_needs_a_kd_term_and_a_folder_of_its_own(tmp_path):
     (tmp_path / "cache" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds no finished teacher cache but other files"):
         check_teacher_cache(glue_args, args)
+
+
+def test_evaluation_batches_run_the_live_teacher_as_configured(tmp_path):
+    # batches without the cache index (evaluation) go to the live teacher: grouped by length as the run says
+    glue_args, args = job("unused", tmp_path / "out", str(tmp_path / "cache"))
+    glue_args = dataclasses.replace(glue_args, finetune_teacher=False)
+    args = dataclasses.replace(args, teacher_length_groups=1)
+    cache, train = cached_teacher(
+        glue_args, args, tiny_bert(num_layers=4), tiny_bert(num_layers=2), classification_dataset(n=8)
+    )
+    assert cache.source.length_groups == 1 and len(train) == 8
 
 
 @pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared

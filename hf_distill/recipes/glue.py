@@ -363,7 +363,7 @@ def cached_teacher(glue_args: GlueArguments, args, teacher, student, train):
     """The teacher of the KD run as a cache of its outputs on ``train`` (``glue_args.teacher_cache``), built now or
     loaded when the folder holds a matching one; returns ``(teacher, train with its cache index column)``."""
     path = glue_args.teacher_cache
-    live = ModelTeacher(teacher)
+    live = ModelTeacher(teacher, length_groups=args.teacher_length_groups)  # as the trainer would run it
     plan = build_plan(student, [live], args, live.task)
     request = plan.request(0, chunked=False)
     # self-relation KD reads the relations themselves, computed once with the run's head count
