@@ -24,6 +24,8 @@ from hf_distill.data import (
     load_encoder_cache,
     with_cache_index,
 )
+from hf_distill.data.teacher_cache import meta_checksum
+from hf_distill.losses.attention import relation_target
 from hf_distill.teachers import EncoderCacheTeacher, ModelTeacher, TeacherRequest
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
@@ -286,8 +288,6 @@ def test_a_cache_of_relations_is_smaller_for_short_rows_and_serves_its_head_coun
     batch = collate(data, [3, 1, 5])
     got = cache.outputs(batch, request).qkv[4][1]  # the keys' relations of block 4
     mask = batch["attention_mask"]
-    from hf_distill.losses.attention import relation_target
-
     live = relation_target(ModelTeacher(teacher).outputs(batch, request).qkv[4][1], mask, 2)
     assert_fp32_close(got.probs.float(), live.probs, dtype=torch.float16)
     assert_fp32_close(got.neg_entropy, live.neg_entropy, dtype=torch.float16, scale=math.log(12))
@@ -303,8 +303,6 @@ def test_a_cache_of_relations_is_smaller_for_short_rows_and_serves_its_head_coun
     with pytest.raises(ValueError, match="right-padded rows only"):
         build_encoder_cache(teacher, left, request, relation_heads=2)
     # a cache of a newer format than this hf_distill reads is refused by name (its meta checksum made good)
-    from hf_distill.data.teacher_cache import meta_checksum
-
     meta_path = os.path.join(path, ENCODER_META_FILE)
     with open(meta_path) as f:
         meta = json.load(f)
