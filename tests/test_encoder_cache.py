@@ -81,6 +81,24 @@ def test_cached_outputs_are_the_live_ones_in_float16_at_real_tokens_and_zeros_at
     assert torch.equal(again.logits, got.logits) and torch.equal(again.qkv[4][2], got.qkv[4][2])
 
 
+def test_cached_maps_sit_at_the_real_tokens_of_left_padded_and_full_batches():
+    teacher = tiny_bert(seed=1)
+    data = with_cache_index(ragged(classification_dataset(n=6)))
+    request = TeacherRequest(attention_layers=(2,))
+    cache = build_encoder_cache(teacher, data, request, batch_size=4)
+    full = collate(data, [3, 3])  # no padding at all: as the live teacher
+    want = ModelTeacher(teacher, length_groups=1).outputs(full, request).attentions[1]
+    assert_fp32_close(cache.outputs(full, request).attentions[1], want, dtype=torch.float16, msg="full rows")
+    right = collate(data, range(6))
+    shift = (right["attention_mask"] == 0).sum(1).tolist()  # each row's padding, moved in front of its tokens
+    left = {k: torch.stack([r.roll(s) for r, s in zip(right[k], shift, strict=True)]) for k in right}
+    left[TEACHER_CACHE_INDEX] = right[TEACHER_CACHE_INDEX]
+    assert not bool(left["attention_mask"][:, 0].all()) and bool(left["attention_mask"][:, -1].all())
+    # the same stored maps, at each row's last positions instead of its first
+    got, stored = cache.outputs(left, request).attentions[1], cache.outputs(right, request).attentions[1]
+    assert torch.equal(got, torch.stack([m.roll((s, s), (-2, -1)) for m, s in zip(stored, shift, strict=True)]))
+
+
 def test_the_stored_size_has_no_padding(tmp_path):
     teacher = tiny_bert(seed=1)  # hidden 32, 4 heads, 2 labels
     data = classification_dataset(n=16)  # every row padded to 12 positions; the cache keeps the real ones
