@@ -93,6 +93,17 @@ def test_a_run_never_takes_an_existing_file(tmp_path):
     assert first != second and first.exists() and second.exists()
 
 
+def test_a_run_still_going_is_skipped_not_a_crash(tmp_path, capsys):
+    folder = tmp_path / "glue_quality"
+    _write(folder, "sst2-seed42", _glue_run(42, 0.8, 0.70, 0.76, {"no_kd": 100.0, "kd": 150.0}, 50.0))
+    going = common.new_path(folder, "sst2-seed43")  # claimed (empty) until its run writes it
+    assert summarize.main(["glue_quality", "--results_dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "| 42 | 80.00 | 70.00 | 76.00 |" in captured.out and "| 43 |" not in captured.out
+    assert f"skipping {going}: empty (its run has not finished)" in captured.err
+    assert summarize.main(["--files", str(going)]) == 1 and "no run files" in capsys.readouterr().err
+
+
 def test_a_file_that_is_no_run_file_is_one_line(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"format": 3, "runs": []}))
     with pytest.raises(ValueError, match=r"old\.json is not a benchmark run file"):
