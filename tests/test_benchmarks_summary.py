@@ -88,6 +88,20 @@ def test_demo_table_from_its_run_files(tmp_path):
     ) in table
 
 
+def test_the_demo_refuses_a_job_without_its_baseline_before_running_it(tmp_path, monkeypatch, capsys):
+    import demo_seeds
+
+    def ran(opts, seed):
+        raise AssertionError(f"seed {seed} ran")
+
+    monkeypatch.setattr(demo_seeds, "run_seed", ran)
+    argv = ["--seeds", "42", "--work_dir", str(tmp_path), "--results_dir", str(tmp_path)]
+    assert demo_seeds.main([*argv, "--", "--baseline_no_kd", "false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--baseline_no_kd false" in err and "--baseline_no_kd true" in err
+    assert demo_seeds.no_baseline(demo_seeds.build_parser().parse_args(argv)) is None  # the demo's config has it
+
+
 def test_a_run_never_takes_an_existing_file(tmp_path):
     first, second = common.new_path(tmp_path, "x"), common.new_path(tmp_path, "x")  # within one second
     assert first != second and first.exists() and second.exists()
