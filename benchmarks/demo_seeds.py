@@ -74,10 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
-    opts = build_parser().parse_args()
+def no_baseline(opts) -> str | None:
+    """The one-line refusal when the job would train no no-KD student (the table's "no KD" column), else ``None``."""
+    argv = job_argv(opts.config, opts.seeds[0], Path(opts.work_dir) / f"seed-{opts.seeds[0]}", opts.extra)
+    if job_config(argv)["glue_arguments"]["baseline_no_kd"]:
+        return None
+    return (
+        "demo_seeds: error: the job has --baseline_no_kd false (from --config or the flags after --), so no no-KD "
+        "student for the table: drop it, or pass -- --baseline_no_kd true."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = build_parser().parse_args(argv)
+    refusal = no_baseline(opts)  # before any seed runs, not after the last one
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     print(demo_seeds(load([run_seed(opts, seed) for seed in opts.seeds])))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,10 +23,16 @@ NAN = float("nan")
 
 
 def load(paths) -> list[dict]:
-    """The run records in ``paths``, each with its file name as ``path`` (a file that is no run record: ValueError)."""
+    """The run records in ``paths``, each with its file name as ``path`` (a file that is no run record: ValueError).
+
+    An empty file is skipped: ``common.new_path`` claims a run's file empty, and the run fills it when it is done."""
     records = []
     for path in map(Path, paths):
-        record = json.loads(path.read_text())
+        text = path.read_text()
+        if not text:
+            print(f"summarize: skipping {path}: empty (its run has not finished)", file=sys.stderr)
+            continue
+        record = json.loads(text)
         if not isinstance(record, dict) or "benchmark" not in record or "results" not in record:
             raise ValueError(f"{path} is not a benchmark run file (no 'benchmark' and 'results'): remove it.")
         records.append({**record, "path": path.name})
@@ -407,13 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         paths = opts.files
     else:
         paths = [p for name in (opts.benchmarks or TABLES) for p in run_files(opts.results_dir, name)]
-    if not paths:
+    records = load(paths)
+    if not records:
         print(
             f"summarize: no run files under {opts.results_dir} for {', '.join(opts.benchmarks or TABLES)}",
             file=sys.stderr,
         )
         return 1
-    print(summarize(load(paths)))
+    print(summarize(records))
     return 0
 
 

@@ -88,9 +88,34 @@ def test_demo_table_from_its_run_files(tmp_path):
     ) in table
 
 
+def test_the_demo_refuses_a_job_without_its_baseline_before_running_it(tmp_path, monkeypatch, capsys):
+    import demo_seeds
+
+    def ran(opts, seed):
+        raise AssertionError(f"seed {seed} ran")
+
+    monkeypatch.setattr(demo_seeds, "run_seed", ran)
+    argv = ["--seeds", "42", "--work_dir", str(tmp_path), "--results_dir", str(tmp_path)]
+    assert demo_seeds.main([*argv, "--", "--baseline_no_kd", "false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--baseline_no_kd false" in err and "--baseline_no_kd true" in err
+    assert demo_seeds.no_baseline(demo_seeds.build_parser().parse_args(argv)) is None  # the demo's config has it
+
+
 def test_a_run_never_takes_an_existing_file(tmp_path):
     first, second = common.new_path(tmp_path, "x"), common.new_path(tmp_path, "x")  # within one second
     assert first != second and first.exists() and second.exists()
+
+
+def test_a_run_still_going_is_skipped_not_a_crash(tmp_path, capsys):
+    folder = tmp_path / "glue_quality"
+    _write(folder, "sst2-seed42", _glue_run(42, 0.8, 0.70, 0.76, {"no_kd": 100.0, "kd": 150.0}, 50.0))
+    going = common.new_path(folder, "sst2-seed43")  # claimed (empty) until its run writes it
+    assert summarize.main(["glue_quality", "--results_dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "| 42 | 80.00 | 70.00 | 76.00 |" in captured.out and "| 43 |" not in captured.out
+    assert f"skipping {going}: empty (its run has not finished)" in captured.err
+    assert summarize.main(["--files", str(going)]) == 1 and "no run files" in capsys.readouterr().err
 
 
 def test_a_file_that_is_no_run_file_is_one_line(tmp_path):

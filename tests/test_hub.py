@@ -381,8 +381,13 @@ def test_a_sharded_student_is_checked_shard_by_shard(student_dir, hub):
     (student_dir / "model.safetensors.index.json").write_text(json.dumps(index))
     os.remove(student_dir / "model.safetensors")
     second = student_dir / "model-00002-of-00002.safetensors"
-    second.write_bytes(second.read_bytes()[:-4])
+    whole = second.read_bytes()
+    second.write_bytes(whole[:-4])
     with pytest.raises(ValueError, match="model-00002-of-00002.safetensors is truncated"):
+        push_student(str(student_dir), "tester/s")
+    second.write_bytes(whole)
+    (student_dir / "model.safetensors.index.json").write_text(json.dumps(index)[:-20])
+    with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json is not valid JSON \(.*: write the folder"):
         push_student(str(student_dir), "tester/s")
     assert hub.requests == []
 

@@ -175,3 +175,18 @@ def test_only_the_main_process_pushes(tmp_path, monkeypatch, main_process):
         ]
     else:
         assert calls == [] and result is None
+
+
+def test_a_damaged_shard_index_is_copied_for_the_push_to_name(tmp_path):
+    """A save whose shard index does not parse: the index goes to the output folder anyway (never a stale one left
+    there), where the push refuses it by name, instead of a JSONDecodeError in the background push."""
+    from hf_distill.publish.hub import check_files
+    from hf_distill.publish.trainer_hub import copy_student_files
+
+    checkpoint, folder = tmp_path / "checkpoint-2", tmp_path / "out"
+    checkpoint.mkdir(), folder.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "model.safetensors.index.json").write_text('{"weight_map": {"w": "model-00001-of-0')
+    assert copy_student_files(str(checkpoint), str(folder)) == ["config.json", "model.safetensors.index.json"]
+    with pytest.raises(ValueError, match=r"out/model\.safetensors\.index\.json is not valid JSON"):
+        check_files(str(folder), ["config.json", "model.safetensors.index.json"])

@@ -23,7 +23,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from ..constants import RESULTS_FILE
 from ..distillation_config import DISTILLATION_CONFIG_FILE
-from ..file_checks import first_problem, loadable_weights
+from ..file_checks import first_problem, index_shards, loadable_weights
 from ..mapping import ADAPTERS_FILE
 from ..version import __version__
 from .files import (
@@ -145,9 +145,8 @@ def check_student_folder(folder: str) -> None:
         others = loadable_weights(names)
         hint = f" (only {others[0]}: re-save with save_pretrained)" if others else ""
         missing.append(f"weights (*.safetensors, written by trainer.save_model() or save_pretrained){hint}")
-    index = read_json(folder, "model.safetensors.index.json")
-    if index:
-        missing += sorted({f"weight shard {s}" for s in index.get("weight_map", {}).values() if s not in names})
+    shards = index_shards(folder, "model.safetensors.index.json") or ()  # a damaged index: check_files names it
+    missing += [f"weight shard {s}" for s in shards if s not in names]
     if missing:
         raise ValueError(f"{folder} is not a finished student: it has no {'; no '.join(missing)}.")
     if DISTILLATION_CONFIG_FILE not in names:

@@ -25,7 +25,7 @@ from transformers.utils import (
 )
 
 from ..distillation_config import DISTILLATION_CONFIG_FILE
-from .files import read_json
+from ..file_checks import index_shards
 from .hub import push_student, refuse_token
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,8 @@ def copy_student_files(checkpoint: str, folder: str) -> list[str]:
     """
     names = [CONFIG_NAME, GENERATION_CONFIG_NAME, WEIGHTS_NAME, SAFE_WEIGHTS_NAME, DISTILLATION_CONFIG_FILE]
     names += [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, ADAPTER_SAFE_WEIGHTS_NAME]
-    for index_name in (WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_INDEX_NAME):
-        index = read_json(checkpoint, index_name)
-        if index is not None:
-            names += [index_name, *sorted(set(index["weight_map"].values()))]
+    for index_name in (WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_INDEX_NAME):  # a damaged index is copied: the push names it
+        names += [index_name, *(index_shards(checkpoint, index_name) or ())]
     copied = [n for n in names if os.path.isfile(os.path.join(checkpoint, n))]
     for name in copied:  # replaced whole: a push still reading the last save (hub_always_push) never sees half a file
         target = os.path.join(folder, name)
