@@ -49,7 +49,7 @@ def build_teachers(teacher_model, args, task: str, train_dataset=None, eval_data
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
     cached = _has_cache(train_dataset) or _has_cache(eval_dataset)
     if teacher_model is None:
-        if not args.needs_live_teacher(_has_cache(train_dataset)):
+        if not args.live_teacher_needs(_has_cache(train_dataset)):
             return [TopKCacheTeacher()] if cached and args.alpha_logits > 0 else []
         if _has_cache(train_dataset):
             raise ValueError(

@@ -256,4 +256,4 @@ def test_job_defaults_are_the_causal_lm_settings_and_flags_and_yaml_override_the
     _, args = parse_causal_lm(["--student_model_name_or_path", "s", "--alpha_hidden", "2", "--output_dir", "o"])
     assert args.alpha_hidden == 2.0
     _, args = parse_causal_lm(["--teacher_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path)])
-    assert args.alpha_hidden == 0.0 and not args.needs_live_teacher(cached=True)
+    assert args.alpha_hidden == 0.0 and not args.live_teacher_needs(cached=True)
