@@ -508,6 +508,12 @@ def test_a_teacher_named_beside_its_cache_is_not_loaded(tmp_path, caplog):
     assert any(not torch.equal(student.state_dict()[k], v) for k, v in before.items())
     logged = [h["loss/logits"] for h in trainer.state.log_history if "loss/logits" in h]
     assert logged and all(v > 0 for v in logged)
+    # its tokenizer, saved beside it, is still compared with the student's: no weights are needed for that
+    with pytest.raises(ValueError, match="differ, first at id 93: student 'zebra', teacher 'w0'"):
+        DistillationTrainer(
+            model=student, args=config(teacher_model_name_or_path=str(folder)), train_dataset=cached,
+            data_collator=collator, processing_class=tiny_tokenizer(extra_words=("zebra",)),
+        )  # fmt: skip
     # hidden-state KD needs the teacher itself, which the cache does not hold: it is loaded, and the log says why
     tiny_llama(seed=1).save_pretrained(folder)
     with caplog.at_level("INFO", logger="hf_distill.distillation_plan"):
