@@ -200,7 +200,8 @@ def test_a_finished_teacher_cache_trains_without_the_teachers_weights(tmp_path, 
     assert results["max_steps"] == 2 and "teacher" not in results
     assert results["student"]["perplexity"] != results["student_before_training"]["perplexity"]  # it trained
     # scoring the teacher needs its weights: their absence is refused up front
-    with pytest.raises(ValueError, match="--teacher_model_name_or_path .* has no weights"):
+    why = r"which this job needs to score its perplexities \(--eval_teacher false skips that\); pass the folder"
+    with pytest.raises(ValueError, match=f"--teacher_model_name_or_path .* has no weights .*, {why}"):
         run(*job(tmp_path, teacher_dir, *flags[:-4], "--overwrite_output_dir", "true"))
 
 
