@@ -273,14 +273,10 @@ class DistillationConfig(TrainingArguments):
             if not sum(self.teacher_weights) > 0:
                 raise ValueError(f"teacher_weights must have a positive sum, got {self.teacher_weights}.")
 
-    def needs_live_teacher(self, cached: bool = False) -> bool:
-        """Whether training needs the teacher model itself, given soft targets from a top-k cache (``cached``) or not:
-        hidden-state and attention KD, generated completions (which carry no cache) and uncached logit KD do."""
-        return bool(self.live_teacher_needs(cached))
-
     def live_teacher_needs(self, cached: bool = False) -> list[str]:
-        """The settings that need the teacher model itself (see :meth:`needs_live_teacher`), e.g.
-        ``["alpha_hidden > 0"]``; empty when soft targets alone, from a top-k cache, will do."""
+        """The settings that need the teacher model itself, given soft targets from a top-k cache (``cached``) or
+        not, e.g. ``["alpha_hidden > 0"]``: hidden-state and attention KD, generated completions (which carry no
+        cache) and uncached logit KD do. Empty when soft targets alone, from the cache, will do."""
         needs = [f"{name} > 0" for name in ("alpha_hidden", "alpha_attention") if getattr(self, name) > 0]
         if self.seq_kd:
             needs.append("seq_kd")

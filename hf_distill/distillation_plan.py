@@ -18,6 +18,7 @@ from .losses.matched import default_relation_heads
 from .losses.objective import ObjectiveSettings
 from .mapping import LayerMatch, build_layer_matches, resolve_layer_pairs
 from .models import (
+    check_tokenizers,
     disable_attention_dropout,
     fused_loss_blockers,
     load_tokenizer_for,
@@ -49,7 +50,7 @@ def build_teachers(teacher_model, args, task: str, train_dataset=None, eval_data
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
     cached = _has_cache(train_dataset) or _has_cache(eval_dataset)
     if teacher_model is None:
-        if not args.needs_live_teacher(_has_cache(train_dataset)):
+        if not args.live_teacher_needs(_has_cache(train_dataset)):
             return [TopKCacheTeacher()] if cached and args.alpha_logits > 0 else []
         if _has_cache(train_dataset):
             raise ValueError(
@@ -201,6 +202,11 @@ def _check_teachers(student: nn.Module, teachers: list[Teacher], args, task: str
             if vocab_rows not in (None, rows):
                 raise ValueError(f"The teachers share {vocab_rows} and {rows} vocabulary rows with the student.")
             vocab_rows = rows
+        elif task == "causal_lm" and args.alpha_logits > 0 and tokenizers[0] is not None:
+            # a teacher known by name only (its soft targets in a top-k cache): its tokenizer is compared all the same
+            teacher_tokenizer = tokenizers[1] or load_tokenizer_for(teacher.name)
+            if teacher_tokenizer is not None:
+                check_tokenizers(tokenizers[0], teacher_tokenizer)
         elif task != "causal_lm" and teacher.config is not None:
             check_label_spaces(student.config, teacher.config)
     return vocab_rows

@@ -87,11 +87,12 @@ def looks_local(name: str) -> bool:
     )
 
 
-def check_model_path(name: str | None, flag: str, safetensors_only: bool = False, weights: bool = True) -> None:
+def check_model_path(name: str | None, flag: str, safetensors_only: bool = False, weights: bool | str = True) -> None:
     """Refuse a model path that cannot be a model: a local-looking path that does not exist (no Hub retries), a file,
     or a folder without ``config.json`` or (unless ``weights=False``: only its config and tokenizer are read) without
     weights (:func:`loadable_weights`; only safetensors ones with ``safetensors_only``, for a job that loads with
-    ``use_safetensors=True``). A Hub name (``org/name``) passes; loading it tells whether it exists."""
+    ``use_safetensors=True``); ``weights`` may say what the job needs them for, which the error then names. A Hub
+    name (``org/name``) passes; loading it tells whether it exists."""
     if name is None:
         return
     if os.path.isdir(name):
@@ -107,8 +108,10 @@ def check_model_path(name: str | None, flag: str, safetensors_only: bool = False
                 kinds = "model.safetensors, pytorch_model.bin, a *.index.json of shards or adapter_model.*"
             elif loadable_weights(files):
                 kinds += " (this job loads safetensors only: re-save it with save_pretrained)"
+            why = f", which this job needs to {weights}" if isinstance(weights, str) else ""
             raise ValueError(
-                f"{flag} {name} has no weights ({kinds}); pass the folder that save_pretrained wrote, weights included."
+                f"{flag} {name} has no weights ({kinds}){why}; pass the folder that save_pretrained wrote, weights "
+                "included."
             )
     elif os.path.exists(name):
         raise ValueError(f"{flag} {name} is a file; pass the folder that holds it ({os.path.dirname(name) or '.'}).")

@@ -86,7 +86,7 @@ def resolve_config_paths(values: dict, config_dir: str) -> dict:
 
 
 def load_model_config(
-    name: str, flag: str, trust_remote_code: bool = False, safetensors_only: bool = False, weights: bool = True
+    name: str, flag: str, trust_remote_code: bool = False, safetensors_only: bool = False, weights: bool | str = True
 ):
     """The ``AutoConfig`` of ``name`` (after :func:`check_model_path`, which ``safetensors_only`` and ``weights`` are
     passed to); a folder or Hub name that cannot be read is a ``ValueError`` naming ``flag``."""
@@ -636,7 +636,7 @@ def validate_causal_lm_job(lm, args):
         args.teacher_model_name_or_path,
         "--teacher_model_name_or_path",
         args.trust_remote_code,
-        weights=bool(teacher_weight_uses(lm, args)),
+        weights="; to ".join(teacher_weight_uses(lm, args)) or False,
     )
     check_layers(layers, num_layers(teacher))
     tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)

@@ -200,7 +200,8 @@ def test_a_finished_teacher_cache_trains_without_the_teachers_weights(tmp_path, 
     assert results["max_steps"] == 2 and "teacher" not in results
     assert results["student"]["perplexity"] != results["student_before_training"]["perplexity"]  # it trained
     # scoring the teacher needs its weights: their absence is refused up front
-    with pytest.raises(ValueError, match="--teacher_model_name_or_path .* has no weights"):
+    why = r"which this job needs to score its perplexities \(--eval_teacher false skips that\); pass the folder"
+    with pytest.raises(ValueError, match=f"--teacher_model_name_or_path .* has no weights .*, {why}"):
         run(*job(tmp_path, teacher_dir, *flags[:-4], "--overwrite_output_dir", "true"))
 
 
@@ -256,4 +257,4 @@ def test_job_defaults_are_the_causal_lm_settings_and_flags_and_yaml_override_the
     _, args = parse_causal_lm(["--student_model_name_or_path", "s", "--alpha_hidden", "2", "--output_dir", "o"])
     assert args.alpha_hidden == 2.0
     _, args = parse_causal_lm(["--teacher_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path)])
-    assert args.alpha_hidden == 0.0 and not args.needs_live_teacher(cached=True)
+    assert args.alpha_hidden == 0.0 and not args.live_teacher_needs(cached=True)

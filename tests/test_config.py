@@ -183,6 +183,6 @@ def test_yaml_round_trip(tmp_path):
         ({"alpha_task": 1.0, "alpha_logits": 0.0, "seq_kd": True}, True, True),  # the teacher writes the data
     ],
 )
-def test_needs_live_teacher(tmp_path, fields, cached, needed):
+def test_live_teacher_needs(tmp_path, fields, cached, needed):
     args = DistillationConfig(output_dir=str(tmp_path), report_to="none", **fields)
-    assert args.needs_live_teacher(cached) is needed
+    assert bool(args.live_teacher_needs(cached)) is needed

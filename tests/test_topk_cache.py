@@ -494,7 +494,7 @@ def test_a_teacher_named_beside_its_cache_is_not_loaded(tmp_path, caplog):
         return DistillationConfig(
             output_dir=str(tmp_path / "out"), report_to="none", per_device_train_batch_size=4, max_steps=2,
             save_strategy="no", disable_tqdm=True, use_cpu=True, alpha_task=0.0, alpha_logits=1.0, temperature=1.0,
-            **kw,
+            logging_steps=1, **kw,
         )  # fmt: skip
 
     collator = DistillationDataCollator(pad_token_id=0)
@@ -506,7 +506,14 @@ def test_a_teacher_named_beside_its_cache_is_not_loaded(tmp_path, caplog):
         assert [type(t) for t in trainer.teachers] == [TopKCacheTeacher] and trainer.teachers[0].model is None
     trainer.train()
     assert any(not torch.equal(student.state_dict()[k], v) for k, v in before.items())
-    assert all(h["loss/logits"] > 0 for h in trainer.state.log_history if "loss/logits" in h)
+    logged = [h["loss/logits"] for h in trainer.state.log_history if "loss/logits" in h]
+    assert logged and all(v > 0 for v in logged)
+    # its tokenizer, saved beside it, is still compared with the student's: no weights are needed for that
+    with pytest.raises(ValueError, match="differ, first at id 93: student 'zebra', teacher 'w0'"):
+        DistillationTrainer(
+            model=student, args=config(teacher_model_name_or_path=str(folder)), train_dataset=cached,
+            data_collator=collator, processing_class=tiny_tokenizer(extra_words=("zebra",)),
+        )  # fmt: skip
     # hidden-state KD needs the teacher itself, which the cache does not hold: it is loaded, and the log says why
     tiny_llama(seed=1).save_pretrained(folder)
     with caplog.at_level("INFO", logger="hf_distill.distillation_plan"):

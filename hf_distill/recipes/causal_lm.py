@@ -303,7 +303,7 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     student = make_student(lm, args, teacher, tokenizer)
     # before the trainer places it (a ZeRO-3 engine holds shards)
     teacher_size = count_parameters(teacher) if teacher is not None else None
-    live_teacher = args.needs_live_teacher(cached=use_cache)
+    live_teacher = bool(args.live_teacher_needs(cached=use_cache))
     # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
     trainer = DistillationTrainer(
         model=student,
