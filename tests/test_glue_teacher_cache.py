@@ -4,12 +4,15 @@ distilled from the live teacher."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 from conftest import classification_dataset, tiny_bert, word_tokenizer
 
 from hf_distill import DistillationConfig
@@ -63,17 +66,34 @@ def job(teacher_dir, out, cache=None):
     return glue_args, args
 
 
+def first_step_terms(out: str) -> dict[str, float]:
+    """The loss terms the Trainer printed for the first logged step of the student's distillation in a job's stdout
+    (``logging_steps=1``; the teacher's fine-tuning logs come first, without KD terms)."""
+    line = next(line for line in out.splitlines() if line.startswith("{'loss'") and "'loss/logits'" in line)
+    return {k: float(v) for k, v in ast.literal_eval(line).items() if k.startswith("loss")}
+
+
 @pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
 def test_the_glue_job_builds_the_cache_once_reuses_it_and_scores_as_the_live_teacher(teacher_dir, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     live = run(*job(teacher_dir, tmp_path / "live"))
+    live_log = first_step_terms(capsys.readouterr().out)
     first = run(*job(teacher_dir, tmp_path / "first", cache))
-    assert "running the teacher once over 64 examples" in capsys.readouterr().out  # labelled and unlabelled rows
+    out = capsys.readouterr().out
+    assert "running the teacher once over 64 examples" in out  # labelled and unlabelled rows
     built = os.path.getmtime(os.path.join(cache, ENCODER_META_FILE))
     second = run(*job(teacher_dir, tmp_path / "second", cache))
     assert "teacher cache: reusing" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(cache, ENCODER_META_FILE)) == built
-    # the same student from the cache as from the live teacher (to float16 rounding of the targets)
+    # the first step (same student, before any update) has the live teacher's loss terms, to float16 rounding of
+    # the targets and the log's 4 digits; every KD term is there, and a wrong cache would move them
+    cached_log = first_step_terms(out)
+    assert set(cached_log) == set(live_log) == {"loss", "loss/task", "loss/logits", "loss/hidden", "loss/attention"}
+    for term, value in live_log.items():
+        assert cached_log[term] == pytest.approx(value, rel=2e-3, abs=1e-4), term
+    # a reused cache gives the very same student
+    weights = [safetensors.torch.load_file(tmp_path / name / "model.safetensors") for name in ("first", "second")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert first["student"]["accuracy"] == live["student"]["accuracy"] == second["student"]["accuracy"]
     assert first["teacher"]["accuracy"] == live["teacher"]["accuracy"]
     # fewer unlabelled rows: the same teacher (fine-tuned on the labelled rows), other KD data; refused in one line
