@@ -86,8 +86,16 @@ def _relation_reference(s, t, mask, heads):
     return total / rows, scale / rows
 
 
+@pytest.mark.parametrize("chunk", ["default", "one example", "uneven"])
 @pytest.mark.parametrize("padding", ["right", "left", "gaps", "none"])
-def test_grouped_relation_kd_equals_the_definition(padding):
+def test_grouped_relation_kd_equals_the_definition(padding, chunk, monkeypatch):
+    """Value and gradient (computed in the forward, scaled by the upstream gradient in the backward) against autograd
+    through the definition, with each group computed at once, one example at a time, or in chunks of 3 examples
+    (the last one short); without gradients the value is the same."""
+    import hf_distill.losses.attention as attention
+
+    elements = {"default": attention._CHUNK_ELEMENTS, "one example": 1, "uneven": 3 * 2 * 48 * 48}[chunk]
+    monkeypatch.setattr(attention, "_CHUNK_ELEMENTS", elements)
     g = torch.Generator().manual_seed(1)
     batch, seq, heads = 10, 40, 2
     lengths = torch.tensor([3, 5, 9, 12, 17, 20, 26, 33, 38, 40])
@@ -103,16 +111,18 @@ def test_grouped_relation_kd_equals_the_definition(padding):
     t = torch.randn(batch, seq, 12, generator=g)
     rel = get_loss("attention", "relation")
     got = rel(s, t, mask=mask, num_relation_heads=heads)
-    got.backward()
+    (2.5 * got).backward()
     ref_s = s.detach().clone().requires_grad_(True)
     want, scale = _relation_reference(ref_s, t, mask, heads)
-    want.backward()
+    (2.5 * want).backward()
     n = 12 + seq + heads + int(mask.sum())  # the relations' widths, keys, heads, rows
     assert_fp32_close(got, want, scale=scale, n=n)
     assert_fp32_close(s.grad, ref_s.grad, n=2 * n)
     assert not s.grad[~mask.bool()].any()  # padded positions get no gradient
     whole = rel(s.detach(), t, mask=mask, num_relation_heads=heads, max_groups=1)
     assert_fp32_close(got, whole, scale=scale, n=n)
+    with torch.no_grad():
+        assert_fp32_close(rel(s, t, mask=mask, num_relation_heads=heads), want, scale=scale, n=n)
     if padding == "right":
         assert len(length_groups(mask.sum(1), power=2, multiple=16)) > 1  # the test really ran several groups
 

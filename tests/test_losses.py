@@ -464,12 +464,19 @@ def test_task_loss_refuses_labels_outside_the_label_set(task, logits, labels, me
     assert str(err.value) == message + "; a label must lie in that range, or be -100 (ignored)."
 
 
+@pytest.mark.parametrize("one_example_chunks", [False, True])
 @pytest.mark.parametrize("length, rows", [(5, [4, 3]), (16, [16, 16]), (20, [20, 3])])
-def test_relation_kd_from_relations_computed_ahead_equals_it_from_the_teachers_states(length, rows):
+def test_relation_kd_from_relations_computed_ahead_equals_it_from_the_teachers_states(
+    length, rows, one_example_chunks, monkeypatch
+):
     """A RelationTarget (the teacher's relations computed once, as an encoder cache stores them) gives the loss and
     the student's gradient of the teacher's Q/K/V: groups padded past the batch (5 -> 16), one whole group (16), two
-    groups (20 and 3)."""
+    groups (20 and 3); each group at once or one example at a time."""
+    import hf_distill.losses.attention as attention
     from hf_distill.losses.attention import relation_target
+
+    if one_example_chunks:
+        monkeypatch.setattr(attention, "_CHUNK_ELEMENTS", 1)
 
     heads, d = 3, 4
     mask = (torch.arange(length)[None] < torch.tensor(rows)[:, None]).long()

@@ -31,13 +31,18 @@ def flatten_valid(x: torch.Tensor, mask: torch.Tensor | None, item_dims: int) ->
 
 def reduce_items(per_item: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
     """Sum of ``per_item`` ``(N,)`` divided by ``normalizer`` (default: ``N``, the mean; 0 items gives 0)."""
+    return reduce_sum(per_item.sum(), per_item.numel(), normalizer)
+
+
+def reduce_sum(total: torch.Tensor, count: int, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    """``total`` (a sum over ``count`` items) divided by ``normalizer`` (default: ``count``; 0 items gives 0)."""
     if normalizer is None:
-        normalizer = per_item.numel()
+        normalizer = count
     if isinstance(normalizer, torch.Tensor):
-        normalizer = normalizer.to(per_item.device, per_item.dtype)
+        normalizer = normalizer.to(total.device, total.dtype)
     elif normalizer == 0:
-        return per_item.sum() * 0.0
-    return per_item.sum() / normalizer
+        return total * 0.0
+    return total / normalizer
 
 
 def count_items(mask: torch.Tensor | None, batch_shape: torch.Size) -> int:
