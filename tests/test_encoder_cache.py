@@ -84,11 +84,17 @@ def test_cached_outputs_are_the_live_ones_in_float16_at_real_tokens_and_zeros_at
 def test_cached_maps_sit_at_the_real_tokens_of_left_padded_and_full_batches():
     teacher = tiny_bert(seed=1)
     data = with_cache_index(ragged(classification_dataset(n=6)))
-    request = TeacherRequest(attention_layers=(2,))
+    request = TeacherRequest(attention_layers=(2,), hidden_layers=(0, 3), qkv_layers=(1,))
     cache = build_encoder_cache(teacher, data, request, batch_size=4)
     full = collate(data, [3, 3])  # no padding at all: as the live teacher
-    want = ModelTeacher(teacher, length_groups=1).outputs(full, request).attentions[1]
-    assert_fp32_close(cache.outputs(full, request).attentions[1], want, dtype=torch.float16, msg="full rows")
+    live = ModelTeacher(teacher, length_groups=1).outputs(full, request)
+    got = cache.outputs(full, request)
+    assert_fp32_close(got.attentions[1], live.attentions[1], dtype=torch.float16, msg="full rows")
+    for i in (0, 3):  # hidden states and Q/K/V of full rows take a path of their own (no padding to place)
+        assert_fp32_close(got.hidden_states[i], live.hidden_states[i], dtype=torch.float16, msg=f"hidden {i}")
+    for g, w in zip(got.qkv[1], live.qkv[1], strict=True):
+        assert_fp32_close(g, w, dtype=torch.float16, msg="qkv 1")
+    request = TeacherRequest(attention_layers=(2,))
     right = collate(data, range(6))
     shift = (right["attention_mask"] == 0).sum(1).tolist()  # each row's padding, moved in front of its tokens
     left = {k: torch.stack([r.roll(s) for r, s in zip(right[k], shift, strict=True)]) for k in right}

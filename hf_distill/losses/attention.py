@@ -159,36 +159,39 @@ class _GroupedRelationKL(torch.autograd.Function):
         for rows, length in groups:
             valid = torch.arange(length, device=lengths.device)[None] < lengths[rows][:, None]  # (n_g, L)
             n, bias = len(rows), _key_bias(valid)
-            xs = _heads(_take(student, rows, length), num_heads)  # (n_g R, L, d_r)
+            xg = _take(student, rows, length)  # (n_g, L, Ds)
             if target:
                 p_all, neg_entropy = _target_group(teacher, rows, length)
             else:
-                xt = _heads(_take(teacher, rows, length), num_heads)
-            dx = torch.empty_like(xs) if with_grad else None
+                xtg = _take(teacher, rows, length)
+            d_r = student.shape[-1] // num_heads
+            dx = torch.empty(xg.shape, dtype=torch.float32, device=xg.device) if with_grad else None
             step = max(1, _CHUNK_ELEMENTS // (num_heads * length * length))
             for a in range(0, n, step):
                 e = min(a + step, n)
                 h = slice(a * num_heads, e * num_heads)
                 b = None if bias is None else bias[a:e]
-                log_s = _relation_scores(xs[h], num_heads, b).log_softmax(-1)
+                xs = _heads(xg[a:e], num_heads)  # (c R, L, d_r): split into heads chunk by chunk, while in cache
+                log_s = _relation_scores(xs, num_heads, b).log_softmax(-1)
                 if target:  # KL = Σ p_t log p_t - Σ p_t log_s
                     p_t = p_all[h].float()  # converted once, not by each of the two ops that read it
                     kl = neg_entropy[h] - (p_t * log_s).sum(-1)  # (c R, L)
                 else:
                     # one log-softmax each, the probabilities as their exp, in place: 4 passes over (c R, L, L)
                     # fewer than separate softmaxes
-                    log_t = _relation_scores(xt[h], num_heads, b).log_softmax(-1)
+                    log_t = _relation_scores(_heads(xtg[a:e], num_heads), num_heads, b).log_softmax(-1)
                     p_t = log_t.exp()
                     kl = log_t.sub_(log_s).mul_(p_t).sum(-1)  # (c R, L)
                 total += kl.view(e - a, num_heads, length).mean(1)[valid[a:e]].sum()
-                if with_grad:
-                    big_g = log_s.exp_().sub_(p_t).view(e - a, num_heads, length, length)  # softmax(z_s) - p_t
-                    big_g = big_g.mul_((valid[a:e] / num_heads)[:, None, :, None]).view(-1, length, length)
-                    torch.bmm(torch.add(big_g, big_g.transpose(1, 2)), xs[h], out=dx[h])
+                if with_grad:  # G = (softmax(z_s) - p_t) · [valid] / R, with 1 / sqrt(d_r) folded in
+                    big_g = log_s.exp_().sub_(p_t).view(e - a, num_heads, length, length)
+                    big_g = big_g.mul_((valid[a:e] * (d_r**-0.5 / num_heads))[:, None, :, None])
+                    big_g = big_g.view(-1, length, length)
+                    part = torch.bmm(torch.add(big_g, big_g.transpose(1, 2)), xs)  # (c R, L, d_r)
+                    part = part.view(e - a, num_heads, length, d_r).transpose(1, 2)
+                    dx[a:e].view(e - a, length, num_heads, d_r).copy_(part)
             if not with_grad:
                 continue
-            d_r = xs.shape[-1]
-            dx = dx.mul_(d_r**-0.5).view(n, num_heads, length, d_r).transpose(1, 2).reshape(n, length, -1)
             if _is_whole(rows, length, student.shape):
                 grad_x = dx  # the only group: no scatter into a buffer
                 continue

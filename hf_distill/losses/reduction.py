@@ -26,7 +26,8 @@ def flatten_valid(x: torch.Tensor, mask: torch.Tensor | None, item_dims: int) ->
     flat = x.reshape(-1, *item_shape)
     if mask is None:
         return flat
-    return flat[mask.reshape(-1).bool()]
+    mask = mask.reshape(-1).bool()
+    return flat if bool(mask.all()) else flat[mask]  # a batch without padding: no copy (and none in the backward)
 
 
 def reduce_items(per_item: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:

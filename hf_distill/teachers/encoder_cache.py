@@ -53,6 +53,8 @@ def missing_from(held: TeacherRequest, request: TeacherRequest) -> list[str]:
 
 def _tokens(flat: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``flat (N_tokens, D)`` rows ``rows`` (one per real token of the batch, in order) -> ``(B, T, D)`` float32."""
+    if bool(mask.all()):  # no padding: the rows in batch order are the whole tensor
+        return flat.index_select(0, rows).float().view(*mask.shape, flat.shape[-1])
     out = torch.zeros(*mask.shape, flat.shape[-1], dtype=torch.float32)
     out[mask] = flat[rows].float()
     return out
