@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # the on-policy / sequence-level KD random stream in a checkpoint (one file per process, as the Trainer's RNG states)
 SAMPLING_STATE_FILE = "hf_distill_sampling_state{}.pth"
+# the state of a teacher that changes during training (an EMA of the student), one file per teacher that has one
+TEACHER_STATE_FILE = "hf_distill_teacher_{}.safetensors"
 # the student's weights in a checkpoint, one of these (FSDP and DeepSpeed checkpoints hold their own formats)
 CHECKPOINT_WEIGHTS = (
     "model.safetensors",
@@ -34,10 +36,13 @@ CHECKPOINT_WEIGHTS = (
 )
 
 
-def checkpoint_problems(folder: str, *, sharded: bool, save_only_model: bool, has_adapters: bool) -> list[str]:
+def checkpoint_problems(
+    folder: str, *, sharded: bool, save_only_model: bool, has_adapters: bool, teacher_states: tuple[int, ...] = ()
+) -> list[str]:
     """What keeps ``folder`` from being a checkpoint to resume from (empty when it is whole): ``trainer_state.json``
     (written last), student weights that read back, the optimizer and scheduler states (unless ``save_only_model``;
-    ``sharded``: FSDP/DeepSpeed keep their own formats), and the adapters' weights when the run has adapters."""
+    ``sharded``: FSDP/DeepSpeed keep their own formats), the adapters' weights when the run has adapters, and the
+    state of each teacher numbered in ``teacher_states`` (those that change during training)."""
     if not os.path.isdir(folder):
         return ["not a folder"]
     names = set(os.listdir(folder))
@@ -52,6 +57,12 @@ def checkpoint_problems(folder: str, *, sharded: bool, save_only_model: bool, ha
     problems += [f"{n} {p}" for n in weights if (p := file_problem(folder, n))]
     if not save_only_model and not sharded:
         problems += [f"no {n}" for n in ("optimizer.pt", "scheduler.pt") if n not in names]
+    for i in teacher_states:
+        name = TEACHER_STATE_FILE.format(i)
+        if name not in names:
+            problems.append(f"no {name} (the state of teacher {i}, which changes during training)")
+        elif problem := file_problem(folder, name):
+            problems.append(f"{name} {problem}")
     if has_adapters:
         if ADAPTERS_FILE not in names:
             problems.append(f"no {ADAPTERS_FILE} (the projection adapters' weights)")
@@ -143,3 +154,25 @@ def load_sampling_state(sampling, folder: str, name: str) -> None:
         )
         return
     sampling.load_state_dict(torch.load(path, weights_only=True))
+
+
+def save_teacher_states(teachers, folder: str) -> None:
+    """Write the state of each teacher that has one (:meth:`hf_distill.teachers.Teacher.state_dict`) to ``folder``."""
+    for i, teacher in enumerate(teachers):
+        state = teacher.state_dict()
+        if state:  # copies: tied weights share memory, which safetensors refuses
+            tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+            safetensors.torch.save_file(tensors, os.path.join(folder, TEACHER_STATE_FILE.format(i)))
+
+
+def load_teacher_states(teachers, folder: str) -> None:
+    """Restore the state of each teacher that has one from ``folder`` (a resumed run must continue it, not restart)."""
+    for i, teacher in enumerate(teachers):
+        if teacher.state_dict():
+            path = os.path.join(folder, TEACHER_STATE_FILE.format(i))
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"{folder} has no {TEACHER_STATE_FILE.format(i)}, the state of teacher {i} ({teacher.name}): "
+                    "resume from a checkpoint this run's configuration saved, or start afresh."
+                )
+            teacher.load_state_dict(safetensors.torch.load_file(path, device="cpu"))

@@ -15,6 +15,8 @@ from .mapping import parse_layer_pairs
 from .schedules import INTERMEDIATE_SCHEDULES
 
 _TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# where the teacher comes from: a fixed model, or the moving average of the student's own weights
+DISTILL_MODES = ("frozen", "ema")
 # written beside every saved student: the distillation settings, teachers and layer matches
 DISTILLATION_CONFIG_FILE = "distillation_config.json"
 
@@ -47,6 +49,14 @@ class DistillationConfig(TrainingArguments):
             similar length, each cut to its longest row: the same outputs without the work on padding (about half
             the teacher's time on SST-2 batches). Default: 4 when the teacher is on a CPU, 1 (off) on an accelerator,
             where small sub-batches underfill it. Encoders only (causal LMs run whole), right padding only.
+
+    Parameters of teachers that learn (``docs/modes.md``):
+        distill_mode (`str`): ``frozen`` (the teacher is a fixed model; the default) or ``ema`` (no separate
+            teacher: the exponential moving average of the student's own weights, updated after each optimizer step).
+        ema_decay (`float`): the EMA's decay ``d`` in ``[0, 1)``: ``ema <- d * ema + (1 - d) * student``.
+        ema_warmup_steps (`int`): the decay ramps linearly from 0 to ``ema_decay`` over this many optimizer steps.
+        save_ema (`bool`): end training with the EMA weights in the student, so that they are what is saved and
+            evaluated (``ema`` mode only).
 
     Parameters that control the loss:
         temperature (`float`): softmax temperature ``T`` of the soft targets; the soft terms are scaled by ``T^2``.
@@ -114,6 +124,17 @@ class DistillationConfig(TrainingArguments):
         },
     )
     # --- loss ---
+    distill_mode: str = field(
+        default="frozen",
+        metadata={"help": f"Where the teacher comes from: {' or '.join(DISTILL_MODES)} (see docs/modes.md)."},
+    )
+    ema_decay: float = field(default=0.999, metadata={"help": "ema mode: the moving average's decay, in [0, 1)."})
+    ema_warmup_steps: int = field(
+        default=0, metadata={"help": "ema mode: ramp the decay linearly from 0 over this many optimizer steps."}
+    )
+    save_ema: bool = field(
+        default=False, metadata={"help": "ema mode: end training with the EMA weights in the student (saved, scored)."}
+    )
     temperature: float = field(
         default=2.0, metadata={"help": "Softmax temperature T of the soft targets (> 0); soft terms scale by T^2."}
     )
@@ -242,6 +263,15 @@ class DistillationConfig(TrainingArguments):
                 f"teacher_length_groups must be >= 1 (1: the teacher runs on the whole padded batch), got "
                 f"{self.teacher_length_groups}."
             )
+        if self.distill_mode not in DISTILL_MODES:
+            raise ValueError(f"distill_mode must be one of {', '.join(DISTILL_MODES)}, got {self.distill_mode!r}.")
+        if self.save_ema and self.distill_mode != "ema":
+            raise ValueError(
+                f"save_ema saves the student's moving average, which only distill_mode ema keeps (distill_mode is "
+                f"{self.distill_mode!r}): set distill_mode ema, or drop save_ema."
+            )
+        if self.ema_warmup_steps < 0:
+            raise ValueError(f"ema_warmup_steps must be >= 0 (0: no warm-up), got {self.ema_warmup_steps}.")
         if self.relation_heads is not None and self.relation_heads < 1:
             raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}.")
         if self.kd_chunk_size < 0:
@@ -267,6 +297,7 @@ class DistillationConfig(TrainingArguments):
         check_number("weight_decay", self.weight_decay, "")
         check_number("label_smoothing_factor", self.label_smoothing_factor, "in [0, 1]", lambda v: 0 <= v <= 1)
         check_number("generation_temperature", self.generation_temperature, "> 0", lambda v: v > 0)
+        check_number("ema_decay", self.ema_decay, "in [0, 1)", lambda v: 0 <= v < 1)
         if self.teacher_weights is not None:
             for i, weight in enumerate(self.teacher_weights):
                 check_number(f"teacher_weights[{i}]", weight, ">= 0", lambda v: v >= 0)

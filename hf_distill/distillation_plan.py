@@ -26,7 +26,7 @@ from .models import (
     shared_vocab_rows,
     unwrap,
 )
-from .teachers import Teacher, TeacherRequest, TopKCacheTeacher, as_teachers
+from .teachers import EMATeacher, Teacher, TeacherRequest, TopKCacheTeacher, as_teachers
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,16 @@ def _maps(args) -> bool:
     return args.alpha_attention > 0 and "attention" in loss_needs("attention", args.attention_loss)
 
 
-def build_teachers(teacher_model, args, task: str, train_dataset=None, eval_dataset=None) -> list[Teacher]:
+def build_teachers(
+    teacher_model, args, task: str, train_dataset=None, eval_dataset=None, *, student: nn.Module | None = None
+) -> list[Teacher]:
     """The run's teachers: ``teacher_model`` (a model, a name, a :class:`Teacher` or a list; default
     ``args.teacher_model_name_or_path``) as :class:`Teacher` objects; with a top-k teacher cache in the data, the
     first one reads its soft targets from there (:class:`TopKCacheTeacher`), or stands alone when no live teacher
-    is needed: a teacher given by name (or path) is then not loaded at all. Empty for a no-KD baseline."""
+    is needed: a teacher given by name (or path) is then not loaded at all. Empty for a no-KD baseline. With
+    ``args.distill_mode == "ema"`` the one teacher is the moving average of ``student`` (:class:`EMATeacher`)."""
+    if args.distill_mode == "ema":
+        return [_ema_teacher(teacher_model, args, student)]
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
     cached = _has_cache(train_dataset) or _has_cache(eval_dataset)
     if teacher_model is None:
@@ -138,6 +143,23 @@ class DistillationPlan:
             f"hf_distill: task={self.task}, {len(teachers)} teacher(s) ({kinds}), {loss_path}, layer matches:\n  "
             + ("\n  ".join(pairs) or "none")
         )
+
+
+def _ema_teacher(teacher_model, args, student: nn.Module | None) -> EMATeacher:
+    """``distill_mode ema``: the student's moving average, which takes the place of any other teacher."""
+    given = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+    if given is not None and not isinstance(given, EMATeacher):
+        name = given if isinstance(given, str | os.PathLike) else type(given).__name__
+        raise ValueError(
+            f"distill_mode ema takes no teacher (given: {name}): its teacher is the moving average of the student's "
+            "own weights. Drop teacher_model / teacher_model_name_or_path, or use distill_mode frozen."
+        )
+    if isinstance(given, EMATeacher):
+        given.publish = given.publish or args.save_ema
+        return given
+    if student is None:
+        raise ValueError("distill_mode ema needs the student, whose weights its teacher averages.")
+    return EMATeacher(student, decay=args.ema_decay, warmup_steps=args.ema_warmup_steps, publish=args.save_ema)
 
 
 def build_plan(student: nn.Module, teachers: list[Teacher], args, task: str, tokenizers=(None, None)):

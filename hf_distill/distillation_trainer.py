@@ -22,14 +22,16 @@ from .checkpoints import (
     checkpoint_to_resume,
     load_adapters,
     load_sampling_state,
+    load_teacher_states,
     sampling_state_name,
+    save_teacher_states,
 )
 from .constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
 from .cpu_memory import keep_freed_memory
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .distillation_plan import build_plan, build_teachers, chunked_loss_blockers, distillation_record
 from .distributed import default_teacher_dtype, teacher_placement
-from .generation import SamplingRNG, generate_completions
+from .generation import SamplingRNG, maybe_generate
 from .losses.objective import StudentOutputs, count_batch_items, distillation_objective
 from .mapping import (
     ADAPTERS_ATTR,
@@ -46,6 +48,7 @@ from .publish.trainer_hub import HubPushMixin
 from .schedules import intermediate_scale
 from .teachers import TeacherOutputs
 from .teachers.base import check_soft_targets
+from .teachers.hooks import TeacherSteps
 from .teachers.model import check_distinct, model_inputs, run_model
 from .version import __version__
 
@@ -95,7 +98,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
             raise ValueError("DistillationTrainer needs the student model object as `model` (see build_student).")
         self.task = infer_task(model)
         data = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
-        self.teachers = build_teachers(teacher_model, args, self.task, *data)
+        self.teachers = build_teachers(teacher_model, args, self.task, *data, student=model)
         check_distinct(model, self.teachers)
         tokenizers = (kwargs.get("processing_class"), teacher_processing_class)
         self.plan = build_plan(model, self.teachers, args, self.task, tokenizers)
@@ -109,6 +112,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
         default = default_teacher_dtype(self.accelerator, next(unwrap(self.model).parameters()).dtype)
         for teacher in self.teachers:  # freeze, and replicate, shard or wrap as the strategy wants
             teacher.prepare(self.accelerator, resolve_dtype(args.teacher_dtype, default))
+        self.add_callback(TeacherSteps(self.teachers, lambda: self.student))
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_counts: ItemCounts | None = None
         self._fused = self.task == "causal_lm" and args.kd_chunk_size > 0
@@ -123,8 +127,13 @@ class DistillationTrainer(HubPushMixin, Trainer):
             logger.info(self.plan.describe(self.teachers, path))
 
     @property
+    def student(self):
+        """The student's transformers model, out of any wrapper."""
+        return unwrap(self.accelerator.unwrap_model(self.model))
+
+    @property
     def adapters(self) -> DistillationAdapters | None:
-        return getattr(unwrap(self.accelerator.unwrap_model(self.model)), ADAPTERS_ATTR, None)
+        return getattr(self.student, ADAPTERS_ATTR, None)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the projection adapters in their own group when they have their own lr."""
@@ -168,35 +177,15 @@ class DistillationTrainer(HubPushMixin, Trainer):
 
     def _maybe_generate(self, batch: dict) -> dict:
         """With probability ``lmbda`` the student, else (with ``seq_kd``) the teacher, writes the batch's completions."""
-        args = self.args
-        if args.lmbda == 0 and not args.seq_kd:
-            return batch
-        if self._sampling.choose() < args.lmbda:
-            model = self.model
-        elif args.seq_kd:
-            model = self.teachers[0].model
-            if model is None:
-                raise ValueError(f"seq_kd needs a teacher model to generate with; {self.teachers[0].name} has none.")
-        else:
-            return batch
-        if "prompt_input_ids" not in batch:
-            raise ValueError(
-                "lmbda > 0 or seq_kd needs prompts: train on prompt/completion or messages data, or give the text "
-                "data a prompt_length column (hf-distill causal-lm --generation_prompt_length)."
-            )
-        pad_id = getattr(self.processing_class, "pad_token_id", None)
-        eos_id = getattr(self.processing_class, "eos_token_id", None) or unwrap(self.model).config.eos_token_id
-        with self._sampling.active(next(unwrap(self.accelerator.unwrap_model(model)).parameters()).device):
-            return generate_completions(
-                model,
-                batch["prompt_input_ids"],
-                batch["prompt_attention_mask"],
-                max_new_tokens=args.max_new_tokens,
-                pad_token_id=pad_id if pad_id is not None else eos_id,
-                eos_token_id=eos_id,
-                temperature=args.generation_temperature,
-                top_p=args.generation_top_p,
-            )
+        return maybe_generate(
+            batch,
+            self.args,
+            self._sampling,
+            self.model,
+            self.teachers[0] if self.teachers else None,
+            self.processing_class,
+            self.accelerator.unwrap_model,
+        )
 
     # ---- the loss ----
 
@@ -319,7 +308,16 @@ class DistillationTrainer(HubPushMixin, Trainer):
         if folder and (self.args.lmbda > 0 or self.args.seq_kd):
             # before the first batch of the resumed run is generated (the Trainer's RNG states come back after it)
             load_sampling_state(self._sampling, folder, self._sampling_state_name())
-        return super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
+        output = super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
+        for teacher in self.teachers:
+            teacher.on_train_end(self.student)
+        return output
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """The Trainer's optimizer and scheduler states, and each changing teacher's state beside them."""
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            save_teacher_states(self.teachers, output_dir)
 
     def checkpoint_problems(self, folder: str) -> list[str]:
         """What keeps ``folder`` from being a checkpoint this trainer can resume from (empty when it is whole)."""
@@ -328,12 +326,14 @@ class DistillationTrainer(HubPushMixin, Trainer):
             sharded=self.is_deepspeed_enabled or self.is_fsdp_enabled,
             save_only_model=self.args.save_only_model,
             has_adapters=self.adapters is not None and len(self.adapters) > 0,
+            teacher_states=tuple(i for i, t in enumerate(self.teachers) if t.state_dict()),
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.adapters is not None and len(self.adapters):
             load_adapters(self.adapters, resume_from_checkpoint, required=True)
+        load_teacher_states(self.teachers, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         super()._load_best_model()

@@ -175,6 +175,41 @@ def generate_completions(
     return pack_completions(prompt_input_ids, prompt_attention_mask, completion, eos_token_id, pad_token_id)
 
 
+def maybe_generate(batch: dict, args, sampling: SamplingRNG, student, teacher, tokenizer, unwrap_model) -> dict:
+    """``batch`` with new completions, or as it is: with probability ``args.lmbda`` the ``student`` writes them
+    (on-policy KD), else with ``args.seq_kd`` the ``teacher`` (a :class:`hf_distill.teachers.Teacher`) does.
+    ``unwrap_model`` takes a model out of the launcher's wrapper (``accelerator.unwrap_model``)."""
+    if args.lmbda == 0 and not args.seq_kd:
+        return batch
+    if sampling.choose() < args.lmbda:
+        model = student
+    elif args.seq_kd:
+        model = teacher.model if teacher is not None else None
+        if model is None:
+            name = teacher.name if teacher is not None else "the run"
+            raise ValueError(f"seq_kd needs a teacher model to generate with; {name} has none.")
+    else:
+        return batch
+    if "prompt_input_ids" not in batch:
+        raise ValueError(
+            "lmbda > 0 or seq_kd needs prompts: train on prompt/completion or messages data, or give the text "
+            "data a prompt_length column (hf-distill causal-lm --generation_prompt_length)."
+        )
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    eos_id = getattr(tokenizer, "eos_token_id", None) or unwrap(student).config.eos_token_id
+    with sampling.active(next(unwrap(unwrap_model(model)).parameters()).device):
+        return generate_completions(
+            model,
+            batch["prompt_input_ids"],
+            batch["prompt_attention_mask"],
+            max_new_tokens=args.max_new_tokens,
+            pad_token_id=pad_id if pad_id is not None else eos_id,
+            eos_token_id=eos_id,
+            temperature=args.generation_temperature,
+            top_p=args.generation_top_p,
+        )
+
+
 def _prompt_ids(tokenizer, prompt: str | None) -> list[int]:
     if prompt is None:
         if tokenizer.bos_token_id is None:

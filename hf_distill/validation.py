@@ -513,6 +513,8 @@ def validate_glue_job(glue_args, args):
     returns the teacher's tokenizer, checked against its embedding rows."""
     from .tasks import get_task
 
+    if args.distill_mode == "ema":
+        return _validate_glue_ema(glue_args, args, get_task(glue_args.task_name))
     if args.teacher_model_name_or_path is None:
         raise ValueError(
             "Set --teacher_model_name_or_path (a fine-tuned teacher, or a base model with --finetune_teacher)."
@@ -556,6 +558,46 @@ def validate_glue_job(glue_args, args):
                 f"fewer than the teacher's {len(tokenizer)} tokens; pass a student with the teacher's vocabulary."
             )
     return tokenizer
+
+
+def _validate_glue_ema(glue_args, args, task):
+    """``--distill_mode ema``: no teacher to load or fine-tune; the student (``--student_model_name_or_path``, cut to
+    ``--student_layers`` when given) is trained, and its own moving average teaches it. Returns its tokenizer."""
+    if args.teacher_model_name_or_path is not None:
+        raise ValueError(
+            f"--distill_mode ema takes no teacher (--teacher_model_name_or_path {args.teacher_model_name_or_path}): "
+            "its teacher is the moving average of the student's own weights. Drop it, or use --distill_mode frozen."
+        )
+    if not glue_args.student_model_name_or_path:
+        raise ValueError(
+            "Set --student_model_name_or_path: with --distill_mode ema that model is trained and its moving average "
+            "teaches it (--student_layers keeps some of its layers)."
+        )
+    for flag, value in (
+        ("--finetune_teacher", glue_args.finetune_teacher),
+        ("--teacher_cache", glue_args.teacher_cache),
+    ):
+        if value:
+            raise ValueError(
+                f"{flag} {value} has no teacher to act on with --distill_mode ema (the teacher is the student's "
+                f"moving average, which changes every step): drop {flag}."
+            )
+    check_train_budget(args.max_steps, args.num_train_epochs)
+    _check_output(args)
+    name, flag = glue_args.student_model_name_or_path, "--student_model_name_or_path"
+    student = _load_config(name, flag, args)
+    check_label_head(student, task, name, flag, trained=True)
+    layers = parse_layers(glue_args.student_layers)
+    check_layers(layers, num_layers(student))
+    depth = len(layers) if layers is not None else num_layers(student)
+    check_layer_maps(args, depth, depth)  # the average has the student's own layers
+    check_glue_data_dir(glue_args.data_dir, task)
+    check_overwrite_keeps_inputs(
+        args.output_dir,
+        args.overwrite_output_dir,
+        [(flag, name), ("--data_dir", glue_args.data_dir), ("--cache_dir", glue_args.cache_dir)],
+    )
+    return load_tokenizer(name, flag, student)
 
 
 def _load_config(name: str, flag: str, args, safetensors_only: bool = False):

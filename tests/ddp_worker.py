@@ -1,8 +1,9 @@
 """Run by test_ddp.py under `torchrun --nproc_per_node 2` (gloo on CPU): distill a tiny student under DDP.
 
 ``python ddp_worker.py OUT KIND [grads BATCH ACCUM]``; ``KIND`` is ``encoder`` (BERT, hidden + attention KD through
-projection adapters: the student is narrower) or ``lm`` (a causal LM through the fused, chunked loss: the head is
-used outside the DDP forward, by the chunked autograd function).
+projection adapters: the student is narrower), ``lm`` (a causal LM through the fused, chunked loss: the head is
+used outside the DDP forward, by the chunked autograd function) or ``ema`` (BERT with its own moving average as the
+teacher, ``distill_mode ema``).
 
 - default: train 3 steps and save each rank's student and adapter weights (``rank{i}.pt``) for the test to compare;
 - ``grads``: one optimizer step on a sequential sampler, each rank saving the gradients it is about to apply
@@ -28,6 +29,9 @@ def build(kind: str, dropout: bool = True):
         student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=2)
         return teacher, student, data, {"kd_chunk_size": 7, "hidden_loss": "cosine"}  # relation KD on GQA too
     kw = {} if dropout else NO_DROPOUT
+    if kind == "ema":  # no teacher: the student's moving average (distill_mode ema)
+        student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **kw)
+        return None, student, classification_dataset(n=64), {"distill_mode": "ema", "ema_decay": 0.5}
     teacher, data = tiny_bert(seed=1, **kw), classification_dataset(n=64)
     student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **kw)
     return teacher, student, data, {}
@@ -92,10 +96,10 @@ def main(out: str, kind: str, mode: str = "train", *numbers: str) -> None:
     teacher = trainer.teachers[0].model
     assert not isinstance(teacher, DistributedDataParallel) and not teacher.training
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    torch.save(
-        {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
-        f"{out}/rank{trainer.args.process_index}.pt",
-    )
+    weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    if kind == "ema":  # the average, computed on each rank from its copy of the student
+        weights.update({f"ema.{k}": v.detach().clone() for k, v in teacher.state_dict().items()})
+    torch.save(weights, f"{out}/rank{trainer.args.process_index}.pt")
     trainer.save_model()
 
 

@@ -47,6 +47,18 @@ def test_ddp_keeps_adapters_synchronised(tmp_path, kind):
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "distillation_config.json").exists()
 
 
+def test_ddp_keeps_the_moving_average_teacher_identical_on_every_rank(tmp_path):
+    """distill_mode ema under DDP: each rank averages its own copy of the student, and the copies are the same."""
+    torchrun_worker(tmp_path, "ema")
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    averaged = [k for k in rank0 if k.startswith("ema.")]
+    assert averaged and rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    # 3 steps at decay 0.5 moved the average away from the start and from the student
+    assert any(not torch.equal(rank0[k], rank0[k.removeprefix("ema.")]) for k in averaged if "embeddings" not in k)
+
+
 @pytest.mark.parametrize(
     "kind, batch, accum",
     [("encoder", 4, 1), ("lm", 4, 1), ("encoder", 2, 2)],

@@ -329,6 +329,13 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         # a student: distillation_config.json, or a job's results.json with a student's scores; else a plain card
         "distilled": bool(dist) or bool((results or {}).get("student")),
         "teacher_of": None,  # set for a run's teacher/ folder, see _teacher_section
+        # distill_mode ema: the teacher was the student's own moving average (the GLUE job records what it saved)
+        "ema": {
+            "decay": dist.get("ema_decay"),
+            "published": bool(dist.get("save_ema")) or (results or {}).get("saved") == "ema",
+        }
+        if dist.get("distill_mode") == "ema"
+        else None,
     }
 
 

@@ -406,6 +406,40 @@ def distill(model, teacher, args, data, collator, tokenizer, compute_metrics, ev
     return trainer
 
 
+def train_baseline(glue_args, args, trainer, make, teacher, data, collator, tokenizer, compute_metrics, task):
+    """With ``--baseline_no_kd``, ``(model, trainer)`` of the student ``make()`` trained without KD (same budget, no
+    augmentation), else ``(None, None)``."""
+    if not glue_args.baseline_no_kd:
+        return None, None
+    print("[glue] training the same student without KD (same budget, no augmentation)")
+    base_args = dataclasses.replace(
+        args,
+        output_dir=os.path.join(args.output_dir, "student_no_kd"),
+        resume_from_checkpoint=None,
+        alpha_task=1.0,
+        alpha_logits=0.0,
+        alpha_hidden=0.0,
+        alpha_attention=0.0,
+        distill_mode="frozen",
+        save_ema=False,
+        # as many optimizer steps as the KD run, which also saw the unlabelled examples
+        max_steps=trainer.state.global_step if "unlabelled" in data else args.max_steps,
+    )
+    baseline = make()
+    return baseline, distill(
+        baseline, teacher, base_args, data, collator, tokenizer, compute_metrics, task.eval_splits[0]
+    )
+
+
+def with_unlabelled(glue_args, args, teacher, tokenizer, data) -> dict:
+    """The KD run's data: the training split augmented, and the unlabelled examples added (the teacher labels both)."""
+    kd_data = augment_train(glue_args, args, teacher, tokenizer, data)
+    if "unlabelled" in data:
+        kd_data = {**kd_data, "train": concatenate_datasets([kd_data["train"], data["unlabelled"]])}
+        print(f"[glue] + {len(data['unlabelled'])} unlabelled examples labelled by the teacher")
+    return kd_data
+
+
 def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     """Run the whole job and return the ``results.json`` object."""
     check_kd_only_data(glue_args, args)
@@ -415,14 +449,13 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     task, data = prepare_data(glue_args, tokenizer, args.seed)
     collator = DataCollatorWithPadding(tokenizer)
     compute_metrics = compute_metrics_for(task)
+    if args.distill_mode == "ema":
+        return run_ema(glue_args, args, task, data, tokenizer, collator, compute_metrics)
     teacher = load_teacher(glue_args, args, task, data, tokenizer, collator)
 
     print(f"[glue] distilling a student on {task.name} ({len(data['train'])} examples)")
     student = make_student(glue_args, args, teacher, task)
-    kd_data = augment_train(glue_args, args, teacher, tokenizer, data)
-    if "unlabelled" in data:
-        kd_data = {**kd_data, "train": concatenate_datasets([kd_data["train"], data["unlabelled"]])}
-        print(f"[glue] + {len(data['unlabelled'])} unlabelled examples labelled by the teacher")
+    kd_data = with_unlabelled(glue_args, args, teacher, tokenizer, data)
     kd_teacher = teacher
     if glue_args.teacher_cache:
         kd_teacher, train = cached_teacher(glue_args, args, teacher, student, kd_data["train"])
@@ -432,24 +465,10 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
         student, kd_teacher, args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0], resume
     )
 
-    baseline = baseline_trainer = None
-    if glue_args.baseline_no_kd:
-        print("[glue] training the same student without KD (same budget, no augmentation)")
-        base_args = dataclasses.replace(
-            args,
-            output_dir=os.path.join(args.output_dir, "student_no_kd"),
-            resume_from_checkpoint=None,
-            alpha_task=1.0,
-            alpha_logits=0.0,
-            alpha_hidden=0.0,
-            alpha_attention=0.0,
-            # as many optimizer steps as the KD run, which also saw the unlabelled examples
-            max_steps=trainer.state.global_step if "unlabelled" in data else args.max_steps,
-        )
-        baseline = make_student(glue_args, args, teacher, task)
-        baseline_trainer = distill(
-            baseline, teacher, base_args, data, collator, tokenizer, compute_metrics, task.eval_splits[0]
-        )
+    baseline, baseline_trainer = train_baseline(
+        glue_args, args, trainer, lambda: make_student(glue_args, args, teacher, task), teacher, data, collator,
+        tokenizer, compute_metrics, task,
+    )  # fmt: skip
 
     print("[glue] evaluating teacher and student(s), measuring speed")
     scores = {
@@ -478,6 +497,75 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     )
     if args.should_save:
         write_report(results, args.output_dir, log_history=trainer.state.log_history, title=f"GLUE {task.name}")
+    return results
+
+
+def ema_student(glue_args: GlueArguments, args, task):
+    """The student of ``--distill_mode ema``: ``--student_model_name_or_path`` with the task's head, cut to
+    ``--student_layers`` when given."""
+    model = make_student(dataclasses.replace(glue_args, student_layers=None), args, None, task)
+    layers = parse_layers(glue_args.student_layers)
+    if layers is None:
+        return model
+    torch.manual_seed(args.seed)
+    return build_student(model, layers=layers)
+
+
+def run_ema(glue_args: GlueArguments, args, task, data, tokenizer, collator, compute_metrics) -> dict:
+    """``--distill_mode ema``: train the student with its own moving average as the teacher (mean teacher).
+
+    ``results.json``'s ``teacher`` is the moving average and its ``student`` the model saved in ``output_dir``: the
+    raw student, or with ``--save_ema`` the average itself, whose raw student is then ``student_before_ema``."""
+    print(f"[glue] training a student on {task.name} ({len(data['train'])} examples), its moving average as teacher")
+    student = ema_student(glue_args, args, task)
+    kd_data = with_unlabelled(glue_args, args, student, tokenizer, data)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    # the job scores the raw student before it takes the average's weights (save_ema), so the trainer does not
+    train_args = dataclasses.replace(args, save_ema=False)
+    trainer = distill(
+        student, None, train_args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0], resume
+    )
+    ema = trainer.teachers[0]
+    baseline, baseline_trainer = train_baseline(
+        glue_args, args, trainer, lambda: ema_student(glue_args, args, task), None, data, collator, tokenizer,
+        compute_metrics, task,
+    )  # fmt: skip
+    print("[glue] evaluating the student, its moving average and the no-KD student, measuring speed")
+    raw = evaluate_model(student, args, task, data, collator, compute_metrics)
+    averaged = evaluate_model(ema.model, args, task, data, collator, compute_metrics)
+    extra = {}
+    if args.save_ema:
+        ema.copy_to(student)
+        trainer.save_model(args.output_dir)
+        extra["student_before_ema"] = {k.removeprefix("eval_"): v for k, v in raw.items()}
+    results = build_results(
+        task.name,
+        task.metric,
+        averaged,
+        averaged if args.save_ema else raw,
+        ema.model,
+        student,
+        baseline_scores=evaluate_model(baseline, args, task, data, collator, compute_metrics) if baseline else None,
+        baseline_model=baseline,
+        batch_size=glue_args.speed_batch_size,
+        seq_len=glue_args.speed_seq_len,
+        extra={
+            **extra,
+            "distill_mode": "ema",
+            "ema_decay": args.ema_decay,
+            "ema_warmup_steps": args.ema_warmup_steps,
+            "saved": "ema" if args.save_ema else "student",
+            "train_examples": len(data["train"]),
+            "unlabelled_examples": len(data["unlabelled"]) if "unlabelled" in data else 0,
+            "max_steps": trainer.state.global_step,
+            **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
+            "teacher_model": ema.name,
+            "student_layers": getattr(student.config, "distillation_teacher_layers", None),
+        },
+    )
+    if args.should_save:
+        title = f"GLUE {task.name}, mean teacher (EMA {args.ema_decay:g})"
+        write_report(results, args.output_dir, log_history=trainer.state.log_history, title=title)
     return results
 
 

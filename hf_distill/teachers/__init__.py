@@ -7,12 +7,14 @@ import os
 from torch import nn
 
 from .base import CachedTeacher, Teacher, TeacherOutputs, TeacherRequest
+from .ema import EMATeacher
 from .encoder_cache import EncoderCacheTeacher
 from .model import ModelTeacher
 from .topk_cache import TopKCacheTeacher
 
 __all__ = [
     "CachedTeacher",
+    "EMATeacher",
     "EncoderCacheTeacher",
     "ModelTeacher",
     "Teacher",

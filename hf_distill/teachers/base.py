@@ -4,7 +4,9 @@ outputs for that batch in one structure.
 A kind of teacher subclasses :class:`Teacher` and implements :meth:`Teacher.outputs`; the trainer never asks which
 kind it holds. The kinds here: :class:`~hf_distill.teachers.ModelTeacher` (a frozen model run live),
 :class:`~hf_distill.teachers.TopKCacheTeacher` (soft targets stored beside the data) and
-:class:`~hf_distill.teachers.EncoderCacheTeacher` (an encoder's logits and internals, stored once).
+:class:`~hf_distill.teachers.EncoderCacheTeacher` (an encoder's logits and internals, stored once) and
+:class:`~hf_distill.teachers.EMATeacher` (the moving average of the student's own weights, which changes as it trains:
+hence the hooks :meth:`Teacher.on_optimizer_step`, :meth:`Teacher.on_train_end` and the checkpoint state).
 """
 
 from __future__ import annotations
@@ -116,6 +118,24 @@ class Teacher(ABC):
         ``accelerator.device``, in ``dtype``). By default a ``model`` is only frozen (``eval()``, no gradients)."""
         if self.model is not None:
             self.model.eval().requires_grad_(False)
+
+    # ---- teachers that change during training (an EMA of the student...); a frozen teacher keeps these defaults ----
+
+    def on_optimizer_step(self, student: nn.Module) -> None:
+        """Called after each optimizer step with the student (unwrapped by the caller as far as it can)."""
+        return None
+
+    def on_train_end(self, student: nn.Module) -> None:
+        """Called once when training ends, before the trainer returns."""
+        return None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint must hold to resume this teacher: ``{}`` for one that does not change."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        return None
 
     @property
     def num_hidden_layers(self) -> int:

@@ -1,0 +1,116 @@
+"""The mean teacher: an exponential moving average (EMA) of the student's own weights, run live as the teacher.
+
+No separate teacher model is trained or loaded: the teacher starts as a copy of the student and follows it, after
+each optimizer step, as ``ema <- d_t * ema + (1 - d_t) * student`` (Tarvainen & Valpola, 2017). It is never trained
+by the optimizer, its state (weights and update count) is saved in and restored from each checkpoint, and with
+``publish`` the student ends training holding the EMA weights (often the better model), which are then what is
+saved and evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from accelerate.utils import DistributedType
+from torch import nn
+
+from ..distributed import teacher_placement
+from ..mapping import ADAPTERS_ATTR
+from ..models import unwrap
+from .model import ModelTeacher
+
+_UPDATES = "updates"  # the update count's entry in the checkpoint state (the weights are under "model.")
+
+
+class EMATeacher(ModelTeacher):
+    """The exponential moving average of ``student``'s weights as the teacher.
+
+    Args:
+        student: the model being trained; the teacher starts as a copy of its current weights (the projection
+            adapters of a KD run are not copied: they belong to the student's side).
+        decay: ``d`` in ``ema <- d * ema + (1 - d) * student``, in ``[0, 1)``.
+        warmup_steps: the decay ramps linearly from 0 to ``decay`` over this many optimizer steps
+            (``d_t = decay * min(1, t / warmup_steps)`` at the ``t``-th update, ``t`` from 0): early on the average
+            follows the fast-moving student closely instead of keeping its random start. 0: ``decay`` throughout.
+        publish: at the end of training copy the EMA weights into the student, so that they are what is saved.
+        name: recorded in ``distillation_config.json``.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        *,
+        decay: float = 0.999,
+        warmup_steps: int = 0,
+        publish: bool = False,
+        name: str | None = None,
+    ):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1) (the weight kept by the average each step), got {decay}.")
+        if warmup_steps < 0:
+            raise ValueError(f"ema_warmup_steps must be >= 0, got {warmup_steps}.")
+        inner = unwrap(student)
+        model = copy.deepcopy(inner)
+        if hasattr(model, ADAPTERS_ATTR):  # the student's projection adapters are not part of the average
+            delattr(model, ADAPTERS_ATTR)
+        model.eval().requires_grad_(False)
+        source = inner.config.name_or_path or type(inner).__name__
+        super().__init__(model, name=name or f"EMA of {source}", length_groups=None)
+        self.decay, self.warmup_steps, self.publish = decay, warmup_steps, publish
+        self.updates = 0
+
+    def decay_at(self, update: int) -> float:
+        """``d_t`` of the ``update``-th update (from 0)."""
+        if self.warmup_steps == 0:
+            return self.decay
+        return self.decay * min(1.0, update / self.warmup_steps)
+
+    def prepare(self, accelerator, dtype=None) -> None:
+        """On the run's device, in the student's own dtype (a 16-bit average would lose the ``(1 - d)`` updates):
+        ``dtype`` is not used. The student's full weights must be on every process: FSDP and ZeRO-3 shard them."""
+        if accelerator.distributed_type == DistributedType.FSDP or teacher_placement(accelerator) == "zero3":
+            raise ValueError(
+                "An EMA teacher averages the student's full weights on every process, but FSDP / DeepSpeed ZeRO-3 "
+                "shard them: train with DDP (or ZeRO-1/2), or one process."
+            )
+        self.model.to(accelerator.device).eval().requires_grad_(False)
+        self.placement = "replicate"
+
+    @torch.no_grad()
+    def on_optimizer_step(self, student: nn.Module) -> None:
+        """``ema <- d_t * ema + (1 - d_t) * student`` for every parameter; buffers are copied."""
+        weight = 1.0 - self.decay_at(self.updates)
+        params = dict(unwrap(student).named_parameters())
+        for name, p in self.inner.named_parameters():
+            p.lerp_(params[name].detach().to(p.dtype), weight)
+        buffers = dict(unwrap(student).named_buffers())
+        for name, b in self.inner.named_buffers():
+            if name in buffers:
+                b.copy_(buffers[name])
+        self.updates += 1
+
+    def on_train_end(self, student: nn.Module) -> None:
+        """With ``publish``: the student takes the EMA weights (adapters and anything else not averaged stay)."""
+        if self.publish:
+            self.copy_to(student)
+
+    @torch.no_grad()
+    def copy_to(self, student: nn.Module) -> None:
+        """Copy the EMA weights and buffers into ``student``."""
+        target = unwrap(student)
+        params, buffers = dict(target.named_parameters()), dict(target.named_buffers())
+        for name, p in self.inner.named_parameters():
+            params[name].copy_(p)
+        for name, b in self.inner.named_buffers():
+            if name in buffers:
+                buffers[name].copy_(b)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"model.{k}": v for k, v in self.inner.state_dict().items()}
+        return {**state, _UPDATES: torch.tensor(self.updates, dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        self.inner.load_state_dict(weights, strict=True)
+        self.updates = int(state[_UPDATES])

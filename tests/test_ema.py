@@ -1,0 +1,257 @@
+"""distill_mode ema (hf_distill.teachers.EMATeacher): the teacher is the moving average of the student's own weights,
+updated after each optimizer step, never trained, saved and resumed with the checkpoint, published with save_ema."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import safetensors.torch
+import torch
+from conftest import classification_dataset, tiny_bert, word_tokenizer
+from numerics import assert_fp32_close
+from transformers import TrainerCallback
+
+from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill.checkpoints import TEACHER_STATE_FILE
+from hf_distill.teachers import EMATeacher
+
+SST2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "glue", "SST-2")
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
+
+
+def config(out, **kw):
+    base = dict(
+        output_dir=out,
+        report_to="none",
+        per_device_train_batch_size=8,
+        max_steps=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+        distill_mode="ema",
+        ema_decay=0.6,
+    )
+    base.update(kw)
+    return DistillationConfig(**base)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+class Snapshots(TrainerCallback):
+    """The student's weights after each optimizer step (before the EMA update reads them: the same values)."""
+
+    def __init__(self):
+        self.after_step = []
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.after_step.append(weights(model))
+
+
+def reference_ema(start: dict, steps: list[dict], decay: float, warmup: int = 0) -> dict:
+    """``ema_0 = start``; ``ema_{t+1} = d_t ema_t + (1 - d_t) s_{t+1}``, ``d_t = decay * min(1, t / warmup)``."""
+    ema = {k: v.double() for k, v in start.items()}
+    for t, student in enumerate(steps):
+        d = decay if warmup == 0 else decay * min(1.0, t / warmup)
+        ema = {k: d * ema[k] + (1 - d) * student[k].double() for k in ema}
+    return ema
+
+
+def test_the_update_rule_and_its_warm_up():
+    student = tiny_bert(seed=1)
+    teacher = EMATeacher(student, decay=0.9, warmup_steps=4)
+    assert teacher.model is not student and all(not p.requires_grad for p in teacher.model.parameters())
+    assert [teacher.decay_at(t) for t in range(6)] == pytest.approx([0.0, 0.225, 0.45, 0.675, 0.9, 0.9])
+    start = weights(student)
+    steps = []
+    for _ in range(6):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(torch.randn_like(p))
+        steps.append(weights(student))
+        teacher.on_optimizer_step(student)
+    want = reference_ema(start, steps, 0.9, warmup=4)
+    got = dict(teacher.model.named_parameters())
+    for k, v in want.items():
+        assert_fp32_close(got[k], v.float(), n=6)
+    assert teacher.updates == 6
+    # no warm-up: the first update already keeps 90% of the start
+    plain = EMATeacher(tiny_bert(seed=1), decay=0.9)
+    assert plain.decay_at(0) == 0.9
+
+
+def train(out, **kw):
+    student = tiny_bert(seed=2, **NO_DROPOUT)
+    start = weights(student)
+    snapshots = Snapshots()
+    trainer = DistillationTrainer(
+        model=student, args=config(out, **kw), train_dataset=classification_dataset(n=64), callbacks=[snapshots]
+    )
+    trainer.train()
+    return trainer, start, snapshots.after_step
+
+
+def test_ema_mode_follows_the_student_step_by_step_and_is_never_trained(tmp_out):
+    trainer, start, steps = train(tmp_out, ema_warmup_steps=2)
+    (teacher,) = trainer.teachers
+    assert isinstance(teacher, EMATeacher) and teacher.updates == len(steps) == 4
+    want = reference_ema(start, steps, 0.6, warmup=2)
+    got = dict(teacher.model.named_parameters())
+    for k, v in want.items():
+        assert_fp32_close(got[k], v.float(), n=4)
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.model.parameters()}
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["loss/logits"] >= 0 for h in history)
+    # the student moved away from its average (4 steps at lr 1e-2), and was not replaced by it (no save_ema)
+    student = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(student[k], got[k]) for k in got)
+
+
+def test_under_gradient_accumulation_the_average_is_the_same(tmp_out):
+    whole, _, _ = train(tmp_out + "-whole", per_device_train_batch_size=8)
+    split, _, _ = train(tmp_out + "-split", per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    assert whole.teachers[0].updates == split.teachers[0].updates == 4
+    a, b = dict(whole.teachers[0].model.named_parameters()), dict(split.teachers[0].model.named_parameters())
+    for k in a:  # 4 Adam steps on gradients summed in another order
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_resumed_run_continues_the_average(tmp_out):
+    constant = dict(lr_scheduler_type="constant")  # the first 2 steps of a 2-step run are those of a 4-step run
+    straight, _, _ = train(tmp_out + "-straight", **constant)
+    first, _, _ = train(tmp_out, max_steps=2, save_strategy="steps", save_steps=2, **constant)
+    checkpoint = os.path.join(tmp_out, "checkpoint-2")
+    state = safetensors.torch.load_file(os.path.join(checkpoint, TEACHER_STATE_FILE.format(0)))
+    assert int(state["updates"]) == 2
+    # a fresh student under the same config, resumed: the EMA comes back from the checkpoint, not from the student
+    student = tiny_bert(seed=5, **NO_DROPOUT)
+    second = DistillationTrainer(
+        model=student,
+        args=config(tmp_out, max_steps=4, save_strategy="steps", save_steps=2, **constant),
+        train_dataset=classification_dataset(n=64),
+    )
+    second.train(resume_from_checkpoint=checkpoint)
+    assert second.teachers[0].updates == 4
+    a, b = dict(straight.teachers[0].model.named_parameters()), dict(second.teachers[0].model.named_parameters())
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # a checkpoint without the teacher's state is not whole
+    os.remove(os.path.join(checkpoint, TEACHER_STATE_FILE.format(0)))
+    assert any(TEACHER_STATE_FILE.format(0) in p for p in second.checkpoint_problems(checkpoint))
+
+
+def test_save_ema_ends_training_with_the_average_in_the_student(tmp_out):
+    trainer, _, _ = train(tmp_out, save_ema=True)
+    ema = dict(trainer.teachers[0].model.named_parameters())
+    student = dict(trainer.model.named_parameters())
+    assert all(torch.equal(student[k], v) for k, v in ema.items())
+    trainer.save_model()
+    saved = safetensors.torch.load_file(os.path.join(tmp_out, "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in ema.items())
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path, shared_dir):
+    """A tiny BERT with a word-level vocabulary of SST-2 dev words, saved with its tokenizer."""
+    from collections import Counter
+
+    with open(os.path.join(SST2, "dev.tsv")) as f:
+        lines = f.read().splitlines()[1:]
+    words = Counter(w for line in lines for w in line.split("\t")[0].split())
+    folder = tmp_path / "model"
+    tiny_bert(num_layers=4).save_pretrained(folder)
+    word_tokenizer([w for w, _ in words.most_common(94)]).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(save_ema=True, distill_mode="frozen"), "save_ema saves the student's moving average"),
+        (dict(ema_decay=1.0), "ema_decay must be a finite number in [0, 1), got 1.0"),
+        (dict(ema_warmup_steps=-1), "ema_warmup_steps must be >= 0"),
+        (dict(distill_mode="mean"), "distill_mode must be one of frozen, ema, got 'mean'"),
+    ],
+)
+def test_bad_ema_settings_are_refused(tmp_out, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        config(tmp_out, **kwargs)
+
+
+def test_ema_mode_with_a_teacher_is_refused(tmp_out):
+    with pytest.raises(ValueError, match="distill_mode ema takes no teacher"):
+        DistillationTrainer(
+            model=tiny_bert(seed=2),
+            teacher_model=tiny_bert(seed=1),
+            args=config(tmp_out),
+            train_dataset=classification_dataset(),
+        )
+    with pytest.raises(ValueError, match="distill_mode ema takes no teacher \\(given: org/big\\)"):
+        DistillationTrainer(
+            model=tiny_bert(seed=2),
+            args=config(tmp_out, teacher_model_name_or_path="org/big"),
+            train_dataset=classification_dataset(),
+        )
+
+
+# ---- the GLUE job: hf-distill glue --distill_mode ema ----
+
+
+def glue_argv(model_dir, out, *extra):
+    return [
+        "glue", "--distill_mode", "ema", "--ema_decay", "0.5", "--student_model_name_or_path", model_dir,
+        "--student_layers", "1,3", "--data_dir", SST2, "--max_seq_length", "32", "--max_train_samples", "64",
+        "--max_eval_samples", "48", "--max_steps", "4", "--per_device_train_batch_size", "16",
+        "--speed_batch_size", "4", "--speed_seq_len", "16", "--output_dir", out, "--report_to", "none",
+        "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+def test_the_glue_job_trains_with_the_moving_average_and_saves_it(tiny_teacher_dir, tmp_path):
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_distill.cli import main
+
+    out = str(tmp_path / "ema")
+    assert main(glue_argv(tiny_teacher_dir, out, "--save_ema", "true", "--baseline_no_kd", "true")) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["distill_mode"] == "ema" and results["saved"] == "ema" and results["ema_decay"] == 0.5
+    assert results["teacher_model"].startswith("EMA of ") and results["max_steps"] == 4
+    # the saved student is the average: it scores as the teacher, and its raw self is kept beside it
+    assert results["student"]["accuracy"] == results["teacher"]["accuracy"]
+    assert 0 <= results["student_before_ema"]["accuracy"] <= 1 and "kd_gain" in results
+    saved = AutoModelForSequenceClassification.from_pretrained(out)
+    assert saved.config.num_hidden_layers == 2
+    record = json.load(open(os.path.join(out, "distillation_config.json")))
+    assert record["distill_mode"] == "ema" and record["teachers"] == [results["teacher_model"]]
+    # the model card says how it was trained, and names no teacher as its base model
+    from hf_distill.publish import render_model_card
+
+    card = render_model_card(out)
+    assert "with the exponential moving average of its own weights as its teacher" in card
+    assert "decay 0.5); these weights are that average" in card and "base_model" not in card
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--teacher_model_name_or_path", "org/big"], "--distill_mode ema takes no teacher"),
+        (["--finetune_teacher", "true"], "--finetune_teacher True has no teacher to act on"),
+        (["--layer_map", "0:5", "--alpha_hidden", "1"], "0:5"),
+    ],
+)
+def test_the_glue_job_refuses_an_ema_run_it_cannot_do(tiny_teacher_dir, tmp_path, capsys, extra, message):
+    from hf_distill.cli import main
+
+    assert main(glue_argv(tiny_teacher_dir, str(tmp_path / "out"), *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
