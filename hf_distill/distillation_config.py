@@ -16,7 +16,7 @@ from .schedules import INTERMEDIATE_SCHEDULES
 
 _TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # where the teacher comes from: a fixed model, or the moving average of the student's own weights
-DISTILL_MODES = ("frozen", "ema")
+DISTILL_MODES = ("frozen", "ema", "born_again")
 # written beside every saved student: the distillation settings, teachers and layer matches
 DISTILLATION_CONFIG_FILE = "distillation_config.json"
 
@@ -51,12 +51,17 @@ class DistillationConfig(TrainingArguments):
             where small sub-batches underfill it. Encoders only (causal LMs run whole), right padding only.
 
     Parameters of teachers that learn (``docs/modes.md``):
-        distill_mode (`str`): ``frozen`` (the teacher is a fixed model; the default) or ``ema`` (no separate
-            teacher: the exponential moving average of the student's own weights, updated after each optimizer step).
+        distill_mode (`str`): ``frozen`` (the teacher is a fixed model; the default), ``ema`` (no separate
+            teacher: the exponential moving average of the student's own weights, updated after each optimizer step)
+            or ``born_again`` (generations of the same student, each taught by the one before; a frozen teacher each).
         ema_decay (`float`): the EMA's decay ``d`` in ``[0, 1)``: ``ema <- d * ema + (1 - d) * student``.
         ema_warmup_steps (`int`): the decay ramps linearly from 0 to ``ema_decay`` over this many optimizer steps.
         save_ema (`bool`): end training with the EMA weights in the student, so that they are what is saved and
             evaluated (``ema`` mode only).
+        generations (`int`): ``born_again``: how many generations to train, each learning from the one before
+            (:func:`hf_distill.generations.train_born_again`; the jobs run it).
+        ensemble_generations (`bool`): ``born_again``: the last generation learns from the ensemble of the teacher
+            and every earlier generation, their soft targets averaged.
 
     Parameters that control the loss:
         temperature (`float`): softmax temperature ``T`` of the soft targets; the soft terms are scaled by ``T^2``.
@@ -134,6 +139,13 @@ class DistillationConfig(TrainingArguments):
     )
     save_ema: bool = field(
         default=False, metadata={"help": "ema mode: end training with the EMA weights in the student (saved, scored)."}
+    )
+    generations: int = field(
+        default=1, metadata={"help": "born_again: generations to train, each taught by the one before (>= 1)."}
+    )
+    ensemble_generations: bool = field(
+        default=False,
+        metadata={"help": "born_again: the last generation learns from the teacher and all earlier generations."},
     )
     temperature: float = field(
         default=2.0, metadata={"help": "Softmax temperature T of the soft targets (> 0); soft terms scale by T^2."}
@@ -269,6 +281,24 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"save_ema saves the student's moving average, which only distill_mode ema keeps (distill_mode is "
                 f"{self.distill_mode!r}): set distill_mode ema, or drop save_ema."
+            )
+        if self.generations < 1:
+            raise ValueError(f"generations must be >= 1, got {self.generations}.")
+        if (self.generations > 1 or self.ensemble_generations) and self.distill_mode != "born_again":
+            flag = f"generations {self.generations}" if self.generations > 1 else "ensemble_generations"
+            raise ValueError(
+                f"{flag} chains born-again generations, but distill_mode is {self.distill_mode!r}: set distill_mode "
+                "born_again, or drop it."
+            )
+        if self.distill_mode == "born_again" and self.resume_from_checkpoint:
+            raise ValueError(
+                f"resume_from_checkpoint {self.resume_from_checkpoint}: a born-again run does not resume (each "
+                "generation is saved in output_dir/generation_<g> when it ends): start it afresh."
+            )
+        if self.ensemble_generations and self.generations < 2:
+            raise ValueError(
+                "ensemble_generations needs generations >= 2 (the last generation learns from the earlier ones), got "
+                f"generations {self.generations}."
             )
         if self.ema_warmup_steps < 0:
             raise ValueError(f"ema_warmup_steps must be >= 0 (0: no warm-up), got {self.ema_warmup_steps}.")

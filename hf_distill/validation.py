@@ -524,8 +524,11 @@ def validate_glue_job(glue_args, args):
     if glue_args.finetune_teacher:
         check_teacher_budget(glue_args.teacher_max_steps, glue_args.teacher_num_train_epochs)
     _check_output(args)
+    if args.distill_mode == "born_again":
+        _check_born_again(glue_args, args)
     layers = parse_layers(glue_args.student_layers)
-    if layers is not None and glue_args.student_model_name_or_path:
+    own = layers is not None and glue_args.student_model_name_or_path  # born_again: the student's own layers
+    if own and args.distill_mode != "born_again":
         raise ValueError("--student_layers and --student_model_name_or_path are both set; pass one of them.")
     # the job loads its teacher with use_safetensors=True
     teacher = _load_config(
@@ -533,13 +536,13 @@ def validate_glue_job(glue_args, args):
     )
     check_label_head(teacher, task, args.teacher_model_name_or_path, "--teacher_model_name_or_path",
                      trained=glue_args.finetune_teacher)  # fmt: skip
-    check_layers(layers, num_layers(teacher))
     student = None
     if glue_args.student_model_name_or_path:
         flag = "--student_model_name_or_path"
         student = _load_config(glue_args.student_model_name_or_path, flag, args)
         check_label_head(student, task, glue_args.student_model_name_or_path, flag, trained=True)
-    depth, built_from = student_depth(layers, student, num_layers(teacher))
+    check_layers(layers, num_layers(student if own else teacher))
+    depth, built_from = (len(layers), None) if own else student_depth(layers, student, num_layers(teacher))
     check_layer_maps(args, depth, num_layers(teacher), built_from)
     check_glue_data_dir(glue_args.data_dir, task)
     check_overwrite_keeps_inputs(
@@ -558,6 +561,16 @@ def validate_glue_job(glue_args, args):
                 f"fewer than the teacher's {len(tokenizer)} tokens; pass a student with the teacher's vocabulary."
             )
     return tokenizer
+
+
+def _check_born_again(glue_args, args) -> None:
+    """``--distill_mode born_again`` trains generations one after another, each with another teacher (a resumed run
+    is refused by ``DistillationConfig``)."""
+    if glue_args.teacher_cache:
+        raise ValueError(
+            f"--teacher_cache {glue_args.teacher_cache} caches one teacher, but each born-again generation has "
+            "another (the one before it): drop --teacher_cache."
+        )
 
 
 def _validate_glue_ema(glue_args, args, task):

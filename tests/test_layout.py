@@ -112,7 +112,7 @@ STAGES = [
     ["distributed", "teachers", "distillation_config"],
     ["data", "tasks"],
     ["generation", "checkpoints", "report", "publish"],
-    ["distillation_plan", "distillation_trainer"],
+    ["distillation_plan", "distillation_trainer", "generations"],
     ["validation"],
     ["recipes", "cli", "__init__"],
 ]

@@ -9,6 +9,7 @@ this teacher, data and configuration) and the student distils from them without 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -33,6 +34,7 @@ from ..distillation_config import DistillationConfig, check_number
 from ..distillation_plan import build_plan
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
+from ..generations import train_born_again
 from ..models import DROPOUT_FIELDS, build_student, resolve_model_path
 from ..report import build_results, write_report
 from ..tasks import (
@@ -452,6 +454,8 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     if args.distill_mode == "ema":
         return run_ema(glue_args, args, task, data, tokenizer, collator, compute_metrics)
     teacher = load_teacher(glue_args, args, task, data, tokenizer, collator)
+    if args.distill_mode == "born_again":
+        return run_born_again(glue_args, args, task, data, tokenizer, collator, compute_metrics, teacher)
 
     print(f"[glue] distilling a student on {task.name} ({len(data['train'])} examples)")
     student = make_student(glue_args, args, teacher, task)
@@ -500,9 +504,9 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     return results
 
 
-def ema_student(glue_args: GlueArguments, args, task):
-    """The student of ``--distill_mode ema``: ``--student_model_name_or_path`` with the task's head, cut to
-    ``--student_layers`` when given."""
+def own_student(glue_args: GlueArguments, args, task):
+    """A student of its own (``--distill_mode ema``, or ``born_again`` from ``--student_model_name_or_path``):
+    ``--student_model_name_or_path`` with the task's head, cut to ``--student_layers`` when given."""
     model = make_student(dataclasses.replace(glue_args, student_layers=None), args, None, task)
     layers = parse_layers(glue_args.student_layers)
     if layers is None:
@@ -517,7 +521,7 @@ def run_ema(glue_args: GlueArguments, args, task, data, tokenizer, collator, com
     ``results.json``'s ``teacher`` is the moving average and its ``student`` the model saved in ``output_dir``: the
     raw student, or with ``--save_ema`` the average itself, whose raw student is then ``student_before_ema``."""
     print(f"[glue] training a student on {task.name} ({len(data['train'])} examples), its moving average as teacher")
-    student = ema_student(glue_args, args, task)
+    student = own_student(glue_args, args, task)
     kd_data = with_unlabelled(glue_args, args, student, tokenizer, data)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     # the job scores the raw student before it takes the average's weights (save_ema), so the trainer does not
@@ -527,7 +531,7 @@ def run_ema(glue_args: GlueArguments, args, task, data, tokenizer, collator, com
     )
     ema = trainer.teachers[0]
     baseline, baseline_trainer = train_baseline(
-        glue_args, args, trainer, lambda: ema_student(glue_args, args, task), None, data, collator, tokenizer,
+        glue_args, args, trainer, lambda: own_student(glue_args, args, task), None, data, collator, tokenizer,
         compute_metrics, task,
     )  # fmt: skip
     print("[glue] evaluating the student, its moving average and the no-KD student, measuring speed")
@@ -566,6 +570,77 @@ def run_ema(glue_args: GlueArguments, args, task, data, tokenizer, collator, com
     if args.should_save:
         title = f"GLUE {task.name}, mean teacher (EMA {args.ema_decay:g})"
         write_report(results, args.output_dir, log_history=trainer.state.log_history, title=title)
+    return results
+
+
+def run_born_again(glue_args: GlueArguments, args, task, data, tokenizer, collator, compute_metrics, teacher) -> dict:
+    """``--distill_mode born_again``: ``--generations`` students from the same initial weights, each taught by the one
+    before (the first by the teacher; with ``--ensemble_generations`` the last by all of them).
+
+    Each generation is saved in ``output_dir/generation_<g>`` and scored; the last one is also saved in
+    ``output_dir``, and is ``results.json``'s ``student``; ``generations`` lists every generation's scores."""
+    if glue_args.student_model_name_or_path:
+        initial = own_student(glue_args, args, task)
+    else:
+        initial = make_student(glue_args, args, teacher, task)
+    kd_data = with_unlabelled(glue_args, args, teacher, tokenizer, data)
+    eval_split = task.eval_splits[0]
+    generations = []
+
+    def score(generation: int, trainer) -> None:
+        scores = evaluate_model(trainer.model, args, task, data, collator, compute_metrics)
+        record = {k.removeprefix("eval_"): v for k, v in scores.items()}
+        metric = task.metric.removeprefix("eval_")
+        print(
+            f"[glue] generation {generation} ({', '.join(t.name for t in trainer.teachers)}): {metric} {record[metric]:.4f}"
+        )
+        generations.append({"generation": generation, "teachers": [t.name for t in trainer.teachers], **record})
+
+    print(f"[glue] born-again: {args.generations} generation(s) on {task.name} ({len(kd_data['train'])} examples)")
+    trainers = train_born_again(
+        lambda: copy.deepcopy(initial),
+        teacher,
+        args,
+        on_generation=score,
+        train_dataset=kd_data["train"],
+        eval_dataset=data[eval_split],
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+    )
+    last = trainers[-1]
+    last.save_model(args.output_dir)
+    baseline, baseline_trainer = train_baseline(
+        glue_args, args, last, lambda: copy.deepcopy(initial), teacher, data, collator, tokenizer, compute_metrics,
+        task,
+    )  # fmt: skip
+    print("[glue] evaluating teacher and student(s), measuring speed")
+    results = build_results(
+        task.name,
+        task.metric,
+        evaluate_model(teacher, args, task, data, collator, compute_metrics),
+        evaluate_model(last.model, args, task, data, collator, compute_metrics),
+        teacher,
+        last.model,
+        baseline_scores=evaluate_model(baseline, args, task, data, collator, compute_metrics) if baseline else None,
+        baseline_model=baseline,
+        batch_size=glue_args.speed_batch_size,
+        seq_len=glue_args.speed_seq_len,
+        extra={
+            "distill_mode": "born_again",
+            "ensemble_generations": args.ensemble_generations,
+            "generations": generations,
+            "train_examples": len(data["train"]),
+            "unlabelled_examples": len(data["unlabelled"]) if "unlabelled" in data else 0,
+            "max_steps": last.state.global_step,
+            **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
+            "teacher_model": args.teacher_model_name_or_path,
+            "student_layers": getattr(last.model.config, "distillation_teacher_layers", None),
+        },
+    )
+    if args.should_save:
+        title = f"GLUE {task.name}, born-again ({args.generations} generations)"
+        write_report(results, args.output_dir, log_history=last.state.log_history, title=title)
     return results
 
 
