@@ -16,7 +16,7 @@ from .schedules import INTERMEDIATE_SCHEDULES
 
 _TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # where the teacher comes from: a fixed model, or the moving average of the student's own weights
-DISTILL_MODES = ("frozen", "ema", "born_again")
+DISTILL_MODES = ("frozen", "ema", "born_again", "mutual", "cotrain")
 # written beside every saved student: the distillation settings, teachers and layer matches
 DISTILLATION_CONFIG_FILE = "distillation_config.json"
 
@@ -53,7 +53,9 @@ class DistillationConfig(TrainingArguments):
     Parameters of teachers that learn (``docs/modes.md``):
         distill_mode (`str`): ``frozen`` (the teacher is a fixed model; the default), ``ema`` (no separate
             teacher: the exponential moving average of the student's own weights, updated after each optimizer step)
-            or ``born_again`` (generations of the same student, each taught by the one before; a frozen teacher each).
+            ``born_again`` (generations of the same student, each taught by the one before; a frozen teacher each),
+            ``mutual`` (peers trained with the student, each learning from the others' current predictions) or
+            ``cotrain`` (the teacher fine-tuned on the task in the same loop while the student distils from it).
         ema_decay (`float`): the EMA's decay ``d`` in ``[0, 1)``: ``ema <- d * ema + (1 - d) * student``.
         ema_warmup_steps (`int`): the decay ramps linearly from 0 to ``ema_decay`` over this many optimizer steps.
         save_ema (`bool`): end training with the EMA weights in the student, so that they are what is saved and

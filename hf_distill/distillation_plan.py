@@ -26,7 +26,7 @@ from .models import (
     shared_vocab_rows,
     unwrap,
 )
-from .teachers import EMATeacher, Teacher, TeacherRequest, TopKCacheTeacher, as_teachers
+from .teachers import EMATeacher, Teacher, TeacherRequest, TopKCacheTeacher, TrainedTeacher, as_teachers
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def build_teachers(
     ``args.distill_mode == "ema"`` the one teacher is the moving average of ``student`` (:class:`EMATeacher`)."""
     if args.distill_mode == "ema":
         return [_ema_teacher(teacher_model, args, student)]
+    if args.distill_mode in ("mutual", "cotrain"):
+        return _trained_teachers(teacher_model, args, task)
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
     cached = _has_cache(train_dataset) or _has_cache(eval_dataset)
     if teacher_model is None:
@@ -143,6 +145,41 @@ class DistillationPlan:
             f"hf_distill: task={self.task}, {len(teachers)} teacher(s) ({kinds}), {loss_path}, layer matches:\n  "
             + ("\n  ".join(pairs) or "none")
         )
+
+
+def _trained_teachers(teacher_model, args, task: str) -> list[Teacher]:
+    """``distill_mode mutual``: the peers trained beside the student (at least one); ``cotrain``: the one teacher
+    fine-tuned on the task while it teaches. A model or a name becomes a :class:`TrainedTeacher`."""
+    given = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+    items = list(given) if isinstance(given, list | tuple) else ([] if given is None else [given])
+    mutual = args.distill_mode == "mutual"
+    if mutual and not items:
+        raise ValueError(
+            "distill_mode mutual needs at least one peer besides the student: pass teacher_model=<peer model(s)> "
+            "(hf-distill glue: --num_peers 2 or more)."
+        )
+    if not mutual and len(items) != 1:
+        raise ValueError(
+            f"distill_mode cotrain trains one teacher beside the student, got {len(items)}: pass one teacher_model."
+        )
+    teachers = []
+    for i, item in enumerate(items, start=1):
+        if isinstance(item, Teacher) and not item.trainable:
+            raise ValueError(
+                f"distill_mode {args.distill_mode} trains its teachers, but {item.name} is a {type(item).__name__}, "
+                "which cannot be trained: pass the model itself (or a TrainedTeacher)."
+            )
+        if not isinstance(item, Teacher):
+            model = as_teachers(item, task=task, trust_remote_code=args.trust_remote_code)[0].model
+            save_dir = f"peer_{i}" if mutual else "teacher"
+            item = TrainedTeacher(
+                model,
+                learns_from_peers=mutual,
+                save_dir=save_dir,
+                name=getattr(model.config, "name_or_path", None) or None,
+            )
+        teachers.append(item)
+    return teachers
 
 
 def _ema_teacher(teacher_model, args, student: nn.Module | None) -> EMATeacher:
@@ -284,9 +321,24 @@ def _teacher_matches(s_cfg, teacher: Teacher, index: int, args) -> list[LayerMat
     return hidden + attention
 
 
+def own_param_groups(args, adapters: nn.Module | None, teachers: list[Teacher]) -> list[dict]:
+    """The optimizer groups beside the student's: the projection adapters when ``args.adapter_learning_rate`` is set
+    (no weight decay), and each trained teacher's parameters at its own learning rate."""
+    groups = []
+    if args.adapter_learning_rate is not None and adapters is not None and len(list(adapters.parameters())):
+        groups.append({"params": list(adapters.parameters()), "lr": args.adapter_learning_rate, "weight_decay": 0.0})
+    for teacher in teachers:
+        if params := teacher.parameters_to_train():
+            lr = teacher.learning_rate or args.learning_rate
+            groups.append({"params": params, "lr": lr, "weight_decay": args.weight_decay})
+    return groups
+
+
 def chunked_loss_blockers(placement: str, student: nn.Module, teachers: list[Teacher]) -> list[str]:
     """Why the chunked causal-LM loss cannot run with these models (see ``fused_loss_blockers``), ZeRO-3 included
     (``placement`` as :func:`hf_distill.distributed.teacher_placement` gives it)."""
+    if any(t.trainable for t in teachers):
+        return ["a trained teacher (mutual, cotrain) learns from the student's full logits"]
     if placement == "zero3":
         # the teachers are DeepSpeed engines by now, and the student becomes one: asking them for logits_to_keep
         # would give an accidental reason, this is the real one

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 from collections import defaultdict
-from dataclasses import dataclass
 
 import safetensors.torch
 import torch
@@ -29,10 +28,16 @@ from .checkpoints import (
 from .constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
 from .cpu_memory import keep_freed_memory
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
-from .distillation_plan import build_plan, build_teachers, chunked_loss_blockers, distillation_record
+from .distillation_plan import (
+    build_plan,
+    build_teachers,
+    chunked_loss_blockers,
+    distillation_record,
+    own_param_groups,
+)
 from .distributed import default_teacher_dtype, teacher_placement
 from .generation import SamplingRNG, maybe_generate
-from .losses.objective import StudentOutputs, count_batch_items, distillation_objective
+from .losses.objective import ItemCounts, StudentOutputs, count_batch_items, distillation_objective
 from .mapping import (
     ADAPTERS_ATTR,
     ADAPTERS_FILE,
@@ -46,10 +51,10 @@ from .mapping import (
 from .models import infer_task, resolve_dtype, unwrap
 from .publish.trainer_hub import HubPushMixin
 from .schedules import intermediate_scale
-from .teachers import TeacherOutputs
 from .teachers.base import check_soft_targets
 from .teachers.hooks import TeacherSteps
 from .teachers.model import check_distinct, model_inputs, run_model
+from .teachers.trained import detached, run_teachers, trained_teacher_losses
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -57,15 +62,6 @@ logger = logging.getLogger(__name__)
 # batch columns that are no model inputs but must survive `remove_unused_columns`: the top-k teacher cache, the row of
 # an encoder teacher cache and the prompts that on-policy / sequence-level KD generate from
 EXTRA_COLUMNS = (*TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX, *GENERATION_COLUMNS)
-
-
-@dataclass
-class ItemCounts:
-    """Loss normalisers: prediction targets (examples or tokens) and real tokens, with the DDP rescale factor."""
-
-    targets: float
-    tokens: float
-    scale: float = 1.0
 
 
 class DistillationTrainer(HubPushMixin, Trainer):
@@ -136,20 +132,15 @@ class DistillationTrainer(HubPushMixin, Trainer):
         return getattr(self.student, ADAPTERS_ATTR, None)
 
     def create_optimizer(self, model=None):
-        """The Trainer's optimizer, with the projection adapters in their own group when they have their own lr."""
+        """The Trainer's optimizer, plus groups of their own: the projection adapters when they have their own lr,
+        each trained teacher's parameters."""
         fresh = self.optimizer is None
         optimizer = super().create_optimizer(model)
-        if fresh and self.args.adapter_learning_rate is not None and self.adapters is not None:
-            ids = {id(p) for p in self.adapters.parameters()}
-            for group in optimizer.param_groups:
-                group["params"] = [p for p in group["params"] if id(p) not in ids]
-            optimizer.add_param_group(
-                {
-                    "params": list(self.adapters.parameters()),
-                    "lr": self.args.adapter_learning_rate,
-                    "weight_decay": 0.0,
-                }
-            )
+        for group in own_param_groups(self.args, self.adapters, self.teachers) if fresh else []:
+            ids = {id(p) for p in group["params"]}
+            for other in optimizer.param_groups:
+                other["params"] = [p for p in other["params"] if id(p) not in ids]
+            optimizer.add_param_group(group)
         return optimizer
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -198,8 +189,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
         chunked = self._fused and not (return_outputs and self.compute_metrics is not None)
         # teachers first: the student's forward and backward then run back to back, on warm caches
         requests = [self.plan.request(i, chunked) for i in range(len(self.teachers))]
-        with torch.no_grad():  # a teacher asked nothing (a no-KD baseline) is not run at all
-            teacher_outs = [t.outputs(batch, r) if r else TeacherOutputs() for t, r in zip(self.teachers, requests)]
+        live = run_teachers(self.teachers, batch, requests)  # a trained teacher's outputs keep their graph
+        teacher_outs = [detached(o) if t.trainable else o for t, o in zip(self.teachers, live)]
         raw, student = self._student_outputs(model, inputs, chunked)
         local = ItemCounts(*count_batch_items(self.task, labels, mask, inputs.get("input_ids")))
         counts = self._window_counts if (mode == "train" and self._window_counts is not None) else local
@@ -216,6 +207,12 @@ class DistillationTrainer(HubPushMixin, Trainer):
             tokens=counts.tokens,
             intermediate_scale=self._intermediate_scale(),
         )
+        if mode == "train" and any(t.trainable for t in self.teachers):  # trained teachers learn on their own terms
+            own, own_terms = trained_teacher_losses(
+                self.plan.settings, self.teachers, live, raw.logits, labels=labels, attention_mask=mask,
+                targets=counts.targets, tokens=counts.tokens,
+            )  # fmt: skip
+            loss, terms = loss + own, {**terms, **own_terms}
         loss = loss * counts.scale
         self._record_terms(mode, terms, counts, local)
         if return_outputs:
@@ -251,7 +248,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
     def _record_terms(self, mode: str, terms: dict, counts: ItemCounts, local: ItemCounts) -> None:
         """Record each term as a mean over this micro-batch, whatever the normaliser."""
         for name, value in terms.items():
-            per_target = name in ("task", "logits")
+            per_target = name.rsplit("/", 1)[-1] in ("task", "logits")  # a trained teacher's too: peer_1/task
             norm, own = (counts.targets, local.targets) if per_target else (counts.tokens, local.tokens)
             self._metrics[mode][f"loss/{name}"].append(value.item() * norm / max(own, 1))
         schedule = self.args.intermediate_schedule != "constant"
@@ -287,6 +284,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
                 safetensors.torch.save_file(
                     {k: v.contiguous() for k, v in adapters.items()}, os.path.join(output_dir, ADAPTERS_FILE)
                 )
+            for teacher in self.teachers:  # a trained teacher beside the student, in its own folder
+                teacher.save(output_dir, self.processing_class)
             record = distillation_record(self.plan, self.teachers, self.model, self.args, __version__)
             with open(os.path.join(output_dir, DISTILLATION_CONFIG_FILE), "w") as f:
                 json.dump(record, f, indent=2, sort_keys=True)

@@ -92,6 +92,15 @@ class StudentOutputs:
     qkv: dict = field(default_factory=dict)
 
 
+@dataclass
+class ItemCounts:
+    """Loss normalisers: prediction targets (examples or tokens) and real tokens, with the DDP rescale factor."""
+
+    targets: float
+    tokens: float
+    scale: float = 1.0
+
+
 def count_batch_items(task: str, labels, attention_mask, input_ids) -> tuple[int, int]:
     """``(targets, tokens)`` of one batch: the items of the task and logit terms (examples, or target positions of
     the aligned logits) and of the hidden and attention terms (real tokens)."""

@@ -11,6 +11,7 @@ from .ema import EMATeacher
 from .encoder_cache import EncoderCacheTeacher
 from .model import ModelTeacher
 from .topk_cache import TopKCacheTeacher
+from .trained import TrainedTeacher
 
 __all__ = [
     "CachedTeacher",
@@ -21,6 +22,7 @@ __all__ = [
     "TeacherOutputs",
     "TeacherRequest",
     "TopKCacheTeacher",
+    "TrainedTeacher",
     "as_teacher",
     "as_teachers",
 ]

@@ -106,6 +106,7 @@ class Teacher(ABC):
     name: str = "teacher"
     config = None
     model: nn.Module | None = None
+    trainable: bool = False  # trained by the optimizer beside the student (see hf_distill.teachers.TrainedTeacher)
 
     @abstractmethod
     def outputs(self, batch: dict, request: TeacherRequest) -> TeacherOutputs:
@@ -135,6 +136,14 @@ class Teacher(ABC):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned."""
+        return None
+
+    def parameters_to_train(self) -> list[nn.Parameter]:
+        """The parameters the optimizer trains (a ``trainable`` teacher's; none for a frozen one)."""
+        return []
+
+    def save(self, output_dir: str, processing_class=None) -> None:
+        """Called when the student is saved to ``output_dir``: a trained teacher saves itself beside it."""
         return None
 
     @property

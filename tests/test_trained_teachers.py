@@ -1,0 +1,197 @@
+"""Teachers trained beside the student (hf_distill.teachers.TrainedTeacher): distill_mode mutual (peers that learn
+from each other's current predictions) and cotrain (a teacher fine-tuned on the task while it teaches). Gradients of
+the first step against the definitions, gradient accumulation, saving, resuming and the errors."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import classification_dataset, tiny_bert
+from numerics import assert_fp32_close, forward_chain, grad_scales
+from transformers import AutoModelForSequenceClassification, TrainerCallback
+
+from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill.teachers import ModelTeacher, TrainedTeacher
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
+T = 2.0
+
+
+def config(out, **kw):
+    base = dict(
+        output_dir=out,
+        report_to="none",
+        per_device_train_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+        temperature=T,
+        alpha_task=0.5,
+        alpha_logits=0.5,
+        max_grad_norm=0,
+        train_sampling_strategy="sequential",
+    )
+    base.update(kw)
+    return DistillationConfig(**base)
+
+
+class FirstGrads(TrainerCallback):
+    """The gradients of the first optimizer step, of the student and of each trained teacher."""
+
+    def __init__(self, teachers):
+        self.teachers, self.student, self.peers = teachers, None, None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.student is None:
+            self.student = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            self.peers = [{n: p.grad.clone() for n, p in t.inner.named_parameters()} for t in self.teachers]
+
+
+def kl(target_logits, logits):
+    """``T^2 KL(softmax(target / T) || softmax(logits / T))``, mean over rows."""
+    p = F.softmax(target_logits / T, -1)
+    return (p * (F.log_softmax(target_logits / T, -1) - F.log_softmax(logits / T, -1))).sum(-1).mean() * T**2
+
+
+def reference_grads(model, loss_fn):
+    model = copy.deepcopy(model).train()
+    model.zero_grad()
+    loss_fn(model).backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", ["mutual", "cotrain"])
+def test_first_step_gradients_are_those_of_each_models_own_objective(tmp_out, mode):
+    """Student: task + KD to the other model (detached). Mutual peer: task + KD to the student (detached);
+    co-trained teacher: its task loss alone. Neither gradient leaks into the other model."""
+    student = tiny_bert(seed=2, **NO_DROPOUT)
+    other = tiny_bert(seed=3, **NO_DROPOUT)
+    s0, o0 = copy.deepcopy(student), copy.deepcopy(other)
+    data = classification_dataset(n=32)
+    trained = TrainedTeacher(other, learns_from_peers=mode == "mutual", save_dir="peer_1")
+    grads = FirstGrads([trained])
+    trainer = DistillationTrainer(
+        model=student, teacher_model=trained, args=config(tmp_out, distill_mode=mode, max_steps=1),
+        train_dataset=data, callbacks=[grads],
+    )  # fmt: skip
+    trainer.train()
+    rows = data[:8]
+    inputs = {k: torch.tensor(rows[k]) for k in ("input_ids", "attention_mask")}
+    labels = torch.tensor(rows["labels"])
+    with torch.no_grad():
+        s_logits, o_logits = s0(**inputs).logits, o0(**inputs).logits
+
+    def student_loss(m):
+        z = m(**inputs).logits
+        return 0.5 * F.cross_entropy(z, labels) + 0.5 * kl(o_logits, z)
+
+    def other_loss(m):
+        z = m(**inputs).logits
+        if mode == "cotrain":
+            return F.cross_entropy(z, labels)
+        return 0.5 * F.cross_entropy(z, labels) + 0.5 * kl(s_logits, z)
+
+    n = 2 * forward_chain(student.config, 12) + 8  # forward and backward through a model, a batch of 8
+    for got, model, fn in ((grads.student, s0, student_loss), (grads.peers[0], o0, other_loss)):
+        want = reference_grads(model, fn)
+        assert got.keys() >= want.keys()
+        scales = grad_scales(want)
+        for name, g in want.items():
+            assert_fp32_close(got[name], g, scale=scales[name], n=n, msg=name)
+    logged = [h for h in trainer.state.log_history if "loss" in h][0]
+    assert "loss/peer_1/task" in logged and ("loss/peer_1/logits" in logged) == (mode == "mutual")
+    # both moved, and the teacher's parameters are an optimizer group of their own
+    assert any(not torch.equal(a, b) for a, b in zip(other.parameters(), o0.parameters()))
+    groups = trainer.optimizer.param_groups
+    assert {id(p) for p in other.parameters()} <= {id(p) for p in groups[-1]["params"]}
+
+
+def test_a_peer_has_its_own_learning_rate(tmp_out):
+    peer = TrainedTeacher(tiny_bert(seed=3), learning_rate=5e-4, save_dir="peer_1")
+    trainer = DistillationTrainer(
+        model=tiny_bert(seed=2), teacher_model=peer, args=config(tmp_out, distill_mode="mutual", max_steps=1),
+        train_dataset=classification_dataset(n=16),
+    )  # fmt: skip
+    trainer.create_optimizer()
+    lrs = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert {lrs[id(p)] for p in peer.inner.parameters()} == {5e-4}
+    assert {lrs[id(p)] for p in trainer.model.parameters()} == {1e-2}
+
+
+def test_under_gradient_accumulation_each_models_first_step_is_the_same(tmp_out):
+    def first(**kw):
+        other = TrainedTeacher(tiny_bert(seed=3, **NO_DROPOUT), save_dir="peer_1")
+        grads = FirstGrads([other])
+        DistillationTrainer(
+            model=tiny_bert(seed=2, **NO_DROPOUT), teacher_model=other,
+            args=config(tmp_out, distill_mode="mutual", max_steps=1, **kw),
+            train_dataset=classification_dataset(n=32), callbacks=[grads],
+        ).train()  # fmt: skip
+        return grads
+
+    whole, split = (
+        first(per_device_train_batch_size=8),
+        first(per_device_train_batch_size=4, gradient_accumulation_steps=2),
+    )
+    n = 2 * forward_chain(tiny_bert().config, 12) + 8
+    for a, b in ((whole.student, split.student), (whole.peers[0], split.peers[0])):
+        scales = grad_scales(a)
+        for name in a:
+            assert_fp32_close(b[name], a[name], scale=scales[name], n=n, msg=name)
+
+
+def test_each_peer_is_saved_in_its_own_loadable_folder_and_resumes(tmp_out):
+    from conftest import tiny_tokenizer
+
+    constant = dict(lr_scheduler_type="constant")
+
+    def run(out, max_steps, **kw):
+        peers = [TrainedTeacher(tiny_bert(seed=s, **NO_DROPOUT), save_dir=f"peer_{i}") for i, s in ((1, 3), (2, 4))]
+        trainer = DistillationTrainer(
+            model=tiny_bert(seed=2, **NO_DROPOUT), teacher_model=peers,
+            args=config(out, distill_mode="mutual", max_steps=max_steps, **constant, **kw),
+            train_dataset=classification_dataset(n=64), processing_class=tiny_tokenizer(),
+        )  # fmt: skip
+        return trainer, peers
+
+    straight, peers = run(tmp_out + "-straight", 4)
+    straight.train()
+    straight.save_model()
+    for i, peer in enumerate(peers, start=1):
+        folder = os.path.join(tmp_out + "-straight", f"peer_{i}")
+        loaded = AutoModelForSequenceClassification.from_pretrained(folder)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), peer.inner.parameters()))
+        assert os.path.isfile(os.path.join(folder, "tokenizer.json"))
+    first, _ = run(tmp_out, 2, save_strategy="steps", save_steps=2)
+    first.train()
+    resumed, again = run(tmp_out, 4, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=os.path.join(tmp_out, "checkpoint-2"))
+    for a, b in zip(peers, again):
+        for x, y in zip(a.inner.parameters(), b.inner.parameters()):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_modes_given_the_wrong_models_are_refused(tmp_out):
+    def make(mode, teacher):
+        return DistillationTrainer(
+            model=tiny_bert(seed=2), teacher_model=teacher, args=config(tmp_out, distill_mode=mode),
+            train_dataset=classification_dataset(n=16),
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="distill_mode mutual needs at least one peer besides the student"):
+        make("mutual", None)
+    with pytest.raises(ValueError, match="distill_mode cotrain trains one teacher beside the student, got 2"):
+        make("cotrain", [tiny_bert(seed=3), tiny_bert(seed=4)])
+    with pytest.raises(ValueError, match="which cannot be trained: pass the model itself"):
+        make("cotrain", ModelTeacher(tiny_bert(seed=3)))
+    # a model given as is becomes a trained teacher
+    trainer = make("cotrain", tiny_bert(seed=3))
+    assert isinstance(trainer.teachers[0], TrainedTeacher) and not trainer.teachers[0].learns_from_peers
