@@ -85,6 +85,33 @@ def test_the_update_rule_and_its_warm_up():
     assert plain.decay_at(0) == 0.9
 
 
+def test_a_16_bit_student_is_averaged_in_float32():
+    """In bf16 ``ema + 0.01 * (student - ema)`` rounds back to ``ema`` unless they differ by a quarter of ``ema``: the
+    average of a 16-bit student is kept in float32, its 16-bit copy (the teacher) within one rounding of it."""
+    student = tiny_bert(seed=1).to(torch.bfloat16)
+    teacher = EMATeacher(student, decay=0.99)
+    start, steps = weights(student), []
+    for _ in range(20):  # each step moves every weight by 2**-7 of itself (exact in bf16)
+        with torch.no_grad():
+            for p in student.parameters():
+                p.mul_(1 + 2**-7)
+        steps.append(weights(student))
+        teacher.on_optimizer_step(student)
+    want = reference_ema(start, steps, 0.99)
+    got = dict(teacher.model.named_parameters())
+    for k, v in want.items():
+        assert got[k].dtype == torch.bfloat16
+        torch.testing.assert_close(got[k].double(), v, rtol=2**-8, atol=0)  # one bf16 rounding
+        torch.testing.assert_close(teacher.master[k].double(), v, rtol=1e-6, atol=0)
+    # the checkpoint holds the float32 average, and a restored teacher continues it
+    state = teacher.state_dict()
+    assert all(state[f"model.{k}"].dtype == torch.float32 for k in want)
+    restored = EMATeacher(tiny_bert(seed=3).to(torch.bfloat16), decay=0.99)
+    restored.load_state_dict(state)
+    assert restored.updates == 20
+    assert all(torch.equal(restored.master[k], teacher.master[k]) for k in want)
+
+
 def train(out, **kw):
     student = tiny_bert(seed=2, **NO_DROPOUT)
     start = weights(student)

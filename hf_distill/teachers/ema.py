@@ -21,6 +21,8 @@ from ..models import unwrap
 from .model import ModelTeacher
 
 _UPDATES = "updates"  # the update count's entry in the checkpoint state (the weights are under "model.")
+# 16-bit floats keep 8 (bf16) or 11 (fp16) significant bits: a (1 - d) step of the average rounds away in them
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class EMATeacher(ModelTeacher):
@@ -59,6 +61,14 @@ class EMATeacher(ModelTeacher):
         super().__init__(model, name=name or f"EMA of {source}", length_groups=None)
         self.decay, self.warmup_steps, self.publish = decay, warmup_steps, publish
         self.updates = 0
+        # the average of a 16-bit student's trained weights is kept in float32 (the teacher runs on its 16-bit copy):
+        # in bf16 `ema + 0.001 * (student - ema)` rounds back to `ema` unless they differ by more than their size
+        trained = {name for name, p in inner.named_parameters() if p.requires_grad}
+        self.master = {
+            name: p.detach().float()
+            for name, p in model.named_parameters()
+            if p.dtype in _LOW_PRECISION and name in trained
+        }
 
     def decay_at(self, update: int) -> float:
         """``d_t`` of the ``update``-th update (from 0)."""
@@ -67,14 +77,16 @@ class EMATeacher(ModelTeacher):
         return self.decay * min(1.0, update / self.warmup_steps)
 
     def prepare(self, accelerator, dtype=None) -> None:
-        """On the run's device, in the student's own dtype (a 16-bit average would lose the ``(1 - d)`` updates):
-        ``dtype`` is not used. The student's full weights must be on every process: FSDP and ZeRO-3 shard them."""
+        """On the run's device, in the student's own dtype (a 16-bit student's trained weights are averaged in
+        float32 beside it, see ``master``): ``dtype`` is not used. The student's full weights must be on every
+        process: FSDP and ZeRO-3 shard them."""
         if accelerator.distributed_type == DistributedType.FSDP or teacher_placement(accelerator) == "zero3":
             raise ValueError(
                 "An EMA teacher averages the student's full weights on every process, but FSDP / DeepSpeed ZeRO-3 "
                 "shard them: train with DDP (or ZeRO-1/2), or one process."
             )
         self.model.to(accelerator.device).eval().requires_grad_(False)
+        self.master = {name: m.to(accelerator.device) for name, m in self.master.items()}
         self.placement = "replicate"
 
     @torch.no_grad()
@@ -83,7 +95,12 @@ class EMATeacher(ModelTeacher):
         weight = 1.0 - self.decay_at(self.updates)
         params = dict(unwrap(student).named_parameters())
         for name, p in self.inner.named_parameters():
-            p.lerp_(params[name].detach().to(p.dtype), weight)
+            source = params[name].detach()
+            master = self.master.get(name)
+            if master is None:
+                p.lerp_(source.to(p.dtype), weight)
+            else:
+                p.copy_(master.lerp_(source.to(master.dtype), weight))
         buffers = dict(unwrap(student).named_buffers())
         for name, b in self.inner.named_buffers():
             if name in buffers:
@@ -107,10 +124,14 @@ class EMATeacher(ModelTeacher):
                 buffers[name].copy_(b)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {f"model.{k}": v for k, v in self.inner.state_dict().items()}
-        return {**state, _UPDATES: torch.tensor(self.updates, dtype=torch.int64)}
+        """The average's weights (the float32 ones of a 16-bit student), buffers and update count."""
+        state = {**self.inner.state_dict(), **self.master}
+        return {**{f"model.{k}": v for k, v in state.items()}, _UPDATES: torch.tensor(self.updates, dtype=torch.int64)}
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
         self.inner.load_state_dict(weights, strict=True)
+        for name, master in self.master.items():
+            master.copy_(weights[name])
         self.updates = int(state[_UPDATES])
