@@ -112,6 +112,18 @@ def test_a_16_bit_student_is_averaged_in_float32():
     assert all(torch.equal(restored.master[k], teacher.master[k]) for k in want)
 
 
+def test_the_average_may_live_on_another_device_than_the_student():
+    """prepare puts the average on the run's device; a student under a device map has weights on several
+    devices. Here the average is on ``meta`` (no data: a stand-in for a second device) and the student on the CPU."""
+    student = tiny_bert(seed=1)
+    for kind in (torch.float32, torch.bfloat16):
+        teacher = EMATeacher(student.to(kind), decay=0.9)
+        teacher.model.to("meta")
+        teacher.master = {k: v.to("meta") for k, v in teacher.master.items()}
+        teacher.on_optimizer_step(student)
+        assert teacher.updates == 1 and all(p.device.type == "meta" for p in teacher.model.parameters())
+
+
 def train(out, **kw):
     student = tiny_bert(seed=2, **NO_DROPOUT)
     start = weights(student)

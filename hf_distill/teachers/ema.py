@@ -95,7 +95,7 @@ class EMATeacher(ModelTeacher):
         weight = 1.0 - self.decay_at(self.updates)
         params = dict(unwrap(student).named_parameters())
         for name, p in self.inner.named_parameters():
-            source = params[name].detach()
+            source = params[name].detach().to(p.device)  # a device-mapped student spans several devices
             master = self.master.get(name)
             if master is None:
                 p.lerp_(source.to(p.dtype), weight)
