@@ -108,7 +108,9 @@ class DistillationTrainer(HubPushMixin, Trainer):
         default = default_teacher_dtype(self.accelerator, next(unwrap(self.model).parameters()).dtype)
         for teacher in self.teachers:  # freeze, and replicate, shard or wrap as the strategy wants
             teacher.prepare(self.accelerator, resolve_dtype(args.teacher_dtype, default))
-        self.add_callback(TeacherSteps(self.teachers, lambda: self.student))
+        self.add_callback(
+            TeacherSteps(self.teachers, lambda: self.student, lambda: self.accelerator.optimizer_step_was_skipped)
+        )
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._window_counts: ItemCounts | None = None
         self._fused = self.task == "causal_lm" and args.kd_chunk_size > 0

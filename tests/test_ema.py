@@ -152,6 +152,28 @@ def test_ema_mode_follows_the_student_step_by_step_and_is_never_trained(tmp_out)
     assert any(not torch.equal(student[k], got[k]) for k in got)
 
 
+def test_a_skipped_optimizer_step_does_not_move_the_average(tmp_out, monkeypatch):
+    """A mixed-precision overflow skips the optimizer step (and the schedule): the student is unchanged, and the
+    average must not count it as an update nor be pulled towards the same weights again."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    step, calls = AcceleratedOptimizer.step, []
+
+    def overflow_on_second(self, closure=None):
+        calls.append(1)
+        self._is_overflow = len(calls) == 2  # what the gradient scaler reports on inf gradients, without stepping
+        return None if self._is_overflow else step(self, closure)
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step", overflow_on_second)
+    trainer, start, steps = train(tmp_out, ema_warmup_steps=2)
+    assert len(steps) == 4 and all(torch.equal(steps[0][k], steps[1][k]) for k in start)  # step 2 was skipped
+    assert trainer.teachers[0].updates == 3
+    want = reference_ema(start, [steps[0], *steps[2:]], 0.6, warmup=2)
+    got = dict(trainer.teachers[0].model.named_parameters())
+    for k, v in want.items():
+        assert_fp32_close(got[k], v.float(), n=4)
+
+
 def test_under_gradient_accumulation_the_average_is_the_same(tmp_out):
     whole, _, _ = train(tmp_out + "-whole", per_device_train_batch_size=8)
     split, _, _ = train(tmp_out + "-split", per_device_train_batch_size=4, gradient_accumulation_steps=2)

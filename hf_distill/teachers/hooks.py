@@ -12,12 +12,16 @@ from .base import Teacher
 
 class TeacherSteps(TrainerCallback):
     """After each optimizer step, call :meth:`Teacher.on_optimizer_step` of every teacher with the student
-    (``student()``: the transformers model out of any wrapper)."""
+    (``student()``: the transformers model out of any wrapper). A step the optimizer skipped (``skipped()``: a
+    mixed-precision gradient overflow) left the student as it was and is no step: the Trainer's learning-rate
+    schedule does not advance on it either."""
 
-    def __init__(self, teachers: list[Teacher], student: Callable[[], nn.Module]):
-        self.teachers, self.student = teachers, student
+    def __init__(self, teachers: list[Teacher], student: Callable[[], nn.Module], skipped: Callable[[], bool]):
+        self.teachers, self.student, self.skipped = teachers, student, skipped
 
     def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.skipped():
+            return
         student = self.student()
         for teacher in self.teachers:
             teacher.on_optimizer_step(student)
