@@ -15,6 +15,7 @@ from collections import defaultdict
 import safetensors.torch
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import (
     checkpoint_problems,
@@ -314,11 +315,16 @@ class DistillationTrainer(HubPushMixin, Trainer):
             teacher.on_train_end(self.student)
         return output
 
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        """The Trainer's optimizer and scheduler states, and each changing teacher's state beside them."""
-        super()._save_optimizer_and_scheduler(output_dir)
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, with each changing teacher's state, written first (``trainer_state.json``, last,
+        marks a whole checkpoint) and also under ``save_only_model``: a resumed run continues the teacher."""
         if self.args.should_save:
-            save_teacher_states(self.teachers, output_dir)
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            os.makedirs(folder, exist_ok=True)
+            save_teacher_states(self.teachers, folder)
+        super()._save_checkpoint(model, trial)
 
     def checkpoint_problems(self, folder: str) -> list[str]:
         """What keeps ``folder`` from being a checkpoint this trainer can resume from (empty when it is whole)."""

@@ -207,6 +207,22 @@ def test_a_resumed_run_continues_the_average(tmp_out):
     assert any(TEACHER_STATE_FILE.format(0) in p for p in second.checkpoint_problems(checkpoint))
 
 
+def test_a_model_only_checkpoint_holds_the_average_too(tmp_out):
+    """save_only_model drops the optimizer state, not the teacher's: a checkpoint without it would never count as
+    whole, and a resumed run could not continue the average."""
+    first, _, _ = train(tmp_out, max_steps=2, save_strategy="steps", save_steps=2, save_only_model=True)
+    checkpoint = os.path.join(tmp_out, "checkpoint-2")
+    assert not os.path.exists(os.path.join(checkpoint, "optimizer.pt"))
+    assert first.checkpoint_problems(checkpoint) == []
+    second = DistillationTrainer(
+        model=tiny_bert(seed=5, **NO_DROPOUT),
+        args=config(tmp_out, max_steps=3, save_only_model=True),
+        train_dataset=classification_dataset(n=64),
+    )
+    second.train(resume_from_checkpoint=True)
+    assert second.teachers[0].updates == 3
+
+
 def test_save_ema_ends_training_with_the_average_in_the_student(tmp_out):
     trainer, _, _ = train(tmp_out, save_ema=True)
     ema = dict(trainer.teachers[0].model.named_parameters())
