@@ -310,6 +310,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
         if folder and (self.args.lmbda > 0 or self.args.seq_kd):
             # before the first batch of the resumed run is generated (the Trainer's RNG states come back after it)
             load_sampling_state(self._sampling, folder, self._sampling_state_name())
+        if folder:  # here, not in _load_from_checkpoint, which the Trainer skips under DeepSpeed (ZeRO-1/2)
+            load_teacher_states(self.teachers, folder)
         output = super().train(resume_from_checkpoint=folder, trial=trial, **kwargs)
         for teacher in self.teachers:
             teacher.on_train_end(self.student)
@@ -340,7 +342,6 @@ class DistillationTrainer(HubPushMixin, Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.adapters is not None and len(self.adapters):
             load_adapters(self.adapters, resume_from_checkpoint, required=True)
-        load_teacher_states(self.teachers, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         super()._load_best_model()
