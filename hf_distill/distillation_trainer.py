@@ -347,6 +347,8 @@ class DistillationTrainer(HubPushMixin, Trainer):
         super()._load_best_model()
         if self.adapters is not None and len(self.adapters):  # training is over: they go unused
             load_adapters(self.adapters, self.state.best_model_checkpoint, required=False)
+        # the teachers of that step too: an EMA published at the end (save_ema) is the best checkpoint's average
+        load_teacher_states(self.teachers, self.state.best_model_checkpoint)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # the adapters are restored from their own file, so their absence from model.safetensors is expected

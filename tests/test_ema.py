@@ -249,6 +249,36 @@ def test_save_ema_ends_training_with_the_average_in_the_student(tmp_out):
     assert all(torch.equal(saved[k], v) for k, v in ema.items())
 
 
+def test_load_best_model_at_end_brings_back_the_best_checkpoints_average(tmp_out):
+    """The run ends in its best checkpoint's state: the student's weights and the average's, so save_ema publishes
+    the average of that step, not the last one over the best student."""
+    scores = iter([0.1, 0.9, 0.2, 0.3])  # step 2 is the best
+    trainer = DistillationTrainer(
+        model=tiny_bert(seed=2, **NO_DROPOUT),
+        args=config(
+            tmp_out,
+            save_ema=True,
+            eval_strategy="steps",
+            eval_steps=1,
+            save_strategy="steps",
+            save_steps=1,
+            load_best_model_at_end=True,
+            metric_for_best_model="score",
+        ),
+        train_dataset=classification_dataset(n=64),
+        eval_dataset=classification_dataset(n=8, seed=1),
+        compute_metrics=lambda _: {"score": next(scores)},
+    )
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+    (teacher,) = trainer.teachers
+    best = safetensors.torch.load_file(os.path.join(tmp_out, "checkpoint-2", TEACHER_STATE_FILE.format(0)))
+    assert teacher.updates == 2
+    student = dict(trainer.model.named_parameters())
+    for k, v in teacher.model.named_parameters():
+        assert torch.equal(v, best[f"model.{k}"]) and torch.equal(student[k], v)
+
+
 @pytest.fixture
 def tiny_teacher_dir(tmp_path, shared_dir):
     """A tiny BERT with a word-level vocabulary of SST-2 dev words, saved with its tokenizer."""
