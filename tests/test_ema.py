@@ -356,12 +356,19 @@ def test_the_glue_job_trains_with_the_moving_average_and_saves_it(tiny_teacher_d
     assert saved.config.num_hidden_layers == 2
     record = json.load(open(os.path.join(out, "distillation_config.json")))
     assert record["distill_mode"] == "ema" and record["teachers"] == [results["teacher_model"]]
+    assert record["save_ema"] is True  # the saved weights are the average, whatever the job told its trainer
     # the model card says how it was trained, and names no teacher as its base model
     from hf_distill.publish import render_model_card
 
     card = render_model_card(out)
     assert "with the exponential moving average of its own weights as its teacher" in card
     assert "decay 0.5); these weights are that average" in card and "base_model" not in card
+    # ...and compares it with the raw student, not with a teacher it would keep a share of or outrun
+    before = f"{results['student_before_ema']['accuracy']:.4f}"
+    assert f"against {before} for the raw student." in card and f"| the raw student | {before} |" in card
+    assert "| this model (the moving average) |" in card and "| teacher |" not in card
+    assert "of the teacher's parameters" not in card and "Retention" not in card and "Speedup" not in card
+    assert "keeps layers 1, 3 (0-based) of the model it started from" in card and "teacher layers" not in card
 
 
 @pytest.mark.parametrize(

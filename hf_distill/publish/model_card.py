@@ -101,23 +101,34 @@ def _eval_results(results: dict, dataset: dict, task_type: str) -> list[EvalResu
     return entries
 
 
+_ROLES = (("teacher", "teacher"), ("student", "student (distilled)"), ("student_no_kd", "student, no KD"))
+# distill_mode ema: the "teacher" is the student's own moving average; with save_ema the saved "student" is that
+# average, and the raw student (student_before_ema, scores only) is the model it is compared with
+_EMA_ROLES = {
+    "student": (("student", "this model (the student)"), ("teacher", "its moving average (the teacher)")),
+    "ema": (("student", "this model (the moving average)"), ("student_before_ema", "the raw student")),
+}
+
+
 def _result_rows(results: dict, metrics: list[str]) -> list[dict]:
+    roles = _ROLES
+    if results.get("distill_mode") == "ema":
+        roles = (*_EMA_ROLES[results.get("saved", "student")], _ROLES[2])
     rows = []
-    for role, label in (
-        ("teacher", "teacher"),
-        ("student", "student (distilled)"),
-        ("student_no_kd", "student, no KD"),
-    ):
+    for role, label in roles:
         entry = results.get(role)
         if entry is None:
             continue
         cells = ["-" if entry.get(m) is None else f"{entry[m]:.4f}" for m in metrics]
-        cells += [
-            _parameters(entry["num_parameters"]),
-            f"{entry['size_mb']:.2f}",
-            f"{entry['latency_ms']:.2f}",
-            f"{entry['throughput']:.1f}",
-        ]
+        if "num_parameters" in entry:
+            cells += [
+                _parameters(entry["num_parameters"]),
+                f"{entry['size_mb']:.2f}",
+                f"{entry['latency_ms']:.2f}",
+                f"{entry['throughput']:.1f}",
+            ]
+        else:  # scored, not measured (the raw student of an ema run: the same size and speed as this model)
+            cells += ["-"] * 4
         rows.append({"name": label, "cells": cells})
     return rows
 
@@ -175,7 +186,11 @@ def _score_section(results: dict, task_type: str) -> _ResultsSection:
         "train_examples": results.get("train_examples"),
         "max_steps": results.get("max_steps"),
         "rounds": results.get("timing_rounds"),
+        # an ema run has no other model to keep a share of or to outrun: the card compares the two rows' scores
+        "ema": results.get("distill_mode") == "ema",
     }
+    if scores["ema"]:
+        scores["retention"] = None
     return _ResultsSection(
         context={"results": scores},
         datasets=[dataset["id"]] if dataset["id"] else None,
