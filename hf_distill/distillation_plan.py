@@ -359,4 +359,5 @@ def distillation_record(plan: DistillationPlan, teachers: list[Teacher], student
         "student_layers_from_teacher": getattr(unwrap(student).config, "distillation_teacher_layers", None),
         "layer_matches": [asdict(m) for m in plan.matches],
         **args.distillation_dict(),
+        **{k: v for teacher in teachers for k, v in teacher.record().items()},  # what the teachers really ran with
     }

@@ -279,6 +279,28 @@ def test_load_best_model_at_end_brings_back_the_best_checkpoints_average(tmp_out
         assert torch.equal(v, best[f"model.{k}"]) and torch.equal(student[k], v)
 
 
+@pytest.mark.parametrize("mode", ["ema", "frozen"])
+def test_an_ema_teacher_given_by_the_user_is_recorded_as_it_ran(tmp_out, mode):
+    """teacher_model=EMATeacher(...) (docs/modes.md) carries its own decay, warm-up and publish: those, not the
+    config's defaults, are what distillation_config.json and the model card report."""
+    import json
+
+    from hf_distill.publish import render_model_card
+
+    student = tiny_bert(seed=2, **NO_DROPOUT)
+    teacher = EMATeacher(student, decay=0.3, warmup_steps=1, publish=True)
+    args = config(tmp_out, distill_mode=mode, ema_decay=0.999)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=classification_dataset()
+    )
+    trainer.train()
+    trainer.save_model()
+    record = json.load(open(os.path.join(tmp_out, "distillation_config.json")))
+    assert (record["distill_mode"], record["ema_decay"], record["ema_warmup_steps"]) == ("ema", 0.3, 1)
+    assert record["save_ema"] is True
+    assert "(a mean teacher, decay 0.3); these weights are that average" in render_model_card(tmp_out)
+
+
 @pytest.fixture
 def tiny_teacher_dir(tmp_path, shared_dir):
     """A tiny BERT with a word-level vocabulary of SST-2 dev words, saved with its tokenizer."""

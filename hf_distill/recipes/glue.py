@@ -540,7 +540,7 @@ def run_ema(glue_args: GlueArguments, args, task, data, tokenizer, collator, com
     extra = {}
     if args.save_ema:
         ema.copy_to(student)
-        trainer.args.save_ema = True  # so distillation_config.json says these weights are the average
+        ema.publish = True  # so distillation_config.json says these weights are the average
         trainer.save_model(args.output_dir)
         extra["student_before_ema"] = {k.removeprefix("eval_"): v for k, v in raw.items()}
     results = build_results(

@@ -146,6 +146,11 @@ class Teacher(ABC):
         """Called when the student is saved to ``output_dir``: a trained teacher saves itself beside it."""
         return None
 
+    def record(self) -> dict:
+        """Settings this teacher ran with that ``distillation_config.json`` must show over the config's (a teacher
+        built by the user carries its own): ``{}`` for none."""
+        return {}
+
     @property
     def num_hidden_layers(self) -> int:
         return self.config.num_hidden_layers

@@ -123,6 +123,15 @@ class EMATeacher(ModelTeacher):
             if name in buffers:
                 buffers[name].copy_(b)
 
+    def record(self) -> dict:
+        """What this average ran with, whatever the config says (a user may pass ``teacher_model=EMATeacher(...)``)."""
+        return {
+            "distill_mode": "ema",
+            "ema_decay": self.decay,
+            "ema_warmup_steps": self.warmup_steps,
+            "save_ema": self.publish,
+        }
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The average's weights (the float32 ones of a 16-bit student), buffers and update count."""
         state = {**self.inner.state_dict(), **self.master}
