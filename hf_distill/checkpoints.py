@@ -176,3 +176,18 @@ def load_teacher_states(teachers, folder: str) -> None:
                     "resume from a checkpoint this run's configuration saved, or start afresh."
                 )
             teacher.load_state_dict(safetensors.torch.load_file(path, device="cpu"))
+
+
+def checkpoint_folder(run_dir: str, step: int) -> str:
+    """``run_dir/checkpoint-<step>``, created: the folder the Trainer is about to save a checkpoint in."""
+    folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def save_adapters(adapters: dict[str, torch.Tensor], folder: str) -> None:
+    """Write the projection adapters' weights (every teacher's, see :func:`load_adapters`) to ``folder``, if any."""
+    if adapters:
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in adapters.items()}, os.path.join(folder, ADAPTERS_FILE)
+        )

@@ -12,18 +12,18 @@ import logging
 import os
 from collections import defaultdict
 
-import safetensors.torch
 import torch
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import (
+    checkpoint_folder,
     checkpoint_problems,
     checkpoint_to_resume,
     load_adapters,
     load_sampling_state,
     load_teacher_states,
     sampling_state_name,
+    save_adapters,
     save_teacher_states,
 )
 from .constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
@@ -41,7 +41,6 @@ from .generation import SamplingRNG, maybe_generate
 from .losses.objective import ItemCounts, StudentOutputs, count_batch_items, distillation_objective
 from .mapping import (
     ADAPTERS_ATTR,
-    ADAPTERS_FILE,
     DistillationAdapters,
     adapter_state,
     attach_adapters,
@@ -282,11 +281,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
         super()._save(output_dir, state_dict=strip_adapters(state_dict))
         if self.args.should_save:
-            adapters = adapter_state(state_dict)
-            if adapters:
-                safetensors.torch.save_file(
-                    {k: v.contiguous() for k, v in adapters.items()}, os.path.join(output_dir, ADAPTERS_FILE)
-                )
+            save_adapters(adapter_state(state_dict), output_dir)
             for teacher in self.teachers:  # a trained teacher beside the student, in its own folder
                 teacher.save(output_dir, self.processing_class)
             record = distillation_record(self.plan, self.teachers, self.model, self.args, __version__)
@@ -321,11 +316,7 @@ class DistillationTrainer(HubPushMixin, Trainer):
         """The Trainer's checkpoint, with each changing teacher's state, written first (``trainer_state.json``, last,
         marks a whole checkpoint) and also under ``save_only_model``: a resumed run continues the teacher."""
         if self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
-            os.makedirs(folder, exist_ok=True)
-            save_teacher_states(self.teachers, folder)
+            save_teacher_states(self.teachers, checkpoint_folder(self._get_output_dir(trial), self.state.global_step))
         super()._save_checkpoint(model, trial)
 
     def checkpoint_problems(self, folder: str) -> list[str]:

@@ -513,8 +513,18 @@ def validate_glue_job(glue_args, args):
     returns the teacher's tokenizer, checked against its embedding rows."""
     from .tasks import get_task
 
-    if args.distill_mode == "ema":
-        return _validate_glue_ema(glue_args, args, get_task(glue_args.task_name))
+    if args.distill_mode in _OWN_TEACHER:
+        return _validate_glue_own_student(glue_args, args, get_task(glue_args.task_name))
+    if args.distill_mode == "cotrain":
+        for flag, value in (
+            ("--finetune_teacher", glue_args.finetune_teacher),
+            ("--teacher_cache", glue_args.teacher_cache),
+        ):
+            if value:
+                raise ValueError(
+                    f"{flag} {value} with --distill_mode cotrain: the teacher is fine-tuned in the same loop as the "
+                    f"student and changes every step; drop {flag}."
+                )
     if args.teacher_model_name_or_path is None:
         raise ValueError(
             "Set --teacher_model_name_or_path (a fine-tuned teacher, or a base model with --finetune_teacher)."
@@ -535,7 +545,7 @@ def validate_glue_job(glue_args, args):
         args.teacher_model_name_or_path, "--teacher_model_name_or_path", args, safetensors_only=True
     )
     check_label_head(teacher, task, args.teacher_model_name_or_path, "--teacher_model_name_or_path",
-                     trained=glue_args.finetune_teacher)  # fmt: skip
+                     trained=glue_args.finetune_teacher or args.distill_mode == "cotrain")  # fmt: skip
     student = None
     if glue_args.student_model_name_or_path:
         flag = "--student_model_name_or_path"
@@ -573,18 +583,27 @@ def _check_born_again(glue_args, args) -> None:
         )
 
 
-def _validate_glue_ema(glue_args, args, task):
-    """``--distill_mode ema``: no teacher to load or fine-tune; the student (``--student_model_name_or_path``, cut to
-    ``--student_layers`` when given) is trained, and its own moving average teaches it. Returns its tokenizer."""
+# the modes of the GLUE job without a teacher model: what teaches the student instead
+_OWN_TEACHER = {
+    "ema": "the moving average of the student's own weights, which changes every step",
+    "mutual": "the other peers, copies of the student trained with it",
+}
+
+
+def _validate_glue_own_student(glue_args, args, task):
+    """``--distill_mode ema`` or ``mutual``: no teacher to load or fine-tune; the student
+    (``--student_model_name_or_path``, cut to ``--student_layers`` when given) is trained, and its moving average or
+    its peers teach it. Returns its tokenizer."""
+    mode, what = args.distill_mode, _OWN_TEACHER[args.distill_mode]
     if args.teacher_model_name_or_path is not None:
         raise ValueError(
-            f"--distill_mode ema takes no teacher (--teacher_model_name_or_path {args.teacher_model_name_or_path}): "
-            "its teacher is the moving average of the student's own weights. Drop it, or use --distill_mode frozen."
+            f"--distill_mode {mode} takes no teacher (--teacher_model_name_or_path {args.teacher_model_name_or_path}):"
+            f" its teacher is {what}. Drop it, or use --distill_mode frozen."
         )
     if not glue_args.student_model_name_or_path:
         raise ValueError(
-            "Set --student_model_name_or_path: with --distill_mode ema that model is trained and its moving average "
-            "teaches it (--student_layers keeps some of its layers)."
+            f"Set --student_model_name_or_path: with --distill_mode {mode} that model is trained and {what} teaches "
+            "it (--student_layers keeps some of its layers)."
         )
     for flag, value in (
         ("--finetune_teacher", glue_args.finetune_teacher),
@@ -592,9 +611,13 @@ def _validate_glue_ema(glue_args, args, task):
     ):
         if value:
             raise ValueError(
-                f"{flag} {value} has no teacher to act on with --distill_mode ema (the teacher is the student's "
-                f"moving average, which changes every step): drop {flag}."
+                f"{flag} {value} has no teacher to act on with --distill_mode {mode} (the teacher is {what}): "
+                f"drop {flag}."
             )
+    if mode == "mutual" and glue_args.num_peers < 2:
+        raise ValueError(
+            f"--num_peers {glue_args.num_peers}: mutual learning needs at least 2 peers (the student and one more)."
+        )
     check_train_budget(args.max_steps, args.num_train_epochs)
     _check_output(args)
     name, flag = glue_args.student_model_name_or_path, "--student_model_name_or_path"
@@ -603,7 +626,7 @@ def _validate_glue_ema(glue_args, args, task):
     layers = parse_layers(glue_args.student_layers)
     check_layers(layers, num_layers(student))
     depth = len(layers) if layers is not None else num_layers(student)
-    check_layer_maps(args, depth, depth)  # the average has the student's own layers
+    check_layer_maps(args, depth, depth)  # the average and the peers have the student's own layers
     check_glue_data_dir(glue_args.data_dir, task)
     check_overwrite_keeps_inputs(
         args.output_dir,

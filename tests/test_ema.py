@@ -321,7 +321,10 @@ def tiny_teacher_dir(tmp_path, shared_dir):
         (dict(save_ema=True, distill_mode="frozen"), "save_ema saves the student's moving average"),
         (dict(ema_decay=1.0), "ema_decay must be a finite number in [0, 1), got 1.0"),
         (dict(ema_warmup_steps=-1), "ema_warmup_steps must be >= 0"),
-        (dict(distill_mode="mean"), "distill_mode must be one of frozen, ema, born_again, mutual, cotrain, got 'mean'"),
+        (
+            dict(distill_mode="mean"),
+            "distill_mode must be one of frozen, ema, born_again, mutual, cotrain, got 'mean'",
+        ),
     ],
 )
 def test_bad_ema_settings_are_refused(tmp_out, kwargs, message):

@@ -195,3 +195,110 @@ def test_modes_given_the_wrong_models_are_refused(tmp_out):
     # a model given as is becomes a trained teacher
     trainer = make("cotrain", tiny_bert(seed=3))
     assert isinstance(trainer.teachers[0], TrainedTeacher) and not trainer.teachers[0].learns_from_peers
+
+
+def test_a_trained_teachers_gradients_are_cleared_after_every_step_even_a_skipped_one():
+    """The Trainer zeroes the student's gradients alone; a step the optimizer skipped (fp16 overflow) must not leave
+    a trained teacher's gradients to add into the next step."""
+    from hf_distill.teachers.hooks import TeacherSteps
+
+    peer = TrainedTeacher(tiny_bert(seed=3), save_dir="peer_1")
+    for skipped in (False, True):
+        for p in peer.inner.parameters():
+            p.grad = torch.ones_like(p)
+        TeacherSteps([peer], lambda: None, lambda s=skipped: s).on_optimizer_step(None, None, None)
+        assert all(p.grad is None for p in peer.inner.parameters()), skipped
+
+
+# ---- the GLUE job: hf-distill glue --distill_mode mutual / cotrain ----
+
+SST2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "glue", "SST-2")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, shared_dir):
+    """A tiny BERT with a word-level vocabulary of SST-2 dev words, saved with its tokenizer."""
+    from collections import Counter
+
+    from conftest import word_tokenizer
+
+    with open(os.path.join(SST2, "dev.tsv")) as f:
+        lines = f.read().splitlines()[1:]
+    words = Counter(w for line in lines for w in line.split("\t")[0].split())
+    folder = tmp_path / "model"
+    tiny_bert(num_layers=4).save_pretrained(folder)
+    word_tokenizer([w for w, _ in words.most_common(94)]).save_pretrained(folder)
+    return str(folder)
+
+
+def glue_argv(out, *extra):
+    return [
+        "glue", "--student_layers", "1,3", "--data_dir", SST2, "--max_seq_length", "32", "--max_train_samples", "64",
+        "--max_eval_samples", "48", "--max_steps", "3", "--per_device_train_batch_size", "16",
+        "--speed_batch_size", "4", "--speed_seq_len", "16", "--output_dir", out, "--report_to", "none",
+        "--save_strategy", "no", "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+def test_the_glue_job_trains_peers_together_and_scores_each(tiny_model_dir, tmp_path):
+    import json
+
+    from hf_distill.cli import main
+
+    out = str(tmp_path / "dml")
+    argv = glue_argv(
+        out, "--distill_mode", "mutual", "--num_peers", "3", "--student_model_name_or_path", tiny_model_dir
+    )
+    assert main(argv) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["distill_mode"] == "mutual" and [p["peer"] for p in results["peers"]] == [0, 1, 2]
+    assert results["peers"][0]["accuracy"] == results["student"]["accuracy"]
+    assert results["peers"][1]["accuracy"] == results["teacher"]["accuracy"]
+    assert results["best_peer"] == max(range(3), key=lambda i: results["peers"][i]["accuracy"])
+    for folder in (out, os.path.join(out, "peer_1"), os.path.join(out, "peer_2")):
+        assert AutoModelForSequenceClassification.from_pretrained(folder).config.num_hidden_layers == 2
+    # the peers started apart (their heads drawn with other seeds) and were all trained
+    heads = [AutoModelForSequenceClassification.from_pretrained(os.path.join(out, f"peer_{i}")) for i in (1, 2)]
+    assert not torch.equal(heads[0].classifier.weight, heads[1].classifier.weight)
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+def test_the_glue_job_co_trains_the_teacher_and_saves_both(tiny_model_dir, tmp_path):
+    import json
+
+    from hf_distill.cli import main
+
+    out = str(tmp_path / "cotrain")
+    argv = glue_argv(
+        out, "--distill_mode", "cotrain", "--teacher_model_name_or_path", tiny_model_dir,
+        "--teacher_learning_rate", "1e-3", "--logging_steps", "1",
+    )  # fmt: skip
+    assert main(argv) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["distill_mode"] == "cotrain" and results["max_steps"] == 3
+    teacher = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "teacher"))
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    assert not torch.equal(teacher.bert.embeddings.word_embeddings.weight, base.bert.embeddings.word_embeddings.weight)
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--distill_mode", "mutual", "--num_peers", "1", "--student_model_name_or_path", "MODEL"],
+         "--num_peers 1: mutual learning needs at least 2 peers"),
+        (["--distill_mode", "mutual", "--teacher_model_name_or_path", "MODEL", "--student_model_name_or_path", "MODEL"],
+         "--distill_mode mutual takes no teacher"),
+        (["--distill_mode", "mutual"], "Set --student_model_name_or_path: with --distill_mode mutual"),
+        (["--distill_mode", "cotrain", "--teacher_model_name_or_path", "MODEL", "--finetune_teacher", "true"],
+         "--finetune_teacher True with --distill_mode cotrain"),
+    ],
+)  # fmt: skip
+def test_the_glue_job_refuses_a_mode_given_the_wrong_models(tiny_model_dir, tmp_path, capsys, extra, message):
+    from hf_distill.cli import main
+
+    extra = [tiny_model_dir if e == "MODEL" else e for e in extra]
+    assert main(glue_argv(str(tmp_path / "out"), *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -47,7 +47,7 @@ from ..tasks import (
     word_candidates,
 )
 from ..tasks.glue import task_files
-from ..teachers import ModelTeacher
+from ..teachers import ModelTeacher, TrainedTeacher
 from ..validation import (
     check_glue_data_dir,
     parse_layers,
@@ -116,6 +116,9 @@ class GlueArguments:
     )
     max_eval_samples: Optional[int] = field(
         default=None, metadata={"help": "Evaluate on at most this many examples of each evaluation split."}
+    )
+    num_peers: int = field(
+        default=2, metadata={"help": "--distill_mode mutual: models trained together, the student included (>= 2)."}
     )
     baseline_no_kd: bool = field(
         default=False,
@@ -451,8 +454,9 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     task, data = prepare_data(glue_args, tokenizer, args.seed)
     collator = DataCollatorWithPadding(tokenizer)
     compute_metrics = compute_metrics_for(task)
-    if args.distill_mode == "ema":
-        return run_ema(glue_args, args, task, data, tokenizer, collator, compute_metrics)
+    if args.distill_mode in ("ema", "mutual"):
+        own_run = run_ema if args.distill_mode == "ema" else run_mutual
+        return own_run(glue_args, args, task, data, tokenizer, collator, compute_metrics)
     teacher = load_teacher(glue_args, args, task, data, tokenizer, collator)
     if args.distill_mode == "born_again":
         return run_born_again(glue_args, args, task, data, tokenizer, collator, compute_metrics, teacher)
@@ -461,6 +465,14 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     student = make_student(glue_args, args, teacher, task)
     kd_data = with_unlabelled(glue_args, args, teacher, tokenizer, data)
     kd_teacher = teacher
+    if args.distill_mode == "cotrain":  # fine-tuned on the task in the same loop, at its own learning rate
+        print(
+            f"[glue] co-training the teacher (learning rate {glue_args.teacher_learning_rate or args.learning_rate})"
+        )
+        kd_teacher = TrainedTeacher(
+            teacher, learns_from_peers=False, learning_rate=glue_args.teacher_learning_rate, save_dir="teacher",
+            name=args.teacher_model_name_or_path,
+        )  # fmt: skip
     if glue_args.teacher_cache:
         kd_teacher, train = cached_teacher(glue_args, args, teacher, student, kd_data["train"])
         kd_data = {**kd_data, "train": train}
@@ -497,6 +509,7 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
             **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
             "teacher_model": args.teacher_model_name_or_path,
             "student_layers": getattr(student.config, "distillation_teacher_layers", None),
+            "distill_mode": args.distill_mode,
         },
     )
     if args.should_save:
@@ -504,9 +517,11 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
     return results
 
 
-def own_student(glue_args: GlueArguments, args, task):
-    """A student of its own (``--distill_mode ema``, or ``born_again`` from ``--student_model_name_or_path``):
-    ``--student_model_name_or_path`` with the task's head, cut to ``--student_layers`` when given."""
+def own_student(glue_args: GlueArguments, args, task, seed: int | None = None):
+    """A student of its own (``--distill_mode ema`` or ``mutual``, or ``born_again`` from
+    ``--student_model_name_or_path``): ``--student_model_name_or_path`` with the task's head (drawn with ``seed``,
+    default ``args.seed``), cut to ``--student_layers`` when given."""
+    torch.manual_seed(args.seed if seed is None else seed)
     model = make_student(dataclasses.replace(glue_args, student_layers=None), args, None, task)
     layers = parse_layers(glue_args.student_layers)
     if layers is None:
@@ -642,6 +657,64 @@ def run_born_again(glue_args: GlueArguments, args, task, data, tokenizer, collat
     if args.should_save:
         title = f"GLUE {task.name}, born-again ({args.generations} generations)"
         write_report(results, args.output_dir, log_history=last.state.log_history, title=title)
+    return results
+
+
+def run_mutual(glue_args: GlueArguments, args, task, data, tokenizer, collator, compute_metrics) -> dict:
+    """``--distill_mode mutual``: ``--num_peers`` copies of the student (``--student_model_name_or_path``, cut to
+    ``--student_layers``; each with a task head of its own seed) trained together, each on its labels and on the
+    others' current predictions (deep mutual learning).
+
+    The student (peer 0) is saved in ``output_dir``, peer ``i`` in ``output_dir/peer_<i>``. ``results.json``'s
+    ``student`` is peer 0 and its ``teacher`` peer 1; ``peers`` lists every peer's folder and scores, ``best_peer``
+    names the best on the task's metric."""
+    print(f"[glue] training {glue_args.num_peers} peers together on {task.name} ({len(data['train'])} examples)")
+    student = own_student(glue_args, args, task)
+    peers = [
+        TrainedTeacher(own_student(glue_args, args, task, seed=args.seed + i), save_dir=f"peer_{i}", name=f"peer {i}")
+        for i in range(1, glue_args.num_peers)
+    ]
+    kd_data = with_unlabelled(glue_args, args, student, tokenizer, data)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    trainer = distill(student, peers, args, kd_data, collator, tokenizer, compute_metrics, task.eval_splits[0], resume)
+    baseline, baseline_trainer = train_baseline(
+        glue_args, args, trainer, lambda: own_student(glue_args, args, task), None, data, collator, tokenizer,
+        compute_metrics, task,
+    )  # fmt: skip
+    print("[glue] evaluating every peer and the no-KD student, measuring speed")
+    models = [student, *(p.inner for p in peers)]
+    scores = [evaluate_model(m, args, task, data, collator, compute_metrics) for m in models]
+    metric = task.metric.removeprefix("eval_")
+    table = [{k.removeprefix("eval_"): v for k, v in s.items()} for s in scores]
+    best = max(range(len(table)), key=lambda i: table[i][metric])
+    for i, row in enumerate(table):
+        print(f"[glue] peer {i}: {metric} {row[metric]:.4f}{' (best)' if i == best else ''}")
+    results = build_results(
+        task.name,
+        task.metric,
+        scores[1],
+        scores[0],
+        peers[0].inner,
+        student,
+        baseline_scores=evaluate_model(baseline, args, task, data, collator, compute_metrics) if baseline else None,
+        baseline_model=baseline,
+        batch_size=glue_args.speed_batch_size,
+        seq_len=glue_args.speed_seq_len,
+        extra={
+            "distill_mode": "mutual",
+            "peers": [{"peer": i, "folder": "." if i == 0 else f"peer_{i}", **row} for i, row in enumerate(table)],
+            "best_peer": best,
+            "train_examples": len(data["train"]),
+            "unlabelled_examples": len(data["unlabelled"]) if "unlabelled" in data else 0,
+            "max_steps": trainer.state.global_step,
+            **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
+            "teacher_model": None,
+            "student_layers": getattr(student.config, "distillation_teacher_layers", None),
+        },
+    )
+    if args.should_save:
+        title = f"GLUE {task.name}, {glue_args.num_peers} peers (mutual learning)"
+        write_report(results, args.output_dir, log_history=trainer.state.log_history, title=title)
     return results
 
 

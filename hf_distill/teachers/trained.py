@@ -67,10 +67,6 @@ class TrainedTeacher(ModelTeacher):
         self.inner.requires_grad_(True)
         self.model = accelerator.prepare_model(self.inner)
 
-    def on_optimizer_step(self, student: nn.Module) -> None:
-        """The step used its gradients: clear them (the Trainer zeroes the student's alone)."""
-        self.inner.zero_grad(set_to_none=True)
-
     def parameters_to_train(self) -> list[nn.Parameter]:
         return [p for p in self.inner.parameters() if p.requires_grad]
 
