@@ -29,6 +29,12 @@ def build(kind: str, dropout: bool = True):
         student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=2)
         return teacher, student, data, {"kd_chunk_size": 7, "hidden_loss": "cosine"}  # relation KD on GQA too
     kw = {} if dropout else NO_DROPOUT
+    if kind == "mutual":  # a peer trained with the student (distill_mode mutual), DDP-wrapped like it
+        from hf_distill.teachers import TrainedTeacher
+
+        student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **kw)
+        peer = TrainedTeacher(tiny_bert(num_layers=2, hidden=16, heads=2, seed=3, **kw), save_dir="peer_1")
+        return peer, student, classification_dataset(n=64), {"distill_mode": "mutual", "alpha_hidden": 0.0}
     if kind == "ema":  # no teacher: the student's moving average (distill_mode ema)
         student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **kw)
         return None, student, classification_dataset(n=64), {"distill_mode": "ema", "ema_decay": 0.5}
@@ -92,13 +98,16 @@ def main(out: str, kind: str, mode: str = "train", *numbers: str) -> None:
     trainer = make_trainer(out, kind)
     trainer.train()
     assert isinstance(trainer.model_wrapped, DistributedDataParallel)
-    # the teacher is replicated, never DDP-wrapped: nothing to average, and no gradients at all
     teacher = trainer.teachers[0].model
-    assert not isinstance(teacher, DistributedDataParallel) and not teacher.training
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    if kind == "mutual":  # a trained peer is DDP-wrapped like the student: its gradients are averaged
+        assert isinstance(teacher, DistributedDataParallel)
+        teacher = trainer.teachers[0].inner
+    else:  # a frozen teacher is replicated, never DDP-wrapped: nothing to average, and no gradients at all
+        assert not isinstance(teacher, DistributedDataParallel) and not teacher.training
+        assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    if kind == "ema":  # the average, computed on each rank from its copy of the student
-        weights.update({f"ema.{k}": v.detach().clone() for k, v in teacher.state_dict().items()})
+    if kind in ("ema", "mutual"):  # the average, or the peer, on each rank
+        weights.update({f"teacher.{k}": v.detach().clone() for k, v in teacher.state_dict().items()})
     torch.save(weights, f"{out}/rank{trainer.args.process_index}.pt")
     trainer.save_model()
 

@@ -51,12 +51,24 @@ def test_ddp_keeps_the_moving_average_teacher_identical_on_every_rank(tmp_path):
     """distill_mode ema under DDP: each rank averages its own copy of the student, and the copies are the same."""
     torchrun_worker(tmp_path, "ema")
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    averaged = [k for k in rank0 if k.startswith("ema.")]
+    averaged = [k for k in rank0 if k.startswith("teacher.")]
     assert averaged and rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     # 3 steps at decay 0.5 moved the average away from the start and from the student
-    assert any(not torch.equal(rank0[k], rank0[k.removeprefix("ema.")]) for k in averaged if "embeddings" not in k)
+    assert any(not torch.equal(rank0[k], rank0[k.removeprefix("teacher.")]) for k in averaged if "embeddings" not in k)
+
+
+def test_ddp_keeps_a_trained_peer_identical_on_every_rank(tmp_path):
+    """distill_mode mutual under DDP: the peer is trained on every rank with averaged gradients, so the copies stay
+    the same, as the students do."""
+    torchrun_worker(tmp_path, "mutual")
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    peer = [k for k in rank0 if k.startswith("teacher.")]
+    assert peer and rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert (tmp_path / "peer_1" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize(
