@@ -14,7 +14,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import common  # noqa: E402 (an import error fails the module, it never skips it)
 import summarize  # noqa: E402
 
-BENCHMARKS = ["glue_quality", "glue_step_time", "lm_quality", "lm_memory", "chunked_kd_memory", "demo_seeds"]
+BENCHMARKS = [
+    "glue_quality",
+    "glue_step_time",
+    "lm_quality",
+    "lm_memory",
+    "chunked_kd_memory",
+    "demo_seeds",
+    "glue_modes",
+]
 
 
 def _glue_run(seed, teacher, no_kd, kd, step_ms, forward_ms):
