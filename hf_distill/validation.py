@@ -516,15 +516,10 @@ def validate_glue_job(glue_args, args):
     if args.distill_mode in _OWN_TEACHER:
         return _validate_glue_own_student(glue_args, args, get_task(glue_args.task_name))
     if args.distill_mode == "cotrain":
-        for flag, value in (
-            ("--finetune_teacher", glue_args.finetune_teacher),
-            ("--teacher_cache", glue_args.teacher_cache),
-        ):
-            if value:
-                raise ValueError(
-                    f"{flag} {value} with --distill_mode cotrain: the teacher is fine-tuned in the same loop as the "
-                    f"student and changes every step; drop {flag}."
-                )
+        _refuse_teacher_flags(
+            glue_args, "with --distill_mode cotrain: the teacher is fine-tuned in the same loop as the student and "
+            "changes every step"
+        )  # fmt: skip
     if args.teacher_model_name_or_path is None:
         raise ValueError(
             "Set --teacher_model_name_or_path (a fine-tuned teacher, or a base model with --finetune_teacher)."
@@ -590,6 +585,17 @@ _OWN_TEACHER = {
 }
 
 
+def _refuse_teacher_flags(glue_args, why: str) -> None:
+    """One line on ``--finetune_teacher`` or ``--teacher_cache``, set where a mode has no fixed teacher: ``<flag>
+    <value> <why>; drop <flag>.``"""
+    for flag, value in (
+        ("--finetune_teacher", glue_args.finetune_teacher),
+        ("--teacher_cache", glue_args.teacher_cache),
+    ):
+        if value:
+            raise ValueError(f"{flag} {value} {why}: drop {flag}.")
+
+
 def _validate_glue_own_student(glue_args, args, task):
     """``--distill_mode ema`` or ``mutual``: no teacher to load or fine-tune; the student
     (``--student_model_name_or_path``, cut to ``--student_layers`` when given) is trained, and its moving average or
@@ -605,15 +611,7 @@ def _validate_glue_own_student(glue_args, args, task):
             f"Set --student_model_name_or_path: with --distill_mode {mode} that model is trained and {what} teaches "
             "it (--student_layers keeps some of its layers)."
         )
-    for flag, value in (
-        ("--finetune_teacher", glue_args.finetune_teacher),
-        ("--teacher_cache", glue_args.teacher_cache),
-    ):
-        if value:
-            raise ValueError(
-                f"{flag} {value} has no teacher to act on with --distill_mode {mode} (the teacher is {what}): "
-                f"drop {flag}."
-            )
+    _refuse_teacher_flags(glue_args, f"has no teacher to act on with --distill_mode {mode} (the teacher is {what})")
     if mode == "mutual" and glue_args.num_peers < 2:
         raise ValueError(
             f"--num_peers {glue_args.num_peers}: mutual learning needs at least 2 peers (the student and one more)."

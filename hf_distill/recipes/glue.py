@@ -491,29 +491,45 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
         name: evaluate_model(m, args, task, data, collator, compute_metrics)
         for name, m in (("teacher", teacher), ("student", student))
     }
+    extra = {"teacher_model": args.teacher_model_name_or_path}
+    return report_job(
+        glue_args, args, task, data, collator, compute_metrics, trainer, (scores["teacher"], scores["student"]),
+        (teacher, student), (baseline, baseline_trainer), extra, f"GLUE {task.name}",
+    )  # fmt: skip
+
+
+def report_job(
+    glue_args, args, task, data, collator, compute_metrics, trainer, scores, models, baseline, extra, title
+):
+    """``results.json`` (and ``report.png``) of a finished GLUE job, returned: ``scores`` and ``models`` are the
+    (teacher, student) pairs the report compares, ``baseline`` the no-KD ``(model, trainer)`` or ``(None, None)``,
+    ``trainer`` the one that trained the student; ``extra`` adds the mode's own entries."""
+    (teacher_scores, student_scores), (teacher, student), (base_model, base_trainer) = scores, models, baseline
     results = build_results(
         task.name,
         task.metric,
-        scores["teacher"],
-        scores["student"],
+        teacher_scores,
+        student_scores,
         teacher,
         student,
-        baseline_scores=evaluate_model(baseline, args, task, data, collator, compute_metrics) if baseline else None,
-        baseline_model=baseline,
+        baseline_scores=evaluate_model(base_model, args, task, data, collator, compute_metrics)
+        if base_model
+        else None,
+        baseline_model=base_model,
         batch_size=glue_args.speed_batch_size,
         seq_len=glue_args.speed_seq_len,
         extra={
+            "distill_mode": args.distill_mode,
             "train_examples": len(data["train"]),
             "unlabelled_examples": len(data["unlabelled"]) if "unlabelled" in data else 0,
             "max_steps": trainer.state.global_step,
-            **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
-            "teacher_model": args.teacher_model_name_or_path,
+            **({"no_kd_max_steps": base_trainer.state.global_step} if base_trainer else {}),
             "student_layers": getattr(student.config, "distillation_teacher_layers", None),
-            "distill_mode": args.distill_mode,
+            **extra,
         },
     )
     if args.should_save:
-        write_report(results, args.output_dir, log_history=trainer.state.log_history, title=f"GLUE {task.name}")
+        write_report(results, args.output_dir, log_history=trainer.state.log_history, title=title)
     return results
 
 
@@ -558,35 +574,18 @@ def run_ema(glue_args: GlueArguments, args, task, data, tokenizer, collator, com
         ema.publish = True  # so distillation_config.json says these weights are the average
         trainer.save_model(args.output_dir)
         extra["student_before_ema"] = {k.removeprefix("eval_"): v for k, v in raw.items()}
-    results = build_results(
-        task.name,
-        task.metric,
-        averaged,
-        averaged if args.save_ema else raw,
-        ema.model,
-        student,
-        baseline_scores=evaluate_model(baseline, args, task, data, collator, compute_metrics) if baseline else None,
-        baseline_model=baseline,
-        batch_size=glue_args.speed_batch_size,
-        seq_len=glue_args.speed_seq_len,
-        extra={
-            **extra,
-            "distill_mode": "ema",
-            "ema_decay": args.ema_decay,
-            "ema_warmup_steps": args.ema_warmup_steps,
-            "saved": "ema" if args.save_ema else "student",
-            "train_examples": len(data["train"]),
-            "unlabelled_examples": len(data["unlabelled"]) if "unlabelled" in data else 0,
-            "max_steps": trainer.state.global_step,
-            **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
-            "teacher_model": ema.name,
-            "student_layers": getattr(student.config, "distillation_teacher_layers", None),
-        },
-    )
-    if args.should_save:
-        title = f"GLUE {task.name}, mean teacher (EMA {args.ema_decay:g})"
-        write_report(results, args.output_dir, log_history=trainer.state.log_history, title=title)
-    return results
+    extra = {
+        **extra,
+        "ema_decay": args.ema_decay,
+        "ema_warmup_steps": args.ema_warmup_steps,
+        "saved": "ema" if args.save_ema else "student",
+        "teacher_model": ema.name,
+    }
+    return report_job(
+        glue_args, args, task, data, collator, compute_metrics, trainer, (averaged, averaged if args.save_ema else raw),
+        (ema.model, student), (baseline, baseline_trainer), extra,
+        f"GLUE {task.name}, mean teacher (EMA {args.ema_decay:g})",
+    )  # fmt: skip
 
 
 def run_born_again(glue_args: GlueArguments, args, task, data, tokenizer, collator, compute_metrics, teacher) -> dict:
@@ -631,33 +630,16 @@ def run_born_again(glue_args: GlueArguments, args, task, data, tokenizer, collat
         task,
     )  # fmt: skip
     print("[glue] evaluating teacher and student(s), measuring speed")
-    results = build_results(
-        task.name,
-        task.metric,
-        evaluate_model(teacher, args, task, data, collator, compute_metrics),
-        evaluate_model(last.model, args, task, data, collator, compute_metrics),
-        teacher,
-        last.model,
-        baseline_scores=evaluate_model(baseline, args, task, data, collator, compute_metrics) if baseline else None,
-        baseline_model=baseline,
-        batch_size=glue_args.speed_batch_size,
-        seq_len=glue_args.speed_seq_len,
-        extra={
-            "distill_mode": "born_again",
-            "ensemble_generations": args.ensemble_generations,
-            "generations": generations,
-            "train_examples": len(data["train"]),
-            "unlabelled_examples": len(data["unlabelled"]) if "unlabelled" in data else 0,
-            "max_steps": last.state.global_step,
-            **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
-            "teacher_model": args.teacher_model_name_or_path,
-            "student_layers": getattr(last.model.config, "distillation_teacher_layers", None),
-        },
-    )
-    if args.should_save:
-        title = f"GLUE {task.name}, born-again ({args.generations} generations)"
-        write_report(results, args.output_dir, log_history=last.state.log_history, title=title)
-    return results
+    scores = [evaluate_model(m, args, task, data, collator, compute_metrics) for m in (teacher, last.model)]
+    extra = {
+        "ensemble_generations": args.ensemble_generations,
+        "generations": generations,
+        "teacher_model": args.teacher_model_name_or_path,
+    }
+    return report_job(
+        glue_args, args, task, data, collator, compute_metrics, last, scores, (teacher, last.model),
+        (baseline, baseline_trainer), extra, f"GLUE {task.name}, born-again ({args.generations} generations)",
+    )  # fmt: skip
 
 
 def run_mutual(glue_args: GlueArguments, args, task, data, tokenizer, collator, compute_metrics) -> dict:
@@ -689,33 +671,16 @@ def run_mutual(glue_args: GlueArguments, args, task, data, tokenizer, collator, 
     best = max(range(len(table)), key=lambda i: table[i][metric])
     for i, row in enumerate(table):
         print(f"[glue] peer {i}: {metric} {row[metric]:.4f}{' (best)' if i == best else ''}")
-    results = build_results(
-        task.name,
-        task.metric,
-        scores[1],
-        scores[0],
-        peers[0].inner,
-        student,
-        baseline_scores=evaluate_model(baseline, args, task, data, collator, compute_metrics) if baseline else None,
-        baseline_model=baseline,
-        batch_size=glue_args.speed_batch_size,
-        seq_len=glue_args.speed_seq_len,
-        extra={
-            "distill_mode": "mutual",
-            "peers": [{"peer": i, "folder": "." if i == 0 else f"peer_{i}", **row} for i, row in enumerate(table)],
-            "best_peer": best,
-            "train_examples": len(data["train"]),
-            "unlabelled_examples": len(data["unlabelled"]) if "unlabelled" in data else 0,
-            "max_steps": trainer.state.global_step,
-            **({"no_kd_max_steps": baseline_trainer.state.global_step} if baseline_trainer else {}),
-            "teacher_model": None,
-            "student_layers": getattr(student.config, "distillation_teacher_layers", None),
-        },
-    )
-    if args.should_save:
-        title = f"GLUE {task.name}, {glue_args.num_peers} peers (mutual learning)"
-        write_report(results, args.output_dir, log_history=trainer.state.log_history, title=title)
-    return results
+    extra = {
+        "peers": [{"peer": i, "folder": "." if i == 0 else f"peer_{i}", **row} for i, row in enumerate(table)],
+        "best_peer": best,
+        "teacher_model": None,
+    }
+    return report_job(
+        glue_args, args, task, data, collator, compute_metrics, trainer, (scores[1], scores[0]),
+        (peers[0].inner, student), (baseline, baseline_trainer), extra,
+        f"GLUE {task.name}, {glue_args.num_peers} peers (mutual learning)",
+    )  # fmt: skip
 
 
 @dataclass
