@@ -410,3 +410,14 @@ def test_the_glue_job_refuses_an_ema_run_it_cannot_do(tiny_teacher_dir, tmp_path
     assert main(glue_argv(tiny_teacher_dir, str(tmp_path / "out"), *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_an_ema_teacher_of_another_student_is_refused_before_training(tmp_out):
+    """An EMATeacher built from one model and given with another student: one line, not a KeyError at step 1."""
+    other = EMATeacher(tiny_bert(num_layers=2, hidden=16, heads=2, seed=1))
+    with pytest.raises(
+        ValueError, match=r"\(99, 16\), but the student has \(99, 32\): build the EMATeacher from the student"
+    ):
+        DistillationTrainer(
+            model=tiny_bert(seed=2), teacher_model=other, args=config(tmp_out), train_dataset=classification_dataset()
+        )

@@ -146,6 +146,10 @@ class Teacher(ABC):
         """Called when the student is saved to ``output_dir``: a trained teacher saves itself beside it."""
         return None
 
+    def check_student(self, student: nn.Module) -> None:
+        """Refuse, in one ``ValueError`` line, a student this teacher cannot serve (called before training)."""
+        return None
+
     def record(self) -> dict:
         """Settings this teacher ran with that ``distillation_config.json`` must show over the config's (a teacher
         built by the user carries its own): ``{}`` for none."""

@@ -107,6 +107,17 @@ class EMATeacher(ModelTeacher):
                 b.copy_(buffers[name])
         self.updates += 1
 
+    def check_student(self, student: nn.Module) -> None:
+        """The average must be of this student: every averaged parameter has the same name and shape in it."""
+        params = {name: p.shape for name, p in unwrap(student).named_parameters()}
+        for name, p in self.inner.named_parameters():
+            if params.get(name) != p.shape:
+                got = "has none" if name not in params else f"has {tuple(params[name])}"
+                raise ValueError(
+                    f"{self.name} averages {name!r} {tuple(p.shape)}, but the student {got}: build the EMATeacher "
+                    "from the student you train (EMATeacher(student))."
+                )
+
     def on_train_end(self, student: nn.Module) -> None:
         """With ``publish``: the student takes the EMA weights (adapters and anything else not averaged stay)."""
         if self.publish:

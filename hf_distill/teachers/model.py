@@ -133,12 +133,14 @@ def _storage(p: torch.Tensor) -> int | None:
 
 def check_distinct(student: nn.Module, teachers: list[Teacher]) -> None:
     """Refuse a teacher whose model is the student, or shares a parameter tensor with it: training the student would
-    move its own targets (and the teacher's frozen copy would freeze the student)."""
+    move its own targets (and the teacher's frozen copy would freeze the student); and one that cannot serve this
+    student (:meth:`Teacher.check_student`)."""
     inner = unwrap(student)
     params = {id(p) for p in inner.parameters()}
     storages = {_storage(p) for p in inner.parameters()} - {None}
     fix = "pass a separate copy as the teacher (copy.deepcopy(model), or load it again)"
     for i, teacher in enumerate(teachers):
+        teacher.check_student(student)
         model = teacher.model
         if model is None:
             continue
