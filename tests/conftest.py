@@ -190,6 +190,55 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(f"{used:7.1%}  {test}{' ' + label if label else ''}")
 
 
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
+SST2_DIR = SHARED_DIR / "data" / "glue" / "SST-2"
+
+
+def trainer_config(out, **kw):
+    """A ``DistillationConfig`` for a few CPU steps in ``out`` (3 steps of 8 rows at lr 1e-3, no saving, every step
+    logged); ``kw`` overrides any field."""
+    from hf_distill import DistillationConfig
+
+    base = dict(
+        output_dir=out,
+        report_to="none",
+        per_device_train_batch_size=8,
+        max_steps=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        use_cpu=True,
+    )
+    return DistillationConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path, shared_dir):
+    """A tiny BERT (4 layers) with a word-level vocabulary of the 94 most common SST-2 dev words, saved with its
+    tokenizer: a model the GLUE job can load by folder."""
+    from collections import Counter
+
+    lines = (SST2_DIR / "dev.tsv").read_text().splitlines()[1:]
+    words = Counter(w for line in lines for w in line.split("\t")[0].split())
+    folder = tmp_path / "teacher"
+    tiny_bert(num_layers=4).save_pretrained(folder)
+    word_tokenizer([w for w, _ in words.most_common(94)]).save_pretrained(folder)
+    return str(folder)
+
+
+def sst2_job_argv(out, *extra) -> list[str]:
+    """``hf-distill glue`` on 64 real SST-2 rows (48 to score), 32 tokens, batches of 16, a small speed measurement,
+    writing to ``out`` without checkpoints; ``extra`` adds the mode, models and budget."""
+    return [
+        "glue", "--data_dir", str(SST2_DIR), "--max_seq_length", "32", "--max_train_samples", "64",
+        "--max_eval_samples", "48", "--per_device_train_batch_size", "16", "--speed_batch_size", "4",
+        "--speed_seq_len", "16", "--output_dir", str(out), "--report_to", "none", "--save_strategy", "no",
+        "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def tmp_out(tmp_path):
     return str(tmp_path / "out")

@@ -10,31 +10,13 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from conftest import classification_dataset, tiny_bert, word_tokenizer
+from conftest import NO_DROPOUT, classification_dataset, sst2_job_argv, tiny_bert, trainer_config
 
-from hf_distill import DistillationConfig
 from hf_distill.generations import train_born_again
-
-SST2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "glue", "SST-2")
-NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 
 
 def config(out, **kw):
-    base = dict(
-        output_dir=out,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=3,
-        learning_rate=1e-2,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-        distill_mode="born_again",
-        generations=2,
-    )
-    base.update(kw)
-    return DistillationConfig(**base)
+    return trainer_config(out, **{"learning_rate": 1e-2, "distill_mode": "born_again", "generations": 2, **kw})
 
 
 def test_each_generation_restarts_from_the_same_weights_and_learns_from_the_one_before(tmp_out):
@@ -108,28 +90,12 @@ def test_bad_generation_settings_are_refused(tmp_out, kwargs, message):
 # ---- the GLUE job: hf-distill glue --distill_mode born_again ----
 
 
-@pytest.fixture
-def tiny_teacher_dir(tmp_path, shared_dir):
-    """A tiny BERT with a word-level vocabulary of SST-2 dev words, saved with its tokenizer."""
-    from collections import Counter
-
-    with open(os.path.join(SST2, "dev.tsv")) as f:
-        lines = f.read().splitlines()[1:]
-    words = Counter(w for line in lines for w in line.split("\t")[0].split())
-    folder = tmp_path / "model"
-    tiny_bert(num_layers=4).save_pretrained(folder)
-    word_tokenizer([w for w, _ in words.most_common(94)]).save_pretrained(folder)
-    return str(folder)
-
-
 def glue_argv(teacher_dir, out, *extra):
-    return [
-        "glue", "--distill_mode", "born_again", "--generations", "2", "--teacher_model_name_or_path", teacher_dir,
-        "--finetune_teacher", "true", "--teacher_max_steps", "2", "--student_layers", "1,3", "--data_dir", SST2,
-        "--max_seq_length", "32", "--max_train_samples", "64", "--max_eval_samples", "48", "--max_steps", "3",
-        "--per_device_train_batch_size", "16", "--speed_batch_size", "4", "--speed_seq_len", "16", "--output_dir", out,
-        "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", *extra,
-    ]  # fmt: skip
+    return sst2_job_argv(
+        out, "--distill_mode", "born_again", "--generations", "2", "--teacher_model_name_or_path", teacher_dir,
+        "--finetune_teacher", "true", "--teacher_max_steps", "2", "--student_layers", "1,3", "--max_steps", "3",
+        *extra,
+    )  # fmt: skip
 
 
 @pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared

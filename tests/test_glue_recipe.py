@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert, word_tokenizer
+from conftest import tiny_bert
 from numerics import assert_fp32_close, forward_chain
 from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
@@ -44,19 +43,6 @@ def test_flags_override_the_config(tmp_path):
     bad.write_text("task_name: sst2\ntemprature: 3\n")
     with pytest.raises(ValueError, match="unknown keys \\['temprature'\\]"):
         parse_with_config([GlueArguments, DistillationConfig], ["--config", str(bad)], "t")
-
-
-@pytest.fixture
-def tiny_teacher_dir(tmp_path, shared_dir):
-    """A tiny BERT with a word-level vocabulary of the 94 most common SST-2 dev words, saved with its tokenizer."""
-    lines = (SST2 / "dev.tsv").read_text().splitlines()[1:]
-    words = Counter(w for line in lines for w in line.split("\t")[0].split())
-    tokenizer = word_tokenizer([w for w, _ in words.most_common(94)])
-    teacher = tiny_bert(num_layers=4)
-    folder = tmp_path / "teacher"
-    teacher.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared

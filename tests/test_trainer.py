@@ -10,11 +10,11 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from conftest import GradCatcher, classification_dataset, lm_dataset, tiny_bert, tiny_llama
+from conftest import GradCatcher, classification_dataset, lm_dataset, tiny_bert, tiny_llama, trainer_config
 from numerics import assert_fp32_close, forward_chain, grad_scales
 from transformers import AutoModelForSequenceClassification
 
-from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, DistillationTrainer, build_student
+from hf_distill import DISTILLATION_CONFIG_FILE, DistillationTrainer, build_student
 from hf_distill.mapping import ADAPTERS_ATTR, ADAPTERS_FILE
 from hf_distill.report import count_parameters
 from hf_distill.schedules import intermediate_scale
@@ -24,21 +24,7 @@ pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 
 
-def config(out, **kw):
-    base = dict(
-        output_dir=out,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=3,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-    )
-    base.update(kw)
-    return DistillationConfig(**base)
+config = trainer_config
 
 
 def first_step_grads(out, batch, accum, **kw):
