@@ -8,35 +8,19 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from conftest import classification_dataset, tiny_bert, word_tokenizer
+from conftest import NO_DROPOUT, classification_dataset, sst2_job_argv, tiny_bert, trainer_config
 from numerics import assert_fp32_close
 from transformers import TrainerCallback
 
-from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.checkpoints import TEACHER_STATE_FILE
 from hf_distill.teachers import EMATeacher
 
-SST2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "glue", "SST-2")
-NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
-
 
 def config(out, **kw):
-    base = dict(
-        output_dir=out,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-        distill_mode="ema",
-        ema_decay=0.6,
+    return trainer_config(
+        out, **{"max_steps": 4, "learning_rate": 1e-2, "distill_mode": "ema", "ema_decay": 0.6, **kw}
     )
-    base.update(kw)
-    return DistillationConfig(**base)
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -301,20 +285,6 @@ def test_an_ema_teacher_given_by_the_user_is_recorded_as_it_ran(tmp_out, mode):
     assert "(a mean teacher, decay 0.3); these weights are that average" in render_model_card(tmp_out)
 
 
-@pytest.fixture
-def tiny_teacher_dir(tmp_path, shared_dir):
-    """A tiny BERT with a word-level vocabulary of SST-2 dev words, saved with its tokenizer."""
-    from collections import Counter
-
-    with open(os.path.join(SST2, "dev.tsv")) as f:
-        lines = f.read().splitlines()[1:]
-    words = Counter(w for line in lines for w in line.split("\t")[0].split())
-    folder = tmp_path / "model"
-    tiny_bert(num_layers=4).save_pretrained(folder)
-    word_tokenizer([w for w, _ in words.most_common(94)]).save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -352,13 +322,10 @@ def test_ema_mode_with_a_teacher_is_refused(tmp_out):
 
 
 def glue_argv(model_dir, out, *extra):
-    return [
-        "glue", "--distill_mode", "ema", "--ema_decay", "0.5", "--student_model_name_or_path", model_dir,
-        "--student_layers", "1,3", "--data_dir", SST2, "--max_seq_length", "32", "--max_train_samples", "64",
-        "--max_eval_samples", "48", "--max_steps", "4", "--per_device_train_batch_size", "16",
-        "--speed_batch_size", "4", "--speed_seq_len", "16", "--output_dir", out, "--report_to", "none",
-        "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1", *extra,
-    ]  # fmt: skip
+    return sst2_job_argv(
+        out, "--distill_mode", "ema", "--ema_decay", "0.5", "--student_model_name_or_path", model_dir,
+        "--student_layers", "1,3", "--max_steps", "4", "--logging_steps", "1", *extra,
+    )  # fmt: skip
 
 
 @pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
@@ -421,3 +388,20 @@ def test_an_ema_teacher_of_another_student_is_refused_before_training(tmp_out):
         DistillationTrainer(
             model=tiny_bert(seed=2), teacher_model=other, args=config(tmp_out), train_dataset=classification_dataset()
         )
+
+
+def test_only_the_weights_the_student_trains_are_averaged():
+    """A frozen weight (a LoRA student's base) equals the student's and is not updated every step."""
+    student = tiny_bert(seed=1)
+    student.bert.embeddings.requires_grad_(False)
+    teacher = EMATeacher(student, decay=0.5)
+    frozen = "bert.embeddings.word_embeddings.weight"
+    assert frozen not in teacher.trained and "classifier.weight" in teacher.trained
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)  # (moving a frozen weight too, which an optimizer never would: it shows what is read)
+    before = dict(teacher.model.named_parameters())[frozen].clone()
+    teacher.on_optimizer_step(student)
+    got = dict(teacher.model.named_parameters())
+    assert torch.equal(got[frozen], before)
+    assert_fp32_close(got["classifier.weight"], dict(student.named_parameters())["classifier.weight"] - 0.5, n=2)

@@ -10,37 +10,20 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import classification_dataset, tiny_bert
+from conftest import NO_DROPOUT, classification_dataset, sst2_job_argv, tiny_bert, trainer_config
 from numerics import assert_fp32_close, forward_chain, grad_scales
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
-from hf_distill import DistillationConfig, DistillationTrainer
+from hf_distill import DistillationTrainer
 from hf_distill.teachers import ModelTeacher, TrainedTeacher
 
-NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
 T = 2.0
+# the first step's raw gradients (no clipping) on the first rows, in order
+EXACT = dict(max_steps=2, learning_rate=1e-2, temperature=T, max_grad_norm=0, train_sampling_strategy="sequential")
 
 
 def config(out, **kw):
-    base = dict(
-        output_dir=out,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-        temperature=T,
-        alpha_task=0.5,
-        alpha_logits=0.5,
-        max_grad_norm=0,
-        train_sampling_strategy="sequential",
-    )
-    base.update(kw)
-    return DistillationConfig(**base)
+    return trainer_config(out, **{**EXACT, "alpha_task": 0.5, "alpha_logits": 0.5, **kw})
 
 
 class FirstGrads(TrainerCallback):
@@ -212,43 +195,20 @@ def test_a_trained_teachers_gradients_are_cleared_after_every_step_even_a_skippe
 
 # ---- the GLUE job: hf-distill glue --distill_mode mutual / cotrain ----
 
-SST2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "glue", "SST-2")
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path, shared_dir):
-    """A tiny BERT with a word-level vocabulary of SST-2 dev words, saved with its tokenizer."""
-    from collections import Counter
-
-    from conftest import word_tokenizer
-
-    with open(os.path.join(SST2, "dev.tsv")) as f:
-        lines = f.read().splitlines()[1:]
-    words = Counter(w for line in lines for w in line.split("\t")[0].split())
-    folder = tmp_path / "model"
-    tiny_bert(num_layers=4).save_pretrained(folder)
-    word_tokenizer([w for w, _ in words.most_common(94)]).save_pretrained(folder)
-    return str(folder)
-
 
 def glue_argv(out, *extra):
-    return [
-        "glue", "--student_layers", "1,3", "--data_dir", SST2, "--max_seq_length", "32", "--max_train_samples", "64",
-        "--max_eval_samples", "48", "--max_steps", "3", "--per_device_train_batch_size", "16",
-        "--speed_batch_size", "4", "--speed_seq_len", "16", "--output_dir", out, "--report_to", "none",
-        "--save_strategy", "no", "--disable_tqdm", "true", *extra,
-    ]  # fmt: skip
+    return sst2_job_argv(out, "--student_layers", "1,3", "--max_steps", "3", *extra)
 
 
 @pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
-def test_the_glue_job_trains_peers_together_and_scores_each(tiny_model_dir, tmp_path):
+def test_the_glue_job_trains_peers_together_and_scores_each(tiny_teacher_dir, tmp_path):
     import json
 
     from hf_distill.cli import main
 
     out = str(tmp_path / "dml")
     argv = glue_argv(
-        out, "--distill_mode", "mutual", "--num_peers", "3", "--student_model_name_or_path", tiny_model_dir
+        out, "--distill_mode", "mutual", "--num_peers", "3", "--student_model_name_or_path", tiny_teacher_dir
     )
     assert main(argv) == 0
     results = json.load(open(os.path.join(out, "results.json")))
@@ -264,21 +224,21 @@ def test_the_glue_job_trains_peers_together_and_scores_each(tiny_model_dir, tmp_
 
 
 @pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
-def test_the_glue_job_co_trains_the_teacher_and_saves_both(tiny_model_dir, tmp_path):
+def test_the_glue_job_co_trains_the_teacher_and_saves_both(tiny_teacher_dir, tmp_path):
     import json
 
     from hf_distill.cli import main
 
     out = str(tmp_path / "cotrain")
     argv = glue_argv(
-        out, "--distill_mode", "cotrain", "--teacher_model_name_or_path", tiny_model_dir,
+        out, "--distill_mode", "cotrain", "--teacher_model_name_or_path", tiny_teacher_dir,
         "--teacher_learning_rate", "1e-3", "--logging_steps", "1",
     )  # fmt: skip
     assert main(argv) == 0
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["distill_mode"] == "cotrain" and results["max_steps"] == 3
     teacher = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "teacher"))
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_teacher_dir)
     assert not torch.equal(teacher.bert.embeddings.word_embeddings.weight, base.bert.embeddings.word_embeddings.weight)
     assert AutoModelForSequenceClassification.from_pretrained(out).config.num_hidden_layers == 2
 
@@ -295,10 +255,26 @@ def test_the_glue_job_co_trains_the_teacher_and_saves_both(tiny_model_dir, tmp_p
          "--finetune_teacher True with --distill_mode cotrain"),
     ],
 )  # fmt: skip
-def test_the_glue_job_refuses_a_mode_given_the_wrong_models(tiny_model_dir, tmp_path, capsys, extra, message):
+def test_the_glue_job_refuses_a_mode_given_the_wrong_models(tiny_teacher_dir, tmp_path, capsys, extra, message):
     from hf_distill.cli import main
 
-    extra = [tiny_model_dir if e == "MODEL" else e for e in extra]
+    extra = [tiny_teacher_dir if e == "MODEL" else e for e in extra]
     assert main(glue_argv(str(tmp_path / "out"), *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_co_trained_teacher_asked_nothing_is_not_run_in_evaluation(tmp_out):
+    """Its forward is needed in training (its own task loss), not in evaluation when the student reads nothing of it."""
+    teacher = TrainedTeacher(tiny_bert(seed=3), learns_from_peers=False, save_dir="teacher")
+    calls = []
+    teacher.inner.register_forward_hook(lambda *_: calls.append(1))
+    trainer = DistillationTrainer(
+        model=tiny_bert(seed=2), teacher_model=teacher,
+        args=config(tmp_out, distill_mode="cotrain", alpha_task=1.0, alpha_logits=0.0, max_steps=1),
+        train_dataset=classification_dataset(n=16), eval_dataset=classification_dataset(n=16),
+    )  # fmt: skip
+    trainer.train()
+    assert len(calls) == 1  # the one training step
+    trainer.evaluate()
+    assert len(calls) == 1

@@ -63,7 +63,9 @@ class EMATeacher(ModelTeacher):
         self.updates = 0
         # the average of a 16-bit student's trained weights is kept in float32 (the teacher runs on its 16-bit copy):
         # in bf16 `ema + 0.001 * (student - ema)` rounds back to `ema` unless they differ by more than their size
-        trained = {name for name, p in inner.named_parameters() if p.requires_grad}
+        # only the weights the student trains move: a frozen base (a LoRA student's) stays equal to the student's
+        self.trained = [name for name, p in inner.named_parameters() if p.requires_grad]
+        trained = set(self.trained)
         self.master = {
             name: p.detach().float()
             for name, p in model.named_parameters()
@@ -91,10 +93,12 @@ class EMATeacher(ModelTeacher):
 
     @torch.no_grad()
     def on_optimizer_step(self, student: nn.Module) -> None:
-        """``ema <- d_t * ema + (1 - d_t) * student`` for every parameter; buffers are copied."""
+        """``ema <- d_t * ema + (1 - d_t) * student`` for every parameter the student trains (a frozen one keeps the
+        value both share); buffers are copied."""
         weight = 1.0 - self.decay_at(self.updates)
-        params = dict(unwrap(student).named_parameters())
-        for name, p in self.inner.named_parameters():
+        params, own = dict(unwrap(student).named_parameters()), dict(self.inner.named_parameters())
+        for name in self.trained:
+            p = own[name]
             source = params[name].detach().to(p.device)  # a device-mapped student spans several devices
             master = self.master.get(name)
             if master is None:

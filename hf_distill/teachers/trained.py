@@ -113,10 +113,11 @@ def detached(outputs: TeacherOutputs) -> TeacherOutputs:
 
 def run_teachers(teachers: list, batch: dict, requests: list[TeacherRequest]) -> list[TeacherOutputs]:
     """Every teacher's outputs for ``batch``: frozen ones under ``no_grad``, trained ones with their graph (when
-    gradients are enabled); a teacher asked nothing (a no-KD baseline) is not run at all, unless it is trained."""
+    gradients are enabled). A teacher asked nothing (a no-KD baseline) is not run at all, unless it is trained and
+    gradients are enabled (a training step, where its own loss needs its outputs)."""
     outs = []
     for teacher, request in zip(teachers, requests, strict=True):
-        if teacher.trainable:
+        if teacher.trainable and (request or torch.is_grad_enabled()):
             outs.append(teacher.outputs(batch, request))
         elif request:
             with torch.no_grad():
