@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GradCatcher, lm_dataset, tiny_llama, tiny_qwen2, tiny_tokenizer
+from conftest import GradCatcher, lm_dataset, tiny_llama, tiny_qwen2, tiny_tokenizer, trainer_config
 from datasets import Dataset
 from numerics import assert_fp32_close, cross_entropy_scale, divergence_scale, forward_chain, grad_scales
 from torch import nn
 
-from hf_distill import DistillationConfig, DistillationTrainer, build_student
+from hf_distill import DistillationTrainer, build_student
 from hf_distill.data import DistillationDataCollator
 from hf_distill.data.teacher_cache import build_teacher_cache
 from hf_distill.losses import get_loss, task_loss
@@ -149,23 +149,8 @@ def test_fused_loss_without_targets_is_zero_not_nan():
 
 
 def lm_config(out, **kw):
-    base = dict(
-        output_dir=out,
-        report_to="none",
-        per_device_train_batch_size=4,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-        alpha_task=0.5,
-        alpha_logits=1.0,
-        temperature=2.0,
-    )
-    base.update(kw)
-    return DistillationConfig(**base)
+    lm = {"per_device_train_batch_size": 4, "max_steps": 2, "alpha_task": 0.5, "alpha_logits": 1.0, "temperature": 2.0}
+    return trainer_config(out, **{**lm, **kw})
 
 
 def first_step(out, chunk, teacher=None, student=None, data=None, **kw):

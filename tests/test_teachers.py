@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import classification_dataset, lm_dataset, tiny_bert, tiny_llama
+from conftest import classification_dataset, lm_dataset, tiny_bert, tiny_llama, trainer_config
 from numerics import assert_fp32_close
 
-from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, DistillationTrainer, build_student
+from hf_distill import DISTILLATION_CONFIG_FILE, DistillationTrainer, build_student
 from hf_distill.mapping import ADAPTERS_FILE
 from hf_distill.teachers import (
     ModelTeacher,
@@ -104,19 +104,7 @@ def test_teachers_from_models_names_and_teacher_objects(tmp_path):
 
 
 def config(out, **kw):
-    base = dict(
-        output_dir=out,
-        report_to="none",
-        per_device_train_batch_size=8,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        use_cpu=True,
-    )
-    return DistillationConfig(**{**base, **kw})
+    return trainer_config(out, **{"max_steps": 2, **kw})
 
 
 def two_teacher_trainer(out, **kw):
