@@ -16,7 +16,8 @@ from .schedules import INTERMEDIATE_SCHEDULES
 
 _TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # where the teacher comes from: a fixed model, or the moving average of the student's own weights
-DISTILL_MODES = ("frozen", "ema", "born_again", "mutual", "cotrain")
+DISTILL_MODES = ("frozen", "ema", "born_again", "noisy_student", "mutual", "cotrain")
+GENERATION_MODES = ("born_again", "noisy_student")  # hf_distill.generations: one trainer per generation
 # written beside every saved student: the distillation settings, teachers and layer matches
 DISTILLATION_CONFIG_FILE = "distillation_config.json"
 
@@ -54,16 +55,18 @@ class DistillationConfig(TrainingArguments):
         distill_mode (`str`): ``frozen`` (the teacher is a fixed model; the default), ``ema`` (no separate
             teacher: the exponential moving average of the student's own weights, updated after each optimizer step)
             ``born_again`` (generations of the same student, each taught by the one before; a frozen teacher each),
+            ``noisy_student`` (the same generations, the student trained with noise on its inputs and its dropout on
+            unlabelled text the teacher labels),
             ``mutual`` (peers trained with the student, each learning from the others' current predictions) or
             ``cotrain`` (the teacher fine-tuned on the task in the same loop while the student distils from it).
         ema_decay (`float`): the EMA's decay ``d`` in ``[0, 1)``: ``ema <- d * ema + (1 - d) * student``.
         ema_warmup_steps (`int`): the decay ramps linearly from 0 to ``ema_decay`` over this many optimizer steps.
         save_ema (`bool`): end training with the EMA weights in the student, so that they are what is saved and
             evaluated (``ema`` mode only).
-        generations (`int`): ``born_again``: how many generations to train, each learning from the one before
-            (:func:`hf_distill.generations.train_born_again`; the jobs run it).
-        ensemble_generations (`bool`): ``born_again``: the last generation learns from the ensemble of the teacher
-            and every earlier generation, their soft targets averaged.
+        generations (`int`): ``born_again`` / ``noisy_student``: how many generations to train, each learning from
+            the one before (:mod:`hf_distill.generations`; the jobs run it).
+        ensemble_generations (`bool`): ``born_again`` / ``noisy_student``: the last generation learns from the
+            ensemble of the teacher and every earlier generation, their soft targets averaged.
 
     Parameters that control the loss:
         temperature (`float`): softmax temperature ``T`` of the soft targets; the soft terms are scaled by ``T^2``.
@@ -143,11 +146,14 @@ class DistillationConfig(TrainingArguments):
         default=False, metadata={"help": "ema mode: end training with the EMA weights in the student (saved, scored)."}
     )
     generations: int = field(
-        default=1, metadata={"help": "born_again: generations to train, each taught by the one before (>= 1)."}
+        default=1,
+        metadata={"help": "born_again / noisy_student: generations to train, each taught by the one before (>= 1)."},
     )
     ensemble_generations: bool = field(
         default=False,
-        metadata={"help": "born_again: the last generation learns from the teacher and all earlier generations."},
+        metadata={
+            "help": "born_again / noisy_student: the last generation learns from the teacher and all earlier ones."
+        },
     )
     temperature: float = field(
         default=2.0, metadata={"help": "Softmax temperature T of the soft targets (> 0); soft terms scale by T^2."}
@@ -286,16 +292,16 @@ class DistillationConfig(TrainingArguments):
             )
         if self.generations < 1:
             raise ValueError(f"generations must be >= 1, got {self.generations}.")
-        if (self.generations > 1 or self.ensemble_generations) and self.distill_mode != "born_again":
+        if (self.generations > 1 or self.ensemble_generations) and self.distill_mode not in GENERATION_MODES:
             flag = f"generations {self.generations}" if self.generations > 1 else "ensemble_generations"
             raise ValueError(
-                f"{flag} chains born-again generations, but distill_mode is {self.distill_mode!r}: set distill_mode "
-                "born_again, or drop it."
+                f"{flag} chains generations of students, but distill_mode is {self.distill_mode!r}: set distill_mode "
+                "born_again or noisy_student, or drop it."
             )
-        if self.distill_mode == "born_again" and self.resume_from_checkpoint:
+        if self.distill_mode in GENERATION_MODES and self.resume_from_checkpoint:
             raise ValueError(
-                f"resume_from_checkpoint {self.resume_from_checkpoint}: a born-again run does not resume (each "
-                "generation is saved in output_dir/generation_<g> when it ends): start it afresh."
+                f"resume_from_checkpoint {self.resume_from_checkpoint}: a {self.distill_mode} run does not resume "
+                "(each generation is saved in output_dir/generation_<g> when it ends): start it afresh."
             )
         if self.ensemble_generations and self.generations < 2:
             raise ValueError(

@@ -1,10 +1,15 @@
-"""Born-again distillation (Furlanello et al., 2018): generations of the same student, each taught by the one before.
+"""Generations of the same student, each taught by the one before: born-again distillation (Furlanello et al.,
+2018) and noisy-student self-training (Xie et al., 2020).
 
 Generation 1's student learns from the given teacher; generation ``g``'s student, which starts again from the same
 initial weights, learns from generation ``g - 1``'s trained student, a frozen :class:`~hf_distill.teachers.ModelTeacher`
 like any other. With ``ensemble_generations`` the last generation learns from all earlier ones at once: the given
 teacher and every earlier student, their soft targets averaged with equal weights (several teachers, see
 ``docs/concepts.md``). No teacher kind is new here: a generation's teacher is a frozen model.
+
+A noisy student is the same loop with noise on the student only: its training set, labelled examples and unlabelled
+text that the teacher labels with its soft targets, is noised afresh for each generation (e.g. word replacement), and
+the student trains with its dropout on; the teacher, frozen and in evaluation mode, sees every example clean.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 from collections.abc import Callable
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer
@@ -38,6 +44,7 @@ def train_born_again(
     args: DistillationConfig,
     *,
     on_generation: Callable[[int, DistillationTrainer], None] | None = None,
+    train_dataset_for: Callable[[int], Dataset] | None = None,
     **trainer_kwargs,
 ) -> list[DistillationTrainer]:
     """Train ``args.generations`` generations; returns their trainers (each ``trainer.model`` a trained student).
@@ -49,6 +56,8 @@ def train_born_again(
         args: the run's config; generation ``g`` trains and saves in ``args.output_dir/generation_<g>``. The last
             generation learns from the ensemble of all earlier ones when ``args.ensemble_generations``.
         on_generation: called with ``(g, trainer)`` after generation ``g`` is trained and saved (e.g. to score it).
+        train_dataset_for: generation ``g``'s training set, ``train_dataset_for(g)`` (e.g. noised afresh); default:
+            ``trainer_kwargs["train_dataset"]`` for every generation.
         trainer_kwargs: the :class:`DistillationTrainer`'s other arguments (datasets, collator, metrics...).
     """
     first = make_student()
@@ -65,6 +74,8 @@ def train_born_again(
             teacher_weights=None if len(teachers) > 1 else args.teacher_weights,
         )
         student = first if generation == 1 else make_student()
+        if train_dataset_for is not None:
+            trainer_kwargs["train_dataset"] = train_dataset_for(generation)
         trainer = DistillationTrainer(model=student, teacher_model=teachers, args=gen_args, **trainer_kwargs)
         trainer.train()
         trainer.save_model(gen_args.output_dir)
@@ -73,3 +84,46 @@ def train_born_again(
         if on_generation is not None:
             on_generation(generation, trainer)
     return trainers
+
+
+def dropout_rate(model: nn.Module) -> float:
+    """The largest dropout probability of ``model`` in training: over its ``nn.Dropout`` modules (every kind) and its
+    config's dropout rates (attention implementations read theirs from the config, not from a module). 0: none."""
+    rates = [m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    config = getattr(model, "config", None)
+    rates += [v for k, v in vars(config).items() if "dropout" in k and isinstance(v, float)] if config else []
+    return max(rates, default=0.0)
+
+
+def train_noisy_student(
+    make_student: Callable[[], nn.Module],
+    teacher,
+    args: DistillationConfig,
+    noised_dataset: Callable[[int], Dataset],
+    **kwargs,
+) -> list[DistillationTrainer]:
+    """Noisy-student self-training: :func:`train_born_again` with generation ``g`` trained on ``noised_dataset(g)``.
+
+    ``noised_dataset(g)`` is generation ``g``'s training set, its input noise drawn afresh: labelled examples and
+    unlabelled text (label ``-100``), which learns from the teacher's soft targets alone (so ``args.alpha_logits``
+    must be > 0). The student's dropout is the model noise: ``make_student()`` must return a model with dropout
+    (e.g. the GLUE job's ``--student_dropout 0.1``). ``kwargs`` are :func:`train_born_again`'s.
+    """
+    if args.distill_mode != "noisy_student":
+        raise ValueError(f"train_noisy_student needs distill_mode noisy_student, got {args.distill_mode!r}.")
+    if args.alpha_logits <= 0:
+        raise ValueError(
+            f"alpha_logits {args.alpha_logits}: a noisy student learns the teacher's soft targets on unlabelled text; "
+            "set alpha_logits > 0."
+        )
+
+    def noisy_student() -> nn.Module:
+        student = make_student()
+        if dropout_rate(student) == 0:
+            raise ValueError(
+                f"The {type(student).__name__} student has no dropout, the noisy student's model noise: build it "
+                "with dropout > 0 (hf-distill glue: --student_dropout 0.1)."
+            )
+        return student
+
+    return train_born_again(noisy_student, teacher, args, train_dataset_for=noised_dataset, **kwargs)

@@ -529,11 +529,12 @@ def validate_glue_job(glue_args, args):
     if glue_args.finetune_teacher:
         check_teacher_budget(glue_args.teacher_max_steps, glue_args.teacher_num_train_epochs)
     _check_output(args)
-    if args.distill_mode == "born_again":
-        _check_born_again(glue_args, args)
+    generations = args.distill_mode in ("born_again", "noisy_student")
+    if generations:
+        _check_generations(glue_args, args)
     layers = parse_layers(glue_args.student_layers)
-    own = layers is not None and glue_args.student_model_name_or_path  # born_again: the student's own layers
-    if own and args.distill_mode != "born_again":
+    own = layers is not None and glue_args.student_model_name_or_path  # generations: the student's own layers
+    if own and not generations:
         raise ValueError("--student_layers and --student_model_name_or_path are both set; pass one of them.")
     # the job loads its teacher with use_safetensors=True
     teacher = _load_config(
@@ -546,6 +547,8 @@ def validate_glue_job(glue_args, args):
         flag = "--student_model_name_or_path"
         student = _load_config(glue_args.student_model_name_or_path, flag, args)
         check_label_head(student, task, glue_args.student_model_name_or_path, flag, trained=True)
+    if args.distill_mode == "noisy_student":
+        _check_student_dropout(glue_args, student or teacher)
     check_layers(layers, num_layers(student if own else teacher))
     depth, built_from = (len(layers), None) if own else student_depth(layers, student, num_layers(teacher))
     check_layer_maps(args, depth, num_layers(teacher), built_from)
@@ -568,13 +571,43 @@ def validate_glue_job(glue_args, args):
     return tokenizer
 
 
-def _check_born_again(glue_args, args) -> None:
-    """``--distill_mode born_again`` trains generations one after another, each with another teacher (a resumed run
-    is refused by ``DistillationConfig``)."""
+def _check_generations(glue_args, args) -> None:
+    """``--distill_mode born_again`` or ``noisy_student`` trains generations one after another, each with another
+    teacher (a resumed run is refused by ``DistillationConfig``); a noisy student self-trains on text the teacher
+    labels."""
     if glue_args.teacher_cache:
         raise ValueError(
-            f"--teacher_cache {glue_args.teacher_cache} caches one teacher, but each born-again generation has "
-            "another (the one before it): drop --teacher_cache."
+            f"--teacher_cache {glue_args.teacher_cache} caches one teacher, but each {args.distill_mode} generation "
+            "has another (the one before it): drop --teacher_cache."
+        )
+    if args.distill_mode != "noisy_student":
+        return
+    if not (glue_args.unlabelled_train_samples or glue_args.augment_prob):
+        raise ValueError(
+            "--distill_mode noisy_student self-trains on text the teacher labels, but there is none: set "
+            "--unlabelled_train_samples N (unlabelled sentences) and/or --augment_prob p (noised copies)."
+        )
+    if args.alpha_logits <= 0:
+        raise ValueError(
+            f"--alpha_logits {args.alpha_logits}: a noisy student learns the teacher's soft targets on unlabelled "
+            "text; set --alpha_logits > 0."
+        )
+
+
+def _check_student_dropout(glue_args, source) -> None:
+    """A noisy student trains with dropout: ``--student_dropout`` > 0, or unset on a ``source`` config with some."""
+    from .models import DROPOUT_FIELDS
+
+    if glue_args.student_dropout == 0:
+        raise ValueError(
+            "--student_dropout 0: a noisy student trains with dropout as its model noise; set --student_dropout > 0 "
+            "(e.g. 0.1), or leave it unset for the model's own."
+        )
+    rates = [getattr(source, name, 0) or 0 for name in DROPOUT_FIELDS]
+    if glue_args.student_dropout is None and max(rates, default=0) == 0:
+        raise ValueError(
+            f"The student's config ({type(source).__name__}) has no dropout, a noisy student's model noise: set "
+            "--student_dropout > 0 (e.g. 0.1)."
         )
 
 

@@ -77,7 +77,7 @@ def test_the_last_generation_can_learn_from_the_ensemble_of_all(tmp_out):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(distill_mode="frozen"), "generations 2 chains born-again generations, but distill_mode is 'frozen'"),
+        (dict(distill_mode="frozen"), "generations 2 chains generations of students, but distill_mode is 'frozen'"),
         (dict(generations=0), "generations must be >= 1, got 0"),
         (dict(generations=1, ensemble_generations=True), "ensemble_generations needs generations >= 2"),
     ],
@@ -119,8 +119,8 @@ def test_the_glue_job_trains_and_scores_each_generation(tiny_teacher_dir, tmp_pa
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--teacher_cache", "CACHE"], "each born-again generation has another"),
-        (["--resume_from_checkpoint", "true"], "resume_from_checkpoint true: a born-again run does not resume"),
+        (["--teacher_cache", "CACHE"], "each born_again generation has another"),
+        (["--resume_from_checkpoint", "true"], "resume_from_checkpoint true: a born_again run does not resume"),
     ],
 )
 def test_the_glue_job_refuses_a_born_again_run_it_cannot_do(tiny_teacher_dir, tmp_path, capsys, extra, message):

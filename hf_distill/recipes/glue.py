@@ -30,11 +30,11 @@ from transformers import (
 
 from ..constants import IGNORE_INDEX
 from ..data import build_encoder_cache, is_encoder_cache, load_encoder_cache, with_cache_index
-from ..distillation_config import DistillationConfig, check_number
+from ..distillation_config import GENERATION_MODES, DistillationConfig, check_number
 from ..distillation_plan import build_plan
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
-from ..generations import train_born_again
+from ..generations import dropout_rate, train_born_again, train_noisy_student
 from ..models import DROPOUT_FIELDS, build_student, resolve_model_path
 from ..report import build_results, write_report
 from ..tasks import (
@@ -331,8 +331,9 @@ def check_kd_only_data(glue_args: GlueArguments, args) -> None:
             )
 
 
-def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data) -> dict:
-    """``data`` with its training split augmented as ``glue_args.augment_*`` say (unchanged when it is off)."""
+def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data, seed: int | None = None) -> dict:
+    """``data`` with its training split augmented as ``glue_args.augment_*`` say (unchanged when it is off), the
+    rewrites drawn with ``seed`` (default ``args.seed``)."""
     check_kd_only_data(glue_args, args)
     if glue_args.augment_prob == 0:
         return data
@@ -340,8 +341,9 @@ def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data) -> d
         teacher.get_input_embeddings().weight, word_candidates(tokenizer), glue_args.augment_neighbours
     )
     train = augment_dataset(
-        data["train"], neighbours, glue_args.augment_prob, glue_args.augment_replace_prob, seed=args.seed
-    )
+        data["train"], neighbours, glue_args.augment_prob, glue_args.augment_replace_prob,
+        seed=args.seed if seed is None else seed,
+    )  # fmt: skip
     rewritten = sum(label == IGNORE_INDEX for label in train["labels"])
     print(f"[glue] augmentation: {rewritten} of {len(train)} training examples rewritten and labelled by the teacher")
     return {**data, "train": train}
@@ -436,9 +438,10 @@ def train_baseline(glue_args, args, trainer, make, teacher, data, collator, toke
     )
 
 
-def with_unlabelled(glue_args, args, teacher, tokenizer, data) -> dict:
-    """The KD run's data: the training split augmented, and the unlabelled examples added (the teacher labels both)."""
-    kd_data = augment_train(glue_args, args, teacher, tokenizer, data)
+def with_unlabelled(glue_args, args, teacher, tokenizer, data, seed: int | None = None) -> dict:
+    """The KD run's data: the training split augmented (drawn with ``seed``, default ``args.seed``), and the
+    unlabelled examples added (the teacher labels both)."""
+    kd_data = augment_train(glue_args, args, teacher, tokenizer, data, seed)
     if "unlabelled" in data:
         kd_data = {**kd_data, "train": concatenate_datasets([kd_data["train"], data["unlabelled"]])}
         print(f"[glue] + {len(data['unlabelled'])} unlabelled examples labelled by the teacher")
@@ -458,8 +461,8 @@ def run(glue_args: GlueArguments, args: DistillationConfig) -> dict:
         own_run = run_ema if args.distill_mode == "ema" else run_mutual
         return own_run(glue_args, args, task, data, tokenizer, collator, compute_metrics)
     teacher = load_teacher(glue_args, args, task, data, tokenizer, collator)
-    if args.distill_mode == "born_again":
-        return run_born_again(glue_args, args, task, data, tokenizer, collator, compute_metrics, teacher)
+    if args.distill_mode in GENERATION_MODES:
+        return run_generations(glue_args, args, task, data, tokenizer, collator, compute_metrics, teacher)
 
     print(f"[glue] distilling a student on {task.name} ({len(data['train'])} examples)")
     student = make_student(glue_args, args, teacher, task)
@@ -588,9 +591,11 @@ def run_ema(glue_args: GlueArguments, args, task, data, tokenizer, collator, com
     )  # fmt: skip
 
 
-def run_born_again(glue_args: GlueArguments, args, task, data, tokenizer, collator, compute_metrics, teacher) -> dict:
-    """``--distill_mode born_again``: ``--generations`` students from the same initial weights, each taught by the one
-    before (the first by the teacher; with ``--ensemble_generations`` the last by all of them).
+def run_generations(glue_args: GlueArguments, args, task, data, tokenizer, collator, compute_metrics, teacher) -> dict:
+    """``--distill_mode born_again`` or ``noisy_student``: ``--generations`` students from the same initial weights,
+    each taught by the one before (the first by the teacher; with ``--ensemble_generations`` the last by all of them).
+    A noisy student trains with its dropout on, on the labelled examples and the unlabelled ones, the augmentation
+    drawn afresh for each generation (seed ``seed + g - 1``).
 
     Each generation is saved in ``output_dir/generation_<g>`` and scored; the last one is also saved in
     ``output_dir``, and is ``results.json``'s ``student``; ``generations`` lists every generation's scores."""
@@ -611,11 +616,10 @@ def run_born_again(glue_args: GlueArguments, args, task, data, tokenizer, collat
         )
         generations.append({"generation": generation, "teachers": [t.name for t in trainer.teachers], **record})
 
-    print(f"[glue] born-again: {args.generations} generation(s) on {task.name} ({len(kd_data['train'])} examples)")
-    trainers = train_born_again(
-        lambda: copy.deepcopy(initial),
-        teacher,
-        args,
+    noisy = args.distill_mode == "noisy_student"
+    what = "noisy student" if noisy else "born-again"
+    print(f"[glue] {what}: {args.generations} generation(s) on {task.name} ({len(kd_data['train'])} examples)")
+    kwargs = dict(
         on_generation=score,
         train_dataset=kd_data["train"],
         eval_dataset=data[eval_split],
@@ -623,6 +627,18 @@ def run_born_again(glue_args: GlueArguments, args, task, data, tokenizer, collat
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
+    if noisy:  # generation 1 trains on kd_data (seed args.seed); each later one on its own draw of the augmentation
+
+        def noised(g: int):
+            return (
+                kd_data["train"]
+                if g == 1
+                else with_unlabelled(glue_args, args, teacher, tokenizer, data, args.seed + g - 1)["train"]
+            )
+
+        trainers = train_noisy_student(lambda: copy.deepcopy(initial), teacher, args, noised, **kwargs)
+    else:
+        trainers = train_born_again(lambda: copy.deepcopy(initial), teacher, args, **kwargs)
     last = trainers[-1]
     last.save_model(args.output_dir)
     baseline, baseline_trainer = train_baseline(
@@ -636,9 +652,11 @@ def run_born_again(glue_args: GlueArguments, args, task, data, tokenizer, collat
         "generations": generations,
         "teacher_model": args.teacher_model_name_or_path,
     }
+    if noisy:
+        extra["noise"] = {"augment_prob": glue_args.augment_prob, "dropout": dropout_rate(initial)}
     return report_job(
         glue_args, args, task, data, collator, compute_metrics, last, scores, (teacher, last.model),
-        (baseline, baseline_trainer), extra, f"GLUE {task.name}, born-again ({args.generations} generations)",
+        (baseline, baseline_trainer), extra, f"GLUE {task.name}, {what} ({args.generations} generations)",
     )  # fmt: skip
 
 
