@@ -107,8 +107,14 @@ def parse_causal_lm(argv: list[str]):
     if args.distill_mode in ("ema", "mutual"):
         return parse_with_config(types, argv, prog, launch_flags=True, defaults=OWN_STUDENT_DEFAULTS)
     # a separate student has no teacher layers to match hidden states with; a cache run should not need the teacher
+    defaults = JOB_DEFAULTS
     if lm_args.student_model_name_or_path or lm_args.teacher_cache_dir:
-        lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=SEPARATE_STUDENT_DEFAULTS)
+        defaults = SEPARATE_STUDENT_DEFAULTS
+    # born-again generations after the first learn from a student, not from the teacher it was built from
+    if args.distill_mode == "born_again" and args.generations > 1:
+        defaults = {**defaults, "layer_map": "uniform"}
+    if defaults is not JOB_DEFAULTS:
+        lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=defaults)
     return lm_args, args
 
 

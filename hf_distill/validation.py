@@ -724,7 +724,16 @@ def validate_causal_lm_job(lm, args):
     depth, built_from = student_depth(layers, student, num_layers(teacher))
     check_layer_maps(args, depth, num_layers(teacher), built_from)
     if mode == "born_again" and args.generations > 1:  # later generations learn from a student of `depth` layers
-        check_layer_maps(args, depth, depth, None if built_from is None else list(range(depth)))
+        if (args.alpha_hidden > 0 or args.alpha_attention > 0) and "init" in (
+            args.layer_map,
+            args.attention_layer_map,
+        ):
+            raise ValueError(
+                f"--layer_map init pairs the student with the teacher blocks it was built from, but born-again "
+                f"generations after the first learn from a student of {depth} blocks: set --layer_map uniform (the "
+                "job's default with --generations > 1), or --alpha_hidden 0."
+            )
+        check_layer_maps(args, depth, depth)
     return tokenizer
 
 
