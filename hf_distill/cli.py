@@ -99,13 +99,22 @@ def _glue(argv: list[str]) -> int:
 def parse_causal_lm(argv: list[str]):
     """``(CausalLMArguments, DistillationConfig)`` of the causal-LM job, with the job's defaults (``JOB_DEFAULTS``)."""
     from .distillation_config import DistillationConfig
-    from .recipes.causal_lm import JOB_DEFAULTS, SEPARATE_STUDENT_DEFAULTS, CausalLMArguments
+    from .recipes.causal_lm import JOB_DEFAULTS, OWN_STUDENT_DEFAULTS, SEPARATE_STUDENT_DEFAULTS, CausalLMArguments
 
     types, prog = [CausalLMArguments, DistillationConfig], "hf-distill causal-lm"
     lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=JOB_DEFAULTS)
+    # a student trained with its own average or peers needs the next-token loss beside theirs
+    if args.distill_mode in ("ema", "mutual"):
+        return parse_with_config(types, argv, prog, launch_flags=True, defaults=OWN_STUDENT_DEFAULTS)
     # a separate student has no teacher layers to match hidden states with; a cache run should not need the teacher
+    defaults = JOB_DEFAULTS
     if lm_args.student_model_name_or_path or lm_args.teacher_cache_dir:
-        lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=SEPARATE_STUDENT_DEFAULTS)
+        defaults = SEPARATE_STUDENT_DEFAULTS
+    # born-again generations after the first learn from a student, not from the teacher it was built from
+    if args.distill_mode == "born_again" and args.generations > 1:
+        defaults = {**defaults, "layer_map": "uniform"}
+    if defaults is not JOB_DEFAULTS:
+        lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=defaults)
     return lm_args, args
 
 

@@ -66,6 +66,11 @@ def resolve_layer_pairs(
                 "layer_map='init' needs a student made by build_student (config.distillation_teacher_layers with one "
                 f"entry per student layer, got {init_layers}); use 'uniform' or explicit pairs instead."
             )
+        if max(init_layers) >= lt:
+            raise ValueError(
+                f"layer_map='init' pairs the student with the teacher blocks it was built from, {init_layers}, but this "
+                f"teacher has {lt} blocks (not the one it was built from?); use 'uniform' or explicit pairs instead."
+            )
         return [(0, 0)] + [(j + 1, i + 1) for j, i in enumerate(init_layers)]
     if spec == "uniform":
         # round(m * lt / ls) in integer arithmetic, so that m = ls maps to lt exactly

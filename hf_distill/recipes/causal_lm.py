@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..data import (
     CACHE_META_FILE,
@@ -29,12 +29,13 @@ from ..data import (
     tokenize_lm_dataset,
 )
 from ..data.teacher_cache import teacher_weight_folder
-from ..distillation_config import DistillationConfig
+from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..generation import sample_sequences
-from ..models import build_student, resolve_dtype, resolve_model_path
+from ..models import DROPOUT_FIELDS, build_student, resolve_dtype, resolve_model_path
 from ..report import count_parameters, format_perplexities, write_results
+from ..teachers import TrainedTeacher
 from ..validation import (
     parse_layers,
     prepare_output_dir,
@@ -65,6 +66,9 @@ JOB_DEFAULTS = {
 # a student loaded with --student_model_name_or_path has no layers taken from the teacher to match, and a run from
 # --teacher_cache_dir should not need the teacher at all: no hidden-state term by default for either
 SEPARATE_STUDENT_DEFAULTS = {**JOB_DEFAULTS, "alpha_hidden": 0.0, "layer_map": "uniform"}
+# --distill_mode ema / mutual: the student's teacher starts as itself (its average, its copies), so the KD term alone
+# gives it no gradient; the next-token loss beside it, at DistillationConfig's (and the GLUE job's) 0.5 / 0.5
+OWN_STUDENT_DEFAULTS = {**SEPARATE_STUDENT_DEFAULTS, "alpha_task": 0.5, "alpha_logits": 0.5}
 
 
 @dataclass
@@ -79,8 +83,27 @@ class CausalLMArguments:
         },
     )
     student_model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Use this smaller causal LM (same tokenizer) as the student instead."}
+        default=None,
+        metadata={
+            "help": "Use this smaller causal LM (same tokenizer) as the student instead (--distill_mode ema / "
+            "mutual: the model trained, cut to --student_layers when given)."
+        },
     )
+    student_dropout: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Dropout of the student's attention probabilities and hidden states (default: its config's); "
+            "--distill_mode mutual needs some, or the peers, copies of the student, stay equal."
+        },
+    )
+    num_peers: int = field(
+        default=2, metadata={"help": "--distill_mode mutual: models trained together, the student included (>= 2)."}
+    )
+    teacher_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "--distill_mode cotrain: the learning rate of the teacher trained beside the student "
+                  "(default: learning_rate)."},
+    )  # fmt: skip
     dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset of the training data."})
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Config name of the Hub dataset."})
     dataset_split: str = field(default="train", metadata={"help": "Split of the Hub dataset to train on."})
@@ -149,6 +172,15 @@ class CausalLMArguments:
         default=False, metadata={"help": "Save the student with the LoRA adapter merged in (else the adapter alone)."}
     )
 
+    def __post_init__(self):
+        if self.student_dropout is not None and not 0.0 <= self.student_dropout < 1.0:
+            raise ValueError(
+                f"student_dropout={self.student_dropout} must be in [0, 1), or unset for the model's own."
+            )
+        check_number(
+            "teacher_learning_rate", self.teacher_learning_rate, "> 0 (or unset for learning_rate)", lambda v: v > 0
+        )
+
 
 def load_hub_split(lm: CausalLMArguments, split: str):
     """The ``split`` of ``--dataset_name``; a dataset that cannot be loaded (no such name, no such split, the Hub out
@@ -204,14 +236,21 @@ def add_text_prompts(train, lm: CausalLMArguments, args: DistillationConfig):
 
 
 def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, tokenizer):
-    """The student: ``--student_model_name_or_path`` (in the teacher's dtype), else built from ``teacher``'s layers
-    (``teacher`` may be ``None`` in the first case)."""
+    """The student: ``--student_model_name_or_path`` (in the teacher's dtype; cut to ``--student_layers`` in the modes
+    without a teacher), else built from ``teacher``'s layers (``teacher`` may be ``None`` in the first case); with
+    ``--student_dropout``, and wrapped in LoRA with ``--use_peft``."""
+    layers = parse_layers(lm.student_layers)
     if lm.student_model_name_or_path:
         path = resolve_model_path(lm.student_model_name_or_path)  # its tokenizer: checked by validate_causal_lm_job
-        student = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(args.teacher_dtype, torch.float32))
+        dropout = dropout_overrides(lm, AutoConfig.from_pretrained(path))
+        dtype = resolve_dtype(args.teacher_dtype, torch.float32)
+        student = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **dropout)
+        if layers is not None:  # ema / mutual: the student's own layers (validate_causal_lm_job refuses it otherwise)
+            torch.manual_seed(args.seed)
+            student = build_student(student, layers=layers)
     else:
         torch.manual_seed(args.seed)
-        student = build_student(teacher, layers=parse_layers(lm.student_layers))
+        student = build_student(teacher, layers=layers, **dropout_overrides(lm, teacher.config))
     if lm.use_peft:
         from peft import LoraConfig, get_peft_model
 
@@ -229,6 +268,19 @@ def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, token
         if lm.student_model_name_or_path:  # the name users load, not the local folder it resolved to
             student.peft_config["default"].base_model_name_or_path = lm.student_model_name_or_path
     return student
+
+
+def dropout_overrides(lm: CausalLMArguments, config) -> dict:
+    """The config fields that set the student's dropout to ``--student_dropout`` ({} when it is unset)."""
+    if lm.student_dropout is None:
+        return {}
+    overrides = {name: lm.student_dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
+    if not overrides:
+        raise ValueError(
+            f"--student_dropout {lm.student_dropout}: {type(config).__name__} has none of the dropout fields "
+            f"{list(DROPOUT_FIELDS)}; leave --student_dropout unset."
+        )
+    return overrides
 
 
 def check_eval_caps(lm: CausalLMArguments) -> None:
@@ -267,7 +319,10 @@ def score(model, texts: dict, tokenizer, lm: CausalLMArguments, *, label: str = 
 
 
 def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
-    """Run the whole job and return the ``results.json`` object."""
+    """Run the whole job and return the ``results.json`` object (``--distill_mode`` ema, born_again and mutual: the
+    runs of :mod:`hf_distill.recipes.causal_lm_modes`)."""
+    from . import causal_lm_modes as modes  # it imports this module
+
     tokenizer = validate_causal_lm_job(lm, args)  # every input checked before the teacher is loaded
     if lm.use_peft and not lm.merge_lora and not lm.student_model_name_or_path:
         raise ValueError(
@@ -280,6 +335,8 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train, texts = load_text_data(lm, tokenizer)  # a dataset that cannot be loaded: before the teacher is
+    if args.distill_mode in modes.OWN_STUDENT_RUNS:
+        return modes.OWN_STUDENT_RUNS[args.distill_mode](lm, args, add_text_prompts(train, lm, args), texts, tokenizer)
     teacher_path = resolve_model_path(args.teacher_model_name_or_path)
     dtype = resolve_dtype(args.teacher_dtype, torch.float32)
     uses = teacher_weight_uses(lm, args)
@@ -301,38 +358,72 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         train = _teacher_cache(lm, args, teacher if teacher is not None else teacher_path, train, tokenizer)
 
     student = make_student(lm, args, teacher, tokenizer)
+    if args.distill_mode == "born_again":
+        return modes.run_born_again(lm, args, teacher, student, train, texts, tokenizer)
     # before the trainer places it (a ZeRO-3 engine holds shards)
     teacher_size = count_parameters(teacher) if teacher is not None else None
-    live_teacher = bool(args.live_teacher_needs(cached=use_cache))
+    live_teacher = bool(args.live_teacher_needs(cached=use_cache)) or args.distill_mode == "cotrain"
+    kd_teacher = teacher if live_teacher else None
+    if args.distill_mode == "cotrain":  # trained on the next-token loss in the same loop, at its own learning rate
+        print(f"[causal-lm] co-training the teacher (learning rate {lm.teacher_learning_rate or args.learning_rate})")
+        kd_teacher = TrainedTeacher(
+            teacher, learns_from_peers=False, learning_rate=lm.teacher_learning_rate, save_dir="teacher",
+            name=args.teacher_model_name_or_path,
+        )  # fmt: skip
     # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
-    trainer = DistillationTrainer(
+    trainer = make_trainer(student, kd_teacher, args, train, tokenizer)
+    print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
+    results = {
+        "task": "causal_lm",
+        "distill_mode": args.distill_mode,
+        "teacher_model": args.teacher_model_name_or_path,
+    }
+    bars = show_bars(args)
+    if lm.eval_teacher:
+        # the teacher as the trainer placed it (device, dtype, shards): the one the student learns from
+        placed = trainer.teachers[0].model if live_teacher else teacher
+        key = "teacher_before_training" if args.distill_mode == "cotrain" else "teacher"
+        results[key] = score(placed, texts, tokenizer, lm, label="teacher", progress=bars)
+        results[key]["num_parameters"] = teacher_size
+    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
+
+    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
+    trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
+    trainer.save_model(args.output_dir)
+    if args.distill_mode == "cotrain" and lm.eval_teacher:
+        results["teacher"] = score(teacher, texts, tokenizer, lm, label="co-trained teacher", progress=bars)
+        results["teacher"]["num_parameters"] = teacher_size
+    return finish(lm, args, trainer, results, train, texts, tokenizer)
+
+
+def show_bars(args: DistillationConfig) -> bool:
+    """Progress bars while scoring: unless ``--disable_tqdm``, on the main process."""
+    return not args.disable_tqdm and args.local_process_index == 0
+
+
+def make_trainer(student, teacher, args: DistillationConfig, train, tokenizer) -> DistillationTrainer:
+    """The job's trainer of ``student`` from ``teacher`` (a model, a ``Teacher``, a list of them, or ``None``)."""
+    return DistillationTrainer(
         model=student,
-        teacher_model=teacher if live_teacher else None,
+        teacher_model=teacher,
         args=args,
         train_dataset=train,
         data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
         teacher_processing_class=tokenizer,
     )
-    print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
-    results = {"task": "causal_lm", "teacher_model": args.teacher_model_name_or_path}
-    bars = not args.disable_tqdm and args.local_process_index == 0
-    if lm.eval_teacher:
-        # the teacher as the trainer placed it (device, dtype, shards): the one the student learns from
-        placed = trainer.teachers[0].model if live_teacher else teacher
-        results["teacher"] = score(placed, texts, tokenizer, lm, label="teacher", progress=bars)
-        results["teacher"]["num_parameters"] = teacher_size
-    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
 
-    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
-    trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
-    trainer.save_model(args.output_dir)
+
+def finish(lm, args, trainer, results: dict, train, texts, tokenizer, complete=None) -> dict:
+    """Score the trained (and saved) student of ``trainer`` (merged first with ``--merge_lora``), complete
+    ``results`` with it and the run's facts (and ``complete(results)``, a mode's own entries), write ``results.json``
+    and print the table; returns ``results``."""
     model = trainer.model
     if lm.use_peft and lm.merge_lora:
         model = model.merge_and_unload()
         if args.should_save:
             _save_merged(model, args.output_dir)
-    results["student"] = score(model, texts, tokenizer, lm, label="distilled student", progress=bars)
+    results["student"] = score(model, texts, tokenizer, lm, label="distilled student", progress=show_bars(args))
     results.update(
         {
             "train_examples": len(train),
@@ -341,6 +432,8 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
             "losses": {"alpha_task": args.alpha_task, "alpha_logits": args.alpha_logits, "loss": args.logit_loss},
         }
     )
+    if complete is not None:
+        complete(results)
     if args.should_save:
         write_results(results, args.output_dir)
     print(format_perplexities(results))

@@ -1,0 +1,134 @@
+"""The causal-LM job's runs in the modes where the teacher is not one fixed model (see ``docs/modes.md``): the
+student's moving average (``ema``), peers trained with it (``mutual``) and generations of it (``born_again``). The
+co-trained teacher (``cotrain``) is the job's own run with a :class:`~hf_distill.teachers.TrainedTeacher`.
+
+Each is the same :class:`~hf_distill.DistillationTrainer` with another ``Teacher`` kind, and writes the job's
+``results.json`` (perplexities of every model it trains) with the mode's own entries.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from ..data import DistillationDataCollator
+from ..generations import GENERATION_DIR, train_born_again
+from ..teachers import TrainedTeacher
+from ..validation import resolve_resume
+from .causal_lm import finish, loss_summary, make_student, make_trainer, score, show_bars
+
+
+def run_ema(lm, args, train, texts, tokenizer) -> dict:
+    """``--distill_mode ema``: ``--student_model_name_or_path`` (cut to ``--student_layers``) learns from its own
+    moving average (an :class:`~hf_distill.teachers.EMATeacher`, built by the trainer).
+
+    ``results.json``'s ``teacher`` is the average and its ``student`` the model saved in ``output_dir``: the raw
+    student, or with ``--save_ema`` the average itself, whose raw student is then ``student_before_ema``."""
+    student = make_student(lm, args, None, tokenizer)
+    # the job scores the raw student before it takes the average's weights (save_ema), so the trainer does not
+    trainer = make_trainer(student, None, dataclasses.replace(args, save_ema=False), train, tokenizer)
+    ema = trainer.teachers[0]
+    results = _start(lm, args, student, texts, tokenizer, train, f"its moving average (decay {args.ema_decay:g})")
+    trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
+    trainer.save_model(args.output_dir)
+    results["teacher"] = score(ema.model, texts, tokenizer, lm, label="moving average", progress=show_bars(args))
+    results.update(
+        ema_decay=args.ema_decay, ema_warmup_steps=args.ema_warmup_steps, saved="ema" if args.save_ema else "student"
+    )
+    if args.save_ema:
+        raw = score(trainer.model, texts, tokenizer, lm, label="raw student", progress=show_bars(args))
+        results["student_before_ema"] = raw
+        ema.copy_to(student)
+        ema.publish = True  # so distillation_config.json says these weights are the average
+        trainer.save_model(args.output_dir)
+    return finish(lm, args, trainer, results, train, texts, tokenizer)
+
+
+def run_mutual(lm, args, train, texts, tokenizer) -> dict:
+    """``--distill_mode mutual``: ``--num_peers`` copies of ``--student_model_name_or_path`` (cut to
+    ``--student_layers``) trained together, each on the next-token loss and on the others' current predictions (deep
+    mutual learning; dropout, ``--student_dropout``, makes them differ).
+
+    The student (peer 0) is saved in ``output_dir``, peer ``i`` in ``output_dir/peer_<i>``. ``results.json``'s
+    ``student`` is peer 0 and its ``teacher`` peer 1; ``peers`` lists every peer's folder and perplexities, and
+    ``best_peer`` names the one with the lowest perplexity on the first validation text."""
+    student = make_student(lm, args, None, tokenizer)
+    peers = [
+        TrainedTeacher(copy.deepcopy(student), save_dir=f"peer_{i}", name=f"peer {i}") for i in range(1, lm.num_peers)
+    ]
+    trainer = make_trainer(student, peers, args, train, tokenizer)
+    results = _start(lm, args, student, texts, tokenizer, train, f"{lm.num_peers - 1} peer(s) trained with it")
+    trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
+    trainer.save_model(args.output_dir)
+    bars = show_bars(args)
+    scored = [score(p.inner, texts, tokenizer, lm, label=f"peer {i}", progress=bars) for i, p in enumerate(peers, 1)]
+    results["teacher"] = scored[0]
+
+    def name_best(results: dict) -> None:
+        table = [results["student"], *scored]
+        first = next(iter(texts), None)
+        best = min(range(len(table)), key=lambda i: table[i]["perplexity"][first]) if first else None
+        for i, row in enumerate(table if first else []):
+            print(
+                f"[causal-lm] peer {i}: perplexity {row['perplexity'][first]:.2f} on {first}{' (best)' * (i == best)}"
+            )
+        results["peers"] = [{"peer": i, "folder": "." if i == 0 else f"peer_{i}", **r} for i, r in enumerate(table)]
+        results["best_peer"] = best
+
+    return finish(lm, args, trainer, results, train, texts, tokenizer, complete=name_best)
+
+
+def run_born_again(lm, args, teacher, student, train, texts, tokenizer) -> dict:
+    """``--distill_mode born_again``: ``--generations`` students from ``student``'s initial weights, each taught by
+    the one before (the first by ``teacher``; with ``--ensemble_generations`` the last by all of them).
+
+    Generation ``g`` is saved in ``output_dir/generation_<g>`` and scored; the last one is also saved in
+    ``output_dir`` and is ``results.json``'s ``student``; ``generations`` lists every generation's perplexities."""
+    initial, bars, generations = copy.deepcopy(student), show_bars(args), []
+    results = {"task": "causal_lm", "distill_mode": "born_again", "teacher_model": args.teacher_model_name_or_path}
+    if lm.eval_teacher:
+        results["teacher"] = score(teacher, texts, tokenizer, lm, label="teacher", progress=bars)
+    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
+
+    def on_generation(generation: int, trainer) -> None:
+        names = [t.name for t in trainer.teachers]
+        scored = score(trainer.model, texts, tokenizer, lm, label=f"generation {generation}", progress=bars)
+        folder = GENERATION_DIR.format(generation)
+        generations.append({"generation": generation, "folder": folder, "teachers": names, **scored})
+
+    print(
+        f"[causal-lm] born-again: {args.generations} generation(s) on {len(train)} examples of up to {lm.block_size} "
+        f"tokens: {loss_summary(args)}"
+    )
+    trainers = train_born_again(
+        lambda: copy.deepcopy(initial),
+        teacher,
+        args,
+        on_generation=on_generation,
+        train_dataset=train,
+        data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        teacher_processing_class=tokenizer,
+    )
+    last = trainers[-1]
+    last.save_model(args.output_dir)
+    results.update(ensemble_generations=args.ensemble_generations, generations=generations)
+    return finish(lm, args, last, results, train, texts, tokenizer)
+
+
+def _start(lm, args, student, texts, tokenizer, train, teacher: str) -> dict:
+    """The results of an own-student run before training: the student's perplexities (there is no teacher to load)."""
+    print(f"[causal-lm] scoring the student before training on {list(texts)}")
+    results = {"task": "causal_lm", "distill_mode": args.distill_mode, "teacher_model": None}
+    results["student_before_training"] = score(
+        student, texts, tokenizer, lm, label="student", progress=show_bars(args)
+    )
+    print(
+        f"[causal-lm] training the student on {len(train)} examples of up to {lm.block_size} tokens with {teacher} as "
+        f"teacher: {loss_summary(args)}"
+    )
+    return results
+
+
+# the runs without a teacher model, by --distill_mode
+OWN_STUDENT_RUNS = {"ema": run_ema, "mutual": run_mutual}
