@@ -110,8 +110,8 @@ def parse_causal_lm(argv: list[str]):
     defaults = JOB_DEFAULTS
     if lm_args.student_model_name_or_path or lm_args.teacher_cache_dir:
         defaults = SEPARATE_STUDENT_DEFAULTS
-    # born-again generations after the first learn from a student, not from the teacher it was built from
-    if args.distill_mode == "born_again" and args.generations > 1:
+    # generations after the first learn from a student, not from the teacher it was built from
+    if args.distill_mode in ("born_again", "noisy_student") and args.generations > 1:
         defaults = {**defaults, "layer_map": "uniform"}
     if defaults is not JOB_DEFAULTS:
         lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=defaults)

@@ -548,7 +548,7 @@ def validate_glue_job(glue_args, args):
         student = _load_config(glue_args.student_model_name_or_path, flag, args)
         check_label_head(student, task, glue_args.student_model_name_or_path, flag, trained=True)
     if args.distill_mode == "noisy_student":
-        _check_student_dropout(glue_args, student or teacher)
+        check_noisy_student(glue_args.student_dropout, student or teacher, args)
     check_layers(layers, num_layers(student if own else teacher))
     depth, built_from = (len(layers), None) if own else student_depth(layers, student, num_layers(teacher))
     check_layer_maps(args, depth, num_layers(teacher), built_from)
@@ -587,24 +587,26 @@ def _check_generations(glue_args, args) -> None:
             "--distill_mode noisy_student self-trains on text the teacher labels, but there is none: set "
             "--unlabelled_train_samples N (unlabelled sentences) and/or --augment_prob p (noised copies)."
         )
+
+
+def check_noisy_student(student_dropout, source, args) -> None:
+    """``--distill_mode noisy_student``: the student learns the teacher's soft targets (``--alpha_logits`` > 0) with
+    dropout as its model noise: ``--student_dropout`` > 0, or unset on a ``source`` config that has some."""
+    from .models import DROPOUT_FIELDS  # here: it imports torch
+
     if args.alpha_logits <= 0:
         raise ValueError(
             f"--alpha_logits {args.alpha_logits}: a noisy student learns the teacher's soft targets on unlabelled "
             "text; set --alpha_logits > 0."
         )
-
-
-def _check_student_dropout(glue_args, source) -> None:
-    """A noisy student trains with dropout: ``--student_dropout`` > 0, or unset on a ``source`` config with some."""
-    from .models import DROPOUT_FIELDS
-
-    if glue_args.student_dropout == 0:
+    if student_dropout == 0:
         raise ValueError(
             "--student_dropout 0: a noisy student trains with dropout as its model noise; set --student_dropout > 0 "
             "(e.g. 0.1), or leave it unset for the model's own."
         )
-    rates = [getattr(source, name, 0) or 0 for name in DROPOUT_FIELDS]
-    if glue_args.student_dropout is None and max(rates, default=0) == 0:
+    config = source.get_text_config()
+    rates = [getattr(config, name, 0.0) or 0.0 for name in (*DROPOUT_FIELDS, *_PDROP_FIELDS)]
+    if student_dropout is None and max(rates, default=0.0) == 0:
         raise ValueError(
             f"The student's config ({type(source).__name__}) has no dropout, a noisy student's model noise: set "
             "--student_dropout > 0 (e.g. 0.1)."
@@ -695,8 +697,8 @@ def validate_compare_job(cmp):
     return load_tokenizer(cmp.student_model_name_or_path, "--student_model_name_or_path", configs["student"])
 
 
-# the modes of the causal-LM job (noisy_student, GLUE's only for now, is refused)
-CAUSAL_LM_MODES = ("frozen", "ema", "born_again", "mutual", "cotrain")
+# the modes of the causal-LM job (every one)
+CAUSAL_LM_MODES = ("frozen", "ema", "born_again", "noisy_student", "mutual", "cotrain")
 
 
 def validate_causal_lm_job(lm, args):
@@ -718,11 +720,11 @@ def validate_causal_lm_job(lm, args):
         return _validate_causal_lm_own_student(lm, args)
     if args.teacher_model_name_or_path is None:
         raise ValueError("Set --teacher_model_name_or_path (a causal LM: Hub name or local folder).")
-    if lm.teacher_cache_dir is not None and mode in ("cotrain", "born_again"):
+    if lm.teacher_cache_dir is not None and mode in ("cotrain", "born_again", "noisy_student"):
         why = (
             "the teacher is trained in the same loop as the student and changes every step"
             if mode == "cotrain"
-            else "each born-again generation has another teacher (the one before it)"
+            else f"each {mode} generation has another teacher (the one before it)"
         )
         raise ValueError(
             f"--teacher_cache_dir {lm.teacher_cache_dir} caches one fixed teacher's log-probs, but with --distill_mode "
@@ -756,13 +758,17 @@ def validate_causal_lm_job(lm, args):
         student = check_lm_student(lm.student_model_name_or_path, tokenizer, args.trust_remote_code)
     depth, built_from = student_depth(layers, student, num_layers(teacher))
     check_layer_maps(args, depth, num_layers(teacher), built_from)
-    if mode == "born_again" and args.generations > 1:  # later generations learn from a student of `depth` layers
+    if mode == "noisy_student":
+        check_noisy_student(lm.student_dropout, student or teacher, args)
+    if (
+        mode in ("born_again", "noisy_student") and args.generations > 1
+    ):  # later ones learn from a `depth`-layer student
         if (args.alpha_hidden > 0 or args.alpha_attention > 0) and "init" in (
             args.layer_map,
             args.attention_layer_map,
         ):
             raise ValueError(
-                f"--layer_map init pairs the student with the teacher blocks it was built from, but born-again "
+                f"--layer_map init pairs the student with the teacher blocks it was built from, but {mode} "
                 f"generations after the first learn from a student of {depth} blocks: set --layer_map uniform (the "
                 "job's default with --generations > 1), or --alpha_hidden 0."
             )

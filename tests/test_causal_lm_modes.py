@@ -1,4 +1,4 @@
-"""`hf-distill causal-lm --distill_mode ema | born_again | mutual | cotrain` end to end on tiny Llamas saved with a
+"""`hf-distill causal-lm --distill_mode ema | born_again | noisy_student | mutual | cotrain` end to end on tiny Llamas saved with a
 tiny tokenizer: each mode's saved models load, results.json scores each of them, and what a mode cannot do is refused
 in one line (exit code 2) before any model is loaded."""
 
@@ -92,6 +92,20 @@ def test_born_again_saves_and_scores_every_generation(models, tmp_path):
     assert ppl(saved["student"]) == ppl(gens[1]) and "teacher" in saved
 
 
+def test_noisy_student_trains_generations_with_dropout_on(models, tmp_path):
+    teacher, _, train = models
+    out = tmp_path / "out"
+    flags = ["--distill_mode", "noisy_student", "--teacher_model_name_or_path", teacher, "--student_layers", "0,3"]
+    assert main(job(out, train, *flags, "--generations", "2", "--student_dropout", "0.2")) == 0
+    saved = results(out)
+    assert saved["distill_mode"] == "noisy_student"
+    gens = saved["generations"]
+    assert [g["generation"] for g in gens] == [1, 2] and gens[1]["teachers"] == ["generation 1 student"]
+    assert AutoModelForCausalLM.from_pretrained(out / "generation_2").config.attention_dropout == 0.2
+    assert not differ(weights(out / "generation_2"), weights(out)) and ppl(saved["student"]) == ppl(gens[1])
+    assert json.load(open(out / "distillation_config.json"))["distill_mode"] == "noisy_student"
+
+
 def test_mutual_saves_every_peer_and_names_the_best(models, tmp_path):
     _, student, train = models
     out = tmp_path / "out"
@@ -159,20 +173,36 @@ REFUSED = {
     "born_again with a teacher cache": (
         ["--distill_mode", "born_again", "--teacher_model_name_or_path", "{teacher}", "--teacher_cache_dir", "{tmp}/c"],
         "--teacher_cache_dir {tmp}/c caches one fixed teacher's log-probs, but with --distill_mode born_again each "
-        "born-again generation has another teacher (the one before it): drop --teacher_cache_dir.",
+        "born_again generation has another teacher (the one before it): drop --teacher_cache_dir.",
     ),
     "born_again generations with the init layer map": (
         ["--distill_mode", "born_again", "--teacher_model_name_or_path", "{teacher}", "--generations", "2",
          "--layer_map", "init"],
-        "--layer_map init pairs the student with the teacher blocks it was built from, but born-again generations "
+        "--layer_map init pairs the student with the teacher blocks it was built from, but born_again generations "
         "after the first learn from a student of 2 blocks: set --layer_map uniform (the job's default with "
         "--generations > 1), or --alpha_hidden 0.",
     ),
     "born_again resumed": (
         ["--distill_mode", "born_again", "--teacher_model_name_or_path", "{teacher}", "--resume_from_checkpoint",
          "true"],
-        "resume_from_checkpoint true: a born-again run does not resume (each generation is saved in "
+        "resume_from_checkpoint true: a born_again run does not resume (each generation is saved in "
         "output_dir/generation_<g> when it ends): start it afresh.",
+    ),
+    "noisy_student without dropout": (
+        ["--distill_mode", "noisy_student", "--teacher_model_name_or_path", "{teacher}", "--student_layers", "0,3"],
+        "The student's config (LlamaConfig) has no dropout, a noisy student's model noise: set --student_dropout > 0 "
+        "(e.g. 0.1).",
+    ),
+    "noisy_student with dropout 0": (
+        ["--distill_mode", "noisy_student", "--teacher_model_name_or_path", "{teacher}", "--student_dropout", "0"],
+        "--student_dropout 0: a noisy student trains with dropout as its model noise; set --student_dropout > 0 "
+        "(e.g. 0.1), or leave it unset for the model's own.",
+    ),
+    "noisy_student without soft targets": (
+        ["--distill_mode", "noisy_student", "--teacher_model_name_or_path", "{teacher}", "--student_dropout", "0.1",
+         "--alpha_logits", "0", "--alpha_task", "1"],
+        "--alpha_logits 0.0: a noisy student learns the teacher's soft targets on unlabelled text; set "
+        "--alpha_logits > 0.",
     ),
     "a teacher learning rate without cotrain": (
         ["--teacher_model_name_or_path", "{teacher}", "--teacher_learning_rate", "1e-3"],

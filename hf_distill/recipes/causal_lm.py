@@ -358,8 +358,8 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         train = _teacher_cache(lm, args, teacher if teacher is not None else teacher_path, train, tokenizer)
 
     student = make_student(lm, args, teacher, tokenizer)
-    if args.distill_mode == "born_again":
-        return modes.run_born_again(lm, args, teacher, student, train, texts, tokenizer)
+    if args.distill_mode in ("born_again", "noisy_student"):
+        return modes.run_generations(lm, args, teacher, student, train, texts, tokenizer)
     # before the trainer places it (a ZeRO-3 engine holds shards)
     teacher_size = count_parameters(teacher) if teacher is not None else None
     live_teacher = bool(args.live_teacher_needs(cached=use_cache)) or args.distill_mode == "cotrain"

@@ -1,5 +1,6 @@
 """The causal-LM job's runs in the modes where the teacher is not one fixed model (see ``docs/modes.md``): the
-student's moving average (``ema``), peers trained with it (``mutual``) and generations of it (``born_again``). The
+student's moving average (``ema``), peers trained with it (``mutual``) and generations of it (``born_again``,
+``noisy_student``). The
 co-trained teacher (``cotrain``) is the job's own run with a :class:`~hf_distill.teachers.TrainedTeacher`.
 
 Each is the same :class:`~hf_distill.DistillationTrainer` with another ``Teacher`` kind, and writes the job's
@@ -12,7 +13,7 @@ import copy
 import dataclasses
 
 from ..data import DistillationDataCollator
-from ..generations import GENERATION_DIR, train_born_again
+from ..generations import GENERATION_DIR, train_born_again, train_noisy_student
 from ..teachers import TrainedTeacher
 from ..validation import resolve_resume
 from .causal_lm import finish, loss_summary, make_student, make_trainer, score, show_bars
@@ -78,14 +79,20 @@ def run_mutual(lm, args, train, texts, tokenizer) -> dict:
     return finish(lm, args, trainer, results, train, texts, tokenizer, complete=name_best)
 
 
-def run_born_again(lm, args, teacher, student, train, texts, tokenizer) -> dict:
-    """``--distill_mode born_again``: ``--generations`` students from ``student``'s initial weights, each taught by
-    the one before (the first by ``teacher``; with ``--ensemble_generations`` the last by all of them).
+def run_generations(lm, args, teacher, student, train, texts, tokenizer) -> dict:
+    """``--distill_mode born_again`` or ``noisy_student``: ``--generations`` students from ``student``'s initial
+    weights, each taught by the one before (the first by ``teacher``; with ``--ensemble_generations`` the last by all
+    of them). A noisy student trains with its dropout on (``--student_dropout``); its text is unlabelled already
+    (every token learns the teacher's soft targets), and it gets no input noise.
 
     Generation ``g`` is saved in ``output_dir/generation_<g>`` and scored; the last one is also saved in
     ``output_dir`` and is ``results.json``'s ``student``; ``generations`` lists every generation's perplexities."""
     initial, bars, generations = copy.deepcopy(student), show_bars(args), []
-    results = {"task": "causal_lm", "distill_mode": "born_again", "teacher_model": args.teacher_model_name_or_path}
+    results = {
+        "task": "causal_lm",
+        "distill_mode": args.distill_mode,
+        "teacher_model": args.teacher_model_name_or_path,
+    }
     if lm.eval_teacher:
         results["teacher"] = score(teacher, texts, tokenizer, lm, label="teacher", progress=bars)
     results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
@@ -97,13 +104,15 @@ def run_born_again(lm, args, teacher, student, train, texts, tokenizer) -> dict:
         generations.append({"generation": generation, "folder": folder, "teachers": names, **scored})
 
     print(
-        f"[causal-lm] born-again: {args.generations} generation(s) on {len(train)} examples of up to {lm.block_size} "
+        f"[causal-lm] {args.distill_mode}: {args.generations} generation(s) on {len(train)} examples of up to {lm.block_size} "
         f"tokens: {loss_summary(args)}"
     )
-    trainers = train_born_again(
+    noisy = args.distill_mode == "noisy_student"
+    trainers = (train_noisy_student if noisy else train_born_again)(
         lambda: copy.deepcopy(initial),
         teacher,
         args,
+        *([lambda generation: train] if noisy else []),
         on_generation=on_generation,
         train_dataset=train,
         data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
