@@ -67,6 +67,9 @@ class DistillationConfig(TrainingArguments):
             the one before (:mod:`hf_distill.generations`; the jobs run it).
         ensemble_generations (`bool`): ``born_again`` / ``noisy_student``: the last generation learns from the
             ensemble of the teacher and every earlier generation, their soft targets averaged.
+        kd_delay_steps (`int`): the student learns from its labels alone for this many optimizer steps (the KD
+            weights at 0), then from the teachers too: a KD warm-up delay, e.g. while a ``cotrain`` teacher, trained
+            from the start, learns the task. A trained teacher's own objective is not delayed.
 
     Parameters that control the loss:
         temperature (`float`): softmax temperature ``T`` of the soft targets; the soft terms are scaled by ``T^2``.
@@ -153,6 +156,13 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "born_again / noisy_student: the last generation learns from the teacher and all earlier ones."
+        },
+    )
+    kd_delay_steps: int = field(
+        default=0,
+        metadata={
+            "help": "The student learns from its labels alone for this many optimizer steps, then from the teachers "
+            "too (e.g. while a cotrain teacher learns the task). 0: from the first step."
         },
     )
     temperature: float = field(
@@ -308,6 +318,8 @@ class DistillationConfig(TrainingArguments):
                 "ensemble_generations needs generations >= 2 (the last generation learns from the earlier ones), got "
                 f"generations {self.generations}."
             )
+        if self.kd_delay_steps < 0:
+            raise ValueError(f"kd_delay_steps must be >= 0 (0: KD from the first step), got {self.kd_delay_steps}.")
         if self.ema_warmup_steps < 0:
             raise ValueError(f"ema_warmup_steps must be >= 0 (0: no warm-up), got {self.ema_warmup_steps}.")
         if self.relation_heads is not None and self.relation_heads < 1:

@@ -50,7 +50,7 @@ from .mapping import (
 )
 from .models import infer_task, resolve_dtype, unwrap
 from .publish.trainer_hub import HubPushMixin
-from .schedules import intermediate_scale
+from .schedules import delayed_kd, intermediate_scale
 from .teachers.base import check_soft_targets
 from .teachers.hooks import TeacherSteps
 from .teachers.model import check_distinct, model_inputs, run_model
@@ -198,8 +198,9 @@ class DistillationTrainer(HubPushMixin, Trainer):
         counts = self._window_counts if (mode == "train" and self._window_counts is not None) else local
         if self.args.alpha_logits > 0 and self.model.training:
             check_soft_targets(teacher_outs)
+        settings = delayed_kd(self.plan.settings, self.args.kd_delay_steps, self.state.global_step, model.training)
         loss, terms = distillation_objective(
-            self.plan.settings,
+            settings,
             student,
             teacher_outs,
             self.matches,

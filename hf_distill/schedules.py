@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 INTERMEDIATE_SCHEDULES = ("constant", "linear", "cosine")
@@ -26,3 +27,13 @@ def intermediate_scale(schedule: str, step: int, max_steps: int) -> float:
     if schedule == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def delayed_kd(settings, delay: int, step: int, training: bool):
+    """The objective's ``settings`` at optimizer step ``step``: in training, the KD weights (``alpha_logits``,
+    ``alpha_hidden``, ``alpha_attention``) are 0 for the first ``delay`` steps, so that the student learns from its
+    labels alone while, e.g., a co-trained teacher learns the task; unchanged from then on and in evaluation. A
+    trained teacher's own objective is not delayed."""
+    if not training or step >= delay:
+        return settings
+    return dataclasses.replace(settings, alpha_logits=0.0, alpha_hidden=0.0, alpha_attention=0.0)

@@ -97,6 +97,34 @@ def test_first_step_gradients_are_those_of_each_models_own_objective(tmp_out, mo
     assert {id(p) for p in other.parameters()} <= {id(p) for p in groups[-1]["params"]}
 
 
+def test_a_kd_delay_keeps_the_student_on_its_labels_while_the_teacher_learns(tmp_out):
+    """kd_delay_steps 2: the student's first steps are on its task loss alone (the KD weights at 0), the co-trained
+    teacher's on its own task loss (never delayed); from step 3 the student distils."""
+    student = tiny_bert(seed=2, **NO_DROPOUT)
+    other = tiny_bert(seed=3, **NO_DROPOUT)
+    s0, o0 = copy.deepcopy(student), copy.deepcopy(other)
+    data = classification_dataset(n=32)
+    trained = TrainedTeacher(other, learns_from_peers=False, save_dir="teacher")
+    grads = FirstGrads([trained])
+    trainer = DistillationTrainer(
+        model=student, teacher_model=trained, args=config(tmp_out, distill_mode="cotrain", kd_delay_steps=2, max_steps=3),
+        train_dataset=data, callbacks=[grads],
+    )  # fmt: skip
+    trainer.train()
+    rows = data[:8]
+    inputs = {k: torch.tensor(rows[k]) for k in ("input_ids", "attention_mask")}
+    labels = torch.tensor(rows["labels"])
+    n = 2 * forward_chain(student.config, 12) + 8
+    for got, model, weight in ((grads.student, s0, 0.5), (grads.peers[0], o0, 1.0)):
+        want = reference_grads(model, lambda m, w=weight: w * F.cross_entropy(m(**inputs).logits, labels))
+        scales = grad_scales(want)
+        for name, g in want.items():
+            assert_fp32_close(got[name], g, scale=scales[name], n=n, msg=name)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert [h.get("loss/logits", 0) > 0 for h in logged] == [False, False, True]
+    assert all(h["loss/teacher/task"] > 0 for h in logged)
+
+
 def test_a_peer_has_its_own_learning_rate(tmp_out):
     peer = TrainedTeacher(tiny_bert(seed=3), learning_rate=5e-4, save_dir="peer_1")
     trainer = DistillationTrainer(
