@@ -10,7 +10,15 @@ Per (task, seed), in one run:
 - ``ema``: the 3-layer student with its own moving average as the teacher (logits, ``EMA``), scored raw and averaged;
 - ``mutual``: two 3-layer peers (heads of seeds ``seed`` and ``seed + 1``) trained together (logits KD both ways);
 - ``cotrain``: the base MiniLM-L6 fine-tuned in the same loop as the 3-layer student, which distils from it with the
-  recipe's KD terms; its wall time is the whole pipeline's, to compare with ``teacher`` + ``kd``.
+  recipe's KD terms; its wall time is the whole pipeline's, to compare with ``teacher`` + ``kd``;
+- ``noisy_student``: 2 generations of the 3-layer student (dropout 0.1), the first taught by the fine-tuned teacher,
+  the second by the first, each on its own draw of the word-replacement augmentation (half the examples rewritten
+  and labelled by the teacher alone: the same number of examples and steps as ``kd``) with the recipe's KD terms;
+  both generations are scored, its time is both generations'.
+
+``--reuse_teacher`` loads the teacher a run before fine-tuned in the same ``--work_dir`` (its folder
+``<task>-<seed>/teacher``) instead of fine-tuning it again: for adding modes to a (task, seed) measured before (the
+summary merges the runs of one task and seed; the teacher's minutes come from the run that trained it).
 
 Each run writes its own file in --results_dir after every mode (an interrupted run keeps what it finished);
 `python benchmarks/summarize.py glue_modes` prints the tables.
@@ -23,12 +31,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,8 +46,16 @@ from common import default_dir, new_path, resolved, run_record, write_record  # 
 from glue_quality import DIRS, NO_KD, bench_arguments  # noqa: E402
 from summarize import glue_modes, load  # noqa: E402
 
+from hf_distill.generations import train_noisy_student  # noqa: E402
 from hf_distill.models import resolve_model_path  # noqa: E402
-from hf_distill.recipes.glue import distill, evaluate_model, load_teacher, make_student, prepare_data  # noqa: E402
+from hf_distill.recipes.glue import (  # noqa: E402
+    distill,
+    evaluate_model,
+    load_teacher,
+    make_student,
+    prepare_data,
+    with_unlabelled,
+)
 from hf_distill.tasks import compute_metrics_for  # noqa: E402
 from hf_distill.teachers import TrainedTeacher  # noqa: E402
 
@@ -58,7 +75,10 @@ MODES = {
     },
     "mutual": {"distill_mode": "mutual", **LOGITS_ONLY},
     "cotrain": {"distill_mode": "cotrain"},
+    "noisy_student": {"distill_mode": "noisy_student", "generations": 2},
 }
+# the noisy student's noise (GlueArguments): word replacement on half the examples, dropout on the student
+NOISE = {"augment_prob": 0.5, "student_dropout": 0.1}
 ORDER = list(MODES)  # born_again reads no_kd's student: no_kd runs first
 
 
@@ -77,8 +97,13 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
     base = dataclasses.replace(glue_args, finetune_teacher=False)
     base_teacher = load_teacher(base, args, task, data, tokenizer, collator)  # the base model, a fresh head
     start = time.perf_counter()
-    teacher = load_teacher(glue_args, args, task, data, tokenizer, collator)  # fine-tuned: the first stage
-    results["minutes"]["teacher"] = (time.perf_counter() - start) / 60
+    teacher_dir = os.path.join(args.output_dir, "teacher")
+    if opts.reuse_teacher and os.path.exists(os.path.join(teacher_dir, "model.safetensors")):
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)  # fine-tuned by an earlier run
+        results["reused_teacher"] = teacher_dir
+    else:
+        teacher = load_teacher(glue_args, args, task, data, tokenizer, collator)  # fine-tuned: the first stage
+        results["minutes"]["teacher"] = (time.perf_counter() - start) / 60
     results["scores"]["teacher"] = score(teacher)
     save(results)
     initial = make_student(glue_args, args, teacher, task)  # teacher layers 1, 3, 5 (the same in every mode)
@@ -100,7 +125,12 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
             lr = glue_args.teacher_learning_rate
             source = TrainedTeacher(base_teacher, learns_from_peers=False, learning_rate=lr, save_dir="teacher")
         start = time.perf_counter()
-        trainer = distill(student, source, run_args, data, collator, tokenizer, metrics, task.eval_splits[0])
+        if name == "noisy_student":
+            trainers = noisy_student(glue_args, run_args, task, teacher, data, tokenizer, collator, metrics)
+            trainer = trainers[-1]
+            results["scores"]["noisy_student_gen1"] = score(trainers[0].model)
+        else:
+            trainer = distill(student, source, run_args, data, collator, tokenizer, metrics, task.eval_splits[0])
         results["minutes"][name] = (time.perf_counter() - start) / 60
         results["steps"][name] = trainer.state.global_step
         results["scores"][name] = score(trainer.model)
@@ -116,6 +146,21 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
     return results
 
 
+def noisy_student(glue_args, args, task, teacher, data, tokenizer, collator, metrics) -> list:
+    """The trainers of ``args.generations`` noisy-student generations (``NOISE``) of the 3-layer student."""
+    noisy = dataclasses.replace(glue_args, **NOISE)
+    initial = make_student(noisy, args, teacher, task)  # teacher layers 1, 3, 5, with dropout
+
+    def noised(generation: int):
+        return with_unlabelled(noisy, args, teacher, tokenizer, data, args.seed + generation - 1)["train"]
+
+    return train_noisy_student(
+        lambda: copy.deepcopy(initial), teacher, args, noised, train_dataset=None,
+        eval_dataset=data[task.eval_splits[0]], data_collator=collator, processing_class=tokenizer,
+        compute_metrics=metrics,
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["sst2"], choices=sorted(DIRS))
@@ -124,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_samples", type=int, default=16000, help="Labelled training examples at most.")
     parser.add_argument("--epochs", type=float, default=1.0, help="Epochs of the teacher and of every student.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
+    parser.add_argument(
+        "--reuse_teacher", action="store_true", help="Load the teacher an earlier run fine-tuned in --work_dir."
+    )
     parser.add_argument("--work_dir", default="out/bench-modes", help="The models' output folders.")
     parser.add_argument("--results_dir", default=default_dir("glue_modes"), help="Where each run's file goes.")
     return parser
@@ -145,6 +193,8 @@ def main() -> None:
                 "modes": opts.modes,
                 "mode_overrides": {name: MODES[name] for name in opts.modes},
                 "threads": opts.threads,
+                "reuse_teacher": opts.reuse_teacher,
+                "noise": NOISE if "noisy_student" in opts.modes else None,
                 "glue_arguments": resolved(glue_args),
                 "distillation_config": resolved(args),
             }
