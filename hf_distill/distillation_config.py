@@ -20,6 +20,11 @@ DISTILL_MODES = ("frozen", "ema", "born_again", "noisy_student", "mutual", "cotr
 GENERATION_MODES = ("born_again", "noisy_student")  # hf_distill.generations: one trainer per generation
 # written beside every saved student: the distillation settings, teachers and layer matches
 DISTILLATION_CONFIG_FILE = "distillation_config.json"
+# the modes whose teachers are never cast to teacher_dtype: why, for the one-line refusal
+_OWN_DTYPE_TEACHERS = {
+    "ema": "the teacher is the moving average of the student's own weights, kept in the student's dtype",
+    "mutual": "the peers are trained like the student, each in the dtype it is loaded in",
+}
 
 
 def check_number(name: str, value, valid: str, ok: Callable[[float], bool] = lambda v: True) -> None:
@@ -299,6 +304,11 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"save_ema saves the student's moving average, which only distill_mode ema keeps (distill_mode is "
                 f"{self.distill_mode!r}): set distill_mode ema, or drop save_ema."
+            )
+        if self.teacher_dtype is not None and self.distill_mode in _OWN_DTYPE_TEACHERS:
+            raise ValueError(
+                f"teacher_dtype {self.teacher_dtype} with distill_mode {self.distill_mode}: "
+                f"{_OWN_DTYPE_TEACHERS[self.distill_mode]}, so teacher_dtype would be ignored; drop teacher_dtype."
             )
         if self.generations < 1:
             raise ValueError(f"generations must be >= 1, got {self.generations}.")

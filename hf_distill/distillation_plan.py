@@ -182,6 +182,23 @@ def _trained_teachers(teacher_model, args, task: str) -> list[Teacher]:
     return teachers
 
 
+def check_ema_student(student: nn.Module) -> None:
+    """An EMA teacher averages the weights the student trains: a quantized student (``is_quantized``, or a
+    ``quantization_config`` in its config) trains none of its own unless it is a PEFT model (its adapters are then
+    what is averaged). Refused before the student is copied."""
+    model = unwrap(student)
+    quantization = getattr(model, "quantization_config", None) or getattr(model.config, "quantization_config", None)
+    adapters = hasattr(unwrap(student, peft=False), "peft_config") or getattr(model, "_hf_peft_config_loaded", False)
+    if not (getattr(model, "is_quantized", False) or quantization) or adapters:
+        return
+    method = getattr(quantization, "quant_method", None) or (quantization or {}).get("quant_method", "quantized")
+    raise ValueError(
+        f"distill_mode ema averages the student's weights, but {type(model).__name__} is quantized ({method}) "
+        "without adapters: its weights are not trained and cannot be averaged; attach LoRA adapters (peft) to it, "
+        "or load it unquantized."
+    )
+
+
 def _ema_teacher(teacher_model, args, student: nn.Module | None) -> EMATeacher:
     """``distill_mode ema``: the student's moving average, which takes the place of any other teacher."""
     given = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
@@ -196,6 +213,7 @@ def _ema_teacher(teacher_model, args, student: nn.Module | None) -> EMATeacher:
         return given
     if student is None:
         raise ValueError("distill_mode ema needs the student, whose weights its teacher averages.")
+    check_ema_student(student)
     return EMATeacher(student, decay=args.ema_decay, warmup_steps=args.ema_warmup_steps, publish=args.save_ema)
 
 

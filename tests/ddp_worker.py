@@ -2,12 +2,14 @@
 
 ``python ddp_worker.py OUT KIND [grads BATCH ACCUM]``; ``KIND`` is ``encoder`` (BERT, hidden + attention KD through
 projection adapters: the student is narrower), ``lm`` (a causal LM through the fused, chunked loss: the head is
-used outside the DDP forward, by the chunked autograd function) or ``ema`` (BERT with its own moving average as the
-teacher, ``distill_mode ema``).
+used outside the DDP forward, by the chunked autograd function), ``ema`` (BERT with its own moving average as the
+teacher, ``distill_mode ema``), ``mutual`` (a BERT peer trained with it) or ``cotrain`` (a BERT teacher fine-tuned in
+the same loop, the student distilling through projection adapters).
 
 - default: train 3 steps and save each rank's student and adapter weights (``rank{i}.pt``) for the test to compare;
-- ``grads``: one optimizer step on a sequential sampler, each rank saving the gradients it is about to apply
-  (``grads_rank{i}.pt``); `first_step_grads` is imported by the test to get the same run on one process.
+- ``grads``: one optimizer step on a sequential sampler, each rank saving the gradients it is about to apply, a
+  trained teacher's too as ``teacher.<name>`` (``grads_rank{i}.pt``); `first_step_grads` is imported by the test to
+  get the same run on one process.
 """
 
 import os
@@ -16,6 +18,7 @@ import sys
 import torch
 from conftest import GradCatcher, classification_dataset, lm_dataset, tiny_bert, tiny_llama
 from torch.nn.parallel import DistributedDataParallel
+from transformers import TrainerCallback
 
 from hf_distill import DistillationConfig, DistillationTrainer
 
@@ -35,6 +38,14 @@ def build(kind: str, dropout: bool = True):
         student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **kw)
         peer = TrainedTeacher(tiny_bert(num_layers=2, hidden=16, heads=2, seed=3, **kw), save_dir="peer_1")
         return peer, student, classification_dataset(n=64), {"distill_mode": "mutual", "alpha_hidden": 0.0}
+    if kind == "cotrain":  # a teacher fine-tuned in the same loop (distill_mode cotrain), DDP-wrapped like the student
+        from hf_distill.teachers import TrainedTeacher
+
+        teacher = TrainedTeacher(
+            tiny_bert(seed=1, **kw), learns_from_peers=False, learning_rate=3e-3, save_dir="teacher"
+        )
+        student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **kw)
+        return teacher, student, classification_dataset(n=64), {"distill_mode": "cotrain"}
     if kind == "ema":  # no teacher: the student's moving average (distill_mode ema)
         student = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, **kw)
         return None, student, classification_dataset(n=64), {"distill_mode": "ema", "ema_decay": 0.5}
@@ -66,26 +77,46 @@ def make_trainer(out: str, kind: str, dropout: bool = True, callbacks=(), **over
     return trainer
 
 
+class TrainedTeacherGrads(TrainerCallback):
+    """Keeps a copy of the trained teachers' gradients (a peer's, a co-trained teacher's) of the first optimizer step,
+    as ``teacher.<name>``."""
+
+    def __init__(self):
+        self.grads, self.teachers = None, []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.grads is None:
+            self.grads = {
+                f"teacher.{n}": p.grad.detach().clone()
+                for t in self.teachers
+                if t.trainable
+                for n, p in t.inner.named_parameters()
+                if p.grad is not None
+            }
+
+
 def first_step_grads(out: str, kind: str, batch: int, accum: int = 1) -> dict:
-    """Gradients of the student (and adapters) at the first optimizer step, on this process's share of the data.
+    """Gradients of the student (and adapters), and of a trained teacher (``teacher.<name>``), at the first optimizer
+    step, on this process's share of the data.
 
     The sampler is sequential, so under accelerate's batch sharding rank ``r`` takes micro-batches ``r, r + world,
     ...``: together the first window holds rows ``0 .. batch * accum * world - 1``, as one process with batch 8 does.
     """
-    catcher = GradCatcher()
+    catcher, teachers = GradCatcher(), TrainedTeacherGrads()
     trainer = make_trainer(
         out,
         kind,
         dropout=False,
-        callbacks=[catcher],
+        callbacks=[catcher, teachers],
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=accum,
         max_steps=1,
         train_sampling_strategy="sequential",
         max_grad_norm=0,  # compare the raw gradients
     )
+    teachers.teachers = trainer.teachers
     trainer.train()
-    return catcher.grads
+    return {**catcher.grads, **teachers.grads}
 
 
 def main(out: str, kind: str, mode: str = "train", *numbers: str) -> None:

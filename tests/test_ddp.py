@@ -1,5 +1,6 @@
 """Two processes on CPU (gloo): the projection adapters and the student stay identical on every rank, and the first
-optimizer step's gradients equal those of one process on the same global batch."""
+optimizer step's gradients equal those of one process on the same global batch, a trained teacher's (a mutual peer,
+a co-trained teacher) as well as the student's."""
 
 import os
 import subprocess
@@ -82,6 +83,33 @@ def test_ddp_first_step_gradients_match_one_process(tmp_path, kind, batch, accum
     # average over 2 ranks all run in other orders (tests/numerics.py)
     teacher, student, *_ = build(kind, dropout=False)
     n = forward_chain(teacher.config, 12) + 2 * forward_chain(student.config, 12) + 8 * 12 + 2
+    scales = grad_scales(single)
+    for name in single:
+        assert torch.equal(ddp[0][name], ddp[1][name]), name  # DDP averaged them
+        assert_fp32_close(ddp[0][name], single[name], scale=scales[name], n=n, msg=name)
+
+
+@pytest.mark.parametrize(
+    "kind, batch, accum",
+    [("mutual", 4, 1), ("cotrain", 4, 1), ("cotrain", 2, 2)],
+    ids=["mutual-peer", "cotrain-teacher-adapters", "cotrain-accumulation"],
+)
+def test_ddp_first_step_gradients_of_a_trained_teacher_match_one_process(tmp_path, kind, batch, accum):
+    """Global batch 8 both ways, as above, for the models the optimizer trains beside the student: a mutual-learning
+    peer (task loss + KD to the student) and a co-trained teacher (task loss; the student distils from its hidden
+    states and attention through projection adapters). Each is DDP-wrapped like the student: its gradients, as the
+    student's, must be those of one process on the whole batch."""
+    torchrun_worker(tmp_path, kind, "grads", batch, accum)
+    ddp = [torch.load(tmp_path / f"grads_rank{rank}.pt") for rank in (0, 1)]
+    single = first_step_grads(str(tmp_path / "single"), kind, batch=8)
+    assert ddp[0].keys() == ddp[1].keys() == single.keys()
+    teacher_grads = [name for name in single if name.startswith("teacher.")]
+    assert teacher_grads and len(teacher_grads) < len(single)  # the trained teacher's and the student's
+    assert all(single[name].abs().sum() > 0 for name in teacher_grads if "classifier" in name)  # it does learn
+    assert any(ADAPTERS_ATTR in name for name in single) == (kind == "cotrain")
+    peer, student, *_ = build(kind, dropout=False)
+    # forward and backward of both models in other orders, the sums over tokens, the average over 2 ranks
+    n = 2 * forward_chain(peer.inner.config, 12) + 2 * forward_chain(student.config, 12) + 8 * 12 + 2
     scales = grad_scales(single)
     for name in single:
         assert torch.equal(ddp[0][name], ddp[1][name]), name  # DDP averaged them

@@ -302,6 +302,69 @@ def test_bad_ema_settings_are_refused(tmp_out, kwargs, message):
         config(tmp_out, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "mode, why",
+    [
+        ("ema", "the teacher is the moving average of the student's own weights, kept in the student's dtype"),
+        ("mutual", "the peers are trained like the student, each in the dtype it is loaded in"),
+    ],
+)
+def test_teacher_dtype_is_refused_where_no_teacher_is_cast(tmp_out, mode, why, capsys):
+    """teacher_dtype casts a frozen teacher; an EMA teacher or a peer is never cast, so it would be silently ignored.
+    Refused by the config, before any model is loaded (here: the CLI's one line)."""
+    message = f"teacher_dtype bfloat16 with distill_mode {mode}: {why}, so teacher_dtype would be ignored; drop it"
+    with pytest.raises(ValueError) as refused:
+        config(tmp_out, distill_mode=mode, teacher_dtype="bfloat16")
+    assert str(refused.value) == message.removesuffix("drop it") + "drop teacher_dtype."
+    assert config(tmp_out, distill_mode="frozen", teacher_dtype="bfloat16").teacher_dtype == "bfloat16"
+    from hf_distill.cli import main
+
+    argv = sst2_job_argv(tmp_out, "--distill_mode", mode, "--teacher_dtype", "bfloat16")
+    argv += ["--student_model_name_or_path", "./no/such/model"]  # never reached: the config is refused first
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"with distill_mode {mode}: " in err[0], err
+
+
+@pytest.mark.parametrize("where", ["model", "config"])
+def test_a_quantized_student_without_adapters_is_refused_before_it_is_copied(tmp_out, where, monkeypatch):
+    """The average is of the weights the student trains; a quantized student without adapters trains none (its
+    weights are integers). Refused with one line before the EMA copies it (not by the Trainer, after the copy)."""
+    from hf_distill import distillation_plan
+
+    student = tiny_bert(num_layers=2, hidden=16, heads=2)
+    if where == "model":
+        student.is_quantized = True
+        student.quantization_config = {"quant_method": "bitsandbytes"}
+    else:
+        student.config.quantization_config = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    data, args = classification_dataset(n=16), config(tmp_out)
+
+    class Copying(EMATeacher):
+        def __init__(self, *args, **kwargs):
+            pytest.fail("the student was copied")
+
+    monkeypatch.setattr(distillation_plan, "EMATeacher", Copying)
+    with pytest.raises(ValueError) as refused:
+        DistillationTrainer(model=student, args=args, train_dataset=data)
+    assert str(refused.value) == (
+        "distill_mode ema averages the student's weights, but BertForSequenceClassification is quantized "
+        "(bitsandbytes) without adapters: its weights are not trained and cannot be averaged; attach LoRA adapters "
+        "(peft) to it, or load it unquantized."
+    )
+
+
+def test_a_quantized_student_with_lora_adapters_is_averaged_on_its_adapters(tmp_out):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_bert(num_layers=2, hidden=16, heads=2)
+    base.config.quantization_config = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    student = get_peft_model(base, LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    trainer = DistillationTrainer(model=student, args=config(tmp_out), train_dataset=classification_dataset(n=16))
+    ema = trainer.teachers[0]
+    assert ema.trained and all("lora" in name or "classifier" in name for name in ema.trained)
+
+
 def test_ema_mode_with_a_teacher_is_refused(tmp_out):
     with pytest.raises(ValueError, match="distill_mode ema takes no teacher"):
         DistillationTrainer(

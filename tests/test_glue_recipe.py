@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert
+from conftest import tiny_bert, word_tokenizer
 from numerics import assert_fp32_close, forward_chain
 from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
@@ -29,6 +30,32 @@ def test_every_shipped_config_parses_and_says_how_to_run_it(path):
     cpu_only = [] if torch.cuda.is_available() or "bf16: true" not in text else ["--bf16", "false"]
     parsed = parse_with_config([GlueArguments, DistillationConfig], ["--config", str(path), *cpu_only], "test")
     assert isinstance(parsed[1], DistillationConfig)
+
+
+MODE_CONFIGS = [p for p in CONFIGS if p.name.split("-")[0] != "kd"]  # <distill_mode>-<student>-<task>.yaml
+
+
+def test_there_is_a_recipe_per_mode():
+    assert sorted(p.name.split("-")[0] for p in MODE_CONFIGS) == ["born_again", "cotrain", "ema", "mutual"]
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+@pytest.mark.parametrize("path", MODE_CONFIGS, ids=lambda p: p.name)
+def test_every_mode_recipe_passes_the_jobs_checks(path, tmp_path):
+    """Each mode's recipe as the job checks it before loading anything (validate_glue_job: the mode's models, layers,
+    layer maps, data), with all-MiniLM-L6-v2 replaced by a tiny 6-layer BERT folder (no network)."""
+    from hf_distill.validation import validate_glue_job
+
+    model = tmp_path / "minilm"
+    tiny_bert(num_layers=6).save_pretrained(model)
+    word_tokenizer([f"w{i}" for i in range(94)]).save_pretrained(model)
+    glue_args, args = parse_with_config([GlueArguments, DistillationConfig], ["--config", str(path)], "test")
+    assert args.distill_mode == path.name.split("-")[0] and glue_args.student_layers == "1,3,5"
+    names = {"student_model_name_or_path": str(model)} if glue_args.student_model_name_or_path else {}
+    glue_args = dataclasses.replace(glue_args, **names)
+    teacher = {"teacher_model_name_or_path": str(model)} if args.teacher_model_name_or_path else {}
+    args = dataclasses.replace(args, output_dir=str(tmp_path / "out"), **teacher)
+    assert validate_glue_job(glue_args, args) is not None  # the tokenizer; a bad recipe raises ValueError
 
 
 def test_flags_override_the_config(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from conftest import classification_dataset, tiny_bert, word_tokenizer
+from conftest import classification_dataset, sst2_job_argv, tiny_bert, word_tokenizer
 from hub_server import HubServer
 from huggingface_hub import ModelCard, constants
 from numerics import assert_fp32_close, forward_chain
@@ -27,6 +27,7 @@ from hf_distill import DISTILLATION_CONFIG_FILE, DistillationConfig, Distillatio
 from hf_distill.cli import main
 from hf_distill.publish import push_student, render_model_card, student_files, write_model_card
 from hf_distill.report import count_parameters
+from hf_distill.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_TestTokenNeverPublish7f3a9c"  # the server's only valid token; must never appear in output or uploads
@@ -223,6 +224,105 @@ def test_license_comes_from_a_local_teacher_card(student_dir):
     assert data.license == "mit" and data.base_model is None  # a local folder is no Hub id
     path = write_model_card(str(student_dir), "tester/x")
     assert ModelCard.load(path).data.license == "mit"
+
+
+def test_a_mode_this_card_does_not_know_is_named(student_dir):
+    """A distill_mode without a sentence of its own (a newer one): the card names it and points at the record."""
+    assert "distill_mode" not in render_model_card(str(student_dir))  # frozen: the plain distilled sentence
+    config_file = student_dir / DISTILLATION_CONFIG_FILE
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "distill_mode": "noisy_student"}))
+    text = render_model_card(str(student_dir))
+    assert f"distilled from [{TEACHER_ID}](/{TEACHER_ID})" in text
+    assert "It was trained with distill_mode `noisy_student`; see `distillation_config.json`." in text
+
+
+# ---- the cards of the GLUE job's modes (hf-distill glue --distill_mode ...), from real tiny runs ----
+
+
+def glue_run(out, *extra) -> dict:
+    """Run the GLUE job (2-layer student, 3 steps) into ``out``; returns its results.json."""
+    assert main(sst2_job_argv(out, "--student_layers", "1,3", "--max_steps", "3", *extra)) == 0
+    return json.loads((Path(out) / "results.json").read_text())
+
+
+def first_paragraph(card: str) -> str:
+    return card.split("## Evaluation")[0].split("\n# ")[1]
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+def test_a_born_again_card_says_how_many_generations_and_scores_each(tiny_teacher_dir, tmp_path):
+    out = tmp_path / "ban"
+    results = glue_run(
+        out, "--distill_mode", "born_again", "--generations", "2", "--ensemble_generations", "true",
+        "--teacher_model_name_or_path", tiny_teacher_dir, "--finetune_teacher", "true", "--teacher_max_steps", "1",
+    )  # fmt: skip
+    card = render_model_card(str(out))
+    intro = first_paragraph(card)
+    assert (
+        f"trained with hf-distill {__version__} by born-again distillation: the last of 2 generation(s), each "
+        "restarting from the same initial weights and taught by the one before, the first by a local teacher "
+        "(`teacher`) (fine-tuned on the task first), the last by the ensemble of that teacher and every earlier "
+        "generation." in intro
+    )
+    assert "fine-tuned on the task first," not in intro and "(`generation 1 student`)" not in intro
+    first, second = results["generations"]
+    assert f"| 1 | `{tiny_teacher_dir}` | {first['accuracy']:.4f} |" in card
+    assert f"| 2 | `{tiny_teacher_dir}`, `generation 1 student` | {second['accuracy']:.4f} |" in card
+    assert "generation 1 of 2, each restarting" in render_model_card(str(out / "generation_1"))
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+def test_a_mutual_card_names_the_peers_and_each_peer_gets_a_card(tiny_teacher_dir, tmp_path):
+    out = tmp_path / "dml"
+    results = glue_run(
+        out, "--distill_mode", "mutual", "--num_peers", "3", "--student_model_name_or_path", tiny_teacher_dir
+    )
+    card = render_model_card(str(out))
+    best = results["best_peer"]
+    best_name = "this model" if best == 0 else f"peer {best} (`peer_{best}`)"
+    assert (
+        f"trained with hf-distill {__version__} by deep mutual learning, together with 2 peer(s) (`peer_1`, "
+        "`peer_2` beside it): each learned from its labels and from the others' current predictions; the best of "
+        f"the 3 was {best_name}." in first_paragraph(card)
+    )
+    assert "distilled from" not in card and "teacher's parameters" not in card and "Retention" not in card
+    scores = [f"{p['accuracy']:.4f}" for p in results["peers"]]
+    assert f"| this model (peer 0){', the best' if best == 0 else ''} | {scores[0]} | 20.0k" in card
+    assert f"| peer 2 (`peer_2`){', the best' if best == 2 else ''} | {scores[2]} | - | - | - | - |" in card
+    assert "keeps layers 1, 3 (0-based) of the model it started from" in card
+    # a peer's folder: a peer's card with its own scores, not "no distillation_config.json"
+    peer = ModelCard(render_model_card(str(out / "peer_2")))
+    assert (
+        "is a 2-layer `bert` model (hidden size 32): peer 2 of the 3 models of a deep mutual learning run with "
+        f"hf-distill {__version__} on GLUE SST-2, trained together with the run's student" in peer.text
+    )
+    assert ("it scored best of them" in peer.text) == (best == 2) and "not a distilled model" not in peer.text
+    assert f"| peer_2 | {scores[2]} |" in peer.text and peer.data.base_model is None
+    (result,) = peer.data.eval_results
+    assert result.metric_value == round(results["peers"][2]["accuracy"], 4)
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+def test_a_cotrain_card_says_the_teacher_learned_in_the_same_loop(tiny_teacher_dir, tmp_path):
+    out = tmp_path / "cotrain"
+    results = glue_run(
+        out, "--distill_mode", "cotrain", "--teacher_model_name_or_path", tiny_teacher_dir,
+        "--teacher_learning_rate", "0.003",
+    )  # fmt: skip
+    assert json.loads((out / DISTILLATION_CONFIG_FILE).read_text())["teacher_learning_rate"] == 0.003
+    card = render_model_card(str(out))
+    assert (
+        f"distilled with hf-distill {__version__} from a local teacher (`teacher`), fine-tuned on the task in the "
+        "same training loop as the student (co-training, teacher learning rate 0.003) and saved in `teacher/`."
+        in first_paragraph(card)
+    )
+    assert "fine-tuned on the task first" not in card
+    teacher = render_model_card(str(out / "teacher"))
+    assert (
+        f"the teacher of a distillation run with hf-distill {__version__}, fine-tuned from a local model (`teacher`) "
+        "on GLUE SST-2 in the same training loop as its student (co-training, learning rate 0.003)." in teacher
+    )
+    assert f"| teacher | {results['teacher']['accuracy']:.4f} |" in teacher
 
 
 # ---- pushes against the local Hub ----

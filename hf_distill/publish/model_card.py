@@ -13,6 +13,7 @@ by ``huggingface_hub.ModelCard.from_template``. Pushing the card with the studen
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Optional
@@ -110,13 +111,28 @@ _EMA_ROLES = {
 }
 
 
+def _peer_roles(results: dict) -> tuple[tuple[str, str], ...]:
+    """distill_mode mutual: peer 0 is the student and peer 1 results.json's "teacher" (both measured); further peers
+    are scored only, under ``peers``."""
+    best = results.get("best_peer")
+    names = [
+        ("this model (peer 0)" if i == 0 else f"peer {i} (`{peer['folder']}`)") + (", the best" if i == best else "")
+        for i, peer in enumerate(results["peers"])
+    ]
+    return tuple(
+        ("student" if i == 0 else "teacher" if i == 1 else f"peers.{i}", name) for i, name in enumerate(names)
+    )
+
+
 def _result_rows(results: dict, metrics: list[str]) -> list[dict]:
     roles = _ROLES
     if results.get("distill_mode") == "ema":
         roles = (*_EMA_ROLES[results.get("saved", "student")], _ROLES[2])
+    elif results.get("distill_mode") == "mutual" and results.get("peers"):
+        roles = (*_peer_roles(results), _ROLES[2])
     rows = []
     for role, label in roles:
-        entry = results.get(role)
+        entry = results["peers"][int(role[6:])] if role.startswith("peers.") else results.get(role)
         if entry is None:
             continue
         cells = ["-" if entry.get(m) is None else f"{entry[m]:.4f}" for m in metrics]
@@ -186,10 +202,11 @@ def _score_section(results: dict, task_type: str) -> _ResultsSection:
         "train_examples": results.get("train_examples"),
         "max_steps": results.get("max_steps"),
         "rounds": results.get("timing_rounds"),
-        # an ema run has no other model to keep a share of or to outrun: the card compares the two rows' scores
-        "ema": results.get("distill_mode") == "ema",
+        # an ema or mutual run has no other model to keep a share of or to outrun: the card compares the rows' scores
+        "own": results.get("distill_mode") in ("ema", "mutual"),
+        "generations": _generation_rows(results),
     }
-    if scores["ema"]:
+    if scores["own"]:
         scores["retention"] = None
     return _ResultsSection(
         context={"results": scores},
@@ -197,6 +214,19 @@ def _score_section(results: dict, task_type: str) -> _ResultsSection:
         tags=[*(["glue"] if task in GLUE_TASKS else []), *([task] if task else [])],
         eval_results=_eval_results(results, dataset, task_type),
     )
+
+
+def _generation_rows(results: dict) -> list[dict]:
+    """distill_mode born_again: each generation's teachers and score on the task's metric, from results.json."""
+    metric = results.get("metric")
+    return [
+        {
+            "generation": g["generation"],
+            "teachers": ", ".join(f"`{t}`" for t in g.get("teachers", [])),
+            "score": "-" if g.get(metric) is None else f"{g[metric]:.4f}",
+        }
+        for g in results.get("generations") or []
+    ]
 
 
 def _perplexity_rows(results: dict, texts: list[str]) -> list[dict]:
@@ -259,41 +289,69 @@ def _results_section(results: dict | None, task_type: str) -> _ResultsSection:
     return _RESULTS_SECTIONS.get(results.get("task"), _score_section)(results, task_type)
 
 
+_RUN_MEMBER = re.compile(r"teacher|peer_(\d+)")  # the folders a GLUE run saves beside its student
+
+
 def teacher_of(folder: str) -> dict | None:
-    """What makes ``folder`` a run's teacher: ``<output_dir>/teacher/`` (the GLUE job's fine-tuned teacher) beside the
-    run's ``distillation_config.json``. Returns the run's record (``distillation_config.json``, and ``results.json`` as
-    ``"results"`` when present), or None for any other folder."""
+    """What makes ``folder`` a model of a run other than its student: ``<output_dir>/teacher/`` (the GLUE job's
+    fine-tuned or co-trained teacher) or ``<output_dir>/peer_<i>/`` (a mutual-learning peer) beside the run's
+    ``distillation_config.json``. Returns the run's record (``distillation_config.json``, ``results.json`` as
+    ``"results"`` when present, and ``"peer"``: ``i`` for a peer, else None), or None for any other folder."""
     folder = os.path.abspath(folder)
-    if os.path.isfile(os.path.join(folder, DISTILLATION_CONFIG_FILE)) or os.path.basename(folder) != "teacher":
+    member = _RUN_MEMBER.fullmatch(os.path.basename(folder))
+    if os.path.isfile(os.path.join(folder, DISTILLATION_CONFIG_FILE)) or member is None:
         return None
     run = read_json(os.path.dirname(folder), DISTILLATION_CONFIG_FILE)
     if run is None:
         return None
-    return {**run, "results": read_json(os.path.dirname(folder), RESULTS_FILE)}
+    peer = None if member.group(1) is None else int(member.group(1))
+    return {**run, "results": read_json(os.path.dirname(folder), RESULTS_FILE), "peer": peer}
+
+
+def _member_scores(run: dict) -> dict | None:
+    """This model's entry of the run's ``results.json``: the teacher's, or a peer's from ``peers``."""
+    results = run.get("results") or {}
+    if run.get("peer") is None:
+        return results.get("teacher")
+    return next((p for p in results.get("peers") or [] if p.get("peer") == run["peer"]), None)
 
 
 def _teacher_section(run: dict, task_type: str) -> tuple[dict, _ResultsSection]:
-    """The card of a run's teacher: the model it was fine-tuned from, the task, and its scores from the run's
-    ``results.json`` (the GLUE job scores the teacher beside the students)."""
-    base = next(iter(run.get("teachers") or []), None)
+    """The card of a run's teacher or peer: the model it was fine-tuned from, the task, how the run trained it
+    (co-trained teacher, mutual-learning peer) and its scores from the run's ``results.json`` (the GLUE job scores
+    the teacher, or every peer, beside the student)."""
+    peer = run.get("peer")
+    base = None if peer is not None else next(iter(run.get("teachers") or []), None)
     results = run.get("results") or {}
+    mode = run.get("distill_mode")
+    peers = results.get("peers") or []
     context = {
         "base": base,
         "base_is_hub": is_repo_id(base),
         "base_name": os.path.basename(os.path.normpath(base)) if base else None,
         "task": None,
         "scores": None,
+        # co-trained (cotrain): fine-tuned in the same loop as the student, at this learning rate (None: the run's)
+        "cotrain": {"learning_rate": run.get("teacher_learning_rate")} if mode == "cotrain" and peer is None else None,
+        "peer": None
+        if peer is None
+        else {
+            "index": peer,
+            "num_peers": len(peers) or len(run.get("teachers") or []) + 1,
+            "best": results.get("best_peer") == peer if "best_peer" in results else False,
+        },
     }
-    if not results.get("teacher") or results.get("task") == "causal_lm" or "metric" not in results:
+    own = _member_scores(run)
+    if not own or results.get("task") == "causal_lm" or "metric" not in results:
         return context, _ResultsSection()
     dataset = _dataset(results)
-    as_student = {**results, "student": results["teacher"]}  # the model-index entries of this model: the teacher's
-    metrics = [m for m in _metric_names(results) if results["teacher"].get(m) is not None]
+    metrics = [m for m in _metric_names(results) if own.get(m) is not None]
+    as_student = {**results, "student": {m: own[m] for m in metrics}}  # the model-index entries of this model
     context["task"] = dataset["name"]
     context["scores"] = {
         "dataset": dataset,
         "metrics": metrics,
-        "cells": [f"{results['teacher'][m]:.4f}" for m in metrics],
+        "cells": [f"{own[m]:.4f}" for m in metrics],
     }
     section = _ResultsSection(
         datasets=[dataset["id"]] if dataset["id"] else None,
@@ -304,6 +362,41 @@ def _teacher_section(run: dict, task_type: str) -> tuple[dict, _ResultsSection]:
         eval_results=_eval_results(as_student, dataset, task_type),
     )
     return context, section
+
+
+_KNOWN_MODES = ("frozen", "ema", "born_again", "mutual", "cotrain")
+_GENERATION = re.compile(r"generation_(\d+)")  # a born-again generation's folder, under the run's output_dir
+
+
+def _mode_context(folder: str, dist: dict, results: dict | None) -> dict | None:
+    """How a student of ``distill_mode`` other than frozen and ema was trained, for the card's first sentence: the
+    born-again generations, the mutual-learning peers, the co-trained teacher, or only the mode's name (a mode this
+    card does not know). None for frozen and ema (ema has its own context)."""
+    results = results or {}
+    name = dist.get("distill_mode") or results.get("distill_mode") or "frozen"
+    if name in ("frozen", "ema"):
+        return None
+    mode = {"name": name, "known": name in _KNOWN_MODES}
+    if name == "born_again":
+        generation = _GENERATION.fullmatch(os.path.basename(os.path.abspath(folder)))
+        mode.update(
+            generations=dist.get("generations") or len(results.get("generations") or []) or 1,
+            generation=int(generation.group(1)) if generation else None,  # None: the run's last, in output_dir
+            ensemble=bool(dist.get("ensemble_generations")),
+            first_teacher=results.get("teacher_model"),
+        )
+    elif name == "mutual":
+        peers = results.get("peers") or []
+        others = [p["folder"] for p in peers[1:]] or [f"peer_{i}" for i in range(1, len(dist.get("teachers", [])) + 1)]
+        best = results.get("best_peer")
+        mode.update(
+            num_peers=len(others) + 1,
+            folders=", ".join(f"`{f}`" for f in others),
+            best=None if best is None else ("this model" if best == 0 else f"peer {best} (`{peers[best]['folder']}`)"),
+        )
+    elif name == "cotrain":
+        mode.update(learning_rate=dist.get("teacher_learning_rate"))
+    return mode
 
 
 def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: dict, results: dict | None) -> dict:
@@ -325,7 +418,8 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         "teacher": teacher,
         "teacher_is_hub": is_repo_id(teacher),
         "teacher_name": os.path.basename(os.path.normpath(teacher)) if teacher else None,
-        "teacher_finetuned": os.path.isfile(os.path.join(folder, "teacher", "config.json")),  # the GLUE job's
+        # the GLUE job's teacher/: fine-tuned first (--finetune_teacher), or in the same loop (distill_mode cotrain)
+        "teacher_finetuned": os.path.isfile(os.path.join(folder, "teacher", "config.json")),
         "teachers": dist.get("teachers", []),
         "teacher_weights": dist.get("teacher_weights"),
         "student": f"{layers}-layer `{model_type}`" if layers else f"`{model_type}`",
@@ -351,6 +445,10 @@ def _card_context(folder: str, repo_id: str | None, teacher: str | None, dist: d
         }
         if dist.get("distill_mode") == "ema"
         else None,
+        # born_again, mutual, cotrain or a mode this card does not know: see _mode_context
+        "mode": _mode_context(folder, dist, results),
+        # ema and mutual start from a model of their own (cut to some of its layers), not from the teacher's layers
+        "own_start": dist.get("distill_mode") in ("ema", "mutual"),
     }
 
 
@@ -366,21 +464,26 @@ def render_model_card(
 ) -> str:
     """The README.md of the student in ``folder``: YAML metadata (``huggingface_hub.ModelCardData``) and a body.
 
-    A run's ``teacher/`` folder (the GLUE job's fine-tuned teacher) gets a teacher's card, with the run's base model
-    and the teacher's scores from the run's ``results.json``; any other folder with neither
+    A run's ``teacher/`` folder (the GLUE job's fine-tuned or co-trained teacher) gets a teacher's card, with the
+    run's base model and the teacher's scores from the run's ``results.json``, and a ``peer_<i>/`` folder (a
+    mutual-learning peer) a peer's card with its scores; any other folder with neither
     ``distillation_config.json`` nor a job's ``results.json`` a plain card that calls it no student.
 
     Read from the folder: ``distillation_config.json`` (the teacher is ``teachers[0]``, which becomes ``base_model``
-    when it is a Hub id; losses, weights, temperature, layer matches), ``results.json`` when present (scores, size,
-    speed, and the ``model-index``) and ``config.json``. ``license`` defaults to the one in a local teacher's card.
+    when it is a Hub id; losses, weights, temperature, layer matches, and how ``distill_mode`` trained it: generations,
+    peers, a co-trained or moving-average teacher), ``results.json`` when present (scores, size, speed, each
+    generation's or peer's scores, and the ``model-index``) and ``config.json``. ``license`` defaults to the one in
+    a local teacher's card.
     ``repo_id`` is used in the loading snippet (default: the folder). Nothing is fetched from the network.
     """
     dist = read_json(folder, DISTILLATION_CONFIG_FILE) or {}
     results = read_json(folder, RESULTS_FILE)
     run = None if dist else teacher_of(folder)
-    if run is not None:  # a run's teacher: a plain card, with the model it was fine-tuned from as its base
+    if run is not None:  # a run's teacher or peer: a plain card, with the model it was fine-tuned from as its base
         dist = {"task": run.get("task"), "hf_distill_version": run.get("hf_distill_version", __version__)}
-        teacher = base_model or next(iter(run.get("teachers") or []), None)
+        teacher = base_model or (None if run["peer"] is not None else next(iter(run.get("teachers") or []), None))
+    elif dist.get("distill_mode") == "born_again" and (results or {}).get("teacher_model"):
+        teacher = base_model or results["teacher_model"]  # generation 1's teacher, not the generation before
     else:
         teacher = base_model or next(iter(dist.get("teachers") or []), None)
     context = _card_context(folder, repo_id, teacher, dist, results)

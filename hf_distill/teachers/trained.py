@@ -83,6 +83,11 @@ class TrainedTeacher(ModelTeacher):
             qkv=qkv,
         )
 
+    def record(self) -> dict:
+        """A co-trained teacher's learning rate (None: the run's ``learning_rate``), for ``distillation_config.json``
+        and the model card; a peer records nothing (several peers would share one key)."""
+        return {} if self.learns_from_peers else {"teacher_learning_rate": self.learning_rate}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.inner.state_dict())
 
