@@ -293,7 +293,7 @@ def test_an_ema_teacher_given_by_the_user_is_recorded_as_it_ran(tmp_out, mode):
         (dict(ema_warmup_steps=-1), "ema_warmup_steps must be >= 0"),
         (
             dict(distill_mode="mean"),
-            "distill_mode must be one of frozen, ema, born_again, mutual, cotrain, got 'mean'",
+            "distill_mode must be one of frozen, ema, born_again, noisy_student, mutual, cotrain, got 'mean'",
         ),
     ],
 )
