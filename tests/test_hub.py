@@ -230,10 +230,10 @@ def test_a_mode_this_card_does_not_know_is_named(student_dir):
     """A distill_mode without a sentence of its own (a newer one): the card names it and points at the record."""
     assert "distill_mode" not in render_model_card(str(student_dir))  # frozen: the plain distilled sentence
     config_file = student_dir / DISTILLATION_CONFIG_FILE
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "distill_mode": "noisy_student"}))
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "distill_mode": "distill_v9"}))
     text = render_model_card(str(student_dir))
     assert f"distilled from [{TEACHER_ID}](/{TEACHER_ID})" in text
-    assert "It was trained with distill_mode `noisy_student`; see `distillation_config.json`." in text
+    assert "It was trained with distill_mode `distill_v9`; see `distillation_config.json`." in text
 
 
 # ---- the cards of the GLUE job's modes (hf-distill glue --distill_mode ...), from real tiny runs ----
@@ -269,6 +269,27 @@ def test_a_born_again_card_says_how_many_generations_and_scores_each(tiny_teache
     assert f"| 1 | `{tiny_teacher_dir}` | {first['accuracy']:.4f} |" in card
     assert f"| 2 | `{tiny_teacher_dir}`, `generation 1 student` | {second['accuracy']:.4f} |" in card
     assert "generation 1 of 2, each restarting" in render_model_card(str(out / "generation_1"))
+
+
+@pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared
+def test_a_noisy_student_card_says_how_it_was_noised(tiny_teacher_dir, tmp_path):
+    out = tmp_path / "ns"
+    results = glue_run(
+        out, "--distill_mode", "noisy_student", "--generations", "2", "--teacher_model_name_or_path",
+        tiny_teacher_dir, "--finetune_teacher", "true", "--teacher_max_steps", "1", "--augment_prob", "0.5",
+        "--augment_neighbours", "2", "--student_dropout", "0.2",
+    )  # fmt: skip
+    card = render_model_card(str(out))
+    assert (
+        f"trained with hf-distill {__version__} by noisy-student self-training: the last of 2 generation(s), each "
+        "restarting from the same initial weights and taught by the one before, the first by a local teacher "
+        "(`teacher`) (fine-tuned on the task first). Each generation learned the teacher's soft targets on the "
+        "labelled examples and on text without labels, with noise on the student only (dropout 0.2, and word "
+        "replacement on 50 % of the examples, drawn afresh for each generation); the teacher saw every example "
+        "clean." in first_paragraph(card)
+    )
+    second = results["generations"][1]
+    assert f"| 2 | `generation 1 student` | {second['accuracy']:.4f} |" in card
 
 
 @pytest.mark.usefixtures("shared_dir")  # fails, never skips, without ../shared

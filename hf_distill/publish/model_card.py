@@ -364,7 +364,7 @@ def _teacher_section(run: dict, task_type: str) -> tuple[dict, _ResultsSection]:
     return context, section
 
 
-_KNOWN_MODES = ("frozen", "ema", "born_again", "mutual", "cotrain")
+_KNOWN_MODES = ("frozen", "ema", "born_again", "noisy_student", "mutual", "cotrain")
 _GENERATION = re.compile(r"generation_(\d+)")  # a born-again generation's folder, under the run's output_dir
 
 
@@ -377,13 +377,14 @@ def _mode_context(folder: str, dist: dict, results: dict | None) -> dict | None:
     if name in ("frozen", "ema"):
         return None
     mode = {"name": name, "known": name in _KNOWN_MODES}
-    if name == "born_again":
+    if name in ("born_again", "noisy_student"):
         generation = _GENERATION.fullmatch(os.path.basename(os.path.abspath(folder)))
         mode.update(
             generations=dist.get("generations") or len(results.get("generations") or []) or 1,
             generation=int(generation.group(1)) if generation else None,  # None: the run's last, in output_dir
             ensemble=bool(dist.get("ensemble_generations")),
             first_teacher=results.get("teacher_model"),
+            noise=results.get("noise"),  # noisy_student: {"augment_prob", "dropout"} (the GLUE job)
         )
     elif name == "mutual":
         peers = results.get("peers") or []
@@ -482,7 +483,7 @@ def render_model_card(
     if run is not None:  # a run's teacher or peer: a plain card, with the model it was fine-tuned from as its base
         dist = {"task": run.get("task"), "hf_distill_version": run.get("hf_distill_version", __version__)}
         teacher = base_model or (None if run["peer"] is not None else next(iter(run.get("teachers") or []), None))
-    elif dist.get("distill_mode") == "born_again" and (results or {}).get("teacher_model"):
+    elif dist.get("distill_mode") in ("born_again", "noisy_student") and (results or {}).get("teacher_model"):
         teacher = base_model or results["teacher_model"]  # generation 1's teacher, not the generation before
     else:
         teacher = base_model or next(iter(dist.get("teachers") or []), None)
