@@ -374,18 +374,31 @@ def chunked_kd_memory(records: list[dict]) -> str:
 # ---- distillation modes (benchmarks/glue_modes.py) ----
 
 
+def _merge_seeds(runs: list[dict]) -> list[dict]:
+    """One result per seed of ``runs`` (sorted by seed, then time): the runs of a seed merged in the order they were
+    made, a later run's scores, minutes and steps replacing an earlier one's (modes added with --reuse_teacher)."""
+    merged: dict[int, dict] = {}
+    for run in runs:
+        x = merged.setdefault(run["config"]["seed"], {"scores": {}, "minutes": {}, "steps": {}})
+        x.update({k: v for k, v in run["results"].items() if k not in x})
+        for key in ("scores", "minutes", "steps"):
+            x[key].update(run["results"].get(key, {}))
+    return list(merged.values())
+
+
 def glue_modes(records: list[dict]) -> str:
-    """Per task: each run's dev scores x100 for every mode, then per score its mean, gain over the same run's no-KD
-    student and the mean wall time of its training; then the two-stage pipeline's time against co-training's."""
+    """Per task: each seed's dev scores x100 for every mode (the runs of a seed merged), then per score its mean, gain
+    over the same seed's no-KD student and the mean wall time of its training; then the two-stage pipeline's time
+    against co-training's."""
     out = []
     for task in sorted({r["config"]["task"] for r in records}):
         runs = sorted(
             (r for r in records if r["config"]["task"] == task), key=lambda r: (r["config"]["seed"], r["created"])
         )
-        res = [r["results"] for r in runs]
+        res = _merge_seeds(runs)
         names = list(dict.fromkeys(n for x in res for n in x["scores"]))
-        out.append(f"**{task}** ({res[0]['metric']} x100 on the dev set; one row per run)\n")
-        rows = [[str(r["config"]["seed"]), *(_score(x["scores"], n) for n in names)] for r, x in zip(runs, res)]
+        out.append(f"**{task}** ({res[0]['metric']} x100 on the dev set; one row per seed)\n")
+        rows = [[str(x["seed"]), *(_score(x["scores"], n) for n in names)] for x in res]
         out += _table(["seed", *[f"`{n}`" for n in names]], rows)
         out.append("")
         rows = []

@@ -171,3 +171,25 @@ def test_every_benchmark_has_help_and_writes_where_the_summariser_reads(name, ca
     if name != "summarize":
         assert name in summarize.TABLES
         assert parser.parse_args([]).results_dir == common.default_dir(name) == str(summarize.RESULTS / name)
+
+
+def _modes_run(seed, scores, minutes, modes):
+    config = {"task": "sst2", "seed": seed, "modes": modes}
+    results = {"task": "sst2", "metric": "accuracy", "seed": seed, "scores": scores, "minutes": minutes, "steps": {}}
+    return common.run_record("glue_modes", config, results, command=["benchmarks/glue_modes.py"])
+
+
+def test_glue_modes_merges_the_runs_of_a_seed(tmp_path, capsys):
+    """A mode added later to a (task, seed) with --reuse_teacher: one row per seed, its gain over that seed's no-KD."""
+    folder = tmp_path / "glue_modes"
+    first = _modes_run(42, {"teacher": 0.9, "no_kd": 0.8, "kd": 0.85}, {"teacher": 6.0, "no_kd": 3.0, "kd": 4.0}, [])
+    later = _modes_run(42, {"teacher": 0.9, "noisy_student": 0.84}, {"noisy_student": 8.0}, ["noisy_student"])
+    first["created"], later["created"] = "2026-12-07T10:00:00", "2026-12-07T11:00:00"  # the later run: an hour on
+    _write(folder, "sst2-seed42-later", later)
+    _write(folder, "sst2-seed42", first)
+    _write(folder, "sst2-seed43", _modes_run(43, {"teacher": 0.9, "no_kd": 0.7, "kd": 0.8}, {"teacher": 5.0}, []))
+    assert summarize.main(["glue_modes", "--results_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 42 | 90.00 | 80.00 | 85.00 | 84.00 |\n| 43 | 90.00 | 70.00 | 80.00 |  |\n" in out
+    assert "| `teacher` | 42,43 | 90.00 |  | 5.5 |" in out  # seed 42's teacher minutes from the run that trained it
+    assert "| `noisy_student` | 42 | 84.00 | +4.00 | 8.0 |" in out
