@@ -122,7 +122,7 @@ def _causal_lm(argv: list[str]) -> int:
     code, argv = launch_if_asked("causal-lm", argv)
     if code is not None:
         return code
-    from .recipes.causal_lm import run
+    from .recipes.causal_lm_job import run
 
     run(*parse_causal_lm(argv))
     return 0

@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_distill.cli import main, parse_with_config
 from hf_distill.distillation_config import DistillationConfig
 from hf_distill.publish import render_model_card, student_files
-from hf_distill.recipes.causal_lm import CausalLMArguments, run
+from hf_distill.recipes.causal_lm import CausalLMArguments
+from hf_distill.recipes.causal_lm_job import run
 
 REPO_ID = "tester/tiny-llama-student"
 

@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_distill.cli import main, parse_with_config
 from hf_distill.data.teacher_cache import CACHE_META_FILE
 from hf_distill.distillation_config import DistillationConfig
-from hf_distill.recipes.causal_lm import CausalLMArguments, run
+from hf_distill.recipes.causal_lm import CausalLMArguments
+from hf_distill.recipes.causal_lm_job import run
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import sys
 
 from hf_distill.cli import parse_with_config
 from hf_distill.distillation_config import DistillationConfig
-from hf_distill.recipes.causal_lm import CausalLMArguments, run
+from hf_distill.recipes.causal_lm import CausalLMArguments
+from hf_distill.recipes.causal_lm_job import run
 
 if __name__ == "__main__":
     lm_args, args = parse_with_config([CausalLMArguments, DistillationConfig], sys.argv[1:], "run_causal_lm.py")

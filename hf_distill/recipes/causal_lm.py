@@ -32,16 +32,10 @@ from ..data.teacher_cache import teacher_weight_folder
 from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
-from ..generation import sample_sequences
 from ..models import DROPOUT_FIELDS, build_student, resolve_dtype, resolve_model_path
 from ..report import count_parameters, format_perplexities, write_results
-from ..teachers import TrainedTeacher
 from ..validation import (
     parse_layers,
-    prepare_output_dir,
-    resolve_resume,
-    teacher_weight_uses,
-    validate_causal_lm_job,
 )
 
 logger = logging.getLogger(__name__)
@@ -318,84 +312,6 @@ def score(model, texts: dict, tokenizer, lm: CausalLMArguments, *, label: str = 
     return {"num_parameters": count_parameters(model), "perplexity": ppl, "eval_tokens": tokens}
 
 
-def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
-    """Run the whole job and return the ``results.json`` object (``--distill_mode`` ema, born_again and mutual: the
-    runs of :mod:`hf_distill.recipes.causal_lm_modes`)."""
-    from . import causal_lm_modes as modes  # it imports this module
-
-    tokenizer = validate_causal_lm_job(lm, args)  # every input checked before the teacher is loaded
-    if lm.use_peft and not lm.merge_lora and not lm.student_model_name_or_path:
-        raise ValueError(
-            "--use_peft on a student built from teacher layers must be saved merged (--merge_lora true): the adapter "
-            "alone would name the teacher, which has more layers, as its base model. To keep an adapter, give a "
-            "base model with --student_model_name_or_path."
-        )
-    check_eval_caps(lm)
-    prepare_output_dir(args, "causal-lm")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    train, texts = load_text_data(lm, tokenizer)  # a dataset that cannot be loaded: before the teacher is
-    if args.distill_mode in modes.OWN_STUDENT_RUNS:
-        return modes.OWN_STUDENT_RUNS[args.distill_mode](lm, args, add_text_prompts(train, lm, args), texts, tokenizer)
-    teacher_path = resolve_model_path(args.teacher_model_name_or_path)
-    dtype = resolve_dtype(args.teacher_dtype, torch.float32)
-    uses = teacher_weight_uses(lm, args)
-    teacher = None  # not loaded when a finished top-k cache is all the job needs of it
-    if uses:
-        if lm.teacher_cache_dir is not None:
-            print(f"[causal-lm] loading the teacher's weights to {'; to '.join(uses)}")
-        teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype).eval()
-    if train is None:
-        if lm.data_free_samples < 1:
-            raise ValueError("No training data: set --train_file or --dataset_name, or --data_free_samples N.")
-        print(f"[causal-lm] no data given: sampling {lm.data_free_samples} sequences from the teacher")
-        train = sample_sequences(
-            teacher, tokenizer, num_samples=lm.data_free_samples, max_length=lm.block_size, seed=args.seed
-        )
-    train = add_text_prompts(train, lm, args)
-    use_cache = lm.teacher_cache_dir is not None
-    if use_cache:
-        train = _teacher_cache(lm, args, teacher if teacher is not None else teacher_path, train, tokenizer)
-
-    student = make_student(lm, args, teacher, tokenizer)
-    if args.distill_mode in ("born_again", "noisy_student"):
-        return modes.run_generations(lm, args, teacher, student, train, texts, tokenizer)
-    # before the trainer places it (a ZeRO-3 engine holds shards)
-    teacher_size = count_parameters(teacher) if teacher is not None else None
-    live_teacher = bool(args.live_teacher_needs(cached=use_cache)) or args.distill_mode == "cotrain"
-    kd_teacher = teacher if live_teacher else None
-    if args.distill_mode == "cotrain":  # trained on the next-token loss in the same loop, at its own learning rate
-        print(f"[causal-lm] co-training the teacher (learning rate {lm.teacher_learning_rate or args.learning_rate})")
-        kd_teacher = TrainedTeacher(
-            teacher, learns_from_peers=False, learning_rate=lm.teacher_learning_rate, save_dir="teacher",
-            name=args.teacher_model_name_or_path,
-        )  # fmt: skip
-    # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
-    trainer = make_trainer(student, kd_teacher, args, train, tokenizer)
-    print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
-    results = {
-        "task": "causal_lm",
-        "distill_mode": args.distill_mode,
-        "teacher_model": args.teacher_model_name_or_path,
-    }
-    bars = show_bars(args)
-    if lm.eval_teacher:
-        # the teacher as the trainer placed it (device, dtype, shards): the one the student learns from
-        placed = trainer.teachers[0].model if live_teacher else teacher
-        key = "teacher_before_training" if args.distill_mode == "cotrain" else "teacher"
-        results[key] = score(placed, texts, tokenizer, lm, label="teacher", progress=bars)
-        results[key]["num_parameters"] = teacher_size
-    results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
-
-    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
-    trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
-    trainer.save_model(args.output_dir)
-    if args.distill_mode == "cotrain" and lm.eval_teacher:
-        results["teacher"] = score(teacher, texts, tokenizer, lm, label="co-trained teacher", progress=bars)
-        results["teacher"]["num_parameters"] = teacher_size
-    return finish(lm, args, trainer, results, train, texts, tokenizer)
-
-
 def show_bars(args: DistillationConfig) -> bool:
     """Progress bars while scoring: unless ``--disable_tqdm``, on the main process."""
     return not args.disable_tqdm and args.local_process_index == 0
@@ -460,7 +376,7 @@ def _save_merged(model, output_dir: str) -> None:
     model.save_pretrained(output_dir)
 
 
-def _teacher_cache(lm, args, teacher, train, tokenizer):
+def cached_train_set(lm, args, teacher, train, tokenizer):
     """The training data with the teacher's top-k columns: from the finished cache in ``--teacher_cache_dir``, checked
     against ``teacher`` (the model, or its name when it is not loaded: its weight files are then hashed, not loaded,
     and not checked when there are none), or built there with the model."""
