@@ -10,7 +10,8 @@ Per (task, seed), in one run:
 - ``ema``: the 3-layer student with its own moving average as the teacher (logits, ``EMA``), scored raw and averaged;
 - ``mutual``: two 3-layer peers (heads of seeds ``seed`` and ``seed + 1``) trained together (logits KD both ways);
 - ``cotrain``: the base MiniLM-L6 fine-tuned in the same loop as the 3-layer student, which distils from it with the
-  recipe's KD terms; its wall time is the whole pipeline's, to compare with ``teacher`` + ``kd``;
+  recipe's KD terms; its wall time is the whole pipeline's, to compare with ``teacher`` + ``kd``; ``cotrain_delayed``
+  the same with a KD warm-up delay (``kd_delay_steps`` 100: the student on its labels alone while the teacher starts);
 - ``noisy_student``: 2 generations of the 3-layer student (dropout 0.1), the first taught by the fine-tuned teacher,
   the second by the first, each on its own draw of the word-replacement augmentation (half the examples rewritten
   and labelled by the teacher alone: the same number of examples and steps as ``kd``) with the recipe's KD terms;
@@ -76,6 +77,8 @@ MODES = {
     "mutual": {"distill_mode": "mutual", **LOGITS_ONLY},
     "cotrain": {"distill_mode": "cotrain"},
     "noisy_student": {"distill_mode": "noisy_student", "generations": 2},
+    # cotrain with a KD warm-up delay: the student on its labels alone for the first 100 of ~500 steps
+    "cotrain_delayed": {"distill_mode": "cotrain", "kd_delay_steps": 100},
 }
 # the noisy student's noise (GlueArguments): word replacement on half the examples, dropout on the student
 NOISE = {"augment_prob": 0.5, "student_dropout": 0.1}
@@ -112,7 +115,8 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
     for name in [n for n in ORDER if n in opts.modes]:
         print(f"[bench] {task_name} seed {seed}: {name}", flush=True)
         run_args = dataclasses.replace(args, output_dir=f"{args.output_dir}-{name}", **MODES[name])
-        student = copy.deepcopy(initial_base if name == "cotrain" else initial)
+        cotrain = MODES[name].get("distill_mode") == "cotrain"
+        student = copy.deepcopy(initial_base if cotrain else initial)
         source = {"no_kd": teacher, "kd": teacher, "born_again": no_kd}.get(name)
         if name == "born_again" and no_kd is None:
             raise ValueError("born_again is taught by no_kd's student: run --modes no_kd born_again together.")
@@ -121,9 +125,9 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
             peer = copy.deepcopy(initial)
             peer.classifier.reset_parameters()  # the peers start apart: another head
             source = [TrainedTeacher(peer, save_dir="peer_1", name="peer 1")]
-        if name == "cotrain":
-            lr = glue_args.teacher_learning_rate
-            source = TrainedTeacher(base_teacher, learns_from_peers=False, learning_rate=lr, save_dir="teacher")
+        if cotrain:  # a fresh copy of the base model: each cotrain mode fine-tunes its own
+            lr, model = glue_args.teacher_learning_rate, copy.deepcopy(base_teacher)
+            source = TrainedTeacher(model, learns_from_peers=False, learning_rate=lr, save_dir="teacher")
         start = time.perf_counter()
         if name == "noisy_student":
             trainers = noisy_student(glue_args, run_args, task, teacher, data, tokenizer, collator, metrics)
@@ -140,8 +144,8 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
             results["scores"]["ema_average"] = score(trainer.teachers[0].model)
         elif name == "mutual":
             results["scores"]["mutual_peer_1"] = score(trainer.teachers[0].inner)
-        elif name == "cotrain":
-            results["scores"]["cotrain_teacher"] = score(base_teacher)
+        elif cotrain:
+            results["scores"][f"{name}_teacher"] = score(source.inner)
         save(results)
     return results
 

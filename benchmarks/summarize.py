@@ -416,15 +416,17 @@ def glue_modes(records: list[dict]) -> str:
                 ]
             )
         out += _table(["model", "seeds", "mean", "vs no-KD", "training minutes"], rows, right_from=2)
-        both = [x for x in res if {"teacher", "kd", "cotrain"} <= set(x.get("minutes", {}))]
-        if both:
-            two = _mean(x["minutes"]["teacher"] + x["minutes"]["kd"] for x in both)
-            one = _mean(x["minutes"]["cotrain"] for x in both)
-            gap = _mean(100 * (x["scores"]["cotrain"] - x["scores"]["kd"]) for x in both)
-            out.append(
-                f"\nTwo-stage pipeline (fine-tune the teacher, then `kd`): {two:.1f} minutes; `cotrain` (both in one "
-                f"loop): {one:.1f} minutes; `cotrain` - `kd`: {gap:+.2f} points."
-            )
+        for cotrain in [n for n in names if n.startswith("cotrain") and not n.endswith("_teacher")]:
+            both = [x for x in res if {"teacher", "kd", cotrain} <= set(x.get("minutes", {}))]
+            if both:
+                two = _mean(x["minutes"]["teacher"] + x["minutes"]["kd"] for x in both)
+                one = _mean(x["minutes"][cotrain] for x in both)
+                gap = _mean(100 * (x["scores"][cotrain] - x["scores"]["kd"]) for x in both)
+                seeds = ",".join(str(x["seed"]) for x in both)
+                out.append(
+                    f"\nTwo-stage pipeline (fine-tune the teacher, then `kd`; seeds {seeds}): {two:.1f} minutes; "
+                    f"`{cotrain}` (both in one loop): {one:.1f} minutes; `{cotrain}` - `kd`: {gap:+.2f} points."
+                )
         out += ["", provenance(runs), ""]
     return "\n".join(out).rstrip()
 
