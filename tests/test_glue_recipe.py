@@ -46,7 +46,7 @@ def test_there_is_a_recipe_per_mode():
 def test_every_mode_recipe_passes_the_jobs_checks(path, tmp_path):
     """Each mode's recipe as the job checks it before loading anything (validate_glue_job: the mode's models, layers,
     layer maps, data), with all-MiniLM-L6-v2 replaced by a tiny 6-layer BERT folder (no network)."""
-    from hf_distill.validation import validate_glue_job
+    from hf_distill.recipes.glue_checks import validate_glue_job
 
     model = tmp_path / "minilm"
     tiny_bert(num_layers=6).save_pretrained(model)

@@ -22,7 +22,7 @@ from ..generations import GENERATION_DIR, train_born_again, train_noisy_student
 from ..models import resolve_dtype, resolve_model_path
 from ..report import count_parameters
 from ..teachers import TrainedTeacher
-from ..validation import prepare_output_dir, resolve_resume, teacher_weight_uses, validate_causal_lm_job
+from ..validation import prepare_output_dir, resolve_resume
 from .causal_lm import (
     CausalLMArguments,
     add_text_prompts,
@@ -36,6 +36,7 @@ from .causal_lm import (
     score,
     show_bars,
 )
+from .causal_lm_checks import teacher_weight_uses, validate_causal_lm_job
 
 
 def run_ema(lm, args, train, texts, tokenizer) -> dict:

@@ -53,9 +53,8 @@ from ..validation import (
     parse_layers,
     prepare_output_dir,
     resolve_resume,
-    validate_compare_job,
-    validate_glue_job,
 )
+from .glue_checks import validate_compare_job, validate_glue_job
 
 logger = logging.getLogger(__name__)
 
