@@ -47,7 +47,7 @@ def merges_for(words, vocab):
     return merges
 
 
-def byte_level(bos=False):
+def byte_level(bos=False, trim=False):
     """SmolLM2-like byte-level BPE: ``the``, ``Ġcat``, ``Ġsat``, ``123``/``45``, and ``ĠðŁĺ`` (a space and three
     bytes of an emoji), so a token can share a character with the next one."""
     vocab = {"<|endoftext|>": 0, "<s>": 1}
@@ -58,6 +58,8 @@ def byte_level(bos=False):
     backend.decoder = decoders.ByteLevel()
     if bos:
         backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    if trim:  # GPT-2's own post-processor: offsets without their whitespace, a whitespace-only token empty
+        backend.post_processor = processors.ByteLevel(trim_offsets=True)
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="<|endoftext|>")
 
 
@@ -149,6 +151,15 @@ def test_spans_trim_leading_whitespace_and_empty_special_tokens():
     enc = encode_with_spans(gemma(bos=True), text)
     assert tokens(gemma(), enc.ids, range(len(enc.ids))) == ["<bos>", "▁the", "▁", "▁cat"]
     assert enc.spans == [(0, 0), (1, 4), (4, 5), (6, 9)]
+
+
+def test_spans_of_trimmed_offsets_get_their_whitespace_back():
+    text = "the  cat "
+    raw = byte_level(trim=True)(text, return_offsets_mapping=True)
+    assert byte_level().convert_ids_to_tokens(raw["input_ids"]) == ["the", "Ġ", "Ġcat", "Ġ"]
+    assert raw["offset_mapping"] == [(0, 3), (4, 4), (5, 8), (9, 9)]  # GPT-2 trims, and empties "Ġ"
+    assert encode_with_spans(byte_level(trim=True), text).spans == [(0, 3), (3, 4), (5, 8), (8, 9)]
+    assert normalise_spans("ab", [(0, 1), (2, 2)], [False, False]) == [(0, 1), (2, 2)]  # "b" is not whitespace
 
 
 def test_spans_of_byte_tokens_share_their_character():
@@ -256,7 +267,12 @@ ALPHABET = ["a", "b", "c", "t", "h", "e", " ", " ", "1", "2", "3", "4", "5", "é
 @pytest.mark.parametrize("seed", range(4))
 def test_random_texts_match_the_reference_and_cover_the_text(seed):
     rng = random.Random(seed)
-    pairs = [(gemma(), byte_level()), (byte_level(bos=True), llama()), (llama(), gemma(bos=False))]
+    pairs = [
+        (gemma(), byte_level()),
+        (byte_level(bos=True), llama()),
+        (llama(), gemma(bos=False)),
+        (gemma(), byte_level(trim=True)),
+    ]
     for _ in range(40):
         text = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 24)))
         for teacher, student in pairs:

@@ -50,15 +50,20 @@ def normalise_spans(text: str, offsets, special) -> list[tuple[int, int]]:
     Returns:
         ``T`` pairs: ``(start, start)`` for a special token (empty: it covers no text); for a text token, its span
         with leading whitespace trimmed (``"Ġthe"`` over ``" the"`` and ``"▁the"`` over ``"the"`` both become
-        the span of ``"the"``), except that a token of whitespace only keeps its span.
+        the span of ``"the"``), except that a token of whitespace only keeps its span. A text token whose offsets
+        are empty (GPT-2's ``trim_offsets=True`` empties a whitespace-only token to ``(end, end)``) gets back the
+        whitespace since the previous text token, when that stretch is all whitespace.
     """
     if len(offsets) != len(special):
         raise ValueError(f"{len(offsets)} offsets but {len(special)} special-token flags: give one flag per token")
-    spans = []
+    spans, previous_end = [], 0
     for (start, end), is_special in zip(offsets, special):
         if is_special:
             spans.append((start, start))
             continue
+        if start == end and text[previous_end:end].isspace():
+            start = previous_end
+        previous_end = max(previous_end, end)
         trimmed = start
         while trimmed < end and text[trimmed].isspace():
             trimmed += 1
