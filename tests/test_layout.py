@@ -108,7 +108,7 @@ def _graph() -> dict[str, set[str]]:
 STAGES = [
     ["constants", "version", "file_checks", "schedules", "checks", "launch", "cpu_memory"],
     ["models"],
-    ["mapping", "losses"],
+    ["mapping", "losses", "cross_tokenizer"],
     ["distributed", "teachers", "distillation_config"],
     ["data", "tasks"],
     ["generation", "checkpoints", "report", "publish"],
