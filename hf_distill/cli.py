@@ -102,7 +102,10 @@ def parse_causal_lm(argv: list[str]):
     from .recipes.causal_lm import JOB_DEFAULTS, OWN_STUDENT_DEFAULTS, SEPARATE_STUDENT_DEFAULTS, CausalLMArguments
 
     types, prog = [CausalLMArguments, DistillationConfig], "hf-distill causal-lm"
-    lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=JOB_DEFAULTS)
+    # a first parse reads the mode and the student, which pick the defaults of the final parse; its next-token weight
+    # is ema's and mutual's, so that no check on the other modes' alpha_task 0 (kd_delay_steps) refuses those two
+    probe = {**JOB_DEFAULTS, "alpha_task": OWN_STUDENT_DEFAULTS["alpha_task"]}
+    lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=probe)
     # a student trained with its own average or peers needs the next-token loss beside theirs
     if args.distill_mode in ("ema", "mutual"):
         return parse_with_config(types, argv, prog, launch_flags=True, defaults=OWN_STUDENT_DEFAULTS)
@@ -113,9 +116,7 @@ def parse_causal_lm(argv: list[str]):
     # generations after the first learn from a student, not from the teacher it was built from
     if args.distill_mode in ("born_again", "noisy_student") and args.generations > 1:
         defaults = {**defaults, "layer_map": "uniform"}
-    if defaults is not JOB_DEFAULTS:
-        lm_args, args = parse_with_config(types, argv, prog, launch_flags=True, defaults=defaults)
-    return lm_args, args
+    return parse_with_config(types, argv, prog, launch_flags=True, defaults=defaults)
 
 
 def _causal_lm(argv: list[str]) -> int:

@@ -330,6 +330,12 @@ class DistillationConfig(TrainingArguments):
             )
         if self.kd_delay_steps < 0:
             raise ValueError(f"kd_delay_steps must be >= 0 (0: KD from the first step), got {self.kd_delay_steps}.")
+        if self.kd_delay_steps > 0 and self.alpha_task == 0:
+            raise ValueError(
+                f"kd_delay_steps {self.kd_delay_steps} with alpha_task {self.alpha_task}: before step "
+                f"{self.kd_delay_steps} the student learns from its labels alone, so it would have no loss; set "
+                "alpha_task > 0 (e.g. 0.5), or kd_delay_steps 0."
+            )
         if self.ema_warmup_steps < 0:
             raise ValueError(f"ema_warmup_steps must be >= 0 (0: no warm-up), got {self.ema_warmup_steps}.")
         if self.relation_heads is not None and self.relation_heads < 1:

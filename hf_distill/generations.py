@@ -7,9 +7,10 @@ like any other. With ``ensemble_generations`` the last generation learns from al
 teacher and every earlier student, their soft targets averaged with equal weights (several teachers, see
 ``docs/concepts.md``). No teacher kind is new here: a generation's teacher is a frozen model.
 
-A noisy student is the same loop with noise on the student only: its training set, labelled examples and unlabelled
+A noisy student is the same loop with noise on the student: its training set, labelled examples and unlabelled
 text that the teacher labels with its soft targets, is noised afresh for each generation (e.g. word replacement), and
-the student trains with its dropout on; the teacher, frozen and in evaluation mode, sees every example clean.
+the student trains with its dropout on. The teacher, frozen and in evaluation mode, runs without dropout; it reads the
+same (noised) inputs as the student, there being one ``input_ids`` column, and labels each rewritten example as such.
 """
 
 from __future__ import annotations

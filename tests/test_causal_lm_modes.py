@@ -92,6 +92,20 @@ def test_born_again_saves_and_scores_every_generation(models, tmp_path):
     assert ppl(saved["student"]) == ppl(gens[1]) and "teacher" in saved
 
 
+def test_born_again_with_merged_lora_saves_every_generation_merged(models, tmp_path):
+    """--use_peft --merge_lora on a student built from teacher layers: a generation saved as its adapter alone named
+    the 4-layer teacher as its base, so generation_<g> loaded as the teacher plus an adapter, not the student."""
+    teacher, _, train = models
+    out = tmp_path / "out"
+    flags = ["--distill_mode", "born_again", "--teacher_model_name_or_path", teacher, "--student_layers", "0,3"]
+    assert main(job(out, train, *flags, "--generations", "2", "--use_peft", "true", "--merge_lora", "true")) == 0
+    for g in (1, 2):
+        folder = out / f"generation_{g}"
+        assert not (folder / "adapter_config.json").exists() and (folder / "lora_adapter").is_dir()
+        assert AutoModelForCausalLM.from_pretrained(folder).config.num_hidden_layers == 2
+    assert not differ(weights(out / "generation_2"), weights(out))  # the last generation is the job's student
+
+
 def test_noisy_student_trains_generations_with_dropout_on(models, tmp_path):
     teacher, _, train = models
     out = tmp_path / "out"

@@ -236,6 +236,20 @@ def test_every_shipped_config_parses_and_says_how_to_run_it(path):
     assert isinstance(args, DistillationConfig) and (lm.train_file or lm.dataset_name)
 
 
+def test_a_kd_delay_is_parsed_with_the_next_token_weight_of_its_mode(tmp_path):
+    """--kd_delay_steps needs a next-token loss: the job's default alpha_task 0 is refused with it, but ema and mutual,
+    whose default is 0.5, parse (the mode is read before that default is known)."""
+    from hf_distill.cli import parse_causal_lm
+
+    out = ["--output_dir", str(tmp_path), "--kd_delay_steps", "5"]
+    _, args = parse_causal_lm(["--distill_mode", "ema", "--student_model_name_or_path", "s", *out])
+    assert (args.kd_delay_steps, args.alpha_task) == (5, 0.5)
+    _, args = parse_causal_lm(["--distill_mode", "cotrain", "--alpha_task", "0.5", *out])
+    assert (args.kd_delay_steps, args.alpha_task) == (5, 0.5)
+    with pytest.raises(ValueError, match=r"^kd_delay_steps 5 with alpha_task 0\.0: .*set alpha_task > 0"):
+        parse_causal_lm(["--distill_mode", "cotrain", *out])
+
+
 def test_job_defaults_are_the_causal_lm_settings_and_flags_and_yaml_override_them(tmp_path):
     from hf_distill.cli import parse_causal_lm
     from hf_distill.recipes.causal_lm import JOB_DEFAULTS, loss_summary

@@ -284,10 +284,12 @@ def test_a_noisy_student_card_says_how_it_was_noised(tiny_teacher_dir, tmp_path)
         f"trained with hf-distill {__version__} by noisy-student self-training: the last of 2 generation(s), each "
         "restarting from the same initial weights and taught by the one before, the first by a local teacher "
         "(`teacher`) (fine-tuned on the task first). Each generation learned the teacher's soft targets on the "
-        "labelled examples and on text without labels, with noise on the student only (dropout 0.2, and word "
-        "replacement on 50 % of the examples, drawn afresh for each generation); the teacher saw every example "
-        "clean." in first_paragraph(card)
+        "labelled examples and on text without labels, with dropout 0.2 on the student only (the teacher ran "
+        "without it), and word replacement on 50 % of the examples, drawn afresh for each generation, the teacher "
+        "labelling each rewritten example as the student saw it." in first_paragraph(card)
     )
+    # the teacher reads the rewritten text too (one input_ids column): the card must not say it saw it clean
+    assert "clean" not in card
     second = results["generations"][1]
     assert f"| 2 | `generation 1 student` | {second['accuracy']:.4f} |" in card
 

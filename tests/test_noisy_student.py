@@ -50,7 +50,7 @@ def test_each_generation_trains_on_its_own_noised_data_and_learns_from_the_one_b
         assert record["distill_mode"] == "noisy_student"
 
 
-def test_the_student_trains_with_its_dropout_on_and_the_teacher_sees_clean_inputs(tmp_out):
+def test_the_student_trains_with_its_dropout_on_and_the_teacher_without(tmp_out):
     """The model noise: the student's dropout is active in its training forwards, the frozen teacher runs in eval."""
     teacher = tiny_bert(seed=1, hidden_dropout_prob=0.5)
     initial = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, hidden_dropout_prob=0.1)
@@ -65,6 +65,31 @@ def test_the_student_trains_with_its_dropout_on_and_the_teacher_sees_clean_input
     data = classification_dataset(n=16)
     train_noisy_student(make, teacher, config(tmp_out, generations=1), lambda g: data, train_dataset=data)
     assert modes == {"student": {True}, "teacher": {False}}
+
+
+def test_the_teacher_reads_the_same_noised_inputs_as_the_student(tmp_out):
+    """What docs/modes.md and the model card say: one input_ids column, so a rewritten example reaches the teacher
+    rewritten too (it labels it as such); only dropout is on the student alone."""
+    teacher = tiny_bert(seed=1, **NO_DROPOUT)
+    initial = tiny_bert(num_layers=2, hidden=16, heads=2, seed=2, hidden_dropout_prob=0.1)
+    seen = {"student": [], "teacher": []}
+    teacher.register_forward_pre_hook(
+        lambda m, a, kw: seen["teacher"].append(kw["input_ids"].clone()), with_kwargs=True
+    )
+
+    def make():
+        student = copy.deepcopy(initial)
+        student.register_forward_pre_hook(
+            lambda m, a, kw: seen["student"].append(kw["input_ids"].clone()), with_kwargs=True
+        )
+        return student
+
+    noised = unlabelled(classification_dataset(n=16, seed=5))
+    args = config(tmp_out, generations=1, teacher_length_groups=1)  # one teacher forward per batch
+    train_noisy_student(make, teacher, args, lambda g: noised, train_dataset=None)
+    assert len(seen["teacher"]) == len(seen["student"]) == 3
+    for t, st in zip(seen["teacher"], seen["student"]):
+        assert torch.equal(t, st)
 
 
 @pytest.mark.parametrize(

@@ -125,6 +125,15 @@ def test_a_kd_delay_keeps_the_student_on_its_labels_while_the_teacher_learns(tmp
     assert all(h["loss/teacher/task"] > 0 for h in logged)
 
 
+@pytest.mark.parametrize("mode", ["frozen", "cotrain"])
+def test_a_kd_delay_without_a_task_loss_is_refused_before_training(tmp_out, mode):
+    """kd_delay_steps with alpha_task 0 leaves the student no loss before the delay ends: a frozen run crashed at its
+    first backward (a float 0 has no .backward), a cotrain run trained only the teacher. Refused by the config."""
+    with pytest.raises(ValueError, match=r"^kd_delay_steps 2 with alpha_task 0\.0: .*set alpha_task > 0") as err:
+        config(tmp_out, distill_mode=mode, kd_delay_steps=2, alpha_task=0.0, alpha_logits=1.0)
+    assert "\n" not in str(err.value)
+
+
 def test_a_peer_has_its_own_learning_rate(tmp_out):
     peer = TrainedTeacher(tiny_bert(seed=3), learning_rate=5e-4, save_dir="peer_1")
     trainer = DistillationTrainer(
