@@ -375,11 +375,13 @@ def chunked_kd_memory(records: list[dict]) -> str:
 
 
 def _merge_seeds(runs: list[dict]) -> list[dict]:
-    """One result per seed of ``runs`` (sorted by seed, then time): the runs of a seed merged in the order they were
-    made, a later run's scores, minutes and steps replacing an earlier one's (modes added with --reuse_teacher)."""
+    """One result per seed (and budget) of ``runs`` (sorted by seed, then time): the runs of a seed merged in the
+    order they were made, a later run's scores, minutes and steps replacing an earlier one's (modes added with
+    --reuse_teacher); runs of another ``train_samples`` or ``epochs`` stay apart."""
     merged: dict[int, dict] = {}
     for run in runs:
-        x = merged.setdefault(run["config"]["seed"], {"scores": {}, "minutes": {}, "steps": {}})
+        budget = tuple(run["config"].get(k) for k in ("seed", "train_samples", "epochs"))  # one budget per row
+        x = merged.setdefault(budget, {"scores": {}, "minutes": {}, "steps": {}})
         x.update({k: v for k, v in run["results"].items() if k not in x})
         for key in ("scores", "minutes", "steps"):
             x[key].update(run["results"].get(key, {}))

@@ -328,6 +328,11 @@ class DistillationConfig(TrainingArguments):
                 "ensemble_generations needs generations >= 2 (the last generation learns from the earlier ones), got "
                 f"generations {self.generations}."
             )
+        if self.max_steps > 0 and self.kd_delay_steps >= self.max_steps:
+            raise ValueError(
+                f"kd_delay_steps {self.kd_delay_steps} >= max_steps {self.max_steps}: the student would never learn "
+                "from a teacher; set kd_delay_steps below max_steps, or 0."
+            )
         if self.kd_delay_steps < 0:
             raise ValueError(f"kd_delay_steps must be >= 0 (0: KD from the first step), got {self.kd_delay_steps}.")
         if self.kd_delay_steps > 0 and self.alpha_task == 0:

@@ -193,3 +193,15 @@ def test_glue_modes_merges_the_runs_of_a_seed(tmp_path, capsys):
     assert "| 42 | 90.00 | 80.00 | 85.00 | 84.00 |\n| 43 | 90.00 | 70.00 | 80.00 |  |\n" in out
     assert "| `teacher` | 42,43 | 90.00 |  | 5.5 |" in out  # seed 42's teacher minutes from the run that trained it
     assert "| `noisy_student` | 42 | 84.00 | +4.00 | 8.0 |" in out
+
+
+def test_glue_modes_keeps_runs_of_another_budget_apart(tmp_path, capsys):
+    folder = tmp_path / "glue_modes"
+    full = _modes_run(42, {"teacher": 0.9, "no_kd": 0.8}, {}, [])
+    smoke = _modes_run(42, {"teacher": 0.5, "no_kd": 0.5}, {}, [])
+    full["config"]["train_samples"], smoke["config"]["train_samples"] = 16000, 64
+    _write(folder, "full", full)
+    _write(folder, "smoke", smoke)
+    assert summarize.main(["glue_modes", "--results_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 42 | 90.00 | 80.00 |" in out and "| 42 | 50.00 | 50.00 |" in out

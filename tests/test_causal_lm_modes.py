@@ -118,6 +118,10 @@ def test_noisy_student_trains_generations_with_dropout_on(models, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out / "generation_2").config.attention_dropout == 0.2
     assert not differ(weights(out / "generation_2"), weights(out)) and ppl(saved["student"]) == ppl(gens[1])
     assert json.load(open(out / "distillation_config.json"))["distill_mode"] == "noisy_student"
+    from hf_distill.publish import render_model_card
+
+    card = render_model_card(str(out))  # no labelled examples in this job: the card says what it trained on
+    assert "soft targets on its training text, with dropout on the student only" in card
 
 
 def test_mutual_saves_every_peer_and_names_the_best(models, tmp_path):

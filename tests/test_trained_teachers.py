@@ -130,7 +130,7 @@ def test_a_kd_delay_without_a_task_loss_is_refused_before_training(tmp_out, mode
     """kd_delay_steps with alpha_task 0 leaves the student no loss before the delay ends: a frozen run crashed at its
     first backward (a float 0 has no .backward), a cotrain run trained only the teacher. Refused by the config."""
     with pytest.raises(ValueError, match=r"^kd_delay_steps 2 with alpha_task 0\.0: .*set alpha_task > 0") as err:
-        config(tmp_out, distill_mode=mode, kd_delay_steps=2, alpha_task=0.0, alpha_logits=1.0)
+        config(tmp_out, distill_mode=mode, kd_delay_steps=2, alpha_task=0.0, alpha_logits=1.0, max_steps=4)
     assert "\n" not in str(err.value)
 
 
@@ -315,3 +315,8 @@ def test_a_co_trained_teacher_asked_nothing_is_not_run_in_evaluation(tmp_out):
     assert len(calls) == 1  # the one training step
     trainer.evaluate()
     assert len(calls) == 1
+
+
+def test_a_kd_delay_as_long_as_the_run_is_refused(tmp_out):
+    with pytest.raises(ValueError, match="kd_delay_steps 3 >= max_steps 3: the student would never learn"):
+        config(tmp_out, kd_delay_steps=3, max_steps=3)
