@@ -2,22 +2,47 @@
 match the tokens their vocabularies share.
 
 ``spans``: one text encoded with character spans; ``align``: groups of tokens covering the same text and the
-positions whose next-token predictions are compared; ``vocab``: the tokens both vocabularies spell the same way.
+positions whose next-token predictions are compared; ``vocab``: the tokens both vocabularies spell the same way;
+``losses``: the divergences between the two models' predictions at the compared positions (exact, ULD, chain rule).
 """
 
 from .align import AlignedPositions, SpanGroup, align_spans, aligned_positions
+from .losses import (
+    ULD_TOP_K,
+    ChainRows,
+    ChainTargets,
+    CrossTokenizerMix,
+    chain_rule_divergence,
+    chain_rule_rows,
+    cross_tokenizer_loss,
+    shared_log_probs,
+    shared_vocab_divergence,
+    span_logprobs,
+    uld_loss,
+)
 from .spans import TokenSpans, encode_with_spans, normalise_spans
 from .vocab import describe_shared_vocabulary, shared_vocabulary, token_bytes
 
 __all__ = [
+    "ULD_TOP_K",
     "AlignedPositions",
+    "ChainRows",
+    "ChainTargets",
+    "CrossTokenizerMix",
     "SpanGroup",
     "TokenSpans",
     "align_spans",
     "aligned_positions",
+    "chain_rule_divergence",
+    "chain_rule_rows",
+    "cross_tokenizer_loss",
     "describe_shared_vocabulary",
     "encode_with_spans",
     "normalise_spans",
+    "shared_log_probs",
+    "shared_vocab_divergence",
     "shared_vocabulary",
+    "span_logprobs",
     "token_bytes",
+    "uld_loss",
 ]
