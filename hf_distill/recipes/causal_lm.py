@@ -338,7 +338,7 @@ def finish(lm, args, trainer, results: dict, train, texts, tokenizer, complete=N
     if lm.use_peft and lm.merge_lora:
         model = model.merge_and_unload()
         if args.should_save:
-            _save_merged(model, args.output_dir)
+            save_merged(model, args.output_dir)
     results["student"] = score(model, texts, tokenizer, lm, label="distilled student", progress=show_bars(args))
     results.update(
         {
@@ -365,7 +365,7 @@ def loss_summary(args: DistillationConfig) -> str:
     return f"{' + '.join(terms)}; lr {args.learning_rate:g} {schedule}, {args.warmup_steps} warm-up steps"
 
 
-def _save_merged(model, output_dir: str) -> None:
+def save_merged(model, output_dir: str) -> None:
     """The merged student in ``output_dir``; the adapter moves to ``output_dir/lora_adapter`` (else transformers
     would load ``output_dir`` as base model + adapter)."""
     adapter_dir = os.path.join(output_dir, "lora_adapter")

@@ -26,7 +26,6 @@ from ..teachers import TrainedTeacher
 from ..validation import prepare_output_dir, resolve_resume
 from .causal_lm import (
     CausalLMArguments,
-    _save_merged,
     add_text_prompts,
     cached_train_set,
     check_eval_caps,
@@ -35,6 +34,7 @@ from .causal_lm import (
     loss_summary,
     make_student,
     make_trainer,
+    save_merged,
     score,
     show_bars,
 )
@@ -124,7 +124,7 @@ def run_generations(lm, args, teacher, student, train, texts, tokenizer) -> dict
         scored = score(trainer.model, texts, tokenizer, lm, label=f"generation {generation}", progress=bars)
         folder = GENERATION_DIR.format(generation)
         if lm.use_peft and lm.merge_lora and args.should_save:  # the adapter alone may name the teacher as its base
-            _save_merged(copy.deepcopy(trainer.model).merge_and_unload(), os.path.join(args.output_dir, folder))
+            save_merged(copy.deepcopy(trainer.model).merge_and_unload(), os.path.join(args.output_dir, folder))
         generations.append({"generation": generation, "folder": folder, "teachers": names, **scored})
 
     print(
