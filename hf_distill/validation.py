@@ -17,9 +17,6 @@ import yaml
 
 from .file_checks import check_model_path, error_line, looks_local
 
-# the dropout rates of GPT-2-style configs (the others are models.DROPOUT_FIELDS)
-PDROP_FIELDS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
-
 # ------------------------------------------------------------------------------------------------- config files
 
 # keys of a recipe YAML that name local paths, resolved against the YAML file's folder (output_dir, logging_dir and

@@ -14,7 +14,8 @@ from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
 from hf_distill import DistillationConfig
 from hf_distill.cli import parse_with_config
-from hf_distill.recipes.glue import GlueArguments, make_student, run, student_dropout_overrides
+from hf_distill.models import dropout_overrides
+from hf_distill.recipes.glue import GlueArguments, make_student, run
 from hf_distill.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +195,7 @@ def test_student_dropout_sets_every_dropout_of_the_student_only(tmp_path):
     ids = torch.randint(0, teacher.config.vocab_size, (2, 7))
     want = default.eval()(input_ids=ids).logits
     assert_fp32_close(student.eval()(input_ids=ids).logits, want, n=forward_chain(default.config, 7))
-    assert student_dropout_overrides(glue_args, teacher.config) == {
+    assert dropout_overrides(glue_args.student_dropout, teacher.config) == {
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "classifier_dropout": 0.0,
@@ -206,7 +207,7 @@ def test_student_dropout_sets_every_dropout_of_the_student_only(tmp_path):
     assert all(m.p == 0.0 for m in reloaded.modules() if isinstance(m, torch.nn.Dropout))
     # DistilBERT names its dropouts differently, its classification head's included
     distil = DistilBertConfig(vocab_size=50, dim=16, n_layers=2, n_heads=2, hidden_dim=32, seq_classif_dropout=0.2)
-    assert set(student_dropout_overrides(glue_args, distil)) == {
+    assert set(dropout_overrides(glue_args.student_dropout, distil)) == {
         "dropout",
         "attention_dropout",
         "seq_classif_dropout",
@@ -218,7 +219,7 @@ def test_student_dropout_is_checked():
     with pytest.raises(ValueError, match="student_dropout=1.0"):
         GlueArguments(student_dropout=1.0)
     with pytest.raises(ValueError, match="none of the dropout fields"):
-        student_dropout_overrides(GlueArguments(student_dropout=0.0), object())
+        dropout_overrides(0.0, object())
 
 
 def test_a_base_teachers_new_head_is_seeded(tmp_path):

@@ -82,6 +82,21 @@ DROPOUT_FIELDS = (
     "summary_last_dropout",
 )
 
+
+def dropout_overrides(rate: float | None, config) -> dict:
+    """The ``config`` fields (``DROPOUT_FIELDS`` it has) that set a student's dropout to ``rate``, for
+    ``from_pretrained`` / ``build_student`` keyword arguments; ``{}`` when ``rate`` is None (keep the model's own)."""
+    if rate is None:
+        return {}
+    overrides = {name: rate for name in DROPOUT_FIELDS if hasattr(config, name)}
+    if not overrides:
+        raise ValueError(
+            f"--student_dropout {rate}: {type(config).__name__} has none of the dropout fields "
+            f"{list(DROPOUT_FIELDS)}; leave --student_dropout unset."
+        )
+    return overrides
+
+
 # config attributes of output heads that are not a plain linear map (the fused causal-LM loss needs a linear head)
 NONLINEAR_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 

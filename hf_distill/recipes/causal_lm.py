@@ -32,7 +32,7 @@ from ..data.teacher_cache import teacher_weight_folder
 from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
-from ..models import DROPOUT_FIELDS, build_student, resolve_dtype, resolve_model_path
+from ..models import build_student, dropout_overrides, resolve_dtype, resolve_model_path
 from ..report import count_parameters, format_perplexities, write_results
 from ..validation import (
     parse_layers,
@@ -236,7 +236,7 @@ def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, token
     layers = parse_layers(lm.student_layers)
     if lm.student_model_name_or_path:
         path = resolve_model_path(lm.student_model_name_or_path)  # its tokenizer: checked by validate_causal_lm_job
-        dropout = dropout_overrides(lm, AutoConfig.from_pretrained(path))
+        dropout = dropout_overrides(lm.student_dropout, AutoConfig.from_pretrained(path))
         dtype = resolve_dtype(args.teacher_dtype, torch.float32)
         student = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **dropout)
         if layers is not None:  # ema / mutual: the student's own layers (validate_causal_lm_job refuses it otherwise)
@@ -244,7 +244,7 @@ def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, token
             student = build_student(student, layers=layers)
     else:
         torch.manual_seed(args.seed)
-        student = build_student(teacher, layers=layers, **dropout_overrides(lm, teacher.config))
+        student = build_student(teacher, layers=layers, **dropout_overrides(lm.student_dropout, teacher.config))
     if lm.use_peft:
         from peft import LoraConfig, get_peft_model
 
@@ -262,19 +262,6 @@ def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, token
         if lm.student_model_name_or_path:  # the name users load, not the local folder it resolved to
             student.peft_config["default"].base_model_name_or_path = lm.student_model_name_or_path
     return student
-
-
-def dropout_overrides(lm: CausalLMArguments, config) -> dict:
-    """The config fields that set the student's dropout to ``--student_dropout`` ({} when it is unset)."""
-    if lm.student_dropout is None:
-        return {}
-    overrides = {name: lm.student_dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
-    if not overrides:
-        raise ValueError(
-            f"--student_dropout {lm.student_dropout}: {type(config).__name__} has none of the dropout fields "
-            f"{list(DROPOUT_FIELDS)}; leave --student_dropout unset."
-        )
-    return overrides
 
 
 def check_eval_caps(lm: CausalLMArguments) -> None:

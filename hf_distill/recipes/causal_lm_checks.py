@@ -7,7 +7,6 @@ import os
 
 from ..file_checks import check_model_path, looks_local
 from ..validation import (
-    PDROP_FIELDS,
     check_dataset_name,
     check_layer_maps,
     check_layers,
@@ -141,7 +140,6 @@ _OWN_STUDENT_TASK_LOSS = {
     "ema": "the average starts as the student, so the KD term alone gives it no gradient and nothing trains",
     "mutual": "the peers would only learn to agree with each other, never the text",
 }
-# dropout fields of GPT-2-style configs, beside DROPOUT_FIELDS
 
 
 def _validate_causal_lm_own_student(lm, args):
@@ -198,7 +196,7 @@ def _validate_causal_lm_own_student(lm, args):
     text_config = config.get_text_config()
     dropout = lm.student_dropout
     if dropout is None:
-        dropout = max((getattr(text_config, f, 0.0) or 0.0 for f in (*DROPOUT_FIELDS, *PDROP_FIELDS)), default=0.0)
+        dropout = max((getattr(text_config, f, 0.0) or 0.0 for f in DROPOUT_FIELDS), default=0.0)
     if mode == "mutual" and not dropout:
         raise ValueError(
             f"--distill_mode mutual: {name} has no dropout, so its copies (the peers) would see the same batches and "

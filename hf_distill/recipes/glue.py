@@ -35,7 +35,7 @@ from ..distillation_plan import build_plan
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..generations import dropout_rate, train_born_again, train_noisy_student
-from ..models import DROPOUT_FIELDS, build_student, resolve_model_path
+from ..models import build_student, dropout_overrides, resolve_model_path
 from ..report import build_results, write_report
 from ..tasks import (
     augment_dataset,
@@ -274,30 +274,17 @@ _SHARED_TRAINING_FIELDS = (
 )
 
 
-def student_dropout_overrides(glue_args: GlueArguments, config) -> dict:
-    """The config fields that set the student's dropout to ``glue_args.student_dropout`` ({} when it is unset)."""
-    if glue_args.student_dropout is None:
-        return {}
-    overrides = {name: glue_args.student_dropout for name in DROPOUT_FIELDS if hasattr(config, name)}
-    if not overrides:
-        raise ValueError(
-            f"student_dropout={glue_args.student_dropout}: {type(config).__name__} has none of the dropout fields "
-            f"{list(DROPOUT_FIELDS)}; leave student_dropout unset."
-        )
-    return overrides
-
-
 def make_student(glue_args: GlueArguments, args, teacher, task):
     if glue_args.student_model_name_or_path:
         labels = {} if task.is_regression else {"id2label": task.id2label, "label2id": task.label2id}
         path = resolve_model_path(glue_args.student_model_name_or_path)
-        dropout = student_dropout_overrides(glue_args, AutoConfig.from_pretrained(path))
+        dropout = dropout_overrides(glue_args.student_dropout, AutoConfig.from_pretrained(path))
         return AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=task.num_labels, **labels, **dropout
         )
     torch.manual_seed(args.seed)
     layers = parse_layers(glue_args.student_layers)
-    return build_student(teacher, layers=layers, **student_dropout_overrides(glue_args, teacher.config))
+    return build_student(teacher, layers=layers, **dropout_overrides(glue_args.student_dropout, teacher.config))
 
 
 def evaluate_model(model, args, task, data, collator, compute_metrics) -> dict:

@@ -5,7 +5,6 @@ trained; each refusal is one line (``ValueError``) naming the bad value and the 
 from __future__ import annotations
 
 from ..validation import (
-    PDROP_FIELDS,
     check_glue_data_dir,
     check_label_head,
     check_layer_maps,
@@ -120,7 +119,7 @@ def check_noisy_student(student_dropout, source, args) -> None:
             "(e.g. 0.1), or leave it unset for the model's own."
         )
     config = source.get_text_config()
-    rates = [getattr(config, name, 0.0) or 0.0 for name in (*DROPOUT_FIELDS, *PDROP_FIELDS)]
+    rates = [getattr(config, name, 0.0) or 0.0 for name in DROPOUT_FIELDS]
     if student_dropout is None and max(rates, default=0.0) == 0:
         raise ValueError(
             f"The student's config ({type(source).__name__}) has no dropout, a noisy student's model noise: set "
