@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from .distillation_config import DistillationConfig
 from .distillation_trainer import DistillationTrainer
-from .models import infer_task
+from .models import config_dropout, infer_task
 from .teachers import ModelTeacher, Teacher, as_teacher
 
 GENERATION_DIR = "generation_{}"  # each generation's student, under the run's output_dir
@@ -89,11 +89,10 @@ def train_born_again(
 
 def dropout_rate(model: nn.Module) -> float:
     """The largest dropout probability of ``model`` in training: over its ``nn.Dropout`` modules (every kind) and its
-    config's dropout rates (attention implementations read theirs from the config, not from a module). 0: none."""
+    config's dropout rates (:func:`~hf_distill.models.config_dropout`). 0: none."""
     rates = [m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     config = getattr(model, "config", None)
-    rates += [v for k, v in vars(config).items() if "dropout" in k and isinstance(v, float)] if config else []
-    return max(rates, default=0.0)
+    return max([*rates, config_dropout(config) if config is not None else 0.0])
 
 
 def train_noisy_student(

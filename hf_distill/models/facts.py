@@ -83,6 +83,13 @@ DROPOUT_FIELDS = (
 )
 
 
+def config_dropout(config) -> float:
+    """The largest dropout rate among ``config``'s ``DROPOUT_FIELDS`` (its text config's, for a multimodal one); 0:
+    no dropout. Attention implementations read their rate from the config, not from an ``nn.Dropout``."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return max((getattr(config, name, 0.0) or 0.0 for name in DROPOUT_FIELDS), default=0.0)
+
+
 def dropout_overrides(rate: float | None, config) -> dict:
     """The ``config`` fields (``DROPOUT_FIELDS`` it has) that set a student's dropout to ``rate``, for
     ``from_pretrained`` / ``build_student`` keyword arguments; ``{}`` when ``rate`` is None (keep the model's own)."""

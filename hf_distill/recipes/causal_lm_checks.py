@@ -190,13 +190,10 @@ def _validate_causal_lm_own_student(lm, args):
         [(flag, name), ("--dataset_name", lm.dataset_name), *[("--train_file", p) for p in [lm.train_file] if p],
          *[("--validation_files", path) for path in lm.validation_files]],
     )  # fmt: skip
-    from ..models import DROPOUT_FIELDS  # here: it imports torch
+    from ..models import config_dropout  # here: it imports torch
 
     config = load_model_config(name, flag, args.trust_remote_code)
-    text_config = config.get_text_config()
-    dropout = lm.student_dropout
-    if dropout is None:
-        dropout = max((getattr(text_config, f, 0.0) or 0.0 for f in DROPOUT_FIELDS), default=0.0)
+    dropout = config_dropout(config) if lm.student_dropout is None else lm.student_dropout
     if mode == "mutual" and not dropout:
         raise ValueError(
             f"--distill_mode mutual: {name} has no dropout, so its copies (the peers) would see the same batches and "

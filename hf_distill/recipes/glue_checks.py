@@ -106,7 +106,7 @@ def _check_generations(glue_args, args) -> None:
 def check_noisy_student(student_dropout, source, args) -> None:
     """``--distill_mode noisy_student``: the student learns the teacher's soft targets (``--alpha_logits`` > 0) with
     dropout as its model noise: ``--student_dropout`` > 0, or unset on a ``source`` config that has some."""
-    from ..models import DROPOUT_FIELDS  # here: it imports torch
+    from ..models import config_dropout  # here: it imports torch
 
     if args.alpha_logits <= 0:
         raise ValueError(
@@ -118,9 +118,7 @@ def check_noisy_student(student_dropout, source, args) -> None:
             "--student_dropout 0: a noisy student trains with dropout as its model noise; set --student_dropout > 0 "
             "(e.g. 0.1), or leave it unset for the model's own."
         )
-    config = source.get_text_config()
-    rates = [getattr(config, name, 0.0) or 0.0 for name in DROPOUT_FIELDS]
-    if student_dropout is None and max(rates, default=0.0) == 0:
+    if student_dropout is None and config_dropout(source) == 0:
         raise ValueError(
             f"The student's config ({type(source).__name__}) has no dropout, a noisy student's model noise: set "
             "--student_dropout > 0 (e.g. 0.1)."
