@@ -55,6 +55,7 @@ from hf_distill.recipes.glue import (  # noqa: E402
     load_teacher,
     make_student,
     prepare_data,
+    replacement_neighbours,
     with_unlabelled,
 )
 from hf_distill.tasks import compute_metrics_for  # noqa: E402
@@ -155,8 +156,10 @@ def noisy_student(glue_args, args, task, teacher, data, tokenizer, collator, met
     noisy = dataclasses.replace(glue_args, **NOISE)
     initial = make_student(noisy, args, teacher, task)  # teacher layers 1, 3, 5, with dropout
 
+    neighbours = replacement_neighbours(noisy, teacher, tokenizer)  # one word-replacement table for every draw
+
     def noised(generation: int):
-        return with_unlabelled(noisy, args, teacher, tokenizer, data, args.seed + generation - 1)["train"]
+        return with_unlabelled(noisy, args, teacher, tokenizer, data, args.seed + generation - 1, neighbours)["train"]
 
     return train_noisy_student(
         lambda: copy.deepcopy(initial), teacher, args, noised, train_dataset=None,

@@ -140,10 +140,13 @@ def test_the_glue_job_noises_each_generation_afresh_and_scores_each(tiny_teacher
         return augment(*args, seed=seed, **kw)
 
     monkeypatch.setattr(glue, "augment_dataset", recording)
+    tables, neighbours = [], glue.embedding_neighbours
+    monkeypatch.setattr(glue, "embedding_neighbours", lambda *a, **k: tables.append(1) or neighbours(*a, **k))
     out = str(tmp_path / "ns")
     argv = glue_argv(tiny_teacher_dir, out, "--unlabelled_train_samples", "16", "--student_dropout", "0.2")
     assert main(argv) == 0
     assert seeds == [42, 43]  # generation g's augmentation is drawn with seed + g - 1
+    assert len(tables) == 1  # the word-replacement table, computed once for every generation's draw
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["distill_mode"] == "noisy_student"
     assert results["noise"] == {"augment_prob": 0.5, "dropout": 0.2}

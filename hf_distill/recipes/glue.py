@@ -317,15 +317,25 @@ def check_kd_only_data(glue_args: GlueArguments, args) -> None:
             )
 
 
-def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data, seed: int | None = None) -> dict:
+def replacement_neighbours(glue_args: GlueArguments, teacher, tokenizer):
+    """``(W, k)`` the ``--augment_neighbours`` nearest teacher-embedding words of each candidate word (the word
+    replacement's table), or None when augmentation is off. Computed once per teacher: reuse it for every draw."""
+    if glue_args.augment_prob == 0:
+        return None
+    return embedding_neighbours(
+        teacher.get_input_embeddings().weight, word_candidates(tokenizer), glue_args.augment_neighbours
+    )
+
+
+def augment_train(glue_args: GlueArguments, args, teacher, tokenizer, data, seed=None, neighbours=None) -> dict:
     """``data`` with its training split augmented as ``glue_args.augment_*`` say (unchanged when it is off), the
-    rewrites drawn with ``seed`` (default ``args.seed``)."""
+    rewrites drawn with ``seed`` (default ``args.seed``) from ``neighbours`` (default: computed from ``teacher``,
+    :func:`replacement_neighbours`)."""
     check_kd_only_data(glue_args, args)
     if glue_args.augment_prob == 0:
         return data
-    neighbours = embedding_neighbours(
-        teacher.get_input_embeddings().weight, word_candidates(tokenizer), glue_args.augment_neighbours
-    )
+    if neighbours is None:
+        neighbours = replacement_neighbours(glue_args, teacher, tokenizer)
     train = augment_dataset(
         data["train"], neighbours, glue_args.augment_prob, glue_args.augment_replace_prob,
         seed=args.seed if seed is None else seed,
@@ -424,10 +434,10 @@ def train_baseline(glue_args, args, trainer, make, teacher, data, collator, toke
     )
 
 
-def with_unlabelled(glue_args, args, teacher, tokenizer, data, seed: int | None = None) -> dict:
-    """The KD run's data: the training split augmented (drawn with ``seed``, default ``args.seed``), and the
-    unlabelled examples added (the teacher labels both)."""
-    kd_data = augment_train(glue_args, args, teacher, tokenizer, data, seed)
+def with_unlabelled(glue_args, args, teacher, tokenizer, data, seed=None, neighbours=None) -> dict:
+    """The KD run's data: the training split augmented (drawn with ``seed``, default ``args.seed``, from
+    ``neighbours``, see :func:`augment_train`), and the unlabelled examples added (the teacher labels both)."""
+    kd_data = augment_train(glue_args, args, teacher, tokenizer, data, seed, neighbours)
     if "unlabelled" in data:
         kd_data = {**kd_data, "train": concatenate_datasets([kd_data["train"], data["unlabelled"]])}
         print(f"[glue] + {len(data['unlabelled'])} unlabelled examples labelled by the teacher")
@@ -589,7 +599,8 @@ def run_generations(glue_args: GlueArguments, args, task, data, tokenizer, colla
         initial = own_student(glue_args, args, task)
     else:
         initial = make_student(glue_args, args, teacher, task)
-    kd_data = with_unlabelled(glue_args, args, teacher, tokenizer, data)
+    neighbours = replacement_neighbours(glue_args, teacher, tokenizer)  # one table for every draw
+    kd_data = with_unlabelled(glue_args, args, teacher, tokenizer, data, neighbours=neighbours)
     eval_split = task.eval_splits[0]
     generations = []
 
@@ -616,11 +627,9 @@ def run_generations(glue_args: GlueArguments, args, task, data, tokenizer, colla
     if noisy:  # generation 1 trains on kd_data (seed args.seed); each later one on its own draw of the augmentation
 
         def noised(g: int):
-            return (
-                kd_data["train"]
-                if g == 1
-                else with_unlabelled(glue_args, args, teacher, tokenizer, data, args.seed + g - 1)["train"]
-            )
+            if g == 1:
+                return kd_data["train"]
+            return with_unlabelled(glue_args, args, teacher, tokenizer, data, args.seed + g - 1, neighbours)["train"]
 
         trainers = train_noisy_student(lambda: copy.deepcopy(initial), teacher, args, noised, **kwargs)
     else:
