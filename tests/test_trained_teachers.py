@@ -51,24 +51,34 @@ def reference_grads(model, loss_fn):
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("mode", ["mutual", "cotrain"])
-def test_first_step_gradients_are_those_of_each_models_own_objective(tmp_out, mode):
-    """Student: task + KD to the other model (detached). Mutual peer: task + KD to the student (detached);
-    co-trained teacher: its task loss alone. Neither gradient leaks into the other model."""
+def train_pair(tmp_out, mode, save_dir="peer_1", **kw):
+    """A student and a mutual peer / co-trained teacher (tiny BERTs without dropout) trained in ``mode``; returns
+    ``(trainer, FirstGrads, student and other as they started, the first batch's inputs and labels)``."""
     student = tiny_bert(seed=2, **NO_DROPOUT)
     other = tiny_bert(seed=3, **NO_DROPOUT)
     s0, o0 = copy.deepcopy(student), copy.deepcopy(other)
     data = classification_dataset(n=32)
-    trained = TrainedTeacher(other, learns_from_peers=mode == "mutual", save_dir="peer_1")
+    trained = TrainedTeacher(other, learns_from_peers=mode == "mutual", save_dir=save_dir)
     grads = FirstGrads([trained])
     trainer = DistillationTrainer(
-        model=student, teacher_model=trained, args=config(tmp_out, distill_mode=mode, max_steps=1),
-        train_dataset=data, callbacks=[grads],
-    )  # fmt: skip
+        model=student,
+        teacher_model=trained,
+        args=config(tmp_out, distill_mode=mode, **kw),
+        train_dataset=data,
+        callbacks=[grads],
+    )
     trainer.train()
     rows = data[:8]
     inputs = {k: torch.tensor(rows[k]) for k in ("input_ids", "attention_mask")}
-    labels = torch.tensor(rows["labels"])
+    return trainer, grads, s0, o0, inputs, torch.tensor(rows["labels"])
+
+
+@pytest.mark.parametrize("mode", ["mutual", "cotrain"])
+def test_first_step_gradients_are_those_of_each_models_own_objective(tmp_out, mode):
+    """Student: task + KD to the other model (detached). Mutual peer: task + KD to the student (detached);
+    co-trained teacher: its task loss alone. Neither gradient leaks into the other model."""
+    trainer, grads, s0, o0, inputs, labels = train_pair(tmp_out, mode, max_steps=1)
+    student, other = trainer.model, trainer.teachers[0].inner
     with torch.no_grad():
         s_logits, o_logits = s0(**inputs).logits, o0(**inputs).logits
 
@@ -100,21 +110,8 @@ def test_first_step_gradients_are_those_of_each_models_own_objective(tmp_out, mo
 def test_a_kd_delay_keeps_the_student_on_its_labels_while_the_teacher_learns(tmp_out):
     """kd_delay_steps 2: the student's first steps are on its task loss alone (the KD weights at 0), the co-trained
     teacher's on its own task loss (never delayed); from step 3 the student distils."""
-    student = tiny_bert(seed=2, **NO_DROPOUT)
-    other = tiny_bert(seed=3, **NO_DROPOUT)
-    s0, o0 = copy.deepcopy(student), copy.deepcopy(other)
-    data = classification_dataset(n=32)
-    trained = TrainedTeacher(other, learns_from_peers=False, save_dir="teacher")
-    grads = FirstGrads([trained])
-    trainer = DistillationTrainer(
-        model=student, teacher_model=trained, args=config(tmp_out, distill_mode="cotrain", kd_delay_steps=2, max_steps=3),
-        train_dataset=data, callbacks=[grads],
-    )  # fmt: skip
-    trainer.train()
-    rows = data[:8]
-    inputs = {k: torch.tensor(rows[k]) for k in ("input_ids", "attention_mask")}
-    labels = torch.tensor(rows["labels"])
-    n = 2 * forward_chain(student.config, 12) + 8
+    trainer, grads, s0, o0, inputs, labels = train_pair(tmp_out, "cotrain", "teacher", kd_delay_steps=2, max_steps=3)
+    n = 2 * forward_chain(s0.config, 12) + 8
     for got, model, weight in ((grads.student, s0, 0.5), (grads.peers[0], o0, 1.0)):
         want = reference_grads(model, lambda m, w=weight: w * F.cross_entropy(m(**inputs).logits, labels))
         scales = grad_scales(want)
