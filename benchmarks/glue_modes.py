@@ -80,7 +80,19 @@ MODES = {
     "noisy_student": {"distill_mode": "noisy_student", "generations": 2},
     # cotrain with a KD warm-up delay: the student on its labels alone for the first 100 of ~500 steps
     "cotrain_delayed": {"distill_mode": "cotrain", "kd_delay_steps": 100},
+    # deep mutual learning as Zhang et al. (2018) ran it: soft targets at T=1, the task and KD terms at weight 1 each
+    "mutual_dml": {
+        "distill_mode": "mutual",
+        "temperature": 1.0,
+        "alpha_task": 1.0,
+        "alpha_logits": 1.0,
+        **LOGITS_ONLY,
+    },
+    # cotrain with the teacher at twice the student's learning rate: good soft targets sooner
+    "cotrain_fast": {"distill_mode": "cotrain", "teacher_learning_rate": 2e-4},
 }
+# the mode overrides that are GlueArguments, not DistillationConfig fields
+GLUE_OVERRIDES = ("teacher_learning_rate",)
 # the noisy student's noise (GlueArguments): word replacement on half the examples, dropout on the student
 NOISE = {"augment_prob": 0.5, "student_dropout": 0.1}
 ORDER = list(MODES)  # born_again reads no_kd's student: no_kd runs first
@@ -115,19 +127,21 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
     no_kd = None
     for name in [n for n in ORDER if n in opts.modes]:
         print(f"[bench] {task_name} seed {seed}: {name}", flush=True)
-        run_args = dataclasses.replace(args, output_dir=f"{args.output_dir}-{name}", **MODES[name])
+        config = {k: v for k, v in MODES[name].items() if k not in GLUE_OVERRIDES}
+        run_args = dataclasses.replace(args, output_dir=f"{args.output_dir}-{name}", **config)
+        run_glue = dataclasses.replace(glue_args, **{k: v for k, v in MODES[name].items() if k in GLUE_OVERRIDES})
         cotrain = MODES[name].get("distill_mode") == "cotrain"
         student = copy.deepcopy(initial_base if cotrain else initial)
         source = {"no_kd": teacher, "kd": teacher, "born_again": no_kd}.get(name)
         if name == "born_again" and no_kd is None:
             raise ValueError("born_again is taught by no_kd's student: run --modes no_kd born_again together.")
-        if name == "mutual":
+        if name.startswith("mutual"):
             torch.manual_seed(seed + 1)
             peer = copy.deepcopy(initial)
             peer.classifier.reset_parameters()  # the peers start apart: another head
             source = [TrainedTeacher(peer, save_dir="peer_1", name="peer 1")]
         if cotrain:  # a fresh copy of the base model: each cotrain mode fine-tunes its own
-            lr, model = glue_args.teacher_learning_rate, copy.deepcopy(base_teacher)
+            lr, model = run_glue.teacher_learning_rate, copy.deepcopy(base_teacher)
             source = TrainedTeacher(model, learns_from_peers=False, learning_rate=lr, save_dir="teacher")
         start = time.perf_counter()
         if name == "noisy_student":
@@ -143,8 +157,8 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
             no_kd = trainer.model
         elif name == "ema":
             results["scores"]["ema_average"] = score(trainer.teachers[0].model)
-        elif name == "mutual":
-            results["scores"]["mutual_peer_1"] = score(trainer.teachers[0].inner)
+        elif name.startswith("mutual"):
+            results["scores"][f"{name}_peer_1"] = score(trainer.teachers[0].inner)
         elif cotrain:
             results["scores"][f"{name}_teacher"] = score(source.inner)
         save(results)
