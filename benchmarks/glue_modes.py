@@ -15,7 +15,8 @@ Per (task, seed), in one run:
 - ``noisy_student``: 2 generations of the 3-layer student (dropout 0.1), the first taught by the fine-tuned teacher,
   the second by the first, each on its own draw of the word-replacement augmentation (half the examples rewritten
   and labelled by the teacher alone: the same number of examples and steps as ``kd``) with the recipe's KD terms;
-  both generations are scored, its time is both generations'.
+  the teacher reads the clean sentence, the student its rewrite; both generations are scored, its time is both
+  generations'.
 
 ``--reuse_teacher`` loads the teacher a run before fine-tuned in the same ``--work_dir`` (its folder
 ``<task>-<seed>/teacher``) instead of fine-tuning it again: for adding modes to a (task, seed) measured before (the
@@ -50,6 +51,7 @@ from summarize import glue_modes, load  # noqa: E402
 from hf_distill.generations import train_noisy_student  # noqa: E402
 from hf_distill.models import resolve_model_path  # noqa: E402
 from hf_distill.recipes.glue import (  # noqa: E402
+    clean_teacher_inputs,
     distill,
     evaluate_model,
     load_teacher,
@@ -166,18 +168,20 @@ def run_one(task_name: str, seed: int, opts, save) -> dict:
 
 
 def noisy_student(glue_args, args, task, teacher, data, tokenizer, collator, metrics) -> list:
-    """The trainers of ``args.generations`` noisy-student generations (``NOISE``) of the 3-layer student."""
+    """The trainers of ``args.generations`` noisy-student generations (``NOISE``) of the 3-layer student, the
+    teacher reading the clean sentences (``clean_teacher_inputs``, as the GLUE job)."""
     noisy = dataclasses.replace(glue_args, **NOISE)
     initial = make_student(noisy, args, teacher, task)  # teacher layers 1, 3, 5, with dropout
-
+    clean, columns, kd_collator = clean_teacher_inputs(data, tokenizer, collator)
+    args = dataclasses.replace(args, teacher_columns=columns)
     neighbours = replacement_neighbours(noisy, teacher, tokenizer)  # one word-replacement table for every draw
 
     def noised(generation: int):
-        return with_unlabelled(noisy, args, teacher, tokenizer, data, args.seed + generation - 1, neighbours)["train"]
+        return with_unlabelled(noisy, args, teacher, tokenizer, clean, args.seed + generation - 1, neighbours)["train"]
 
     return train_noisy_student(
         lambda: copy.deepcopy(initial), teacher, args, noised, train_dataset=None,
-        eval_dataset=data[task.eval_splits[0]], data_collator=collator, processing_class=tokenizer,
+        eval_dataset=clean[task.eval_splits[0]], data_collator=kd_collator, processing_class=tokenizer,
         compute_metrics=metrics,
     )  # fmt: skip
 

@@ -13,6 +13,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from .losses import available_losses
 from .mapping import parse_layer_pairs
 from .schedules import INTERMEDIATE_SCHEDULES
+from .teachers.columns import parse_column_map
 
 _TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # where the teacher comes from: a fixed model, or the moving average of the student's own weights
@@ -55,6 +56,12 @@ class DistillationConfig(TrainingArguments):
             similar length, each cut to its longest row: the same outputs without the work on padding (about half
             the teacher's time on SST-2 batches). Default: 4 when the teacher is on a CPU, 1 (off) on an accelerator,
             where small sub-batches underfill it. Encoders only (causal LMs run whole), right padding only.
+        teacher_columns, student_columns (`dict` or `None`): column maps, ``{forward argument: batch column}``
+            (a JSON object string is parsed): each model reads exactly the columns its map names, so that the teacher
+            and the student may read different inputs of one example (the clean text and its noised copy, a sentence
+            and its translation). A column a teacher's map names is hidden from models without a map; a column both
+            read is named in both maps. ``teacher_columns`` applies to every teacher without a map of its own
+            (``ModelTeacher(columns=...)``). See ``docs/concepts.md``, "Column maps".
 
     Parameters of teachers that learn (``docs/modes.md``):
         distill_mode (`str`): ``frozen`` (the teacher is a fixed model; the default), ``ema`` (no separate
@@ -139,6 +146,22 @@ class DistillationConfig(TrainingArguments):
         metadata={
             "help": "Run the teacher on up to this many groups of rows of similar length, without their padding "
             "(same outputs, less work); default: 4 on a CPU, 1 (off) on an accelerator. Encoders only."
+        },
+    )
+    teacher_columns: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher's column map, {forward argument: batch column} (a JSON object on the command line), "
+            'e.g. {"input_ids": "teacher_input_ids", "attention_mask": "teacher_attention_mask"}: the '
+            "teacher reads exactly those; the columns it names are hidden from the student. Default: the batch's "
+            "model inputs."
+        },
+    )
+    student_columns: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "The student's column map (as teacher_columns); default: the batch's model inputs less the "
+            "columns the teachers' maps name."
         },
     )
     # --- loss ---
@@ -293,6 +316,8 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r} is unknown; choose one of {list(_TEACHER_DTYPES)}."
             )
+        self.teacher_columns = parse_column_map(self.teacher_columns, "teacher_columns")
+        self.student_columns = parse_column_map(self.student_columns, "student_columns")
         if self.teacher_length_groups is not None and self.teacher_length_groups < 1:
             raise ValueError(
                 f"teacher_length_groups must be >= 1 (1: the teacher runs on the whole padded batch), got "

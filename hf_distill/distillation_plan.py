@@ -26,7 +26,7 @@ from .models import (
     shared_vocab_rows,
     unwrap,
 )
-from .teachers import EMATeacher, Teacher, TeacherRequest, TopKCacheTeacher, TrainedTeacher, as_teachers
+from .teachers import CachedTeacher, EMATeacher, Teacher, TeacherRequest, TopKCacheTeacher, TrainedTeacher, as_teachers
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,24 @@ def build_teachers(
     ``args.teacher_model_name_or_path``) as :class:`Teacher` objects; with a top-k teacher cache in the data, the
     first one reads its soft targets from there (:class:`TopKCacheTeacher`), or stands alone when no live teacher
     is needed: a teacher given by name (or path) is then not loaded at all. Empty for a no-KD baseline. With
-    ``args.distill_mode == "ema"`` the one teacher is the moving average of ``student`` (:class:`EMATeacher`)."""
+    ``args.distill_mode == "ema"`` the one teacher is the moving average of ``student`` (:class:`EMATeacher`). Each
+    teacher without a column map of its own reads ``args.teacher_columns``."""
+    teachers = _teachers(teacher_model, args, task, train_dataset, eval_dataset, student=student)
+    if args.teacher_columns:
+        if any(isinstance(t, CachedTeacher) for t in teachers):
+            raise ValueError(
+                "teacher_columns with a teacher cache: the cache holds the teacher's outputs on the inputs it was "
+                "built from; build the cache on the teacher's own columns instead, or drop teacher_columns."
+            )
+        for teacher in teachers:  # a Teacher built with its own map keeps it
+            if teacher.columns is None:
+                teacher.columns = dict(args.teacher_columns)
+    return teachers
+
+
+def _teachers(
+    teacher_model, args, task: str, train_dataset=None, eval_dataset=None, *, student: nn.Module | None = None
+) -> list[Teacher]:
     if args.distill_mode == "ema":
         return [_ema_teacher(teacher_model, args, student)]
     if args.distill_mode in ("mutual", "cotrain"):

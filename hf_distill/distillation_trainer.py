@@ -52,8 +52,16 @@ from .models import infer_task, resolve_dtype, unwrap
 from .publish.trainer_hub import HubPushMixin
 from .schedules import delayed_kd, intermediate_scale
 from .teachers.base import check_soft_targets
+from .teachers.columns import (
+    check_dataset_columns,
+    check_positions,
+    claimed_columns,
+    model_inputs,
+    read_columns,
+    without,
+)
 from .teachers.hooks import TeacherSteps
-from .teachers.model import check_distinct, model_inputs, run_model
+from .teachers.model import check_distinct, run_model
 from .teachers.trained import detached, run_teachers, trained_teacher_losses
 from .version import __version__
 
@@ -96,6 +104,9 @@ class DistillationTrainer(HubPushMixin, Trainer):
         data = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
         self.teachers = build_teachers(teacher_model, args, self.task, *data, student=model)
         check_distinct(model, self.teachers)
+        # the columns only teachers with a column map read: the student and the other teachers do not see them
+        self._claimed = claimed_columns([t.columns for t in self.teachers], args.student_columns)
+        check_dataset_columns(self.teachers, args.student_columns, {"train": data[0], "eval": data[1]})
         tokenizers = (kwargs.get("processing_class"), teacher_processing_class)
         self.plan = build_plan(model, self.teachers, args, self.task, tokenizers)
         self.matches, self.vocab_rows = self.plan.matches, self.plan.settings.vocab_rows
@@ -146,9 +157,22 @@ class DistillationTrainer(HubPushMixin, Trainer):
         return optimizer
 
     def _set_signature_columns_if_needed(self) -> None:
-        """Keep the teacher-cache and prompt columns through ``remove_unused_columns``: no forward argument, but ours."""
+        """Keep the teacher-cache and prompt columns, and those the column maps name, through
+        ``remove_unused_columns``: no forward argument of the student, but read."""
         super()._set_signature_columns_if_needed()
-        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_COLUMNS]))
+        mapped = [
+            c
+            for columns in (self.args.student_columns, *(t.columns for t in self.teachers))
+            for c in (columns or {}).values()
+        ]
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *EXTRA_COLUMNS, *mapped]))
+
+    def _student_inputs(self, batch: dict) -> dict:
+        """The student's forward arguments: its column map's (``student_columns``), or the batch's model inputs less
+        the columns the teachers' maps claim."""
+        if self.args.student_columns:
+            return read_columns(batch, self.args.student_columns, "student_columns")
+        return model_inputs(without(batch, self._claimed))
 
     # ---- item counts (gradient accumulation and DDP exactness) ----
 
@@ -156,10 +180,12 @@ class DistillationTrainer(HubPushMixin, Trainer):
         """Fetch the accumulation window and count its items over all micro-batches and processes."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         batch_samples = [self._maybe_generate(batch) for batch in batch_samples]
-        per_batch = [
-            count_batch_items(self.task, b.get("labels"), b.get("attention_mask"), b.get("input_ids"))
-            for b in batch_samples
-        ]
+        per_batch = []
+        for b in batch_samples:
+            inputs = self._student_inputs(b)
+            per_batch.append(
+                count_batch_items(self.task, b.get("labels"), inputs.get("attention_mask"), inputs.get("input_ids"))
+            )
         counts = torch.tensor([sum(c) for c in zip(*per_batch)] or [0, 0], dtype=torch.float64, device=device)
         scale = 1.0
         if self.args.world_size > 1:
@@ -185,13 +211,18 @@ class DistillationTrainer(HubPushMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Weighted sum of the active terms; each term is normalised by its item count over the whole window."""
         mode = "train" if model.training else "eval"
-        batch, inputs = dict(inputs), model_inputs(inputs)
+        batch = dict(inputs)
+        inputs = self._student_inputs(batch)
         labels, mask = batch.get("labels"), inputs.get("attention_mask")
         # metrics need the full logits; the loss alone does not
         chunked = self._fused and not (return_outputs and self.compute_metrics is not None)
         # teachers first: the student's forward and backward then run back to back, on warm caches
         requests = [self.plan.request(i, chunked) for i in range(len(self.teachers))]
-        live = run_teachers(self.teachers, batch, requests)  # a trained teacher's outputs keep their graph
+        for teacher, request in zip(self.teachers, requests):
+            check_positions(teacher, batch, inputs, request, self.task)
+        # a teacher with a column map reads the whole batch; the others, the batch less the columns those maps claim
+        batches = [batch if t.columns else without(batch, self._claimed) for t in self.teachers]
+        live = run_teachers(self.teachers, batches, requests)  # a trained teacher's outputs keep their graph
         teacher_outs = [detached(o) if t.trainable else o for t, o in zip(self.teachers, live)]
         raw, student = self._student_outputs(model, inputs, chunked)
         local = ItemCounts(*count_batch_items(self.task, labels, mask, inputs.get("input_ids")))

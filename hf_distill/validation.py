@@ -516,6 +516,17 @@ def prepare_output_dir(args, tag: str) -> None:
             print(f"[{tag}] --overwrite_output_dir: deleted the earlier run's {', '.join(removed)}")
 
 
+def check_no_column_maps(args, job: str) -> None:
+    """The jobs build their own data, whose columns a user's map cannot name: ``--teacher_columns`` /
+    ``--student_columns`` are for the Python API (the GLUE noisy student sets its own)."""
+    for name in ("teacher_columns", "student_columns"):
+        if getattr(args, name):
+            raise ValueError(
+                f"--{name} {getattr(args, name)}: hf-distill {job} tokenizes its own data, whose columns a map cannot "
+                f"name; column maps are for the Python API (DistillationConfig({name}=...)): drop --{name}."
+            )
+
+
 def check_output_and_resume(args) -> None:
     """``args.output_dir`` (refused when it holds an earlier run, unless overwritten or resumed) and
     ``args.resume_from_checkpoint`` (a checkpoint that exists)."""

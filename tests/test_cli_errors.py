@@ -639,3 +639,19 @@ def test_hub_failures_are_one_line_and_local_paths_never_reach_the_hub(capsys, t
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     argv = [a for a in glue(teacher, sst2, out) if a not in ("--data_dir", sst2)]
     refused(capsys, argv, "Cannot load sst2 from the Hub", "Couldn't reach", "pass --data_dir")
+
+
+def test_column_maps_are_refused_by_the_jobs_in_one_line(capsys, tmp_path, teacher, sst2, lm_teacher, no_training):
+    """The jobs tokenize their own data: a map cannot name its columns (a map for the API, or bad JSON)."""
+    out = tmp_path / "out"
+    mapped = '{"input_ids": "teacher_input_ids"}'
+    refused(capsys, [*glue(teacher, sst2, out), "--teacher_columns", mapped], "--teacher_columns", "Python API")
+    refused(
+        capsys,
+        causal_lm(lm_teacher, out, "--data_free_samples", "4", "--student_columns", mapped),
+        "--student_columns",
+    )
+    refused(
+        capsys, [*glue(teacher, sst2, out), "--teacher_columns", "input_ids"], "teacher_columns must be a non-empty"
+    )
+    assert not no_training and not out.exists()

@@ -286,10 +286,8 @@ def test_a_noisy_student_card_says_how_it_was_noised(tiny_teacher_dir, tmp_path)
         "(`teacher`) (fine-tuned on the task first). Each generation learned the teacher's soft targets on the "
         "labelled examples and on text without labels, with dropout 0.2 on the student only (the teacher ran "
         "without it), and word replacement on 50 % of the examples, drawn afresh for each generation, the teacher "
-        "labelling each rewritten example as the student saw it." in first_paragraph(card)
+        "reading each example's clean original." in first_paragraph(card)
     )
-    # the teacher reads the rewritten text too (one input_ids column): the card must not say it saw it clean
-    assert "clean" not in card
     second = results["generations"][1]
     assert f"| 2 | `generation 1 student` | {second['accuracy']:.4f} |" in card
 

@@ -13,6 +13,7 @@ import torch
 from conftest import NO_DROPOUT, classification_dataset, sst2_job_argv, tiny_bert, trainer_config
 
 from hf_distill.generations import dropout_rate, train_noisy_student
+from hf_distill.teachers import Teacher
 
 
 def config(out, **kw):
@@ -142,10 +143,21 @@ def test_the_glue_job_noises_each_generation_afresh_and_scores_each(tiny_teacher
     monkeypatch.setattr(glue, "augment_dataset", recording)
     tables, neighbours = [], glue.embedding_neighbours
     monkeypatch.setattr(glue, "embedding_neighbours", lambda *a, **k: tables.append(1) or neighbours(*a, **k))
+    reads, teacher_inputs = [], Teacher.inputs
+
+    def recording_inputs(self, batch):  # what each teacher reads, and what the student read beside it
+        inputs = teacher_inputs(self, batch)
+        reads.append((inputs["input_ids"], batch["input_ids"], batch["teacher_input_ids"]))
+        return inputs
+
+    monkeypatch.setattr(Teacher, "inputs", recording_inputs)
     out = str(tmp_path / "ns")
     argv = glue_argv(tiny_teacher_dir, out, "--unlabelled_train_samples", "16", "--student_dropout", "0.2")
     assert main(argv) == 0
     assert seeds == [42, 43]  # generation g's augmentation is drawn with seed + g - 1
+    # the teacher reads the clean sentence (its copy made before the rewrite), the student the rewritten one
+    assert reads and all(torch.equal(teacher, clean) for teacher, _, clean in reads)
+    assert any(not torch.equal(student, clean) for _, student, clean in reads)
     assert len(tables) == 1  # the word-replacement table, computed once for every generation's draw
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["distill_mode"] == "noisy_student"

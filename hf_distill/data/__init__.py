@@ -18,7 +18,7 @@ from .lm import (
     read_text_split,
     tokenize_lm_dataset,
 )
-from .padding import pad_rows
+from .padding import PadColumns, pad_rows
 from .teacher_cache import (
     CACHE_META_FILE,
     build_teacher_cache,
@@ -43,6 +43,7 @@ __all__ = [
     "is_teacher_cache_batch",
     "load_lm_dataset",
     "load_teacher_cache",
+    "PadColumns",
     "pad_rows",
     "perplexity",
     "read_text_split",

@@ -36,3 +36,25 @@ def pad_rows(
             start = width - len(row) if left else 0
             out[i, start : start + len(row)] = row.to(dtype)
     return out
+
+
+class PadColumns:
+    """A data collator that pads the columns a column map adds (``teacher_input_ids``, ``teacher_attention_mask``...)
+    itself and hands the other columns to ``collator`` (e.g. ``DataCollatorWithPadding``, which pads only the
+    tokenizer's own columns).
+
+    Args:
+        collator: collates the features without ``pad``'s columns.
+        pad: ``{column: pad value}``: each such column is padded on the right to its longest row in the batch (a
+            fixed-size value such as ``pixel_values`` is stacked as it is, whatever its pad value).
+    """
+
+    def __init__(self, collator, pad: dict[str, int | float]):
+        self.collator, self.pad = collator, dict(pad)
+
+    def __call__(self, features: list[dict]) -> dict:
+        own = {c: [f[c] for f in features] for c in self.pad if features and c in features[0]}
+        batch = self.collator([{k: v for k, v in f.items() if k not in own} for f in features])
+        for column, rows in own.items():
+            batch[column] = pad_rows(rows, self.pad[column])
+        return batch

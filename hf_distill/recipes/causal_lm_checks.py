@@ -11,6 +11,7 @@ from ..validation import (
     check_layer_maps,
     check_layers,
     check_lm_file_type,
+    check_no_column_maps,
     check_output_and_resume,
     check_overwrite_keeps_inputs,
     check_text_file,
@@ -31,6 +32,7 @@ def validate_causal_lm_job(lm, args):
     """Check every input of the causal-LM job (``CausalLMArguments``, ``DistillationConfig``) before the teacher is
     loaded; returns the teacher's tokenizer (the student's in the modes without a teacher), checked against its
     embedding rows."""
+    check_no_column_maps(args, "causal-lm")
     mode = args.distill_mode
     if mode not in CAUSAL_LM_MODES:
         raise ValueError(

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from ..constants import IGNORE_INDEX
-from ..data import build_encoder_cache, is_encoder_cache, load_encoder_cache, with_cache_index
+from ..data import PadColumns, build_encoder_cache, is_encoder_cache, load_encoder_cache, with_cache_index
 from ..distillation_config import GENERATION_MODES, DistillationConfig, check_number
 from ..distillation_plan import build_plan
 from ..distillation_trainer import DistillationTrainer
@@ -434,6 +434,29 @@ def train_baseline(glue_args, args, trainer, make, teacher, data, collator, toke
     )
 
 
+# the tokenizer's columns the noisy student's teacher reads from its own copy (``teacher_<column>``)
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def clean_teacher_inputs(data: dict, tokenizer, collator) -> tuple[dict, dict[str, str], PadColumns]:
+    """A noisy student's data: every split with a ``teacher_<column>`` copy of its token columns, made before any
+    augmentation, so that the teacher reads the clean sentence while the student reads its rewrite (Xie et al.
+    2020: only the student is noised). The word replacement is token for token, so positions still pair for the
+    hidden-state and relation terms. Returns ``(data, teacher_columns, collator)``, the collator padding the
+    copies too."""
+    columns = [c for c in TOKEN_COLUMNS if c in data["train"].column_names]
+    copied = {
+        split: ds.map(lambda ex: {f"teacher_{c}": ex[c] for c in columns}, desc="the teacher's clean copy")
+        for split, ds in data.items()
+    }
+    pad = {"teacher_input_ids": tokenizer.pad_token_id, "teacher_attention_mask": 0, "teacher_token_type_ids": 0}
+    return (
+        copied,
+        {c: f"teacher_{c}" for c in columns},
+        PadColumns(collator, {f"teacher_{c}": pad[f"teacher_{c}"] for c in columns}),
+    )
+
+
 def with_unlabelled(glue_args, args, teacher, tokenizer, data, seed=None, neighbours=None) -> dict:
     """The KD run's data: the training split augmented (drawn with ``seed``, default ``args.seed``, from
     ``neighbours``, see :func:`augment_train`), and the unlabelled examples added (the teacher labels both)."""
@@ -599,8 +622,13 @@ def run_generations(glue_args: GlueArguments, args, task, data, tokenizer, colla
         initial = own_student(glue_args, args, task)
     else:
         initial = make_student(glue_args, args, teacher, task)
+    noisy = args.distill_mode == "noisy_student"
+    kd_source, kd_collator = data, collator
+    if noisy:  # the teacher reads the clean sentence (its own columns), the student the rewritten one
+        kd_source, teacher_columns, kd_collator = clean_teacher_inputs(data, tokenizer, collator)
+        args = dataclasses.replace(args, teacher_columns=teacher_columns)
     neighbours = replacement_neighbours(glue_args, teacher, tokenizer)  # one table for every draw
-    kd_data = with_unlabelled(glue_args, args, teacher, tokenizer, data, neighbours=neighbours)
+    kd_data = with_unlabelled(glue_args, args, teacher, tokenizer, kd_source, neighbours=neighbours)
     eval_split = task.eval_splits[0]
     generations = []
 
@@ -613,14 +641,13 @@ def run_generations(glue_args: GlueArguments, args, task, data, tokenizer, colla
         )
         generations.append({"generation": generation, "teachers": [t.name for t in trainer.teachers], **record})
 
-    noisy = args.distill_mode == "noisy_student"
     what = "noisy student" if noisy else "born-again"
     print(f"[glue] {what}: {args.generations} generation(s) on {task.name} ({len(kd_data['train'])} examples)")
     kwargs = dict(
         on_generation=score,
         train_dataset=kd_data["train"],
-        eval_dataset=data[eval_split],
-        data_collator=collator,
+        eval_dataset=kd_source[eval_split],
+        data_collator=kd_collator,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
@@ -629,7 +656,9 @@ def run_generations(glue_args: GlueArguments, args, task, data, tokenizer, colla
         def noised(g: int):
             if g == 1:
                 return kd_data["train"]
-            return with_unlabelled(glue_args, args, teacher, tokenizer, data, args.seed + g - 1, neighbours)["train"]
+            return with_unlabelled(glue_args, args, teacher, tokenizer, kd_source, args.seed + g - 1, neighbours)[
+                "train"
+            ]
 
         trainers = train_noisy_student(lambda: copy.deepcopy(initial), teacher, args, noised, **kwargs)
     else:

@@ -9,6 +9,7 @@ from ..validation import (
     check_label_head,
     check_layer_maps,
     check_layers,
+    check_no_column_maps,
     check_output_and_resume,
     check_output_dir,
     check_overwrite_keeps_inputs,
@@ -27,6 +28,7 @@ def validate_glue_job(glue_args, args):
     returns the teacher's tokenizer, checked against its embedding rows."""
     from ..tasks import get_task
 
+    check_no_column_maps(args, "glue")
     if args.distill_mode in OWN_TEACHER:
         return _validate_glue_own_student(glue_args, args, get_task(glue_args.task_name))
     if args.distill_mode == "cotrain":

@@ -17,11 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
-
-# batch columns that are no model input: the targets, a top-k teacher cache, the row of an encoder teacher cache, the
-# prompts completions are generated from
-NOT_MODEL_INPUTS = ("labels", *TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX, *GENERATION_COLUMNS)
+from ..constants import TEACHER_CACHE_COLUMNS
+from .columns import model_inputs, read_columns
 
 
 @dataclass(frozen=True)
@@ -107,6 +104,15 @@ class Teacher(ABC):
     config = None
     model: nn.Module | None = None
     trainable: bool = False  # trained by the optimizer beside the student (see hf_distill.teachers.TrainedTeacher)
+    # {forward argument: batch column} the model reads (hf_distill.teachers.columns); None: the batch's model inputs
+    columns: dict[str, str] | None = None
+
+    def inputs(self, batch: dict) -> dict:
+        """The forward arguments of this teacher's model for ``batch``: its column map's, or the batch's model inputs
+        (the trainer has removed the columns other teachers' maps claim)."""
+        if self.columns:
+            return read_columns(batch, self.columns, f"{self.name}'s column map")
+        return model_inputs(batch)
 
     @abstractmethod
     def outputs(self, batch: dict, request: TeacherRequest) -> TeacherOutputs:

@@ -37,6 +37,8 @@ class EMATeacher(ModelTeacher):
             follows the fast-moving student closely instead of keeping its random start. 0: ``decay`` throughout.
         publish: at the end of training copy the EMA weights into the student, so that they are what is saved.
         name: recorded in ``distillation_config.json``.
+        columns: ``{forward argument: batch column}`` the average reads (:class:`ModelTeacher`); ``None``: the
+            student's inputs.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class EMATeacher(ModelTeacher):
         warmup_steps: int = 0,
         publish: bool = False,
         name: str | None = None,
+        columns: dict[str, str] | None = None,
     ):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) (the weight kept by the average each step), got {decay}.")
@@ -58,7 +61,7 @@ class EMATeacher(ModelTeacher):
             delattr(model, ADAPTERS_ATTR)
         model.eval().requires_grad_(False)
         source = inner.config.name_or_path or type(inner).__name__
-        super().__init__(model, name=name or f"EMA of {source}", length_groups=None)
+        super().__init__(model, name=name or f"EMA of {source}", length_groups=None, columns=columns)
         self.decay, self.warmup_steps, self.publish = decay, warmup_steps, publish
         self.updates = 0
         # the average of a 16-bit student's trained weights is kept in float32 (the teacher runs on its 16-bit copy):

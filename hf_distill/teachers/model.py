@@ -13,7 +13,8 @@ from torch import nn
 from ..distributed import place_teacher, teacher_placement
 from ..losses.lengths import length_groups, valid_lengths
 from ..models import capture_qkv, infer_task, load_model, unwrap
-from .base import NOT_MODEL_INPUTS, Teacher, TeacherOutputs, TeacherRequest
+from .base import Teacher, TeacherOutputs, TeacherRequest
+from .columns import parse_column_map
 from .length_buckets import merge_outputs, merge_records, split_batch
 
 
@@ -41,11 +42,6 @@ def run_model(model: nn.Module, inputs: dict, request: TeacherRequest, *, inner:
     return outputs, qkv
 
 
-def model_inputs(batch: dict) -> dict:
-    """The batch without its columns that are no model input (labels, a teacher cache, prompts)."""
-    return {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
-
-
 class ModelTeacher(Teacher):
     """A frozen transformers model as the teacher.
 
@@ -54,9 +50,19 @@ class ModelTeacher(Teacher):
         name: recorded in ``distillation_config.json``; default the model's ``name_or_path``.
         length_groups: run the forward on up to this many groups of rows of similar length, each without its
             padding (same outputs); ``None``: 4 on a CPU, 1 (off) on an accelerator. Encoders only.
+        columns: ``{forward argument: batch column}`` the model reads (:mod:`hf_distill.teachers.columns`), e.g. the
+            clean text in ``teacher_input_ids`` while the student reads the noised ``input_ids``; ``None``: the
+            batch's model inputs.
     """
 
-    def __init__(self, model: nn.Module, *, name: str | None = None, length_groups: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str | None = None,
+        length_groups: int | None = None,
+        columns: dict[str, str] | None = None,
+    ):
         self.model = model
         # the transformers model itself: placement may wrap `model` (a ZeRO-3 engine), never this one
         self.inner = unwrap(model)
@@ -65,6 +71,7 @@ class ModelTeacher(Teacher):
         self.name = name or self.config.name_or_path or f"{type(model).__name__} (built in memory)"
         self.length_groups = length_groups
         self.placement = "replicate"
+        self.columns = parse_column_map(columns, f"{self.name}'s columns")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, task: str, *, length_groups: int | None = None, **load_kwargs):
@@ -80,7 +87,7 @@ class ModelTeacher(Teacher):
     def outputs(self, batch: dict, request: TeacherRequest) -> TeacherOutputs:
         if self.model.training:  # not prepared yet (used on its own): a teacher never runs with dropout
             self.model.eval()
-        inputs = model_inputs(batch)
+        inputs = self.inputs(batch)
         groups = self._groups(inputs)
         if groups is None:
             out, qkv = self._forward(inputs, request)

@@ -26,7 +26,7 @@ from ..distributed import teacher_placement
 from ..losses.objective import StudentOutputs, distillation_objective
 from ..models import unwrap
 from .base import TeacherOutputs, TeacherRequest
-from .model import ModelTeacher, model_inputs, run_model
+from .model import ModelTeacher, run_model
 
 
 class TrainedTeacher(ModelTeacher):
@@ -39,6 +39,7 @@ class TrainedTeacher(ModelTeacher):
             co-trained teacher (task loss only).
         save_dir: the folder under the run's ``output_dir`` its weights (and tokenizer) are saved in.
         name: recorded in ``distillation_config.json``.
+        columns: ``{forward argument: batch column}`` the model reads (:class:`ModelTeacher`).
     """
 
     trainable = True
@@ -51,10 +52,11 @@ class TrainedTeacher(ModelTeacher):
         learns_from_peers: bool = True,
         save_dir: str = "peer",
         name: str | None = None,
+        columns: dict[str, str] | None = None,
     ):
         if learning_rate is not None and not learning_rate > 0:
             raise ValueError(f"A trained teacher's learning_rate must be > 0, got {learning_rate}.")
-        super().__init__(model, name=name, length_groups=1)
+        super().__init__(model, name=name, length_groups=1, columns=columns)
         self.learning_rate, self.learns_from_peers, self.save_dir = learning_rate, learns_from_peers, save_dir
 
     def prepare(self, accelerator, dtype=None) -> None:
@@ -75,7 +77,7 @@ class TrainedTeacher(ModelTeacher):
         logits always (its own task loss reads them)."""
         self.model.train(torch.is_grad_enabled())
         request = dataclasses.replace(request, logits=True, chunked=False)
-        out, qkv = run_model(self.model, model_inputs(batch), request, inner=self.inner, task=self.task)
+        out, qkv = run_model(self.model, self.inputs(batch), request, inner=self.inner, task=self.task)
         return TeacherOutputs(
             logits=out.logits,
             hidden_states=out.hidden_states if request.hidden_layers else None,
@@ -116,12 +118,12 @@ def detached(outputs: TeacherOutputs) -> TeacherOutputs:
     return TeacherOutputs(**{f.name: cut(getattr(outputs, f.name)) for f in dataclasses.fields(outputs)})
 
 
-def run_teachers(teachers: list, batch: dict, requests: list[TeacherRequest]) -> list[TeacherOutputs]:
-    """Every teacher's outputs for ``batch``: frozen ones under ``no_grad``, trained ones with their graph (when
+def run_teachers(teachers: list, batches: list[dict], requests: list[TeacherRequest]) -> list[TeacherOutputs]:
+    """Every teacher's outputs for its batch (``batches``, one per teacher: the columns it may read): frozen ones under ``no_grad``, trained ones with their graph (when
     gradients are enabled). A teacher asked nothing (a no-KD baseline) is not run at all, unless it is trained and
     gradients are enabled (a training step, where its own loss needs its outputs)."""
     outs = []
-    for teacher, request in zip(teachers, requests, strict=True):
+    for teacher, batch, request in zip(teachers, batches, requests, strict=True):
         if teacher.trainable and (request or torch.is_grad_enabled()):
             outs.append(teacher.outputs(batch, request))
         elif request:
