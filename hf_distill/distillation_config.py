@@ -11,6 +11,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from .losses import available_losses
+from .losses.cross_tokenizer import CrossTokenizerMix
 from .mapping import parse_layer_pairs
 from .schedules import INTERMEDIATE_SCHEDULES
 from .teachers.columns import parse_column_map
@@ -114,6 +115,10 @@ class DistillationConfig(TrainingArguments):
             KD, GKD's lambda); needs prompts in the data.
         seq_kd (`bool`): the teacher generates the completions of the other batches (sequence-level KD).
         max_new_tokens, generation_temperature, generation_top_p: sampling of those completions.
+        cross_tokenizer_exact, cross_tokenizer_uld, cross_tokenizer_chain (`float`): a teacher with another
+            tokenizer (:class:`hf_distill.teachers.CrossTokenizerTeacher`): the weights of the parts of its logit
+            term (docs/losses.md, "Cross-tokenizer distillation"); non-negative, at least one positive.
+        uld_top_k (`int`): the sorted probabilities the ULD part compares.
 
     Parameters of the jobs (``hf-distill glue`` / ``causal-lm``):
         overwrite_output_dir (`bool`): an ``output_dir`` that already holds a run is refused unless this is set
@@ -269,6 +274,25 @@ class DistillationConfig(TrainingArguments):
     seq_kd: bool = field(
         default=False, metadata={"help": "The teacher generates the completions of the other batches (seq-level KD)."}
     )
+    cross_tokenizer_exact: float = field(
+        default=1.0,
+        metadata={
+            "help": "A teacher with another tokenizer: weight of the exact part (logit_loss over the tokens both "
+            "vocabularies share, plus one bucket for the rest)."
+        },
+    )
+    cross_tokenizer_uld: float = field(
+        default=0.0,
+        metadata={"help": "A teacher with another tokenizer: weight of ULD (L1 between the sorted probabilities)."},
+    )
+    cross_tokenizer_chain: float = field(
+        default=0.0,
+        metadata={
+            "help": "A teacher with another tokenizer: weight of the chain-rule part (the teacher's probability of a "
+            "student token's text, merged over its own tokens)."
+        },
+    )
+    uld_top_k: int = field(default=1024, metadata={"help": "The sorted probabilities ULD compares (>= 1)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per completion."})
     generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of completions."})
     generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of completions (0 < p <= 1)."})
@@ -316,6 +340,9 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r} is unknown; choose one of {list(_TEACHER_DTYPES)}."
             )
+        CrossTokenizerMix(self.cross_tokenizer_exact, self.cross_tokenizer_uld, self.cross_tokenizer_chain)
+        if self.uld_top_k < 1:
+            raise ValueError(f"uld_top_k must be >= 1 (the sorted probabilities ULD compares), got {self.uld_top_k}.")
         self.teacher_columns = parse_column_map(self.teacher_columns, "teacher_columns")
         self.student_columns = parse_column_map(self.student_columns, "student_columns")
         if self.teacher_length_groups is not None and self.teacher_length_groups < 1:

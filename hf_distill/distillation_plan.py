@@ -14,19 +14,31 @@ from torch import nn
 from .checks import check_label_spaces, ensure_eager_attention
 from .constants import TEACHER_CACHE_COLUMNS
 from .losses import loss_needs
+from .losses.cross_tokenizer import CrossTokenizerMix
 from .losses.matched import default_relation_heads
 from .losses.objective import ObjectiveSettings
 from .mapping import LayerMatch, build_layer_matches, resolve_layer_pairs
 from .models import (
     check_tokenizers,
     disable_attention_dropout,
+    first_vocab_difference,
     fused_loss_blockers,
     load_tokenizer_for,
     resolve_dtype,
     shared_vocab_rows,
     unwrap,
 )
-from .teachers import CachedTeacher, EMATeacher, Teacher, TeacherRequest, TopKCacheTeacher, TrainedTeacher, as_teachers
+from .teachers import (
+    CachedTeacher,
+    CrossTokenizerTeacher,
+    EMATeacher,
+    ModelTeacher,
+    Teacher,
+    TeacherRequest,
+    TopKCacheTeacher,
+    TrainedTeacher,
+    as_teachers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +129,24 @@ def _teachers(
             )
         teachers = [TopKCacheTeacher(teachers[0])]
     return teachers
+
+
+def cross_tokenizer_teachers(teachers: list[Teacher], args, task: str, tokenizers) -> list[Teacher]:
+    """``teachers`` with each frozen causal-LM teacher whose tokenizer (``tokenizers[1]``, else the one saved beside
+    it) differs from the student's (``tokenizers[0]``) made a :class:`CrossTokenizerTeacher`, its vocabulary share
+    logged; the others as they are. Nothing changes without the student's tokenizer or without a logit term."""
+    student_tokenizer, given = tokenizers
+    if task != "causal_lm" or args.alpha_logits == 0 or student_tokenizer is None:
+        return teachers
+    out = []
+    for teacher in teachers:
+        if type(teacher) is ModelTeacher:
+            teacher_tokenizer = given or load_tokenizer_for(teacher.model)
+            if teacher_tokenizer is not None and first_vocab_difference(student_tokenizer, teacher_tokenizer):
+                teacher = CrossTokenizerTeacher(teacher.model, teacher_tokenizer, student_tokenizer, name=teacher.name)
+                logger.info("hf_distill: %s", teacher.describe())
+        out.append(teacher)
+    return out
 
 
 @dataclass
@@ -254,6 +284,12 @@ def build_plan(student: nn.Module, teachers: list[Teacher], args, task: str, tok
     matches = []
     if args.alpha_hidden > 0 or args.alpha_attention > 0:
         for i, teacher in enumerate(teachers):
+            if getattr(teacher, "own_tokenizer", False):
+                raise ValueError(
+                    f"teacher_model[{i}] ({teacher.name}) has another tokenizer than the student: its positions are "
+                    "not the student's, so hidden-state and attention KD cannot pair them; set "
+                    "alpha_hidden=alpha_attention=0."
+                )
             matches += _teacher_matches(inner.config, teacher, i, args)
     relation_heads = tuple(
         (args.relation_heads or default_relation_heads(inner.config, t.config))
@@ -277,6 +313,10 @@ def build_plan(student: nn.Module, teachers: list[Teacher], args, task: str, tok
         teacher_weights=tuple(args.teacher_weights) if args.teacher_weights is not None else None,
         relation_heads=relation_heads,
         chunk_size=args.kd_chunk_size,
+        cross_tokenizer=CrossTokenizerMix(
+            args.cross_tokenizer_exact, args.cross_tokenizer_uld, args.cross_tokenizer_chain
+        ),
+        uld_top_k=args.uld_top_k,
     )
     widths = [t.hidden_size if t.config is not None else 0 for t in teachers]
     return DistillationPlan(task, problem_type, matches, settings, widths)
@@ -289,6 +329,8 @@ def _check_teachers(student: nn.Module, teachers: list[Teacher], args, task: str
     for teacher in teachers:
         if getattr(teacher, "task", task) != task:
             raise ValueError(f"The student solves {task} but a teacher solves {teacher.task}.")
+        if getattr(teacher, "own_tokenizer", False):  # aligned by text: no vocabulary to share row by row
+            continue
         if task == "causal_lm" and args.alpha_logits > 0 and teacher.model is not None:
             rows = shared_vocab_rows(
                 student, teacher.model, tokenizers[0], tokenizers[1] or load_tokenizer_for(teacher.model)

@@ -33,6 +33,7 @@ from .distillation_plan import (
     build_plan,
     build_teachers,
     chunked_loss_blockers,
+    cross_tokenizer_teachers,
     distillation_record,
     own_param_groups,
 )
@@ -102,12 +103,13 @@ class DistillationTrainer(HubPushMixin, Trainer):
             raise ValueError("DistillationTrainer needs the student model object as `model` (see build_student).")
         self.task = infer_task(model)
         data = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+        tokenizers = (kwargs.get("processing_class"), teacher_processing_class)
         self.teachers = build_teachers(teacher_model, args, self.task, *data, student=model)
+        self.teachers = cross_tokenizer_teachers(self.teachers, args, self.task, tokenizers)
         check_distinct(model, self.teachers)
         # the columns only teachers with a column map read: the student and the other teachers do not see them
         self._claimed = claimed_columns([t.columns for t in self.teachers], args.student_columns)
         check_dataset_columns(self.teachers, args.student_columns, {"train": data[0], "eval": data[1]})
-        tokenizers = (kwargs.get("processing_class"), teacher_processing_class)
         self.plan = build_plan(model, self.teachers, args, self.task, tokenizers)
         self.matches, self.vocab_rows = self.plan.matches, self.plan.settings.vocab_rows
         self.problem_type = self.plan.problem_type

@@ -17,7 +17,7 @@ from hf_distill.losses import get_loss, task_loss
 from hf_distill.losses.token import TeacherTargets, fused_causal_lm_loss
 from hf_distill.losses.topk import teacher_topk, topk_token_kd
 from hf_distill.mapping import ADAPTERS_ATTR
-from hf_distill.teachers import TopKCacheTeacher
+from hf_distill.teachers import CrossTokenizerTeacher, TopKCacheTeacher
 
 pytestmark = pytest.mark.numerics  # run again at 1 and 3 threads by `make test-numerics`
 
@@ -239,11 +239,12 @@ def test_padded_teacher_vocabulary_is_aligned_on_the_shared_rows(tmp_out):
     assert trainer.vocab_rows == 99
     trainer.train()
     other = tiny_tokenizer(extra_words=("zebra",))  # one word swapped in: a different vocabulary
-    with pytest.raises(ValueError, match="first at id"):
-        DistillationTrainer(
-            model=tiny_qwen2(num_layers=2), teacher_model=teacher, args=args, processing_class=tokenizer,
-            teacher_processing_class=other,
-        )  # fmt: skip
+    crossed = DistillationTrainer(
+        model=tiny_qwen2(num_layers=2), teacher_model=teacher, args=args, processing_class=tokenizer,
+        teacher_processing_class=other,
+    )  # fmt: skip
+    assert isinstance(crossed.teachers[0], CrossTokenizerTeacher)  # distilled across tokenizers, aligned by text
+    assert crossed.vocab_rows is None
 
 
 def test_training_from_a_teacher_cache_without_the_teacher(tmp_path):

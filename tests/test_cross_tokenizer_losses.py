@@ -13,12 +13,11 @@ import pytest
 import torch
 from numerics import assert_fp32_close
 
-from hf_distill.cross_tokenizer.align import aligned_positions
-from hf_distill.cross_tokenizer.losses import (
+from hf_distill.cross_tokenizer.align import aligned_positions, chain_rule_rows
+from hf_distill.losses.cross_tokenizer import (
     ChainTargets,
     CrossTokenizerMix,
     chain_rule_divergence,
-    chain_rule_rows,
     cross_tokenizer_loss,
     shared_log_probs,
     shared_vocab_divergence,

@@ -108,3 +108,151 @@ def test_a_student_that_prepends_a_space_gives_the_teacher_the_text_without_it()
     assert teacher.decode(got.input_ids[0], skip_special_tokens=True) == student.decode(
         ids[0], skip_special_tokens=True
     )
+
+
+# --- the chunked term against the reference loss on full logits ------------------------------------------------
+
+
+def random_alignment(seed=0, B=2, T_s=9, T_t=11):
+    """Aligned groups of two random rows (the student positions unique per row, increasing), their chain rows."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for b in range(B):
+        s_pos = sorted(torch.randperm(T_s - 2, generator=g)[:4].tolist())
+        t_pos = sorted(torch.randperm(T_t - 3, generator=g)[:4].tolist())
+        for s, t in zip(s_pos, t_pos):
+            rows.append(
+                (b, t, s, int(torch.randint(1, 3, (1,), generator=g)), int(torch.randint(1, 3, (1,), generator=g)))
+            )
+    table = torch.tensor(rows).reshape(-1, 5)
+    from hf_distill.cross_tokenizer.align import AlignedPositions
+
+    return AlignedPositions(*table.unbind(1))
+
+
+def test_the_chunked_term_is_the_reference_loss_and_its_gradient():
+    from hf_distill.cross_tokenizer.align import chain_rule_rows
+    from hf_distill.losses.cross_tokenizer import ChainTargets, CrossTokenizerMix, cross_tokenizer_loss, span_logprobs
+    from hf_distill.losses.cross_tokenizer_chunked import CrossTokenizerTargets, cross_tokenizer_term
+
+    torch.manual_seed(0)
+    B, T_s, T_t, D_s, D_t, V_s, V_t = 2, 9, 11, 6, 5, 13, 17
+    aligned = random_alignment()
+    t_ids, s_ids = torch.randint(0, V_t, (B, T_t)), torch.randint(0, V_s, (B, T_s))
+    chain = chain_rule_rows(aligned, t_ids, s_ids)
+    shared = (torch.tensor([3, 0, 7, 12]), torch.tensor([5, 16, 2, 9]))
+    s_hidden = torch.randn(B, T_s, D_s, requires_grad=True)
+    s_head = torch.nn.Linear(D_s, V_s, bias=False)
+    t_hidden, t_head = torch.randn(B, T_t, D_t), torch.nn.Linear(D_t, V_t, bias=False)
+    mix = CrossTokenizerMix(exact=1.0, uld=0.5, chain=0.7)
+    kw = {"mix": mix, "loss": "jsd", "temperature": 2.0, "beta": 0.3, "uld_top_k": 8}
+    targets = CrossTokenizerTargets(aligned, chain, shared)
+
+    got, parts = cross_tokenizer_term(s_hidden, s_head, t_hidden, t_head, targets, normalizer=10.0, chunk_size=3, **kw)
+    got.backward()
+    got_grads = (s_hidden.grad.clone(), s_head.weight.grad.clone())
+    s_hidden.grad, s_head.weight.grad = None, None
+
+    # the reference: full logits at the compared positions, cross_tokenizer_loss as pinned in its own tests
+    s_logits = s_head(s_hidden)[aligned.batch, aligned.student]  # (G, V_s)
+    t_full = t_head(t_hidden).detach()
+    t_logits = t_full[aligned.batch, aligned.teacher]
+    logprobs = span_logprobs(t_full[chain.batch, chain.positions], chain.tokens, chain.counts, temperature=2.0)
+    want, want_parts = cross_tokenizer_loss(
+        s_logits, t_logits, shared, num_items=10.0, chain=ChainTargets(chain.groups, chain.student_tokens, logprobs),
+        **kw,
+    )  # fmt: skip
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert parts.keys() == want_parts.keys() == {"exact", "uld", "chain"}
+    for name in parts:
+        torch.testing.assert_close(parts[name], want_parts[name].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grads[0], s_hidden.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grads[1], s_head.weight.grad, rtol=1e-5, atol=1e-6)
+    # the same from full student logits (no head): the eval path
+    full, _ = cross_tokenizer_term(
+        s_head(s_hidden), None, t_hidden, t_head, targets, normalizer=10.0, chunk_size=3, **kw
+    )
+    torch.testing.assert_close(full, want, rtol=1e-5, atol=1e-6)
+
+
+# --- the trainer: a causal-LM teacher with another tokenizer --------------------------------------------------
+
+
+def tiny_lm(vocab: int, seed: int, hidden=32, layers=2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=37, max_position_embeddings=128,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+WORDS = ["the", " cat", " sat", " 123", "45", " é", " 😀", "\n", " the", "ca"]
+
+
+def lm_rows(tokenizer, n=8, seed=0):
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))) for _ in range(n)]
+    ids, mask = student_batch(tokenizer, texts)
+    labels = ids.masked_fill(mask == 0, -100)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
+
+
+def xtok_trainer(out, *, batch=8, accum=1, callbacks=(), **kw):
+    from conftest import trainer_config
+
+    from hf_distill import DistillationTrainer
+
+    student_tok, teacher_tok = byte_level(), gemma()
+    student_tok.pad_token = student_tok.eos_token  # the rows are padded already; the collator wants a pad token
+    args = trainer_config(
+        out, per_device_train_batch_size=batch, gradient_accumulation_steps=accum, max_grad_norm=0, alpha_task=1.0,
+        alpha_logits=1.0, temperature=2.0, kd_chunk_size=5, **kw,
+    )  # fmt: skip
+    return DistillationTrainer(
+        model=tiny_lm(len(student_tok), seed=2), teacher_model=tiny_lm(len(teacher_tok), seed=1), args=args,
+        train_dataset=lm_rows(student_tok), processing_class=student_tok, teacher_processing_class=teacher_tok,
+        callbacks=list(callbacks),
+    )  # fmt: skip
+
+
+def test_the_trainer_distils_from_a_teacher_with_another_tokenizer(tmp_out):
+    from hf_distill.teachers import CrossTokenizerTeacher
+
+    trainer = xtok_trainer(tmp_out, cross_tokenizer_uld=0.5, cross_tokenizer_chain=0.5)
+    assert isinstance(trainer.teachers[0], CrossTokenizerTeacher)  # the two tokenizers differ: wrapped, not refused
+    assert "the vocabularies share" in trainer.teachers[0].describe()
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss/logits" in h]
+    assert len(logs) == 3
+    for h in logs:
+        assert all(h[f"loss/logits/{p}"] > 0 for p in ("exact", "uld", "chain"))
+        parts = h["loss/logits/exact"] + 0.5 * h["loss/logits/uld"] + 0.5 * h["loss/logits/chain"]
+        assert abs(h["loss/logits"] - parts) < 1e-3 * h["loss/logits"] + 1e-4
+
+
+def test_cross_tokenizer_kd_is_exact_under_gradient_accumulation(tmp_out):
+    from conftest import GradCatcher
+
+    grads = []
+    for batch, accum in ((8, 1), (2, 4)):
+        catcher = GradCatcher()
+        xtok_trainer(f"{tmp_out}-{batch}", batch=batch, accum=accum, max_steps=1, callbacks=[catcher],
+                     cross_tokenizer_uld=0.5, cross_tokenizer_chain=0.5).train()  # fmt: skip
+        grads.append(catcher.grads)
+    big, small = grads
+    assert big.keys() == small.keys() and big
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_what_a_teacher_with_another_tokenizer_cannot_do_is_refused(tmp_out):
+    import pytest
+
+    with pytest.raises(ValueError, match="another tokenizer than the student: its positions are not the student's"):
+        xtok_trainer(tmp_out, alpha_hidden=1.0)

@@ -3,28 +3,32 @@ match the tokens their vocabularies share.
 
 ``spans``: one text encoded with character spans; ``align``: groups of tokens covering the same text and the
 positions whose next-token predictions are compared; ``vocab``: the tokens both vocabularies spell the same way;
-``losses``: the divergences between the two models' predictions at the compared positions (exact, ULD, chain rule).
+``retokenize``: a batch of student rows encoded for the teacher from their bytes, aligned. The divergences between
+the two models' predictions at the compared positions (exact, ULD, chain rule) are pure losses:
+:mod:`hf_distill.losses.cross_tokenizer`, chunked in :mod:`hf_distill.losses.cross_tokenizer_chunked`.
 """
 
-from .align import AlignedPositions, SpanGroup, align_spans, aligned_positions
-from .losses import (
+from ..losses.cross_tokenizer import (
     ULD_TOP_K,
     ChainRows,
     ChainTargets,
     CrossTokenizerMix,
     chain_rule_divergence,
-    chain_rule_rows,
     cross_tokenizer_loss,
     shared_log_probs,
     shared_vocab_divergence,
     span_logprobs,
     uld_loss,
 )
+from .align import AlignedPositions, SpanGroup, align_spans, aligned_positions, chain_rule_rows
+from .retokenize import ByteTable, Retokenized, byte_table, retokenize
 from .spans import TokenSpans, encode_with_spans, normalise_spans
 from .vocab import describe_shared_vocabulary, shared_vocabulary, token_bytes
 
 __all__ = [
     "ULD_TOP_K",
+    "ByteTable",
+    "Retokenized",
     "AlignedPositions",
     "ChainRows",
     "ChainTargets",
@@ -32,6 +36,8 @@ __all__ = [
     "SpanGroup",
     "TokenSpans",
     "align_spans",
+    "byte_table",
+    "retokenize",
     "aligned_positions",
     "chain_rule_divergence",
     "chain_rule_rows",

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..losses.cross_tokenizer import ChainRows
+
 Span = tuple[int, int]
 
 
@@ -149,3 +151,23 @@ def aligned_positions(
             rows.append((b, t, s, len(group.teacher), len(group.student)))
     table = torch.tensor(rows, dtype=torch.long).reshape(-1, 5)  # (G, 5)
     return AlignedPositions(*table.unbind(dim=1))
+
+
+def chain_rule_rows(
+    aligned: AlignedPositions, teacher_input_ids: torch.Tensor, student_input_ids: torch.Tensor
+) -> ChainRows:
+    """The rows a chain-rule merge reads, for the groups of one student token (one-to-one and one-to-many).
+
+    Args:
+        aligned: the ``G`` groups of a batch (``align.aligned_positions``).
+        teacher_input_ids: ``(B, T_t)``; student_input_ids: ``(B, T_s)``, the rows the spans were taken from.
+    """
+    groups = (aligned.student_tokens == 1).nonzero().squeeze(1)  # (C,)
+    counts = aligned.teacher_tokens[groups]  # (C,)
+    starts = torch.cumsum(counts, 0) - counts  # (C,) first row of each group
+    offsets = torch.arange(int(counts.sum())) - starts.repeat_interleave(counts)  # (M,) j within its group
+    batch = aligned.batch[groups].repeat_interleave(counts)  # (M,)
+    positions = aligned.teacher[groups].repeat_interleave(counts) + offsets  # (M,)
+    tokens = teacher_input_ids[batch, positions + 1]  # (M,)
+    student_tokens = student_input_ids[aligned.batch[groups], aligned.student[groups] + 1]  # (C,)
+    return ChainRows(groups, counts, batch, positions, tokens, student_tokens)

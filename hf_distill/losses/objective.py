@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .cross_tokenizer import ULD_TOP_K, CrossTokenizerMix
+from .cross_tokenizer_chunked import cross_tokenizer_term
 from .logits import mix_teacher_logits
 from .matched import attention_term, hidden_term
 from .reduction import count_items
@@ -45,7 +47,8 @@ class ObjectiveSettings:
     ``logit_loss`` is already the one the problem type allows (``mse`` for regression heads); ``teacher_weights``
     one non-negative weight per teacher (``None``: equal); ``relation_heads`` one per teacher (self-relation KD);
     ``vocab_rows`` the shared output rows logit KD compares (``None``: all); ``chunk_size`` the tokens per chunk of
-    the chunked causal-LM loss.
+    the chunked causal-LM loss; ``cross_tokenizer`` and ``uld_top_k`` the parts of the logit term of a teacher with
+    another tokenizer.
     """
 
     task: str
@@ -63,6 +66,8 @@ class ObjectiveSettings:
     teacher_weights: tuple[float, ...] | None = None
     relation_heads: tuple[int, ...] = ()
     chunk_size: int = 256
+    cross_tokenizer: CrossTokenizerMix = field(default_factory=CrossTokenizerMix)
+    uld_top_k: int | None = ULD_TOP_K
 
     def weights(self, num_teachers: int) -> list[float]:
         """The raw teacher weights (equal when none are set)."""
@@ -140,6 +145,11 @@ def distillation_objective(
     else:
         terms = _output_terms(s, student, teachers, labels, attention_mask, targets)
         total = sum(getattr(s, f"alpha_{k}") * v for k, v in terms.items())
+    crossed = [t for t in teachers if t.alignment is not None] if s.alpha_logits > 0 else []
+    if crossed:  # a teacher with another tokenizer: its logit term over the aligned positions
+        terms["logits"], parts = _cross_tokenizer_term(s, student, crossed, targets)
+        terms.update({f"logits/{name}": value for name, value in parts.items()})
+        total = total + s.alpha_logits * terms["logits"]
     shares = s.shares(len(teachers))
     for feature in _INTERMEDIATE:
         if getattr(s, f"alpha_{feature}") == 0:
@@ -165,7 +175,12 @@ def _soft_sources(settings: ObjectiveSettings, teachers: list) -> list[tuple[flo
     if settings.alpha_logits == 0:
         return []
     weights = settings.weights(len(teachers))
-    sources = [(w, t) for w, t in zip(weights, teachers, strict=True) if t.has_soft_targets]
+    if any(t.alignment is not None for t in teachers) and len(teachers) > 1:
+        raise ValueError(
+            f"{len(teachers)} teachers, one with another tokenizer than the student: its predictions cannot be "
+            "mixed with another teacher's; distil from it alone."
+        )
+    sources = [(w, t) for w, t in zip(weights, teachers, strict=True) if t.has_soft_targets and t.alignment is None]
     if len(sources) > 1 and any(t.topk_ids is not None for _, t in sources):
         raise ValueError(
             f"{len(sources)} teachers give soft targets and one of them a top-k cache, which cannot be mixed with "
@@ -249,6 +264,17 @@ def _chunked_terms(s: ObjectiveSettings, student, teachers, labels, attention_ma
         normalizer=targets,
         chunk_size=s.chunk_size,
     )
+
+
+def _cross_tokenizer_term(s: ObjectiveSettings, student, teachers, targets):
+    """The logit term of the one teacher with another tokenizer (``losses.cross_tokenizer_chunked``)."""
+    (teacher,) = teachers
+    hidden, head = (student.last_hidden, student.head) if student.logits is None else (student.logits, None)
+    return cross_tokenizer_term(
+        hidden, head, teacher.last_hidden, teacher.head, teacher.alignment, normalizer=targets,
+        mix=s.cross_tokenizer, loss=s.logit_loss, temperature=s.temperature, beta=s.beta, uld_top_k=s.uld_top_k,
+        chunk_size=s.chunk_size or 256,
+    )  # fmt: skip
 
 
 def _missing(index: int, what: str, feature: str) -> ValueError:

@@ -7,6 +7,7 @@ import os
 from torch import nn
 
 from .base import CachedTeacher, Teacher, TeacherOutputs, TeacherRequest
+from .cross_tokenizer import CrossTokenizerTeacher
 from .ema import EMATeacher
 from .encoder_cache import EncoderCacheTeacher
 from .model import ModelTeacher
@@ -15,6 +16,7 @@ from .trained import TrainedTeacher
 
 __all__ = [
     "CachedTeacher",
+    "CrossTokenizerTeacher",
     "EMATeacher",
     "EncoderCacheTeacher",
     "ModelTeacher",

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..constants import TEACHER_CACHE_COLUMNS
+from ..losses.cross_tokenizer_chunked import CrossTokenizerTargets
 from .columns import model_inputs, read_columns
 
 
@@ -63,6 +64,9 @@ class TeacherOutputs:
         attentions: ``attentions[i - 1]`` is block ``i``'s map ``(B, H, T, T)`` (as transformers returns them).
         qkv: ``{block: [q (B, T, Dq), k (B, T, Dk), v (B, T, Dv)]}``, or for each of them its self-relations
             computed ahead, a :class:`hf_distill.losses.attention.RelationTarget` (an encoder cache of relations).
+        alignment: a teacher with another tokenizer (:class:`hf_distill.teachers.CrossTokenizerTeacher`): its
+            ``last_hidden`` ``(B, T_t, D)`` and ``head`` are on its own rows, and this
+            :class:`hf_distill.losses.cross_tokenizer_chunked.CrossTokenizerTargets` pairs its positions with the student's.
     """
 
     logits: torch.Tensor | None = None
@@ -73,6 +77,7 @@ class TeacherOutputs:
     hidden_states: tuple | None = None
     attentions: tuple | None = None
     qkv: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    alignment: CrossTokenizerTargets | None = None
 
     @property
     def has_soft_targets(self) -> bool:

@@ -24,9 +24,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..losses.reduction import reduce_items
-from ..losses.registry import available_losses, get_loss, loss_needs
-from .align import AlignedPositions
+from .reduction import reduce_items
+from .registry import available_losses, get_loss, loss_needs
 
 # Sorted entries ULD compares by default: a full sort of a (G, V) float32 block also returns int64 indices, 12 bytes
 # per entry (G = 2048 positions of Gemma-3's V = 262,144: 6.4 GB); the top 1024 cost (G, 1024), 25 MB.
@@ -208,26 +207,6 @@ class ChainRows(NamedTuple):
     positions: torch.Tensor
     tokens: torch.Tensor
     student_tokens: torch.Tensor
-
-
-def chain_rule_rows(
-    aligned: AlignedPositions, teacher_input_ids: torch.Tensor, student_input_ids: torch.Tensor
-) -> ChainRows:
-    """The rows a chain-rule merge reads, for the groups of one student token (one-to-one and one-to-many).
-
-    Args:
-        aligned: the ``G`` groups of a batch (``align.aligned_positions``).
-        teacher_input_ids: ``(B, T_t)``; student_input_ids: ``(B, T_s)``, the rows the spans were taken from.
-    """
-    groups = (aligned.student_tokens == 1).nonzero().squeeze(1)  # (C,)
-    counts = aligned.teacher_tokens[groups]  # (C,)
-    starts = torch.cumsum(counts, 0) - counts  # (C,) first row of each group
-    offsets = torch.arange(int(counts.sum())) - starts.repeat_interleave(counts)  # (M,) j within its group
-    batch = aligned.batch[groups].repeat_interleave(counts)  # (M,)
-    positions = aligned.teacher[groups].repeat_interleave(counts) + offsets  # (M,)
-    tokens = teacher_input_ids[batch, positions + 1]  # (M,)
-    student_tokens = student_input_ids[aligned.batch[groups], aligned.student[groups] + 1]  # (C,)
-    return ChainRows(groups, counts, batch, positions, tokens, student_tokens)
 
 
 def span_logprobs(
