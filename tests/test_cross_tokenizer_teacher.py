@@ -256,3 +256,68 @@ def test_what_a_teacher_with_another_tokenizer_cannot_do_is_refused(tmp_out):
 
     with pytest.raises(ValueError, match="another tokenizer than the student: its positions are not the student's"):
         xtok_trainer(tmp_out, alpha_hidden=1.0)
+
+
+# --- hf-distill causal-lm with a student of another tokenizer ---------------------------------------------------
+
+
+def save_lm(folder, tokenizer, seed, layers=2):
+    model = tiny_lm(len(tokenizer), seed=seed, layers=layers)
+    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def xtok_argv(tmp_path, *flags):
+    rng = random.Random(0)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join("".join(rng.choice(WORDS) for _ in range(12)) for _ in range(60)) + "\n")
+    student_tok = byte_level()
+    student_tok.pad_token = student_tok.eos_token
+    teacher = save_lm(tmp_path / "teacher", gemma(), seed=1)
+    student = save_lm(tmp_path / "student", student_tok, seed=2, layers=3)
+    return [
+        "causal-lm", "--teacher_model_name_or_path", teacher, "--student_model_name_or_path", student,
+        "--student_layers", "0,2", "--train_file", str(text), "--validation_files", str(text), "--block_size", "16",
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "true",
+        "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true", "--save_strategy", "no", *flags,
+    ]  # fmt: skip
+
+
+def test_the_causal_lm_job_distils_a_student_with_another_tokenizer(tmp_path, capsys):
+    import json
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    from hf_distill.cli import main
+
+    argv = xtok_argv(tmp_path, "--cross_tokenizer_uld", "0.5")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cross-tokenizer teacher" in out and "the vocabularies share" in out
+    results = json.load(open(os.path.join(argv[argv.index("--output_dir") + 1], "results.json")))
+    assert results["teacher"]["tokenizer"].startswith("the teacher's own")
+    assert all(ppl > 0 for ppl in results["student"]["perplexity"].values()) and results["student"]["perplexity"]
+    saved = AutoModelForCausalLM.from_pretrained(argv[argv.index("--output_dir") + 1])
+    assert saved.config.num_hidden_layers == 2  # the student cut to its own layers 0 and 2
+
+
+def test_the_causal_lm_job_refuses_what_cross_tokenizer_kd_cannot_do_yet(tmp_path, capsys):
+    import pytest
+
+    from hf_distill.cli import main
+
+    for flags, needle in (
+        (["--distill_mode", "cotrain"], "does not support --distill_mode cotrain yet; use --distill_mode frozen."),
+        (["--alpha_hidden", "1"], "does not support --alpha_hidden 1.0 yet; the positions differ"),
+        (["--teacher_cache_dir", str(tmp_path / "c")], "does not support --teacher_cache_dir"),
+    ):
+        argv = xtok_argv(tmp_path, *flags, "--overwrite_output_dir", "true")
+        capsys.readouterr()  # what saving the models printed
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "has another tokenizer than the teacher" in err[0] and needle in err[0], err
+    assert not (tmp_path / "c").exists()
+    del pytest

@@ -388,6 +388,16 @@ def test_perplexity_matches_cross_entropy():
     assert_nll_close(capped, model, ids[:16].view(2, 8))
 
 
+def test_perplexity_with_a_bos_scores_each_block_after_it():
+    """A model that needs its BOS (Gemma-3): each block is the BOS and block_size - 1 text tokens, all predicted."""
+    model = tiny_llama(num_layers=2)
+    ids = torch.randint(4, 99, (30,), generator=torch.Generator().manual_seed(1))
+    result = perplexity(model, ids, block_size=8, bos_token_id=2)  # 4 blocks of 7 text tokens; 2 dropped
+    assert result["blocks"] == 4 and result["tokens"] == 28
+    blocks = torch.cat([torch.full((4, 1), 2), ids[:28].view(4, 7)], dim=1)
+    assert_nll_close(result, model, blocks)
+
+
 def test_perplexity_max_tokens_scores_whole_blocks_within_the_cap(capsys):
     model = tiny_llama(num_layers=2)
     ids = torch.randint(4, 99, (47,), generator=torch.Generator().manual_seed(0))  # 5 blocks of 8

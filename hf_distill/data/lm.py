@@ -426,8 +426,12 @@ def perplexity(
     max_tokens: int | None = None,
     progress: bool = False,
     desc: str | None = None,
+    bos_token_id: int | None = None,
 ) -> dict:
     """Perplexity of a causal LM on non-overlapping blocks of ``block_size`` tokens, each scored independently.
+
+    With ``bos_token_id`` (a model that needs its BOS, as Gemma-3) each block is that token followed by
+    ``block_size - 1`` tokens of the text, all of which it predicts.
 
     Text is tokenized without special tokens; the remainder after the last whole block is dropped. Each block
     predicts its ``block_size - 1`` next tokens. The first blocks are scored, at most ``max_blocks`` of them and at
@@ -450,12 +454,15 @@ def perplexity(
             f"{block_size} predicts; raise it or lower block_size."
         )
     ids = _token_ids(input_ids_or_text, tokenizer)
-    num_blocks = len(ids) // block_size
+    width = block_size - (bos_token_id is not None)  # text tokens per block
+    num_blocks = len(ids) // width
     if num_blocks == 0:
         raise ValueError(f"Only {len(ids)} tokens, fewer than block_size={block_size}; use a smaller block_size.")
     for cap in (max_blocks, None if max_tokens is None else max_tokens // (block_size - 1)):
         num_blocks = num_blocks if cap is None else min(num_blocks, cap)
-    blocks = ids[: num_blocks * block_size].view(num_blocks, block_size)  # (N, T)
+    blocks = ids[: num_blocks * width].view(num_blocks, width)  # (N, T), or (N, T - 1) after a BOS
+    if bos_token_id is not None:
+        blocks = torch.cat([torch.full((num_blocks, 1), bos_token_id, dtype=blocks.dtype), blocks], dim=1)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

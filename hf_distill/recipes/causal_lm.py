@@ -239,7 +239,7 @@ def make_student(lm: CausalLMArguments, args: DistillationConfig, teacher, token
         dropout = dropout_overrides(lm.student_dropout, AutoConfig.from_pretrained(path))
         dtype = resolve_dtype(args.teacher_dtype, torch.float32)
         student = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **dropout)
-        if layers is not None:  # ema / mutual: the student's own layers (validate_causal_lm_job refuses it otherwise)
+        if layers is not None:  # ema / mutual / another tokenizer: the student's own layers
             torch.manual_seed(args.seed)
             student = build_student(student, layers=layers)
     else:
@@ -273,6 +273,13 @@ def check_eval_caps(lm: CausalLMArguments) -> None:
         )
 
 
+def needed_bos(tokenizer) -> int | None:
+    """The BOS id a tokenizer puts before every text (Gemma-3's ``<bos>``: the model scores far worse without it),
+    else ``None`` (SmolLM2, GPT-2: none)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else None
+
+
 def score(model, texts: dict, tokenizer, lm: CausalLMArguments, *, label: str = "model", progress: bool = False):
     """``num_parameters``, ``perplexity`` and ``eval_tokens`` (tokens scored) per validation text of ``model``.
 
@@ -289,6 +296,7 @@ def score(model, texts: dict, tokenizer, lm: CausalLMArguments, *, label: str = 
             max_tokens=lm.max_eval_tokens,
             progress=progress,
             desc=f"perplexity of the {label} on {name}",
+            bos_token_id=needed_bos(tokenizer),
         )
         ppl[name], tokens[name] = out["perplexity"], out["tokens"]
         capped = " (capped by --max_eval_tokens)" if lm.max_eval_tokens is not None else ""
@@ -304,8 +312,10 @@ def show_bars(args: DistillationConfig) -> bool:
     return not args.disable_tqdm and args.local_process_index == 0
 
 
-def make_trainer(student, teacher, args: DistillationConfig, train, tokenizer) -> DistillationTrainer:
-    """The job's trainer of ``student`` from ``teacher`` (a model, a ``Teacher``, a list of them, or ``None``)."""
+def make_trainer(student, teacher, args: DistillationConfig, train, tokenizer, teacher_tokenizer=None):
+    """The job's trainer of ``student`` from ``teacher`` (a model, a ``Teacher``, a list of them, or ``None``) on data
+    in ``tokenizer``'s tokens; ``teacher_tokenizer``: the teacher's when it differs (the trainer then distils across
+    tokenizers)."""
     return DistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -313,7 +323,7 @@ def make_trainer(student, teacher, args: DistillationConfig, train, tokenizer) -
         train_dataset=train,
         data_collator=DistillationDataCollator(pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
-        teacher_processing_class=tokenizer,
+        teacher_processing_class=teacher_tokenizer or tokenizer,
     )
 
 

@@ -30,8 +30,9 @@ CAUSAL_LM_MODES = ("frozen", "ema", "born_again", "noisy_student", "mutual", "co
 
 def validate_causal_lm_job(lm, args):
     """Check every input of the causal-LM job (``CausalLMArguments``, ``DistillationConfig``) before the teacher is
-    loaded; returns the teacher's tokenizer (the student's in the modes without a teacher), checked against its
-    embedding rows."""
+    loaded; returns ``(tokenizer, teacher_tokenizer)``: the tokenizer of the data (the teacher's; the student's in
+    the modes without a teacher, and when the student's tokenizer differs from the teacher's) and, in that last case,
+    the teacher's (else ``None``)."""
     check_no_column_maps(args, "causal-lm")
     mode = args.distill_mode
     if mode not in CAUSAL_LM_MODES:
@@ -45,7 +46,7 @@ def validate_causal_lm_job(lm, args):
             f"student, but --distill_mode is {mode}: set --distill_mode cotrain, or drop it."
         )
     if mode in OWN_TEACHER:
-        return _validate_causal_lm_own_student(lm, args)
+        return _validate_causal_lm_own_student(lm, args), None
     if args.teacher_model_name_or_path is None:
         raise ValueError("Set --teacher_model_name_or_path (a causal LM: Hub name or local folder).")
     if lm.teacher_cache_dir is not None and mode in ("cotrain", "born_again", "noisy_student"):
@@ -61,8 +62,6 @@ def validate_causal_lm_job(lm, args):
     check_train_budget(args.max_steps, args.num_train_epochs)
     check_output_and_resume(args)
     layers = parse_layers(lm.student_layers)
-    if layers is not None and lm.student_model_name_or_path:
-        raise ValueError("--student_layers and --student_model_name_or_path are both set; pass one of them.")
     check_model_path(lm.student_model_name_or_path, "--student_model_name_or_path")
     files = _check_lm_data(lm)
     check_overwrite_keeps_inputs(
@@ -79,11 +78,17 @@ def validate_causal_lm_job(lm, args):
         args.trust_remote_code,
         weights="; to ".join(teacher_weight_uses(lm, args)) or False,
     )
-    check_layers(layers, num_layers(teacher))
     tokenizer = load_tokenizer(args.teacher_model_name_or_path, "--teacher_model_name_or_path", teacher)
-    student = None
+    student, student_tokenizer = None, None
     if lm.student_model_name_or_path:
-        student = check_lm_student(lm.student_model_name_or_path, tokenizer, args.trust_remote_code)
+        student, student_tokenizer = check_lm_student(lm.student_model_name_or_path, tokenizer, args.trust_remote_code)
+    if student_tokenizer is not None:  # another tokenizer: distilled across tokenizers, on the student's tokens
+        check_cross_tokenizer_job(lm, args, tokenizer, student_tokenizer)
+        check_layers(layers, num_layers(student))  # the student's own layers
+        return student_tokenizer, tokenizer
+    if layers is not None and lm.student_model_name_or_path:
+        raise ValueError("--student_layers and --student_model_name_or_path are both set; pass one of them.")
+    check_layers(layers, num_layers(teacher))
     depth, built_from = student_depth(layers, student, num_layers(teacher))
     check_layer_maps(args, depth, num_layers(teacher), built_from)
     if mode == "noisy_student":
@@ -101,7 +106,35 @@ def validate_causal_lm_job(lm, args):
                 "job's default with --generations > 1), or --alpha_hidden 0."
             )
         check_layer_maps(args, depth, depth)
-    return tokenizer
+    return tokenizer, None
+
+
+def check_cross_tokenizer_job(lm, args, teacher_tokenizer, student_tokenizer) -> None:
+    """A student whose tokenizer differs from the teacher's: frozen KD of the logits, aligned by text
+    (:class:`hf_distill.teachers.CrossTokenizerTeacher`); what it cannot do yet is refused in one line."""
+    from ..cross_tokenizer.spans import check_offsets  # here: it imports torch
+
+    check_offsets(teacher_tokenizer, "teacher")
+    check_offsets(student_tokenizer, "student")
+    what = (
+        f"--student_model_name_or_path {lm.student_model_name_or_path} has another tokenizer than the teacher "
+        "(the job distils across tokenizers)"
+    )
+    refused = [
+        (args.distill_mode != "frozen", f"--distill_mode {args.distill_mode}", "use --distill_mode frozen"),
+        (lm.teacher_cache_dir is not None, f"--teacher_cache_dir {lm.teacher_cache_dir}", "drop --teacher_cache_dir"),
+        (args.alpha_hidden > 0, f"--alpha_hidden {args.alpha_hidden}", "the positions differ: set --alpha_hidden 0"),
+        (args.alpha_attention > 0, f"--alpha_attention {args.alpha_attention}", "set --alpha_attention 0"),
+        (args.seq_kd, "--seq_kd", "the teacher would write its own tokens: drop --seq_kd"),
+        (
+            lm.train_file is None and lm.dataset_name is None,
+            f"--data_free_samples {lm.data_free_samples}",
+            "the teacher's samples are in its own tokens: give --train_file or --dataset_name",
+        ),
+    ]
+    for bad, flag, fix in refused:
+        if bad:
+            raise ValueError(f"{what}, which does not support {flag} yet; {fix}.")
 
 
 def _check_lm_data(lm) -> list[str]:
@@ -232,26 +265,21 @@ def teacher_weight_uses(lm, args) -> list[str]:
 
 
 def check_lm_student(name: str, teacher_tokenizer, trust_remote_code: bool = False):
-    """The config of a causal-LM student (``--student_model_name_or_path``) that can read the teacher's token ids;
-    refused when its config or tokenizer does not load, its tokenizer maps some id to another token than the
-    teacher's, or it has fewer embedding rows than the teacher has tokens. The job feeds both models the teacher's
-    tokenization."""
+    """``(config, tokenizer)`` of a causal-LM student (``--student_model_name_or_path``): its config, and its
+    tokenizer when it differs from the teacher's (``None`` when it is the teacher's: the job then feeds both models
+    the teacher's token ids, so the student needs as many embedding rows as the teacher has tokens). Refused when its
+    config or tokenizer does not load."""
     from ..models import first_vocab_difference  # here: it imports torch
 
     flag = "--student_model_name_or_path"
     config = load_model_config(name, flag, trust_remote_code)
-    diff = first_vocab_difference(load_tokenizer(name, flag, config), teacher_tokenizer)
-    if diff is not None:
-        index, student_token, teacher_token = diff
-        raise ValueError(
-            f"{flag} {name}: its tokenizer differs from the teacher's, first at id {index} (student {student_token!r}, "
-            f"teacher {teacher_token!r}), and the job feeds both models the teacher's token ids; pass a student with "
-            "the teacher's tokenizer, or --student_layers to build one from the teacher."
-        )
+    tokenizer = load_tokenizer(name, flag, config)
+    if first_vocab_difference(tokenizer, teacher_tokenizer) is not None:
+        return config, tokenizer
     rows = getattr(config.get_text_config(), "vocab_size", None)
     if isinstance(rows, int) and rows < len(teacher_tokenizer):
         raise ValueError(
             f"{flag} {name} has {rows} embedding rows, fewer than the teacher's {len(teacher_tokenizer)} tokens; pass "
             "a student with the teacher's vocabulary."
         )
-    return config
+    return config, None

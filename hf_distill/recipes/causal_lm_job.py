@@ -170,7 +170,8 @@ OWN_STUDENT_RUNS = {"ema": run_ema, "mutual": run_mutual}
 def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     """Run the whole job and return the ``results.json`` object (``--distill_mode`` ema, mutual, born_again and
     noisy_student: the runs above)."""
-    tokenizer = validate_causal_lm_job(lm, args)  # every input checked before the teacher is loaded
+    # every input checked before the teacher is loaded; teacher_tokenizer: a student with another tokenizer
+    tokenizer, teacher_tokenizer = validate_causal_lm_job(lm, args)
     if lm.use_peft and not lm.merge_lora and not lm.student_model_name_or_path:
         raise ValueError(
             "--use_peft on a student built from teacher layers must be saved merged (--merge_lora true): the adapter "
@@ -218,7 +219,9 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
             name=args.teacher_model_name_or_path,
         )  # fmt: skip
     # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
-    trainer = make_trainer(student, kd_teacher, args, train, tokenizer)
+    trainer = make_trainer(student, kd_teacher, args, train, tokenizer, teacher_tokenizer)
+    if teacher_tokenizer is not None:
+        print(f"[causal-lm] {trainer.teachers[0].describe()}")
     print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
     results = {
         "task": "causal_lm",
@@ -230,8 +233,11 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         # the teacher as the trainer placed it (device, dtype, shards): the one the student learns from
         placed = trainer.teachers[0].model if live_teacher else teacher
         key = "teacher_before_training" if args.distill_mode == "cotrain" else "teacher"
-        results[key] = score(placed, texts, tokenizer, lm, label="teacher", progress=bars)
+        own = teacher_tokenizer or tokenizer  # a teacher with another tokenizer is scored on its own tokens
+        results[key] = score(placed, texts, own, lm, label="teacher", progress=bars)
         results[key]["num_parameters"] = teacher_size
+        if teacher_tokenizer is not None:
+            results[key]["tokenizer"] = "the teacher's own (perplexities per teacher token, not comparable)"
     results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
 
     print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
