@@ -433,6 +433,42 @@ def glue_modes(records: list[dict]) -> str:
     return "\n".join(out).rstrip()
 
 
+def xtok_lm(records: list[dict]) -> str:
+    """Cross-tokenizer KD (issue 19): each row's perplexities in the student's tokens, its ratio to CE-only and to
+    same-tokenizer KD on wikitext-2, step time (and its ratio to the same-tokenizer KD step) and peak memory; then
+    each teacher on its own tokens."""
+    out = []
+    for record in records:
+        runs, c = record["results"]["runs"], record["config"]
+        texts = list(dict.fromkeys(t for run in runs.values() for t in run["perplexity"]))
+        ce, same = runs.get("ce"), runs.get("same_tok")
+        rows = []
+        for name, run in runs.items():
+            ppl = run["perplexity"]
+            rows.append(
+                [
+                    f"`{name}`",
+                    str(c["steps"]),
+                    *_ppl(ppl, texts),
+                    f"{ce['perplexity']['wikitext2'] / ppl['wikitext2']:.2f}x" if ce else "",
+                    f"{ppl['wikitext2'] / same['perplexity']['wikitext2']:.2f}x" if same else "",
+                    f"{run['step_s']:.2f}",
+                    f"{run['step_s'] / same['step_s']:.2f}x" if same else "",
+                    f"{run['peak_rss_gb']:.2f}",
+                ]
+            )
+        header = ["run", "steps", *[f"{t} ppl" for t in texts], "CE / run (wikitext2)", "run / same_tok (wikitext2)"]
+        out += _table([*header, "step s", "step / same_tok", "peak RSS GB"], rows, right_from=1)
+        teachers = record["results"].get("teachers", {})
+        if teachers:
+            out += ["", "Teachers on their own tokens (Gemma-3 after its `<bos>`): " + "; ".join(
+                f"{name}: " + ", ".join(f"{t} {v:.1f}" for t, v in ppl.items()) for name, ppl in teachers.items()
+            )]  # fmt: skip
+        shared = {run["shared_vocabulary"] for run in runs.values() if run.get("shared_vocabulary")}
+        out += [f"Shared vocabulary: {s}." for s in shared]
+    return "\n".join([*out, "", provenance(records)])
+
+
 TABLES: dict[str, Callable[[list[dict]], str]] = {
     "demo_seeds": demo_seeds,
     "glue_quality": glue_quality,
@@ -441,6 +477,7 @@ TABLES: dict[str, Callable[[list[dict]], str]] = {
     "lm_memory": lm_memory,
     "chunked_kd_memory": chunked_kd_memory,
     "glue_modes": glue_modes,
+    "xtok_lm": xtok_lm,
 }
 
 

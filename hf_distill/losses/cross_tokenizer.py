@@ -90,14 +90,16 @@ def shared_log_probs(logits: torch.Tensor, ids: torch.Tensor, temperature: float
         ``logsumexp(non-shared z / T) - logsumexp(z / T)`` (exact, no ``1 - sum`` cancellation), raised to
         ``log(REST_FLOOR)`` when smaller (:data:`REST_FLOOR`), so the entries sum to 1 up to ``REST_FLOOR``.
     """
-    scaled = logits.float() / temperature  # (G, V)
+    scaled = logits.float()
+    scaled = scaled / temperature if temperature != 1.0 else scaled  # (G, V)
     log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (G, 1)
     shared = scaled.index_select(-1, ids) - log_z  # (G, N)
     others = torch.ones(scaled.shape[-1], dtype=torch.bool, device=scaled.device)
     others[ids] = False
     if others.any():
         # -inf (masked) logits raised to the lowest float: logsumexp over only -inf back-propagates nan
-        rest = scaled[:, others].clamp(min=torch.finfo(scaled.dtype).min).logsumexp(-1, keepdim=True) - log_z
+        rest = scaled.index_select(-1, others.nonzero().squeeze(1))  # (G, V - N): a gather, not a mask
+        rest = rest.clamp(min=torch.finfo(scaled.dtype).min).logsumexp(-1, keepdim=True) - log_z
     else:
         rest = torch.full_like(log_z, -math.inf)  # every token shared: the bucket is empty
     return torch.cat([shared, rest.clamp(min=LOG_REST_FLOOR)], dim=-1)  # (G, N + 1)
