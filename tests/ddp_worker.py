@@ -2,7 +2,8 @@
 
 ``python ddp_worker.py OUT KIND [grads BATCH ACCUM]``; ``KIND`` is ``encoder`` (BERT, hidden + attention KD through
 projection adapters: the student is narrower), ``lm`` (a causal LM through the fused, chunked loss: the head is
-used outside the DDP forward, by the chunked autograd function), ``ema`` (BERT with its own moving average as the
+used outside the DDP forward, by the chunked autograd function), ``xtok`` (a causal-LM teacher with another
+tokenizer: the chunked cross-tokenizer term), ``ema`` (BERT with its own moving average as the
 teacher, ``distill_mode ema``), ``mutual`` (a BERT peer trained with it) or ``cotrain`` (a BERT teacher fine-tuned in
 the same loop, the student distilling through projection adapters).
 
@@ -27,6 +28,15 @@ NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "
 
 def build(kind: str, dropout: bool = True):
     """``(teacher, student, data, extra config)`` of the ``encoder`` or ``lm`` run."""
+    if kind == "xtok":  # a causal-LM teacher with another tokenizer (Gemma-like), re-encoding the student's rows
+        from test_cross_tokenizer_teacher import byte_level, gemma, lm_rows, tiny_lm
+
+        from hf_distill.teachers import CrossTokenizerTeacher
+
+        s_tok, t_tok = byte_level(), gemma()
+        teacher = CrossTokenizerTeacher(tiny_lm(len(t_tok), seed=1), t_tok, s_tok)
+        extra = {"alpha_hidden": 0.0, "alpha_attention": 0.0, "kd_chunk_size": 5, "cross_tokenizer_uld": 0.5}
+        return teacher, tiny_lm(len(s_tok), seed=2), lm_rows(s_tok, n=64), {**extra, "cross_tokenizer_chain": 0.5}
     if kind == "lm":  # Llama has no dropout
         teacher, data = tiny_llama(seed=1), lm_dataset(n=64)
         student = tiny_llama(num_layers=2, hidden=16, heads=2, kv_heads=1, seed=2)
@@ -73,7 +83,7 @@ def make_trainer(out: str, kind: str, dropout: bool = True, callbacks=(), **over
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=data, callbacks=list(callbacks)
     )
-    assert trainer._fused == (kind == "lm")
+    assert trainer._fused == (kind in ("lm", "xtok"))
     return trainer
 
 

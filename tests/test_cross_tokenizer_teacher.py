@@ -203,10 +203,11 @@ def lm_rows(tokenizer, n=8, seed=0):
     return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
 
 
-def xtok_trainer(out, *, batch=8, accum=1, callbacks=(), **kw):
+def xtok_trainer(out, *, batch=8, accum=1, callbacks=(), data=None, **kw):
     from conftest import trainer_config
 
     from hf_distill import DistillationTrainer
+    from hf_distill.data import DistillationDataCollator
 
     student_tok, teacher_tok = byte_level(), gemma()
     student_tok.pad_token = student_tok.eos_token  # the rows are padded already; the collator wants a pad token
@@ -216,8 +217,9 @@ def xtok_trainer(out, *, batch=8, accum=1, callbacks=(), **kw):
     )  # fmt: skip
     return DistillationTrainer(
         model=tiny_lm(len(student_tok), seed=2), teacher_model=tiny_lm(len(teacher_tok), seed=1), args=args,
-        train_dataset=lm_rows(student_tok), processing_class=student_tok, teacher_processing_class=teacher_tok,
-        callbacks=list(callbacks),
+        train_dataset=data if data is not None else lm_rows(student_tok), processing_class=student_tok,
+        teacher_processing_class=teacher_tok, callbacks=list(callbacks),
+        data_collator=DistillationDataCollator(pad_token_id=student_tok.pad_token_id),
     )  # fmt: skip
 
 
@@ -249,6 +251,25 @@ def test_cross_tokenizer_kd_is_exact_under_gradient_accumulation(tmp_out):
     assert big.keys() == small.keys() and big
     for name in big:
         torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_on_policy_completions_are_re_encoded_for_the_teacher(tmp_out, monkeypatch):
+    """lmbda 1: the student writes every batch's completions (its own tokens); the teacher reads them re-encoded."""
+    from hf_distill.teachers import CrossTokenizerTeacher
+
+    seen, outputs = [], CrossTokenizerTeacher.outputs
+
+    def recording(self, batch, request):
+        seen.append(batch["input_ids"].clone())
+        return outputs(self, batch, request)
+
+    monkeypatch.setattr(CrossTokenizerTeacher, "outputs", recording)
+    student_tok = byte_level()
+    data = lm_rows(student_tok).add_column("prompt_length", [3] * 8)
+    trainer = xtok_trainer(tmp_out, data=data, lmbda=1.0, max_new_tokens=4, max_steps=1)
+    trainer.train()
+    assert seen and all(row.shape[1] == 3 + 4 for row in seen)  # the prompts and 4 sampled tokens
+    assert [h for h in trainer.state.log_history if h.get("loss/logits", 0) > 0]
 
 
 def test_what_a_teacher_with_another_tokenizer_cannot_do_is_refused(tmp_out):

@@ -114,3 +114,15 @@ def test_ddp_first_step_gradients_of_a_trained_teacher_match_one_process(tmp_pat
     for name in single:
         assert torch.equal(ddp[0][name], ddp[1][name]), name  # DDP averaged them
         assert_fp32_close(ddp[0][name], single[name], scale=scales[name], n=n, msg=name)
+
+
+def test_ddp_cross_tokenizer_first_step_gradients_match_one_process(tmp_path):
+    """A teacher with another tokenizer (every part of the cross-tokenizer term): 2 ranks x 4 rows against 8 rows on
+    one process. The ranks align other numbers of groups; the term is normalised by the global token count."""
+    torchrun_worker(tmp_path, "xtok", "grads", 4, 1)
+    ddp = [torch.load(tmp_path / f"grads_rank{rank}.pt") for rank in (0, 1)]
+    single = first_step_grads(str(tmp_path / "single"), "xtok", batch=8)
+    assert ddp[0].keys() == ddp[1].keys() == single.keys() and single
+    for name in single:
+        assert torch.equal(ddp[0][name], ddp[1][name]), name  # DDP averaged them
+        torch.testing.assert_close(ddp[0][name], single[name], rtol=1e-4, atol=1e-6, msg=name)
