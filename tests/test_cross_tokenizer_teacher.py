@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from test_cross_tokenizer_align import ALPHABET, byte_level, gemma, llama
 
 from hf_distill.cross_tokenizer.align import aligned_positions
 from hf_distill.cross_tokenizer.retokenize import byte_table, decode_chars, retokenize
 from hf_distill.cross_tokenizer.spans import encode_with_spans
+from hf_distill.teachers import CrossTokenizerTeacher
 
 
 def student_batch(tokenizer, texts, left=False):
@@ -273,8 +275,6 @@ def test_on_policy_completions_are_re_encoded_for_the_teacher(tmp_out, monkeypat
 
 
 def test_what_a_teacher_with_another_tokenizer_cannot_do_is_refused(tmp_out):
-    import pytest
-
     with pytest.raises(ValueError, match="another tokenizer than the student: its positions are not the student's"):
         xtok_trainer(tmp_out, alpha_hidden=1.0)
 
@@ -326,8 +326,6 @@ def test_the_causal_lm_job_distils_a_student_with_another_tokenizer(tmp_path, ca
 
 
 def test_the_causal_lm_job_refuses_what_cross_tokenizer_kd_cannot_do_yet(tmp_path, capsys):
-    import pytest
-
     from hf_distill.cli import main
 
     for flags, needle in (
@@ -341,4 +339,20 @@ def test_the_causal_lm_job_refuses_what_cross_tokenizer_kd_cannot_do_yet(tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "has another tokenizer than the teacher" in err[0] and needle in err[0], err
     assert not (tmp_path / "c").exists()
-    del pytest
+
+
+def test_tokenizers_that_normalise_text_differently_are_refused():
+    from conftest import word_tokenizer
+
+    from hf_distill.cross_tokenizer.spans import check_normalisation, text_normalisation
+
+    uncased = word_tokenizer(["the", "cat"])  # BertTokenizerFast: lowercases and strips accents
+    assert text_normalisation(uncased) == ("Lowercase", "StripAccents")
+    assert text_normalisation(gemma()) == () == text_normalisation(byte_level())  # "▁" is a space marker, no change
+    check_normalisation(gemma(), byte_level())
+    with pytest.raises(
+        ValueError, match=r"normalises text as nothing and the student's .* as Lowercase, StripAccents"
+    ):
+        check_normalisation(gemma(), uncased)
+    with pytest.raises(ValueError, match="the two models read different texts"):
+        CrossTokenizerTeacher(tiny_lm(len(gemma()), seed=1), gemma(), uncased)

@@ -39,6 +39,51 @@ def check_offsets(tokenizer, role: str = "tokenizer") -> None:
         )
 
 
+# normalizer steps that change the text itself (not the space markers "▁" / a prefix space): the text a model reads
+_TEXT_STEPS = {"Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents", "Nmt", "Precompiled", "Strip", "Replace"}
+
+
+def text_normalisation(tokenizer) -> tuple[str, ...]:
+    """The steps of a fast tokenizer's normalizer that change the text it reads, in order (``()`` for none): a
+    ``BertNormalizer`` as ``Lowercase`` / ``StripAccents``; SentencePiece's space marker (``Replace`` of ``" "``
+    by ``"▁"``) and ``Prepend`` are no change of text."""
+    import json
+
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    if normalizer is None:
+        return ()
+    steps, stack = [], [json.loads(normalizer.__getstate__())]
+    while stack:
+        node = stack.pop(0)
+        kind = node.get("type")
+        if kind == "Sequence":
+            stack = list(node.get("normalizers", [])) + stack
+        elif kind == "BertNormalizer":
+            lower = bool(node.get("lowercase"))
+            steps += ["Lowercase"] * lower
+            steps += ["StripAccents"] * bool(
+                node.get("strip_accents") or (node.get("strip_accents") is None and lower)
+            )
+        elif kind == "Replace" and node.get("pattern", {}).get("String") == " " and node.get("content") == "▁":
+            continue
+        elif kind in _TEXT_STEPS:
+            steps.append(kind)
+    return tuple(steps)
+
+
+def check_normalisation(teacher_tokenizer, student_tokenizer) -> None:
+    """Refuse two tokenizers that normalise text differently (one lowercases, strips accents or applies a Unicode
+    normal form the other does not): the models would read different texts, which cannot be aligned."""
+    teacher, student = text_normalisation(teacher_tokenizer), text_normalisation(student_tokenizer)
+    if teacher != student:
+        raise ValueError(
+            f"The teacher tokenizer {tokenizer_name(teacher_tokenizer)!r} normalises text as "
+            f"{', '.join(teacher) or 'nothing'} and the student's {tokenizer_name(student_tokenizer)!r} as "
+            f"{', '.join(student) or 'nothing'}: the two models read different texts, which cannot be aligned; pick "
+            "tokenizers that normalise text alike (e.g. both cased)."
+        )
+
+
 def normalise_spans(text: str, offsets, special) -> list[tuple[int, int]]:
     """Offsets as ``align_spans`` reads them.
 

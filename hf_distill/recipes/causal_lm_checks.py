@@ -112,10 +112,11 @@ def validate_causal_lm_job(lm, args):
 def check_cross_tokenizer_job(lm, args, teacher_tokenizer, student_tokenizer) -> None:
     """A student whose tokenizer differs from the teacher's: frozen KD of the logits, aligned by text
     (:class:`hf_distill.teachers.CrossTokenizerTeacher`); what it cannot do yet is refused in one line."""
-    from ..cross_tokenizer.spans import check_offsets  # here: it imports torch
+    from ..cross_tokenizer.spans import check_normalisation, check_offsets  # here: it imports torch
 
     check_offsets(teacher_tokenizer, "teacher")
     check_offsets(student_tokenizer, "student")
+    check_normalisation(teacher_tokenizer, student_tokenizer)
     what = (
         f"--student_model_name_or_path {lm.student_model_name_or_path} has another tokenizer than the teacher "
         "(the job distils across tokenizers)"

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..cross_tokenizer.align import chain_rule_rows
 from ..cross_tokenizer.retokenize import byte_table, retokenize
-from ..cross_tokenizer.spans import check_offsets, tokenizer_name
+from ..cross_tokenizer.spans import check_normalisation, check_offsets, tokenizer_name
 from ..cross_tokenizer.vocab import describe_shared_vocabulary, shared_vocabulary
 from ..losses.cross_tokenizer_chunked import CrossTokenizerTargets
 from .base import TeacherOutputs, TeacherRequest
@@ -53,6 +53,7 @@ class CrossTokenizerTeacher(ModelTeacher):
             )
         check_offsets(tokenizer, "teacher")
         check_offsets(student_tokenizer, "student")
+        check_normalisation(tokenizer, student_tokenizer)
         self.tokenizer, self.student_tokenizer = tokenizer, student_tokenizer
         self.table = byte_table(student_tokenizer)
         teacher_ids, student_ids = shared_vocabulary(tokenizer, student_tokenizer)
