@@ -318,6 +318,7 @@ def test_the_causal_lm_job_distils_a_student_with_another_tokenizer(tmp_path, ca
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "cross-tokenizer teacher" in out and "the vocabularies share" in out
+    assert "1.0 x cross-tokenizer (1 exact + 0.5 uld; kl at T=1.0) + 0.0 x next-token" in out
     results = json.load(open(os.path.join(argv[argv.index("--output_dir") + 1], "results.json")))
     assert results["teacher"]["tokenizer"].startswith("the teacher's own")
     assert all(ppl > 0 for ppl in results["student"]["perplexity"].values()) and results["student"]["perplexity"]

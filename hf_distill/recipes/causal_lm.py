@@ -353,9 +353,16 @@ def finish(lm, args, trainer, results: dict, train, texts, tokenizer, complete=N
     return results
 
 
-def loss_summary(args: DistillationConfig) -> str:
-    """The loss terms and learning rate of a run in one line (the job's defaults are in ``JOB_DEFAULTS``)."""
-    terms = [f"{args.alpha_logits} x {args.logit_loss} at T={args.temperature}", f"{args.alpha_task} x next-token"]
+def loss_summary(args: DistillationConfig, crossed: bool = False) -> str:
+    """The loss terms and learning rate of a run in one line (the job's defaults are in ``JOB_DEFAULTS``); ``crossed``:
+    the teacher has another tokenizer (the parts of its logit term)."""
+    logits = f"{args.alpha_logits} x {args.logit_loss} at T={args.temperature}"
+    if crossed:
+        parts = {"exact": args.cross_tokenizer_exact, "uld": args.cross_tokenizer_uld}
+        parts["chain"] = args.cross_tokenizer_chain
+        mix = " + ".join(f"{weight:g} {name}" for name, weight in parts.items() if weight > 0)
+        logits = f"{args.alpha_logits} x cross-tokenizer ({mix}; {args.logit_loss} at T={args.temperature})"
+    terms = [logits, f"{args.alpha_task} x next-token"]
     if args.alpha_hidden:
         terms.append(f"{args.alpha_hidden} x hidden {args.hidden_loss} ({args.layer_map} layer map)")
     schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)

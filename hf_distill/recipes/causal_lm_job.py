@@ -240,7 +240,9 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
             results[key]["tokenizer"] = "the teacher's own (perplexities per teacher token, not comparable)"
     results["student_before_training"] = score(student, texts, tokenizer, lm, label="student", progress=bars)
 
-    print(f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args)}")
+    print(
+        f"[causal-lm] distilling on {len(train)} examples of up to {lm.block_size} tokens: {loss_summary(args, teacher_tokenizer is not None)}"
+    )
     trainer.train(resume_from_checkpoint=resolve_resume(args.resume_from_checkpoint, args.output_dir))
     trainer.save_model(args.output_dir)
     if args.distill_mode == "cotrain" and lm.eval_teacher:
