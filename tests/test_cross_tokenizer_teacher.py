@@ -255,6 +255,20 @@ def test_cross_tokenizer_kd_is_exact_under_gradient_accumulation(tmp_out):
         torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_positions_without_a_target_are_not_distilled(tmp_out):
+    """A row's positions whose next token has no label (-100: a prompt before on-policy completions, padding) are
+    context only, as for the same-tokenizer logit term: a row without any target adds nothing to the KD term."""
+    trainer = xtok_trainer(tmp_out, cross_tokenizer_uld=0.5, cross_tokenizer_chain=0.5)
+    trainer.model.eval()
+    batch = {k: torch.tensor(v) for k, v in lm_rows(byte_level())[:2].items()}
+    labels = batch["labels"].clone()
+    labels[1] = -100  # the second row: context only
+    with torch.no_grad():
+        masked = trainer.compute_loss(trainer.model, {**batch, "labels": labels})
+        alone = trainer.compute_loss(trainer.model, {k: v[:1] for k, v in batch.items()})
+    torch.testing.assert_close(masked, alone, rtol=1e-5, atol=1e-6)
+
+
 def test_on_policy_completions_are_re_encoded_for_the_teacher(tmp_out, monkeypatch):
     """lmbda 1: the student writes every batch's completions (its own tokens); the teacher reads them re-encoded."""
     from hf_distill.teachers import CrossTokenizerTeacher
