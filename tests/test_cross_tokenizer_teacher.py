@@ -339,6 +339,14 @@ def test_the_causal_lm_job_distils_a_student_with_another_tokenizer(tmp_path, ca
     assert saved.config.num_hidden_layers == 2  # the student cut to its own layers 0 and 2
 
 
+def test_the_causal_lm_job_trains_a_student_with_another_tokenizer_without_kd(tmp_path, capsys):
+    """--alpha_logits 0 (the CE-only reference of a cross-tokenizer pair): nothing is distilled, the job still runs."""
+    from hf_distill.cli import main
+
+    assert main(xtok_argv(tmp_path, "--alpha_logits", "0", "--alpha_task", "1")) == 0
+    assert "distilling on" in capsys.readouterr().out
+
+
 def test_the_causal_lm_job_refuses_what_cross_tokenizer_kd_cannot_do_yet(tmp_path, capsys):
     from hf_distill.cli import main
 
