@@ -143,6 +143,12 @@ def cross_tokenizer_teachers(teachers: list[Teacher], args, task: str, tokenizer
         if type(teacher) is ModelTeacher:
             teacher_tokenizer = given or load_tokenizer_for(teacher.model)
             if teacher_tokenizer is not None and first_vocab_difference(student_tokenizer, teacher_tokenizer):
+                if teacher.columns:
+                    raise ValueError(
+                        f"teacher_columns {teacher.columns}: {teacher.name} has another tokenizer than the student, "
+                        "so it reads the student's own rows (input_ids, attention_mask), re-encoded for it and "
+                        "aligned with them; drop teacher_columns."
+                    )
                 teacher = CrossTokenizerTeacher(teacher.model, teacher_tokenizer, student_tokenizer, name=teacher.name)
                 logger.info("hf_distill: %s", teacher.describe())
         out.append(teacher)

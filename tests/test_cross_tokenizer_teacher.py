@@ -291,6 +291,13 @@ def test_on_policy_completions_are_re_encoded_for_the_teacher(tmp_out, monkeypat
 def test_what_a_teacher_with_another_tokenizer_cannot_do_is_refused(tmp_out):
     with pytest.raises(ValueError, match="another tokenizer than the student: its positions are not the student's"):
         xtok_trainer(tmp_out, alpha_hidden=1.0)
+    # it reads the student's own rows, re-encoded: a column map of its own would be ignored, not honoured
+    data = lm_rows(byte_level())
+    data = data.add_column("teacher_input_ids", data["input_ids"])
+    with pytest.raises(
+        ValueError, match=r"teacher_columns \{'input_ids': 'teacher_input_ids'\}.*drop teacher_columns"
+    ):
+        xtok_trainer(tmp_out, data=data, teacher_columns={"input_ids": "teacher_input_ids"})
 
 
 # --- hf-distill causal-lm with a student of another tokenizer ---------------------------------------------------
