@@ -453,7 +453,10 @@ def clean_teacher_inputs(data: dict, tokenizer, collator) -> tuple[dict, dict[st
     return (
         copied,
         {c: f"teacher_{c}" for c in columns},
-        PadColumns(collator, {f"teacher_{c}": pad[f"teacher_{c}"] for c in columns}),
+        # padded on the tokenizer's side, as the collator pads the student's columns: the positions pair
+        PadColumns(
+            collator, {f"teacher_{c}": pad[f"teacher_{c}"] for c in columns}, left=tokenizer.padding_side == "left"
+        ),
     )
 
 
