@@ -112,6 +112,21 @@ def test_a_student_that_prepends_a_space_gives_the_teacher_the_text_without_it()
     )
 
 
+def test_text_that_spells_a_teacher_special_token_is_text_for_the_teacher():
+    """ "<bos>" written in a row is five characters of text to the student: the teacher reads them as text too, not
+    as its control token (which would open a new document mid-row and pair the student's "<" with the teacher's
+    prediction of what follows the marker)."""
+    teacher, student = gemma(), byte_level()
+    text = "the cat<bos> sat<eos>"
+    ids, mask = student_batch(student, [text])
+    got = retokenize(ids, mask, byte_table(student), teacher)
+    assert got.input_ids[0].tolist().count(teacher.bos_token_id) == 1  # its own, first
+    assert teacher.eos_token_id not in got.input_ids[0].tolist()
+    assert teacher.decode(got.input_ids[0], skip_special_tokens=True) == text
+    # every student text token is in a group: "<", "b", ... are compared, not skipped
+    assert int(got.aligned.student_tokens.sum()) == len(ids[0]) - 1
+
+
 # --- the chunked term against the reference loss on full logits ------------------------------------------------
 
 
