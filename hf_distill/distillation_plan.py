@@ -143,6 +143,12 @@ def cross_tokenizer_teachers(teachers: list[Teacher], args, task: str, tokenizer
         if type(teacher) is ModelTeacher:
             teacher_tokenizer = given or load_tokenizer_for(teacher.model)
             if teacher_tokenizer is not None and first_vocab_difference(student_tokenizer, teacher_tokenizer):
+                if args.seq_kd:
+                    raise ValueError(
+                        f"seq_kd: {teacher.name} has another tokenizer than the student, so the completions it writes "
+                        "would be in its own tokens; drop seq_kd (on-policy lmbda > 0 works: the student's samples "
+                        "are re-encoded for the teacher)."
+                    )
                 if teacher.columns:
                     raise ValueError(
                         f"teacher_columns {teacher.columns}: {teacher.name} has another tokenizer than the student, "

@@ -306,6 +306,9 @@ def test_on_policy_completions_are_re_encoded_for_the_teacher(tmp_out, monkeypat
 def test_what_a_teacher_with_another_tokenizer_cannot_do_is_refused(tmp_out):
     with pytest.raises(ValueError, match="another tokenizer than the student: its positions are not the student's"):
         xtok_trainer(tmp_out, alpha_hidden=1.0)
+    # it writes its own tokens: sequence-level KD would hand them to the student as the student's
+    with pytest.raises(ValueError, match="seq_kd: .* has another tokenizer than the student.*drop seq_kd"):
+        xtok_trainer(tmp_out, data=lm_rows(byte_level()).add_column("prompt_length", [3] * 8), seq_kd=True)
     # it reads the student's own rows, re-encoded: a column map of its own would be ignored, not honoured
     data = lm_rows(byte_level())
     data = data.add_column("teacher_input_ids", data["input_ids"])
