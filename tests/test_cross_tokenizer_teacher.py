@@ -318,6 +318,21 @@ def test_what_a_teacher_with_another_tokenizer_cannot_do_is_refused(tmp_out):
         xtok_trainer(tmp_out, data=data, teacher_columns={"input_ids": "teacher_input_ids"})
 
 
+def test_a_teacher_whose_logits_are_a_scaled_head_is_refused():
+    """The term computes the teacher's logits from its last hidden state and head: a model that scales them after
+    the head (Granite's logits_scaling, Cohere's logit_scale) would give targets of the wrong temperature."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    config = GraniteConfig(
+        vocab_size=len(gemma()), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=37, max_position_embeddings=64, logits_scaling=8.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"logits_scaling=8.0.*computes the teacher's logits from its head"):
+        CrossTokenizerTeacher(GraniteForCausalLM(config), gemma(), byte_level())
+    config.logits_scaling = 1.0  # a plain head: taken
+    CrossTokenizerTeacher(GraniteForCausalLM(config), gemma(), byte_level())
+
+
 # --- hf-distill causal-lm with a student of another tokenizer ---------------------------------------------------
 
 
