@@ -424,6 +424,9 @@ def train_baseline(glue_args, args, trainer, make, teacher, data, collator, toke
         alpha_hidden=0.0,
         alpha_attention=0.0,
         distill_mode="frozen",
+        generations=1,  # one plain run, whatever the KD run's mode (born_again / noisy_student chain generations)
+        ensemble_generations=False,
+        teacher_columns=None,  # the noisy student's clean copy: its data only, the baseline's has none
         save_ema=False,
         # as many optimizer steps as the KD run, which also saw the unlabelled examples
         max_steps=trainer.state.global_step if "unlabelled" in data else args.max_steps,
