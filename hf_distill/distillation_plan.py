@@ -39,6 +39,7 @@ from .teachers import (
     TrainedTeacher,
     as_teachers,
 )
+from .teachers.columns import POSITION_ARGUMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,9 @@ def cross_tokenizer_teachers(teachers: list[Teacher], args, task: str, tokenizer
                         "aligned with them; drop teacher_columns."
                     )
                 teacher = CrossTokenizerTeacher(teacher.model, teacher_tokenizer, student_tokenizer, name=teacher.name)
+                # it re-encodes the rows the student reads: those of the student's column map, if it has one
+                rows = {a: c for a, c in (args.student_columns or {}).items() if a in POSITION_ARGUMENTS}
+                teacher.columns = rows or None
                 logger.info("hf_distill: %s", teacher.describe())
         out.append(teacher)
     return out

@@ -284,6 +284,22 @@ def test_positions_without_a_target_are_not_distilled(tmp_out):
     torch.testing.assert_close(masked, alone, rtol=1e-5, atol=1e-6)
 
 
+def test_the_teacher_re_encodes_the_rows_the_student_reads_through_its_column_map(tmp_out):
+    """student_columns: the student's rows are in other columns; the teacher re-encodes those rows (its positions
+    are aligned with the student's), so renaming the columns changes nothing."""
+    data = lm_rows(byte_level())
+    renamed = data.rename_columns({"input_ids": "student_input_ids", "attention_mask": "student_attention_mask"})
+    student_map = {"input_ids": "student_input_ids", "attention_mask": "student_attention_mask"}
+    losses = []
+    for columns, rows in ((None, data), (student_map, renamed)):
+        inputs = {k: torch.tensor(v) for k, v in rows[:4].items()}
+        trainer = xtok_trainer(f"{tmp_out}-{len(losses)}", data=rows, student_columns=columns, cross_tokenizer_uld=0.5)
+        trainer.model.eval()
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model, inputs))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-7)
+
+
 def test_on_policy_completions_are_re_encoded_for_the_teacher(tmp_out, monkeypatch):
     """lmbda 1: the student writes every batch's completions (its own tokens); the teacher reads them re-encoded."""
     from hf_distill.teachers import CrossTokenizerTeacher
