@@ -39,6 +39,7 @@ from .teachers import (
     TrainedTeacher,
     as_teachers,
 )
+from .teachers.columns import POSITION_ARGUMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,22 @@ def cross_tokenizer_teachers(teachers: list[Teacher], args, task: str, tokenizer
         if type(teacher) is ModelTeacher:
             teacher_tokenizer = given or load_tokenizer_for(teacher.model)
             if teacher_tokenizer is not None and first_vocab_difference(student_tokenizer, teacher_tokenizer):
+                if args.seq_kd:
+                    raise ValueError(
+                        f"seq_kd: {teacher.name} has another tokenizer than the student, so the completions it writes "
+                        "would be in its own tokens; drop seq_kd (on-policy lmbda > 0 works: the student's samples "
+                        "are re-encoded for the teacher)."
+                    )
+                if teacher.columns:
+                    raise ValueError(
+                        f"teacher_columns {teacher.columns}: {teacher.name} has another tokenizer than the student, "
+                        "so it reads the student's own rows (input_ids, attention_mask), re-encoded for it and "
+                        "aligned with them; drop teacher_columns."
+                    )
                 teacher = CrossTokenizerTeacher(teacher.model, teacher_tokenizer, student_tokenizer, name=teacher.name)
+                # it re-encodes the rows the student reads: those of the student's column map, if it has one
+                rows = {a: c for a, c in (args.student_columns or {}).items() if a in POSITION_ARGUMENTS}
+                teacher.columns = rows or None
                 logger.info("hf_distill: %s", teacher.describe())
         out.append(teacher)
     return out

@@ -214,9 +214,13 @@ def test_causal_lm_student_that_cannot_read_the_teachers_tokens_is_refused_befor
     monkeypatch.setattr(job.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("teacher loaded"))
     out, text = tmp_path / "out", tmp_path / "train.txt"
     text.write_text("the cat saw a dog\n" * 50)
-    other = tmp_path / "other_tokenizer"
-    tiny_llama(num_layers=2).save_pretrained(other)
-    word_tokenizer(WORDS[:94]).save_pretrained(other)  # 99 tokens, as many as the teacher's, other ids
+    other, uncased = tmp_path / "other_tokenizer", tmp_path / "uncased_tokenizer"
+    for folder in (other, uncased):
+        tiny_llama(num_layers=2).save_pretrained(folder)
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS[:94]])}
+    # 99 tokens, as many as the teacher's, other ids; cased, as the teacher's: the texts both read are the same
+    transformers.BertTokenizerFast(vocab=vocab, do_lower_case=False).save_pretrained(other)
+    word_tokenizer(WORDS[:94]).save_pretrained(uncased)  # lowercases and strips accents
     argv = causal_lm(lm_teacher, out, "--train_file", str(text), "--student_model_name_or_path")
     # another tokenizer is distilled across tokenizers (tests/test_cross_tokenizer_teacher.py); what that cannot do
     # yet is refused before the teacher loads
@@ -225,6 +229,9 @@ def test_causal_lm_student_that_cannot_read_the_teachers_tokens_is_refused_befor
         [*argv, str(other), "--alpha_hidden", "1"],
         f"--student_model_name_or_path {other} has another tokenizer than the teacher",
         "does not support --alpha_hidden 1.0 yet",
+    )
+    refused(
+        capsys, [*argv, str(uncased)], "normalises text as nothing and the student's", "as Lowercase, StripAccents"
     )
     small = tmp_path / "small_vocab"
     student = tiny_llama(num_layers=2)

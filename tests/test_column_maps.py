@@ -172,3 +172,22 @@ def test_pad_columns_pads_the_mapped_columns_and_hands_on_the_rest():
     batch = PadColumns(collator, {"teacher_input_ids": 0})(rows)
     assert batch["teacher_input_ids"].tolist() == [[4, 5, 0, 0], [6, 7, 8, 9]]
     assert batch["input_ids"].tolist() == [[1, 2, 3], [1, 0, 0]]
+
+
+def test_the_noisy_students_clean_copy_is_padded_on_the_tokenizers_side():
+    """The teacher's copy of the token columns is collated as the student's columns are, left padding included: the
+    hidden-state and relation terms pair their positions one to one."""
+    from conftest import word_tokenizer
+    from transformers import DataCollatorWithPadding
+
+    from hf_distill.recipes.glue import clean_teacher_inputs
+
+    for side in ("right", "left"):
+        tokenizer = word_tokenizer(["the", "cat", "sat"])
+        tokenizer.padding_side = side
+        data = Dataset.from_dict({**tokenizer(["the cat sat", "cat"]), "labels": [0, 1]})
+        data, columns, collator = clean_teacher_inputs({"train": data}, tokenizer, DataCollatorWithPadding(tokenizer))
+        batch = collator([data["train"][i] for i in range(2)])
+        assert set(columns) == {"input_ids", "attention_mask", "token_type_ids"}
+        for column in columns:
+            assert torch.equal(batch[f"teacher_{column}"], batch[column]), (side, column)

@@ -112,6 +112,21 @@ def test_a_student_that_prepends_a_space_gives_the_teacher_the_text_without_it()
     )
 
 
+def test_text_that_spells_a_teacher_special_token_is_text_for_the_teacher():
+    """ "<bos>" written in a row is five characters of text to the student: the teacher reads them as text too, not
+    as its control token (which would open a new document mid-row and pair the student's "<" with the teacher's
+    prediction of what follows the marker)."""
+    teacher, student = gemma(), byte_level()
+    text = "the cat<bos> sat<eos>"
+    ids, mask = student_batch(student, [text])
+    got = retokenize(ids, mask, byte_table(student), teacher)
+    assert got.input_ids[0].tolist().count(teacher.bos_token_id) == 1  # its own, first
+    assert teacher.eos_token_id not in got.input_ids[0].tolist()
+    assert teacher.decode(got.input_ids[0], skip_special_tokens=True) == text
+    # every student text token is in a group: "<", "b", ... are compared, not skipped
+    assert int(got.aligned.student_tokens.sum()) == len(ids[0]) - 1
+
+
 # --- the chunked term against the reference loss on full logits ------------------------------------------------
 
 
@@ -255,6 +270,36 @@ def test_cross_tokenizer_kd_is_exact_under_gradient_accumulation(tmp_out):
         torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_positions_without_a_target_are_not_distilled(tmp_out):
+    """A row's positions whose next token has no label (-100: a prompt before on-policy completions, padding) are
+    context only, as for the same-tokenizer logit term: a row without any target adds nothing to the KD term."""
+    trainer = xtok_trainer(tmp_out, cross_tokenizer_uld=0.5, cross_tokenizer_chain=0.5)
+    trainer.model.eval()
+    batch = {k: torch.tensor(v) for k, v in lm_rows(byte_level())[:2].items()}
+    labels = batch["labels"].clone()
+    labels[1] = -100  # the second row: context only
+    with torch.no_grad():
+        masked = trainer.compute_loss(trainer.model, {**batch, "labels": labels})
+        alone = trainer.compute_loss(trainer.model, {k: v[:1] for k, v in batch.items()})
+    torch.testing.assert_close(masked, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_the_teacher_re_encodes_the_rows_the_student_reads_through_its_column_map(tmp_out):
+    """student_columns: the student's rows are in other columns; the teacher re-encodes those rows (its positions
+    are aligned with the student's), so renaming the columns changes nothing."""
+    data = lm_rows(byte_level())
+    renamed = data.rename_columns({"input_ids": "student_input_ids", "attention_mask": "student_attention_mask"})
+    student_map = {"input_ids": "student_input_ids", "attention_mask": "student_attention_mask"}
+    losses = []
+    for columns, rows in ((None, data), (student_map, renamed)):
+        inputs = {k: torch.tensor(v) for k, v in rows[:4].items()}
+        trainer = xtok_trainer(f"{tmp_out}-{len(losses)}", data=rows, student_columns=columns, cross_tokenizer_uld=0.5)
+        trainer.model.eval()
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model, inputs))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-7)
+
+
 def test_on_policy_completions_are_re_encoded_for_the_teacher(tmp_out, monkeypatch):
     """lmbda 1: the student writes every batch's completions (its own tokens); the teacher reads them re-encoded."""
     from hf_distill.teachers import CrossTokenizerTeacher
@@ -277,6 +322,31 @@ def test_on_policy_completions_are_re_encoded_for_the_teacher(tmp_out, monkeypat
 def test_what_a_teacher_with_another_tokenizer_cannot_do_is_refused(tmp_out):
     with pytest.raises(ValueError, match="another tokenizer than the student: its positions are not the student's"):
         xtok_trainer(tmp_out, alpha_hidden=1.0)
+    # it writes its own tokens: sequence-level KD would hand them to the student as the student's
+    with pytest.raises(ValueError, match="seq_kd: .* has another tokenizer than the student.*drop seq_kd"):
+        xtok_trainer(tmp_out, data=lm_rows(byte_level()).add_column("prompt_length", [3] * 8), seq_kd=True)
+    # it reads the student's own rows, re-encoded: a column map of its own would be ignored, not honoured
+    data = lm_rows(byte_level())
+    data = data.add_column("teacher_input_ids", data["input_ids"])
+    with pytest.raises(
+        ValueError, match=r"teacher_columns \{'input_ids': 'teacher_input_ids'\}.*drop teacher_columns"
+    ):
+        xtok_trainer(tmp_out, data=data, teacher_columns={"input_ids": "teacher_input_ids"})
+
+
+def test_a_teacher_whose_logits_are_a_scaled_head_is_refused():
+    """The term computes the teacher's logits from its last hidden state and head: a model that scales them after
+    the head (Granite's logits_scaling, Cohere's logit_scale) would give targets of the wrong temperature."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    config = GraniteConfig(
+        vocab_size=len(gemma()), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=37, max_position_embeddings=64, logits_scaling=8.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"logits_scaling=8.0.*computes the teacher's logits from its head"):
+        CrossTokenizerTeacher(GraniteForCausalLM(config), gemma(), byte_level())
+    config.logits_scaling = 1.0  # a plain head: taken
+    CrossTokenizerTeacher(GraniteForCausalLM(config), gemma(), byte_level())
 
 
 # --- hf-distill causal-lm with a student of another tokenizer ---------------------------------------------------
@@ -324,6 +394,14 @@ def test_the_causal_lm_job_distils_a_student_with_another_tokenizer(tmp_path, ca
     assert all(ppl > 0 for ppl in results["student"]["perplexity"].values()) and results["student"]["perplexity"]
     saved = AutoModelForCausalLM.from_pretrained(argv[argv.index("--output_dir") + 1])
     assert saved.config.num_hidden_layers == 2  # the student cut to its own layers 0 and 2
+
+
+def test_the_causal_lm_job_trains_a_student_with_another_tokenizer_without_kd(tmp_path, capsys):
+    """--alpha_logits 0 (the CE-only reference of a cross-tokenizer pair): nothing is distilled, the job still runs."""
+    from hf_distill.cli import main
+
+    assert main(xtok_argv(tmp_path, "--alpha_logits", "0", "--alpha_task", "1")) == 0
+    assert "distilling on" in capsys.readouterr().out
 
 
 def test_the_causal_lm_job_refuses_what_cross_tokenizer_kd_cannot_do_yet(tmp_path, capsys):

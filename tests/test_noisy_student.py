@@ -170,6 +170,17 @@ def test_the_glue_job_noises_each_generation_afresh_and_scores_each(tiny_teacher
         assert AutoModelForSequenceClassification.from_pretrained(folder).config.num_hidden_layers == 2
 
 
+@pytest.mark.usefixtures("shared_dir")
+def test_the_glue_jobs_noisy_student_trains_its_baseline_without_kd(tiny_teacher_dir, tmp_path):
+    """--baseline_no_kd: the same student on the labelled data alone, a frozen run of one generation whose teacher
+    reads the plain batch (the clean copy, teacher_columns, is the noisy student's only)."""
+    from hf_distill.cli import main
+
+    out = str(tmp_path / "ns")
+    assert main(glue_argv(tiny_teacher_dir, out, "--student_dropout", "0.2", "--baseline_no_kd", "true")) == 0
+    assert os.path.isfile(os.path.join(out, "student_no_kd", "config.json"))
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

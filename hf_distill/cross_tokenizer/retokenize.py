@@ -168,9 +168,10 @@ def retokenize(
         letters = byte_text(data)
         students.append((letters, normalise_spans(letters, [o for o, _ in laid], [s for _, s in laid])))
         texts.append(decode_chars(data))
+    # split_special_tokens: "<bos>" written in a row is text to the student, so text to the teacher (no control token)
     enc = teacher_tokenizer(
         [text for text, _, _ in texts], add_special_tokens=True, return_offsets_mapping=True,
-        return_special_tokens_mask=True,
+        return_special_tokens_mask=True, split_special_tokens=True,
     )  # fmt: skip
     t_rows, t_spans, s_spans = [], [], []
     for k, ((letters, s_row), (_, starts, ends)) in enumerate(zip(students, texts)):

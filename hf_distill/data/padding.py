@@ -45,16 +45,18 @@ class PadColumns:
 
     Args:
         collator: collates the features without ``pad``'s columns.
-        pad: ``{column: pad value}``: each such column is padded on the right to its longest row in the batch (a
-            fixed-size value such as ``pixel_values`` is stacked as it is, whatever its pad value).
+        pad: ``{column: pad value}``: each such column is padded to its longest row in the batch (a fixed-size
+            value such as ``pixel_values`` is stacked as it is, whatever its pad value).
+        left: pad on the left, as ``collator`` does with a tokenizer whose ``padding_side`` is ``"left"`` (positions
+            that pair one to one must be padded alike); default on the right.
     """
 
-    def __init__(self, collator, pad: dict[str, int | float]):
-        self.collator, self.pad = collator, dict(pad)
+    def __init__(self, collator, pad: dict[str, int | float], *, left: bool = False):
+        self.collator, self.pad, self.left = collator, dict(pad), left
 
     def __call__(self, features: list[dict]) -> dict:
         own = {c: [f[c] for f in features] for c in self.pad if features and c in features[0]}
         batch = self.collator([{k: v for k, v in f.items() if k not in own} for f in features])
         for column, rows in own.items():
-            batch[column] = pad_rows(rows, self.pad[column])
+            batch[column] = pad_rows(rows, self.pad[column], left=self.left)
         return batch

@@ -84,6 +84,7 @@ def cross_tokenizer_term(
     beta: float = 0.5,
     uld_top_k: int | None = ULD_TOP_K,
     chunk_size: int = 256,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(total, parts)``: ``sum_parts mix.part * (sum over groups of the part) / normalizer`` and each part's value
     (detached), as :func:`hf_distill.losses.cross_tokenizer.cross_tokenizer_loss` defines them.
@@ -97,6 +98,8 @@ def cross_tokenizer_term(
         normalizer: the divisor of every part: the items of the whole gradient-accumulation window.
         mix, loss, temperature, beta, uld_top_k: the parts' weights and the divergence.
         chunk_size: the groups per chunk.
+        positions: optional ``(B, T_s)`` bool, the student positions that may be compared (those whose next token
+            is a target: not a prompt's, not padding); a group at another position is left out. ``None``: all.
     """
     mix = CrossTokenizerMix() if mix is None else mix
     aligned, device = targets.aligned, student_hidden.device
@@ -109,6 +112,8 @@ def cross_tokenizer_term(
     t_rows[b, s] = teacher_hidden.detach()[b, t.to(teacher_hidden.device)].to(device)
     mask = torch.zeros(student_hidden.shape[:2], dtype=torch.bool, device=device)
     mask[b, s] = True
+    if positions is not None:
+        mask &= positions.to(device, torch.bool)
     chain_token = torch.full(student_hidden.shape[:2], -1, dtype=torch.long, device=device)
     chain_logprob = torch.zeros(student_hidden.shape[:2], device=device)
     if mix.chain > 0 and len(targets.chain.groups):

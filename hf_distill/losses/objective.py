@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .cross_tokenizer import ULD_TOP_K, CrossTokenizerMix
@@ -147,7 +148,7 @@ def distillation_objective(
         total = sum(getattr(s, f"alpha_{k}") * v for k, v in terms.items())
     crossed = [t for t in teachers if t.alignment is not None] if s.alpha_logits > 0 else []
     if crossed:  # a teacher with another tokenizer: its logit term over the aligned positions
-        terms["logits"], parts = _cross_tokenizer_term(s, student, crossed, targets)
+        terms["logits"], parts = _cross_tokenizer_term(s, student, crossed, labels, attention_mask, targets)
         terms.update({f"logits/{name}": value for name, value in parts.items()})
         total = total + s.alpha_logits * terms["logits"]
     shares = s.shares(len(teachers))
@@ -266,14 +267,18 @@ def _chunked_terms(s: ObjectiveSettings, student, teachers, labels, attention_ma
     )
 
 
-def _cross_tokenizer_term(s: ObjectiveSettings, student, teachers, targets):
-    """The logit term of the one teacher with another tokenizer (``losses.cross_tokenizer_chunked``)."""
+def _cross_tokenizer_term(s: ObjectiveSettings, student, teachers, labels, attention_mask, targets):
+    """The logit term of the one teacher with another tokenizer (``losses.cross_tokenizer_chunked``), at the
+    student positions whose next token is a target (as the same-tokenizer term: ``target_mask``)."""
     (teacher,) = teachers
     hidden, head = (student.last_hidden, student.head) if student.logits is None else (student.logits, None)
+    batch, length = hidden.shape[:2]
+    keep = target_mask(s.task, labels, attention_mask, (batch, length - 1))  # (B, T - 1): position p predicts p + 1
+    keep = None if keep is None else F.pad(keep, (0, 1), value=False)  # (B, T): the last position predicts nothing
     return cross_tokenizer_term(
         hidden, head, teacher.last_hidden, teacher.head, teacher.alignment, normalizer=targets,
         mix=s.cross_tokenizer, loss=s.logit_loss, temperature=s.temperature, beta=s.beta, uld_top_k=s.uld_top_k,
-        chunk_size=s.chunk_size or 256,
+        chunk_size=s.chunk_size or 256, positions=keep,
     )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from ..generation import sample_sequences
 from ..generations import GENERATION_DIR, train_born_again, train_noisy_student
 from ..models import resolve_dtype, resolve_model_path
 from ..report import count_parameters
-from ..teachers import TrainedTeacher
+from ..teachers import CrossTokenizerTeacher, TrainedTeacher
 from ..validation import prepare_output_dir, resolve_resume
 from .causal_lm import (
     CausalLMArguments,
@@ -220,8 +220,8 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         )  # fmt: skip
     # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
     trainer = make_trainer(student, kd_teacher, args, train, tokenizer, teacher_tokenizer)
-    if teacher_tokenizer is not None:
-        print(f"[causal-lm] {trainer.teachers[0].describe()}")
+    if teacher_tokenizer is not None and isinstance(next(iter(trainer.teachers), None), CrossTokenizerTeacher):
+        print(f"[causal-lm] {trainer.teachers[0].describe()}")  # not wrapped without a logit term (alpha_logits 0)
     print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
     results = {
         "task": "causal_lm",

@@ -424,6 +424,9 @@ def train_baseline(glue_args, args, trainer, make, teacher, data, collator, toke
         alpha_hidden=0.0,
         alpha_attention=0.0,
         distill_mode="frozen",
+        generations=1,  # one plain run, whatever the KD run's mode (born_again / noisy_student chain generations)
+        ensemble_generations=False,
+        teacher_columns=None,  # the noisy student's clean copy: its data only, the baseline's has none
         save_ema=False,
         # as many optimizer steps as the KD run, which also saw the unlabelled examples
         max_steps=trainer.state.global_step if "unlabelled" in data else args.max_steps,
@@ -453,7 +456,10 @@ def clean_teacher_inputs(data: dict, tokenizer, collator) -> tuple[dict, dict[st
     return (
         copied,
         {c: f"teacher_{c}" for c in columns},
-        PadColumns(collator, {f"teacher_{c}": pad[f"teacher_{c}"] for c in columns}),
+        # padded on the tokenizer's side, as the collator pads the student's columns: the positions pair
+        PadColumns(
+            collator, {f"teacher_{c}": pad[f"teacher_{c}"] for c in columns}, left=tokenizer.padding_side == "left"
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from ..cross_tokenizer.retokenize import byte_table, retokenize
 from ..cross_tokenizer.spans import check_normalisation, check_offsets, tokenizer_name
 from ..cross_tokenizer.vocab import describe_shared_vocabulary, shared_vocabulary
 from ..losses.cross_tokenizer_chunked import CrossTokenizerTargets
+from ..models import NONLINEAR_HEAD_ATTRS
 from .base import TeacherOutputs, TeacherRequest
 from .model import ModelTeacher, forward_kwargs
 
@@ -50,6 +51,18 @@ class CrossTokenizerTeacher(ModelTeacher):
         if self.task != "causal_lm":
             raise ValueError(
                 f"A teacher with another tokenizer must be a causal LM; {type(self.inner).__name__} solves {self.task}."
+            )
+        # the term computes its logits as head(last hidden state), soft-capped: a scale after the head is not known
+        scaled = [
+            a
+            for a in NONLINEAR_HEAD_ATTRS
+            if a != "final_logit_softcapping" and getattr(self.config, a, None) not in (None, 1, 1.0)
+        ]
+        if scaled:
+            raise ValueError(
+                f"{self.name} scales its logits after the head ({scaled[0]}={getattr(self.config, scaled[0])}), and "
+                "cross-tokenizer KD computes the teacher's logits from its head: its targets would be wrong; pick a "
+                "teacher whose logits are its head's output."
             )
         check_offsets(tokenizer, "teacher")
         check_offsets(student_tokenizer, "student")
