@@ -435,3 +435,20 @@ def test_tokenizers_that_normalise_text_differently_are_refused():
         check_normalisation(gemma(), uncased)
     with pytest.raises(ValueError, match="the two models read different texts"):
         CrossTokenizerTeacher(tiny_lm(len(gemma()), seed=1), gemma(), uncased)
+
+
+def test_documents_of_a_row_are_encoded_apart_with_the_teachers_special_tokens():
+    """A block holds several documents, an EOS after each: the teacher reads each with its own <bos>, and the first
+    stretch of the second document is predicted from the teacher's <bos> and the student's EOS."""
+    teacher, student = gemma(bos=True), byte_level()
+    first, second = encode_with_spans(student, "the cat").ids, encode_with_spans(student, "the sat").ids
+    ids = torch.tensor([first + [student.eos_token_id] + second])
+    got = retokenize(ids, torch.ones_like(ids), byte_table(student), teacher)
+    assert (
+        got.input_ids[0].tolist()
+        == encode_with_spans(teacher, "the cat").ids + encode_with_spans(teacher, "the sat").ids
+    )
+    eos, bos = len(first), len(encode_with_spans(teacher, "the cat").ids)
+    pairs = list(zip(got.aligned.teacher.tolist(), got.aligned.student.tolist()))
+    assert (bos, eos) in pairs  # "the" of the second document: after the boundary on both sides
+    assert all(t < bos for t, s in pairs if s < eos)  # nothing of the first document reads the second

@@ -7,8 +7,9 @@ special tokens (Gemma-3's ``<bos>``). Both sides' spans are then offsets into th
 ``spans.normalise_spans`` does, and :func:`hf_distill.cross_tokenizer.align.aligned_positions` pairs them. Working
 from the ids (not from a text column) serves fixed data and student-generated completions alike.
 
-The student's special tokens (an EOS between two documents of a block) cover no text: the teacher reads the
-documents' texts joined.
+The student's special tokens (an EOS between two documents of a block) cover no text: the row is split there into
+documents, each encoded for the teacher with its own special tokens (a ``<bos>`` before each), so both models see a
+boundary between the two texts.
 """
 
 from __future__ import annotations
@@ -92,6 +93,14 @@ def decode_chars(data: bytes) -> tuple[str, list[int], list[int]]:
     return "".join(chars), starts, ends
 
 
+def documents(offsets: list[tuple[int, int]], special: list[bool], size: int) -> list[tuple[int, int]]:
+    """The byte ranges of a row's documents: its text split at the student's special tokens (the EOS between two
+    documents of a block), empty ones dropped. Each is encoded for the teacher on its own, with the teacher's special
+    tokens, so the teacher sees a document boundary where the student does."""
+    cuts = sorted({start for (start, _), is_special in zip(offsets, special) if is_special} | {0, size})
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
 def char_to_byte(a: int, b: int, starts: list[int], ends: list[int]) -> tuple[int, int]:
     """Character offsets ``[a, b)`` of the decoded text as byte offsets of the row (``decode_chars``' spans)."""
     start = starts[a] if a < len(starts) else (ends[-1] if ends else 0)
@@ -159,7 +168,7 @@ def retokenize(
     rows = input_ids.tolist()
     mask = attention_mask.tolist() if attention_mask is not None else [[1] * len(r) for r in rows]
     special_ids = set(teacher_tokenizer.all_special_ids)
-    students, texts = [], []
+    students, segments = [], []  # per row: its letters and spans; its documents' (byte offset, decoded chars)
     for ids, keep in zip(rows, mask):
         data, offsets, special = student_row([i for i, k in zip(ids, keep) if k], table)
         # the row's positions, padding (either side) as special tokens with empty spans
@@ -167,17 +176,23 @@ def retokenize(
         laid = [next(it) if k else ((0, 0), True) for k in keep]
         letters = byte_text(data)
         students.append((letters, normalise_spans(letters, [o for o, _ in laid], [s for _, s in laid])))
-        texts.append(decode_chars(data))
+        segments.append([(a, decode_chars(data[a:b])) for a, b in documents(offsets, special, len(data))])
     # split_special_tokens: "<bos>" written in a row is text to the student, so text to the teacher (no control token)
+    flat = [chars[0] for row in segments for _, chars in row]
     enc = teacher_tokenizer(
-        [text for text, _, _ in texts], add_special_tokens=True, return_offsets_mapping=True,
-        return_special_tokens_mask=True, split_special_tokens=True,
+        flat or [""], add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True,
+        split_special_tokens=True,
     )  # fmt: skip
-    t_rows, t_spans, s_spans = [], [], []
-    for k, ((letters, s_row), (_, starts, ends)) in enumerate(zip(students, texts)):
-        t_ids = list(enc["input_ids"][k])[:max_length]
-        flags = [bool(m) or i in special_ids for i, m in zip(t_ids, enc["special_tokens_mask"][k])]
-        offsets = [char_to_byte(a, b, starts, ends) for a, b in enc["offset_mapping"][k][: len(t_ids)]]
+    t_rows, t_spans, s_spans, n = [], [], [], 0
+    for (letters, s_row), row in zip(students, segments):
+        t_ids, flags, offsets = [], [], []
+        for start, (_, starts, ends) in row:  # each document with the teacher's own special tokens (its <bos>)
+            t_ids += enc["input_ids"][n]
+            flags += [bool(m) or i in special_ids for i, m in zip(enc["input_ids"][n], enc["special_tokens_mask"][n])]
+            at = [start + x for x in starts], [start + x for x in ends]
+            offsets += [char_to_byte(a, b, *at) if at[0] else (start, start) for a, b in enc["offset_mapping"][n]]
+            n += 1
+        t_ids, flags, offsets = t_ids[:max_length], flags[:max_length], offsets[:max_length]
         t_row, s_row = common_text(normalise_spans(letters, offsets, flags), s_row)
         t_rows.append(t_ids)
         t_spans.append(t_row)
