@@ -321,3 +321,36 @@ def test_cross_tokenizer_cache_columns_without_their_teacher_are_refused(full_ca
     cached, _ = load_teacher_cache(folder, tokenizers=(gemma(), student_tokenizer()))
     with pytest.raises(ValueError, match="only a CrossTokenizerCacheTeacher reads"):
         xtok_trainer(tmp_out, live_teacher().model, cached)
+
+
+# --- hf-distill causal-lm --teacher_cache_dir with a student of another tokenizer --------------------------------
+
+
+def test_the_causal_lm_job_builds_and_trains_from_a_cache_across_tokenizers(tmp_path, capsys):
+    from test_cross_tokenizer_teacher import save_lm, xtok_argv
+
+    from hf_distill.cli import main
+
+    cache = str(tmp_path / "cache")
+    argv = xtok_argv(tmp_path, "--teacher_cache_dir", cache, "--teacher_cache_k", "8", "--cross_tokenizer_chain", "1")
+    assert main(argv) == 0  # builds the cache, then trains from it
+    out = capsys.readouterr().out
+    assert (
+        "caching the teacher's top-8 log-probs across tokenizers" in out and "cross-tokenizer teacher cache of" in out
+    )
+    _, meta = load_teacher_cache(cache, tokenizers=(gemma(), student_tokenizer()))
+    assert meta["k"] == 8 and meta["tokenizers"]["student"]["name"] == str(tmp_path / "student")
+    assert main([*argv, "--overwrite_output_dir", "true", "--eval_teacher", "false"]) == 0  # from the finished cache
+    out = capsys.readouterr().out
+    assert f"training from the teacher cache in {cache}" in out and "1 chain" in out
+    # another student tokenizer (one that writes <s> first): refused in one line before any model loads
+    other = byte_level(bos=True)
+    other.pad_token = other.eos_token
+    argv[argv.index("--student_model_name_or_path") + 1] = save_lm(tmp_path / "student2", other, seed=2, layers=3)
+    capsys.readouterr()
+    assert main([*argv, "--overwrite_output_dir", "true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was built for the teacher tokenizer" in err[0], err
+    teacher, student2 = str(tmp_path / "teacher"), str(tmp_path / "student2")
+    assert f"and the student tokenizer '{tmp_path / 'student'}'" in err[0] and f"not for '{teacher}'" in err[0]
+    assert f"and '{student2}'" in err[0] and "(the student vocabulary differs)" in err[0]

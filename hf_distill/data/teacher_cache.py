@@ -435,7 +435,8 @@ def check_cache_tokenizers(path: str, meta: dict, tokenizers: tuple | None) -> N
         raise ValueError(
             f"The teacher cache at {path!r} was built across tokenizers (teacher "
             f"{describe_record(recorded['teacher'])}, student {describe_record(recorded['student'])}): load it with "
-            "tokenizers=(teacher_tokenizer, student_tokenizer), which are checked against these."
+            "tokenizers=(teacher_tokenizer, student_tokenizer), which are checked against these (hf-distill "
+            f"causal-lm: give the student it was built for, or {RETARGET})."
         )
     if tokenizers is None:
         return

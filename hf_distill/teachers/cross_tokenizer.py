@@ -30,6 +30,14 @@ def check_request(name: str, request: TeacherRequest) -> None:
         )
 
 
+def describe_pair(what: str, tokenizer, student_tokenizer, teacher_ids: torch.Tensor) -> str:
+    """``what`` (the kind of teacher), its tokenizer and the student's, and how much of the vocabularies they share."""
+    return (
+        f"{what} {tokenizer_name(tokenizer)} -> student {tokenizer_name(student_tokenizer)}: "
+        + describe_shared_vocabulary(teacher_ids, tokenizer, student_tokenizer)
+    )
+
+
 def check_student_rows(student_ids: torch.Tensor, student_tokenizer, student: nn.Module) -> None:
     """The student's tokenizer is the student's: its shared ids are rows of the student's output head."""
     rows = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else None
@@ -82,10 +90,7 @@ class CrossTokenizerTeacher(ModelTeacher):
 
     def describe(self) -> str:
         """One line: the two tokenizers and how much of the vocabularies they share."""
-        return (
-            f"cross-tokenizer teacher {tokenizer_name(self.tokenizer)} -> student {tokenizer_name(self.student_tokenizer)}: "
-            + describe_shared_vocabulary(self.shared[1], self.tokenizer, self.student_tokenizer)
-        )
+        return describe_pair("cross-tokenizer teacher", self.tokenizer, self.student_tokenizer, self.shared[1])
 
     def check_student(self, student: nn.Module) -> None:
         check_student_rows(self.shared[0], self.student_tokenizer, student)

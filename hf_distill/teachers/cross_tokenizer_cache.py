@@ -16,7 +16,7 @@ from ..cross_tokenizer.spans import check_normalisation, tokenizer_name
 from ..cross_tokenizer.vocab import check_tokenizer_pair, shared_vocabulary
 from ..losses.cross_tokenizer_chunked import CachedCrossTokenizerTargets
 from .base import CachedTeacher, TeacherOutputs, TeacherRequest
-from .cross_tokenizer import CrossTokenizerTeacher, check_request, check_student_rows
+from .cross_tokenizer import CrossTokenizerTeacher, check_request, check_student_rows, describe_pair
 
 
 def cached_targets(batch: dict, shared: tuple[torch.Tensor, torch.Tensor]) -> CachedCrossTokenizerTargets:
@@ -83,6 +83,12 @@ class CrossTokenizerCacheTeacher(CachedTeacher):
     @property
     def config(self):
         return self.source.config if self.source is not None else None
+
+    def describe(self) -> str:
+        """One line: the two tokenizers and how much of the vocabularies they share."""
+        return describe_pair(
+            "cross-tokenizer teacher cache of", self.tokenizer, self.student_tokenizer, self.shared[1]
+        )
 
     def check_student(self, student: nn.Module) -> None:
         check_student_rows(self.shared[0], self.student_tokenizer, student)
