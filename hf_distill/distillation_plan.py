@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from .checks import check_label_spaces, ensure_eager_attention
-from .constants import TEACHER_CACHE_COLUMNS
+from .constants import CROSS_TOKENIZER_CACHE_COLUMNS, TEACHER_CACHE_COLUMNS
 from .losses import loss_needs
 from .losses.cross_tokenizer import CrossTokenizerMix
 from .losses.matched import default_relation_heads
@@ -30,6 +30,7 @@ from .models import (
 )
 from .teachers import (
     CachedTeacher,
+    CrossTokenizerCacheTeacher,
     CrossTokenizerTeacher,
     EMATeacher,
     ModelTeacher,
@@ -46,8 +47,8 @@ logger = logging.getLogger(__name__)
 _NO_DISTRIBUTION = ("regression", "multi_label_classification")  # heads whose outputs are no distribution
 
 
-def _has_cache(dataset) -> bool:
-    return all(c in (getattr(dataset, "column_names", None) or []) for c in TEACHER_CACHE_COLUMNS)
+def _has_cache(dataset, columns=TEACHER_CACHE_COLUMNS) -> bool:
+    return all(c in (getattr(dataset, "column_names", None) or []) for c in columns)
 
 
 def _maps(args) -> bool:
@@ -84,6 +85,14 @@ def _teachers(
         return [_ema_teacher(teacher_model, args, student)]
     if args.distill_mode in ("mutual", "cotrain"):
         return _trained_teachers(teacher_model, args, task)
+    if _has_cache(train_dataset, CROSS_TOKENIZER_CACHE_COLUMNS) and args.alpha_logits > 0:
+        if not isinstance(teacher_model, CrossTokenizerCacheTeacher):
+            raise ValueError(
+                "The training data carry a cross-tokenizer teacher cache (teacher_xtok_* columns), which only a "
+                "CrossTokenizerCacheTeacher reads: pass teacher_model=CrossTokenizerCacheTeacher(teacher_tokenizer, "
+                "student_tokenizer, meta=<the meta load_teacher_cache returns>, model=<the teacher, optional>)."
+            )
+        return [teacher_model]
     teacher_model = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
     cached = _has_cache(train_dataset) or _has_cache(eval_dataset)
     if teacher_model is None:

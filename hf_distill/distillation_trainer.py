@@ -26,7 +26,7 @@ from .checkpoints import (
     save_adapters,
     save_teacher_states,
 )
-from .constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
+from .constants import CROSS_TOKENIZER_CACHE_COLUMNS, GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
 from .cpu_memory import keep_freed_memory
 from .distillation_config import DISTILLATION_CONFIG_FILE, DistillationConfig
 from .distillation_plan import (
@@ -68,9 +68,9 @@ from .version import __version__
 
 logger = logging.getLogger(__name__)
 
-# batch columns that are no model inputs but must survive `remove_unused_columns`: the top-k teacher cache, the row of
-# an encoder teacher cache and the prompts that on-policy / sequence-level KD generate from
-EXTRA_COLUMNS = (*TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX, *GENERATION_COLUMNS)
+# batch columns that are no model inputs but must survive `remove_unused_columns`: the top-k teacher caches, the row
+# of an encoder teacher cache and the prompts that on-policy / sequence-level KD generate from
+EXTRA_COLUMNS = (*TEACHER_CACHE_COLUMNS, *CROSS_TOKENIZER_CACHE_COLUMNS, TEACHER_CACHE_INDEX, *GENERATION_COLUMNS)
 
 
 class DistillationTrainer(HubPushMixin, Trainer):

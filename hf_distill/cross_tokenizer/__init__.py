@@ -13,6 +13,7 @@ from ..losses.cross_tokenizer import (
     ChainRows,
     ChainTargets,
     CrossTokenizerMix,
+    TopKRows,
     chain_rule_divergence,
     cross_tokenizer_loss,
     shared_log_probs,
@@ -23,7 +24,7 @@ from ..losses.cross_tokenizer import (
 from .align import AlignedPositions, SpanGroup, align_spans, aligned_positions, chain_rule_rows
 from .retokenize import ByteTable, Retokenized, byte_table, retokenize
 from .spans import TokenSpans, encode_with_spans, normalise_spans
-from .vocab import describe_shared_vocabulary, shared_vocabulary, token_bytes
+from .vocab import check_tokenizer_pair, describe_shared_vocabulary, shared_vocabulary, token_bytes, tokenizer_record
 
 __all__ = [
     "ULD_TOP_K",
@@ -35,12 +36,14 @@ __all__ = [
     "CrossTokenizerMix",
     "SpanGroup",
     "TokenSpans",
+    "TopKRows",
     "align_spans",
     "byte_table",
     "retokenize",
     "aligned_positions",
     "chain_rule_divergence",
     "chain_rule_rows",
+    "check_tokenizer_pair",
     "cross_tokenizer_loss",
     "describe_shared_vocabulary",
     "encode_with_spans",
@@ -50,5 +53,6 @@ __all__ = [
     "shared_vocabulary",
     "span_logprobs",
     "token_bytes",
+    "tokenizer_record",
     "uld_loss",
 ]

@@ -7,6 +7,7 @@ bytes with printable stand-ins (``"Ġ"`` is the space byte, ``"Ã©"`` the two b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from functools import lru_cache
@@ -129,3 +130,33 @@ def describe_shared_vocabulary(teacher_ids: torch.Tensor, teacher_tokenizer, stu
         f"{len(teacher_tokenizer):,}), {s_share:.1f}% of the student's ({tokenizer_name(student_tokenizer)}, "
         f"{len(student_tokenizer):,})"
     )
+
+
+def tokenizer_record(tokenizer) -> dict:
+    """What a cross-tokenizer teacher cache records of a tokenizer: its name, size and a SHA-256 of its vocabulary
+    (every token with its id, which ids are special and the special tokens it adds around a text, a BOS: what the
+    cached ids and the re-encoding of the rows depend on)."""
+    body = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": sorted(tokenizer.all_special_ids),
+        "adds": tokenizer("", add_special_tokens=True)["input_ids"],
+    }
+    digest = hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).hexdigest()
+    return {"name": tokenizer_name(tokenizer), "size": len(tokenizer), "vocab_sha256": digest}
+
+
+def describe_record(record: dict) -> str:
+    return f"{record['name']!r} (vocabulary sha256 {record['vocab_sha256'][:12]})"
+
+
+def check_tokenizer_pair(recorded: dict, teacher_tokenizer, student_tokenizer, where: str, fix: str) -> None:
+    """Refuse, in one line naming both pairs, tokenizers other than the ``{"teacher": record, "student": record}``
+    (:func:`tokenizer_record`) that ``where`` (e.g. ``"The teacher cache at 'path'"``) was built for."""
+    given = {"teacher": tokenizer_record(teacher_tokenizer), "student": tokenizer_record(student_tokenizer)}
+    differ = [role for role in ("teacher", "student") if recorded[role]["vocab_sha256"] != given[role]["vocab_sha256"]]
+    if differ:
+        raise ValueError(
+            f"{where} was built for the teacher tokenizer {describe_record(recorded['teacher'])} and the student "
+            f"tokenizer {describe_record(recorded['student'])}, not for {describe_record(given['teacher'])} and "
+            f"{describe_record(given['student'])} (the {' and '.join(differ)} vocabulary differs): {fix}."
+        )

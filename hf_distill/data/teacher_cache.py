@@ -17,6 +17,12 @@ teacher's weights (a SHA-256 of its weight files, :func:`teacher_fingerprint`), 
 a SHA-256 of every file of the cache, so that a damaged file is refused by name rather than trained on. A NaN or a
 positive log-probability is refused when the cache is built, and again in every batch the loss reads
 (:func:`hf_distill.losses.topk.topk_token_kd`).
+
+A teacher with another tokenizer than the student's (a :class:`~hf_distill.teachers.CrossTokenizerTeacher`) is cached
+the same way, by the same function, in its own token space: at each student position where an aligned group is
+compared, its top-k there and the chain rule's span log-probability (:mod:`hf_distill.data.cross_tokenizer_cache`,
+columns :data:`~hf_distill.constants.CROSS_TOKENIZER_CACHE_COLUMNS`). Its meta file records both tokenizers (name
+and a SHA-256 of each vocabulary), and a cache built for another pair is refused when it is loaded.
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..constants import TEACHER_CACHE_COLUMNS
+from ..constants import CROSS_TOKENIZER_CACHE_COLUMNS, TEACHER_CACHE_COLUMNS
+from ..cross_tokenizer.vocab import check_tokenizer_pair, describe_record, tokenizer_record
 from ..file_checks import is_weight_file
 from ..losses.topk import LOGPROB_TOLERANCE, teacher_topk
+from ..teachers.cross_tokenizer import CrossTokenizerTeacher
 from ..version import __version__
+from .cross_tokenizer_cache import cross_tokenizer_features, cross_tokenizer_rows
 from .padding import pad_rows
 
 logger = logging.getLogger(__name__)
@@ -159,7 +168,7 @@ def _check_build_args(dataset, k, temperature, batch_size, dtype) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     check_cache_input(dataset, batch_size)
-    present = [c for c in TEACHER_CACHE_COLUMNS if c in dataset.column_names]
+    present = [c for c in (*TEACHER_CACHE_COLUMNS, *CROSS_TOKENIZER_CACHE_COLUMNS) if c in dataset.column_names]
     if present:
         raise ValueError(
             f"The dataset already has {present}; remove them (dataset.remove_columns) before building a new cache."
@@ -191,8 +200,11 @@ def _check_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> None:
 
 
 def _teacher_batch_fn(teacher, k, temperature, dtype, pad_token_id, stats):
-    """The ``map`` function: pad a batch, run the teacher, cut each row back to its own length."""
-    device = next(teacher.parameters()).device
+    """The ``map`` function: pad a batch, run the teacher, cut each row back to its own length (a
+    :class:`CrossTokenizerTeacher`: its targets at the student's positions, ``cross_tokenizer_rows``)."""
+    cross = isinstance(teacher, CrossTokenizerTeacher)
+    model = teacher.model if cross else teacher
+    device = next(model.parameters()).device
     np_dtype = CACHE_DTYPES[dtype]
 
     @torch.no_grad()
@@ -204,6 +216,11 @@ def _teacher_batch_fn(teacher, k, temperature, dtype, pad_token_id, stats):
         else:
             attention_mask = (torch.arange(input_ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
             attention_mask = attention_mask.to(device)
+        if cross:
+            stats["vocab_size"] = model.get_output_embeddings().weight.shape[0]
+            rows = cross_tokenizer_rows(teacher, input_ids, attention_mask, lengths, k, temperature, np_dtype)
+            stats["num_tokens"] += sum(lengths)
+            return rows
         logits = teacher(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, L, V)
         stats["vocab_size"] = logits.shape[-1]
         ids, logprobs = teacher_topk(logits, k, temperature)  # (B, L, k) each
@@ -234,7 +251,9 @@ def build_teacher_cache(
 
     Args:
         teacher: a causal LM (``teacher(input_ids=, attention_mask=).logits`` is ``(B, L, V)``); it is run in
-            ``eval()`` under ``no_grad`` on its own device, then put back in its previous mode.
+            ``eval()`` under ``no_grad`` on its own device, then put back in its previous mode. Or a
+            :class:`~hf_distill.teachers.CrossTokenizerTeacher` (a teacher with another tokenizer than the rows'):
+            the cache then holds its targets at the aligned groups (module docstring) and records both tokenizers.
         dataset: rows with ``input_ids`` (ragged or padded), optionally ``attention_mask``, ``labels`` and other
             columns, which are all kept. Ragged rows are right-padded per batch with ``pad_token_id``; the padding
             positions are cut off again, so each row of the new columns has the length of its ``input_ids``.
@@ -248,29 +267,32 @@ def build_teacher_cache(
             teacher's weights are recorded too (:func:`teacher_fingerprint`), which is what the cache is checked by.
 
     Returns:
-        The dataset with ``teacher_topk_ids`` ``(T, k)`` int32 and ``teacher_topk_logprobs`` ``(T, k)`` per example.
+        The dataset with ``teacher_topk_ids`` ``(T, k)`` int32 and ``teacher_topk_logprobs`` ``(T, k)`` per example
+        (across tokenizers: the four :data:`~hf_distill.constants.CROSS_TOKENIZER_CACHE_COLUMNS`).
     """
     _check_build_args(dataset, k, temperature, batch_size, dtype)
+    cross = isinstance(teacher, CrossTokenizerTeacher)
+    model = teacher.model if cross else teacher
     stats = {"num_tokens": 0, "vocab_size": None}
-    was_training = teacher.training
-    teacher.eval()
+    was_training = model.training
+    model.eval()
     try:
         cached = dataset.map(
             _teacher_batch_fn(teacher, k, temperature, dtype, pad_token_id, stats),
             batched=True,
             batch_size=batch_size,
-            features=_cache_features(dataset, k, dtype),
+            features=(cross_tokenizer_features if cross else _cache_features)(dataset, k, dtype),
             load_from_cache_file=False,  # the fingerprint cannot see the teacher's weights: never reuse a result
             new_fingerprint=datasets.fingerprint.generate_random_fingerprint(),
-            desc=f"Teacher top-{k} log-probs",
+            desc=f"Teacher top-{k} log-probs" + (" across tokenizers" if cross else ""),
         )
     finally:
-        teacher.train(was_training)
+        model.train(was_training)
 
     if output_dir is not None:
         if teacher_name is None:
-            config = getattr(teacher, "config", None)
-            teacher_name = getattr(config, "_name_or_path", None) or type(teacher).__name__
+            config = getattr(model, "config", None)
+            teacher_name = getattr(config, "_name_or_path", None) or type(model).__name__
         meta = {
             "format": "hf_distill_teacher_cache",
             "format_version": CACHE_FORMAT_VERSION,
@@ -280,12 +302,17 @@ def build_teacher_cache(
             "tail": "bucket",
             "vocab_size": stats["vocab_size"],
             "dtype": dtype,
-            "columns": list(TEACHER_CACHE_COLUMNS),
+            "columns": list(CROSS_TOKENIZER_CACHE_COLUMNS if cross else TEACHER_CACHE_COLUMNS),
             "num_tokens": stats["num_tokens"],
             "num_examples": len(cached),
             "data_sha256": data_fingerprint(dataset),
         }
-        meta["teacher_sha256"], meta["teacher_sha256_of"] = teacher_fingerprint(teacher)
+        if cross:  # the teacher's ids and the re-encoding of the rows hold for this pair only
+            meta["tokenizers"] = {
+                "teacher": tokenizer_record(teacher.tokenizer),
+                "student": tokenizer_record(teacher.student_tokenizer),
+            }
+        meta["teacher_sha256"], meta["teacher_sha256_of"] = teacher_fingerprint(model)
         _save_cache(cached, output_dir, meta)
     return cached
 
@@ -299,7 +326,7 @@ def _save_cache(cached: datasets.Dataset, output_dir: str, meta: dict) -> None:
     arrow_bytes = sum(
         os.path.getsize(os.path.join(output_dir, name)) for name in os.listdir(output_dir) if name.endswith(".arrow")
     )
-    topk_bytes = sum(cached.data.column(name).nbytes for name in TEACHER_CACHE_COLUMNS)
+    topk_bytes = sum(cached.data.column(name).nbytes for name in meta["columns"])
     tokens = max(meta["num_tokens"], 1)
     meta["bytes_per_token"] = arrow_bytes / tokens  # everything saved: the top-k columns, input_ids, labels...
     meta["topk_bytes_per_token"] = topk_bytes / tokens  # the two top-k columns alone, with their per-example offsets
@@ -338,6 +365,7 @@ def load_teacher_cache(
     dataset: datasets.Dataset | None = None,
     teacher_name: str | None = None,
     teacher: nn.Module | str | None = None,
+    tokenizers: tuple | None = None,
 ) -> tuple[datasets.Dataset, dict]:
     """Load a cache written by :func:`build_teacher_cache`; returns ``(dataset, meta)``.
 
@@ -345,12 +373,16 @@ def load_teacher_cache(
         path: the cache folder.
         temperature: the training temperature; refused unless it equals the cache's (top-k log-probabilities are
             taken at one temperature and cannot be re-softened without the full logits).
-        vocab_size: the student's vocabulary (output rows); refused unless it equals the teacher's.
+        vocab_size: the student's vocabulary (output rows); refused unless it equals the teacher's (a cache across
+            tokenizers: not compared, the tokenizers are).
         dataset: the training data the caller means to use; refused unless its token ids are those the cache was
             built on (:func:`data_fingerprint`).
         teacher_name: the teacher the caller means to use; refused unless the cache names the same one.
         teacher: the teacher's model or folder; refused unless its weights are those the cache was built with
             (:func:`teacher_fingerprint`).
+        tokenizers: ``(teacher_tokenizer, student_tokenizer)`` of a student with another tokenizer than the teacher:
+            the cache must be a cross-tokenizer one built for these two (the vocabularies it records), else refused
+            in one line naming both pairs. A cross-tokenizer cache is refused without them.
 
     Every file of the cache is checked against the SHA-256 recorded when it was built; a damaged one is refused.
     """
@@ -369,7 +401,8 @@ def load_teacher_cache(
             f"training uses temperature {temperature}; rebuild the cache at the training temperature "
             f"(build_teacher_cache(..., temperature={temperature})) or train at {meta['temperature']}."
         )
-    if vocab_size is not None and vocab_size != meta["vocab_size"]:
+    check_cache_tokenizers(path, meta, tokenizers)
+    if vocab_size is not None and "tokenizers" not in meta and vocab_size != meta["vocab_size"]:
         raise ValueError(
             f"The teacher cache at {path!r} was built for a vocabulary of {meta['vocab_size']} tokens, but the "
             f"student has {vocab_size}; logit KD needs the same vocabulary: use a student with the teacher's "
@@ -389,10 +422,30 @@ def load_teacher_cache(
             "--teacher_cache_dir at a new folder (or delete this one) to build a cache for this data."
         )
     cached = datasets.load_from_disk(path)
-    missing = [c for c in TEACHER_CACHE_COLUMNS if c not in cached.column_names]
+    missing = [c for c in meta["columns"] if c not in cached.column_names]
     if missing:
         raise ValueError(f"The teacher cache at {path!r} lacks the columns {missing}; rebuild it.")
     return cached, meta
+
+
+def check_cache_tokenizers(path: str, meta: dict, tokenizers: tuple | None) -> None:
+    """A cross-tokenizer cache is read with the tokenizer pair it was built for, and only with tokenizers given."""
+    recorded = meta.get("tokenizers")
+    if tokenizers is None and recorded is not None:
+        raise ValueError(
+            f"The teacher cache at {path!r} was built across tokenizers (teacher "
+            f"{describe_record(recorded['teacher'])}, student {describe_record(recorded['student'])}): load it with "
+            "tokenizers=(teacher_tokenizer, student_tokenizer), which are checked against these (hf-distill "
+            f"causal-lm: give the student it was built for, or {RETARGET})."
+        )
+    if tokenizers is None:
+        return
+    if recorded is None:
+        raise ValueError(
+            f"The teacher cache at {path!r} holds the top-k of {meta['teacher']!r} in the vocabulary it shares with "
+            f"its student, not across tokenizers: {RETARGET} to build a cache for this pair of tokenizers."
+        )
+    check_tokenizer_pair(recorded, *tokenizers, f"The teacher cache at {path!r}", f"{RETARGET} to build one for it")
 
 
 # how to get a good top-k cache again, in its error messages

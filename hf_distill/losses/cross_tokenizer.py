@@ -6,6 +6,11 @@ Every part sums over groups and divides by ``normalizer`` / ``num_items`` (defau
 can cut the groups into chunks (never a full ``(B, T, V)`` tensor) and add the chunks' values. The teacher side is
 always detached. Formulas in docs/losses.md, "Cross-tokenizer losses"; ``p = softmax(z / T)`` on each side.
 
+The teacher's rows are its logits ``(G, V_t)``, or its top-k (:class:`TopKRows`, read from a teacher cache): the
+exact part then keeps the shared tokens found among the teacher's top-k and puts every other token of both sides in
+the rest bucket, ULD compares the teacher's top-k sorted probabilities (zeros after them); with ``k = V_t`` both
+equal the parts on logits. The chain part reads the teacher's span log-probabilities, stored or computed alike.
+
 - **exact** (:func:`shared_vocab_divergence`): both distributions coarsened to the ``N`` shared tokens plus one
   *rest* bucket (each side's other tokens), and a registered divergence between these ``N + 1`` outcomes, times
   ``T^2``.
@@ -56,7 +61,36 @@ def divergence(loss: str):
     return fn
 
 
-def check_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+@dataclass(frozen=True)
+class TopKRows:
+    """A teacher's next-token distributions known by their top-k (a teacher cache), one row per aligned group.
+
+    Attributes:
+        ids: ``(G, k)`` teacher token ids, in decreasing probability.
+        logprobs: ``(G, k)`` their log-probabilities at the training temperature, normalised over the teacher's whole
+            vocabulary: ``1 - sum(exp(logprobs))`` is the mass of its other tokens.
+    """
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.ids.shape
+
+    def dim(self) -> int:
+        return self.ids.dim()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor | TopKRows) -> None:
+    if isinstance(teacher_logits, TopKRows) and teacher_logits.ids.shape != teacher_logits.logprobs.shape:
+        raise ValueError(
+            f"teacher top-k ids {tuple(teacher_logits.ids.shape)} and log-probabilities "
+            f"{tuple(teacher_logits.logprobs.shape)}: give one log-probability per id, (G, k) each"
+        )
     if student_logits.dim() != 2 or teacher_logits.dim() != 2 or len(student_logits) != len(teacher_logits):
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)}: give "
@@ -64,10 +98,11 @@ def check_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> No
         )
 
 
-def check_ids(ids: torch.Tensor, vocab: int, role: str) -> None:
-    """Shared ids of one side: a 1-D integer tensor of distinct ids in ``[0, vocab)``."""
+def check_ids(ids: torch.Tensor, vocab: int | None, role: str) -> None:
+    """Shared ids of one side: a 1-D integer tensor of distinct ids in ``[0, vocab)`` (``None``: vocabulary unknown)."""
     if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex():
         raise ValueError(f"{role}_ids {tuple(ids.shape)} {ids.dtype}: give a 1-D integer tensor of token ids")
+    vocab = vocab if vocab is not None else math.inf
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(
             f"{role}_ids hold ids in [{int(ids.min())}, {int(ids.max())}] but the {role} has {vocab} logits: pass "
@@ -105,9 +140,67 @@ def shared_log_probs(logits: torch.Tensor, ids: torch.Tensor, temperature: float
     return torch.cat([shared, rest.clamp(min=LOG_REST_FLOOR)], dim=-1)  # (G, N + 1)
 
 
+def shared_slots(
+    topk_ids: torch.Tensor, student_ids: torch.Tensor, teacher_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(student_id, kept)``, ``(G, k)`` each: for each of the teacher's top-k ids, whether it is a shared token and
+    the student's id of it (0 where not shared). A binary search in the sorted teacher ids: no ``(V_t,)`` table."""
+    kept = torch.zeros(topk_ids.shape, dtype=torch.bool, device=topk_ids.device)
+    if not len(teacher_ids):
+        return torch.zeros_like(topk_ids, dtype=torch.long), kept
+    teacher_ids, student_ids = teacher_ids.to(topk_ids.device, torch.long), student_ids.to(topk_ids.device, torch.long)
+    order = teacher_ids.argsort()
+    ordered = teacher_ids[order]  # (N,) increasing
+    ids = topk_ids.long().contiguous()
+    at = torch.searchsorted(ordered, ids).clamp(max=len(ordered) - 1)  # (G, k)
+    kept = ordered[at] == ids
+    return torch.where(kept, student_ids[order[at]], 0), kept
+
+
+def topk_shared_log_probs(
+    student_logits: torch.Tensor,
+    teacher: TopKRows,
+    student_ids: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both distributions coarsened to the shared tokens found among the teacher's top-k, plus one rest bucket.
+
+    Slot ``i < k`` is the teacher's ``i``-th token when it is shared (``log p_t`` of it, and ``log p_s`` of its
+    student token), else empty on both sides (``-inf``: probability 0, which every divergence skips); slot ``k`` is
+    the rest: every other token of each side (the teacher's as ``1 - sum`` of its kept probabilities, from its
+    other top-k entries and its tail ``1 - sum_i exp(logprobs_i)``; the student's as a log-sum-exp of its other
+    logits), raised to :data:`REST_FLOOR` like :func:`shared_log_probs`. With ``k = V_t`` this is
+    :func:`shared_log_probs` of both sides up to the empty slots.
+
+    Args:
+        student_logits: ``(G, V_s)``; teacher: the teacher's top-k rows ``(G, k)`` at temperature ``T``.
+        student_ids, teacher_ids: ``(N,)`` the shared tokens, paired by index.
+        temperature: ``T`` of the student's softmax (the teacher's log-probabilities are already at ``T``).
+
+    Returns:
+        ``(log_s, log_t)``, ``(G, k + 1)`` float32 each.
+    """
+    scaled = student_logits.float()
+    scaled = scaled / temperature if temperature != 1.0 else scaled  # (G, V_s)
+    log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (G, 1)
+    sid, kept = shared_slots(teacher.ids.to(scaled.device), student_ids, teacher_ids)  # (G, k) each
+    log_s = torch.where(kept, scaled.gather(-1, sid) - log_z, -math.inf)  # (G, k)
+    hits = torch.zeros(scaled.shape[0], scaled.shape[1] + 1, dtype=torch.bool, device=scaled.device)
+    hits = hits.scatter_(1, torch.where(kept, sid, scaled.shape[1]), True)[:, :-1]  # (G, V_s) the kept tokens
+    lowest = torch.finfo(scaled.dtype).min  # as in shared_log_probs: no logsumexp over only -inf
+    rest_s = scaled.clamp(min=lowest).masked_fill(hits, lowest).logsumexp(-1, keepdim=True) - log_z  # (G, 1)
+    top = teacher.logprobs.detach().to(scaled.device, torch.float32)  # (G, k)
+    log_t = torch.where(kept, top, -math.inf)
+    tail = (-torch.expm1(top.logsumexp(-1, keepdim=True).clamp(max=0.0))).clamp(min=0.0).log()  # (G, 1)
+    rest_t = torch.cat([torch.where(kept, -math.inf, top), tail], dim=-1).logsumexp(-1, keepdim=True)
+    log_s = torch.cat([log_s, rest_s.clamp(min=LOG_REST_FLOOR)], dim=-1)
+    return log_s, torch.cat([log_t, rest_t.clamp(min=LOG_REST_FLOOR)], dim=-1)
+
+
 def shared_vocab_divergence(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKRows,
     student_ids: torch.Tensor,
     teacher_ids: torch.Tensor,
     *,
@@ -121,11 +214,12 @@ def shared_vocab_divergence(
     ``P_s = (p_s(s_1), ..., p_s(s_N), 1 - sum_n p_s(s_n))``, ``P_t`` likewise with the teacher's ids
     (:func:`shared_log_probs`); the value is ``T^2 * sum_g D(P_t,g, P_s,g) / normalizer`` with ``D`` the registered
     divergence ``loss`` (``kl``: ``KL(P_t || P_s)``, ``reverse_kl``, ``jsd`` with ``beta``, ``skew_kl``,
-    ``skew_reverse_kl``) applied at temperature 1 to the ``N + 1`` outcomes.
+    ``skew_reverse_kl``) applied at temperature 1 to the ``N + 1`` outcomes. From the teacher's top-k
+    (:class:`TopKRows`) the outcomes are the shared tokens among them and the rest (:func:`topk_shared_log_probs`).
 
     Args:
         student_logits: ``(G, V_s)`` at the groups' student positions.
-        teacher_logits: ``(G, V_t)`` at the teacher positions (detached).
+        teacher_logits: ``(G, V_t)`` at the teacher positions (detached), or the teacher's top-k there.
         student_ids, teacher_ids: ``(N,)`` the shared tokens, paired by index (``vocab.shared_vocabulary``).
         loss, temperature, beta: the divergence, ``T`` and its ``beta``.
         normalizer: the sum over groups is divided by it (default ``G``).
@@ -136,21 +230,29 @@ def shared_vocab_divergence(
     loss_fn = divergence(loss)
     check_temperature(temperature)
     check_rows(student_logits, teacher_logits)
+    topk = isinstance(teacher_logits, TopKRows)
     check_ids(student_ids, student_logits.shape[-1], "student")
-    check_ids(teacher_ids, teacher_logits.shape[-1], "teacher")
+    check_ids(teacher_ids, None if topk else teacher_logits.shape[-1], "teacher")
     if student_ids.shape != teacher_ids.shape:
         raise ValueError(
             f"{len(student_ids)} student ids but {len(teacher_ids)} teacher ids: pass the two halves of one shared "
             "vocabulary"
         )
     device = student_logits.device
-    log_s = shared_log_probs(student_logits, student_ids.to(device), temperature)  # (G, N + 1)
-    log_t = shared_log_probs(teacher_logits.detach().to(device), teacher_ids.to(device), temperature)
+    if topk:
+        log_s, log_t = topk_shared_log_probs(student_logits, teacher_logits, student_ids, teacher_ids, temperature)
+    else:
+        log_s = shared_log_probs(student_logits, student_ids.to(device), temperature)  # (G, N + 1)
+        log_t = shared_log_probs(teacher_logits.detach().to(device), teacher_ids.to(device), temperature)
     return loss_fn(log_s, log_t, temperature=1.0, normalizer=normalizer, beta=beta) * temperature**2
 
 
-def sorted_probs(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
-    """``(G, V) -> (G, min(top_k, V))``: ``softmax(logits / T)`` sorted in decreasing order (all ``V`` for None)."""
+def sorted_probs(logits: torch.Tensor | TopKRows, temperature: float, top_k: int | None) -> torch.Tensor:
+    """``(G, V) -> (G, min(top_k, V))``: ``softmax(logits / T)`` sorted in decreasing order (all ``V`` for None);
+    from top-k rows ``(G, k)``, their probabilities sorted, the first ``min(top_k, k)``."""
+    if isinstance(logits, TopKRows):
+        probs = logits.logprobs.detach().float().exp().sort(dim=-1, descending=True).values  # (G, k)
+        return probs if top_k is None else probs[:, :top_k]
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (G, V)
     if top_k is None or top_k >= probs.shape[-1]:
         return probs.sort(dim=-1, descending=True).values
@@ -159,7 +261,7 @@ def sorted_probs(logits: torch.Tensor, temperature: float, top_k: int | None) ->
 
 def uld_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKRows,
     *,
     temperature: float = 1.0,
     top_k: int | None = ULD_TOP_K,
@@ -170,14 +272,15 @@ def uld_loss(
     ``ULD = sum_g sum_{i <= K} |p_s,g^(i) - p_t,g^(i)| / normalizer`` with ``p^(1) >= p^(2) >= ...`` each side's
     ``softmax(z / T)`` sorted, the shorter padded with zeros, and ``K = top_k``: exactly the paper's loss when
     ``top_k >= max(V_s, V_t)`` (or ``None``). It needs no token correspondence and is invariant to permuting either
-    vocabulary. Not scaled by ``T^2``: the gradient of an L1 distance keeps the size of its signs, it does not shrink
+    vocabulary. From the teacher's top-k (:class:`TopKRows`) its sorted vector is those ``k`` probabilities, zeros
+    after them. Not scaled by ``T^2``: the gradient of an L1 distance keeps the size of its signs, it does not shrink
     like ``1 / T^2``.
 
     Memory: a full sort holds ``(G, V)`` values and int64 indices (12 bytes an entry); ``top_k`` bounds the sorted
     block to ``(G, top_k)`` (default :data:`ULD_TOP_K`), next to the ``(G, V)`` softmax every part needs.
 
     Args:
-        student_logits: ``(G, V_s)``; teacher_logits: ``(G, V_t)`` (detached).
+        student_logits: ``(G, V_s)``; teacher_logits: ``(G, V_t)`` (detached), or the teacher's top-k rows.
         temperature: ``T``.
         top_k: the sorted entries compared (``>= 1``), ``None`` for all.
         normalizer: the sum over groups is divided by it (default ``G``).
@@ -187,7 +290,7 @@ def uld_loss(
     if top_k is not None and top_k < 1:
         raise ValueError(f"uld top_k must be >= 1 (or None for a full sort), got {top_k}")
     p_s = sorted_probs(student_logits, temperature, top_k)  # (G, K_s)
-    p_t = sorted_probs(teacher_logits.detach().to(student_logits.device), temperature, top_k)  # (G, K_t)
+    p_t = sorted_probs(teacher_logits, temperature, top_k).detach().to(student_logits.device)  # (G, K_t)
     width = max(p_s.shape[-1], p_t.shape[-1])
     p_s = torch.nn.functional.pad(p_s, (0, width - p_s.shape[-1]))  # (G, K), zeros after the shorter vocabulary
     p_t = torch.nn.functional.pad(p_t, (0, width - p_t.shape[-1]))
@@ -312,7 +415,7 @@ class ChainTargets(NamedTuple):
 
 def cross_tokenizer_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | TopKRows,
     shared: tuple[torch.Tensor, torch.Tensor],
     *,
     num_items: float | torch.Tensor,
@@ -330,7 +433,8 @@ def cross_tokenizer_loss(
     many-to-many) add nothing to ``chain`` but count in ``num_items``, as they do for the other parts.
 
     Args:
-        student_logits: ``(G, V_s)``, teacher_logits: ``(G, V_t)`` at the compared positions.
+        student_logits: ``(G, V_s)``, teacher_logits: ``(G, V_t)`` at the compared positions, or the teacher's top-k
+            there (:class:`TopKRows`).
         shared: ``(student_ids, teacher_ids)``, ``(N,)`` each (note the order: the student's first).
         num_items: the divisor of every part, the groups of the whole gradient-accumulation window (and of every
             process), so that micro-batches add up to the loss of one large batch; not the local count.

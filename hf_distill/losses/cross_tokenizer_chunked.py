@@ -8,6 +8,12 @@ the student's hidden states at the compared positions (with exact gradients, :fu
 :func:`hf_distill.losses.cross_tokenizer.cross_tokenizer_loss` (exact, ULD, chain rule) are summed over the chunk.
 The chain rule's span log-probabilities are gathered first, chunk by chunk too. Peak memory: ``O(chunk_size x
 (V_s + V_t))``, whatever the batch.
+
+From a cross-tokenizer teacher cache (:class:`CachedCrossTokenizerTargets`, built by
+:func:`hf_distill.data.build_teacher_cache` with a :class:`hf_distill.teachers.CrossTokenizerTeacher`) the teacher
+side of a chunk is its stored top-k instead of logits from its hidden states (:class:`hf_distill.losses
+.cross_tokenizer.TopKRows`: the exact part over the shared tokens found in the top-k, ULD over the top-k sorted
+probabilities), and the chain part reads the stored span log-probabilities. The same chunks, the same parts.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .cross_tokenizer import (
     ULD_TOP_K,
     ChainRows,
     CrossTokenizerMix,
+    TopKRows,
     chain_rule_divergence,
     shared_vocab_divergence,
     uld_loss,
@@ -44,6 +51,30 @@ class CrossTokenizerTargets:
     chain: ChainRows
     shared: tuple[torch.Tensor, torch.Tensor]
     softcap: float | None = None
+
+
+@dataclass(frozen=True)
+class CachedCrossTokenizerTargets:
+    """What a cross-tokenizer teacher cache gives for one batch, laid out at the student's positions ``(B, T_s)``
+    (one group per compared student position).
+
+    Attributes:
+        groups: ``(B, T_s)`` bool: the position is a group's compared student position.
+        topk_ids, topk_logprobs: ``(B, T_s, k)``: the teacher's top-k ids and log-probabilities (at the training
+            temperature, over its whole vocabulary) at the group's teacher position; anything elsewhere.
+        chain_tokens: ``(B, T_s)`` long: the student's token of a group of one student token (``input_ids[b, s +
+            1]``), ``-1`` elsewhere.
+        chain_logprobs: ``(B, T_s)``: the teacher's log-probability of that group's stretch of text; anything where
+            ``chain_tokens`` is ``-1``.
+        shared: ``(student_ids, teacher_ids)``, ``(N,)`` each: the tokens both vocabularies spell alike.
+    """
+
+    groups: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_logprobs: torch.Tensor
+    chain_tokens: torch.Tensor
+    chain_logprobs: torch.Tensor
+    shared: tuple[torch.Tensor, torch.Tensor]
 
 
 def teacher_logits(hidden: torch.Tensor, head, softcap: float | None) -> torch.Tensor:
@@ -70,12 +101,52 @@ def chain_logprobs(
     return torch.zeros(len(chain.counts), device=rows.device).index_add_(0, group, rows)
 
 
+def teacher_columns(
+    targets: CrossTokenizerTargets | CachedCrossTokenizerTargets,
+    teacher_hidden: torch.Tensor | None,
+    teacher_head,
+    shape: torch.Size,
+    device: torch.device,
+    *,
+    chain: bool,
+    temperature: float,
+    chunk_size: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(mask, columns)`` at the student's positions ``shape = (B, T_s)``: the compared positions, and the teacher
+    side of each: its hidden state (live) or its top-k (cached), and the chain part's student token (``-1``: none)
+    and teacher log-probability."""
+    chain_token = torch.full(shape, -1, dtype=torch.long, device=device)
+    chain_logprob = torch.zeros(shape, device=device)
+    if isinstance(targets, CachedCrossTokenizerTargets):
+        mask = targets.groups.to(device).bool()
+        if chain:
+            tokens = targets.chain_tokens.to(device)
+            chain_token = tokens.masked_fill(~mask, -1)
+            chain_logprob = torch.where(chain_token >= 0, targets.chain_logprobs.to(device, torch.float32), 0.0)
+        columns = {"topk_ids": targets.topk_ids.to(device), "topk_logprobs": targets.topk_logprobs.to(device)}
+        return mask, {**columns, "chain_token": chain_token, "chain_logprob": chain_logprob}
+    aligned = targets.aligned
+    b, s, t = (x.to(device) for x in (aligned.batch, aligned.student, aligned.teacher))
+    # the teacher's hidden state at each group, placed at the group's student position (one group per position)
+    t_rows = torch.zeros(*shape, teacher_hidden.shape[-1], dtype=teacher_hidden.dtype, device=device)
+    t_rows[b, s] = teacher_hidden.detach()[b, t.to(teacher_hidden.device)].to(device)
+    mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    mask[b, s] = True
+    if chain and len(targets.chain.groups):
+        groups = targets.chain.groups.to(device)
+        chain_token[b[groups], s[groups]] = targets.chain.student_tokens.to(device)
+        chain_logprob[b[groups], s[groups]] = chain_logprobs(
+            teacher_hidden, teacher_head, targets.chain, temperature, targets.softcap, chunk_size
+        ).to(device)
+    return mask, {"teacher": t_rows, "chain_token": chain_token, "chain_logprob": chain_logprob}
+
+
 def cross_tokenizer_term(
     student_hidden: torch.Tensor,
     student_head,
-    teacher_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
     teacher_head,
-    targets: CrossTokenizerTargets,
+    targets: CrossTokenizerTargets | CachedCrossTokenizerTargets,
     *,
     normalizer: float | torch.Tensor,
     mix: CrossTokenizerMix | None = None,
@@ -93,8 +164,9 @@ def cross_tokenizer_term(
         student_hidden: ``(B, T_s, D_s)`` the student's last hidden states (unshifted); ``student_head`` its output
             head (``nn.Linear``-like, weight ``(V_s, D_s)``). For a student whose logits are at hand, pass the
             logits ``(B, T_s, V_s)`` and ``student_head=None``.
-        teacher_hidden: ``(B, T_t, D_t)`` the teacher's, on its own rows; ``teacher_head`` its head.
-        targets: the batch's alignment and shared vocabulary.
+        teacher_hidden: ``(B, T_t, D_t)`` the teacher's, on its own rows; ``teacher_head`` its head. ``None`` both
+            with cached targets.
+        targets: the batch's alignment and shared vocabulary (live), or a teacher cache's targets.
         normalizer: the divisor of every part: the items of the whole gradient-accumulation window.
         mix, loss, temperature, beta, uld_top_k: the parts' weights and the divergence.
         chunk_size: the groups per chunk.
@@ -102,38 +174,30 @@ def cross_tokenizer_term(
             is a target: not a prompt's, not padding); a group at another position is left out. ``None``: all.
     """
     mix = CrossTokenizerMix() if mix is None else mix
-    aligned, device = targets.aligned, student_hidden.device
-    b, s, t = (x.to(device) for x in (aligned.batch, aligned.student, aligned.teacher))
+    device = student_hidden.device
     student_ids, teacher_ids = (x.to(device) for x in targets.shared)
-    # the teacher's hidden state at each group, placed at the group's student position (one group per position)
-    t_rows = torch.zeros(
-        *student_hidden.shape[:2], teacher_hidden.shape[-1], dtype=teacher_hidden.dtype, device=device
-    )
-    t_rows[b, s] = teacher_hidden.detach()[b, t.to(teacher_hidden.device)].to(device)
-    mask = torch.zeros(student_hidden.shape[:2], dtype=torch.bool, device=device)
-    mask[b, s] = True
-    if positions is not None:
-        mask &= positions.to(device, torch.bool)
-    chain_token = torch.full(student_hidden.shape[:2], -1, dtype=torch.long, device=device)
-    chain_logprob = torch.zeros(student_hidden.shape[:2], device=device)
-    if mix.chain > 0 and len(targets.chain.groups):
-        groups = targets.chain.groups.to(device)
-        chain_token[b[groups], s[groups]] = targets.chain.student_tokens.to(device)
-        chain_logprob[b[groups], s[groups]] = chain_logprobs(
-            teacher_hidden, teacher_head, targets.chain, temperature, targets.softcap, chunk_size
-        ).to(device)
+    mask, columns = teacher_columns(
+        targets, teacher_hidden, teacher_head, student_hidden.shape[:2], device, chain=mix.chain > 0,
+        temperature=temperature, chunk_size=chunk_size,
+    )  # fmt: skip
+    if positions is not None:  # only positions whose next token is a target
+        mask = mask & positions.to(device, torch.bool)
+    softcap = getattr(targets, "softcap", None)
     parts = {name: torch.zeros((), device=device) for name in ("exact", "uld", "chain") if getattr(mix, name) > 0}
     kw = {"loss": loss, "temperature": temperature, "beta": beta, "normalizer": 1.0}
 
     def chunk_loss(s_logits: torch.Tensor, chunk: dict) -> torch.Tensor:  # the chunk's summed, weighted parts
-        t_logits = teacher_logits(chunk["teacher"], teacher_head, targets.softcap)  # (n, V_t)
+        if "teacher" in chunk:  # (n, V_t) from the teacher's hidden states
+            teacher = teacher_logits(chunk["teacher"], teacher_head, softcap)
+        else:  # (n, k) from the cache
+            teacher = TopKRows(chunk["topk_ids"], chunk["topk_logprobs"])
         total = torch.zeros((), device=s_logits.device)
         if "exact" in parts:
-            value = shared_vocab_divergence(s_logits, t_logits, student_ids, teacher_ids, **kw)
+            value = shared_vocab_divergence(s_logits, teacher, student_ids, teacher_ids, **kw)
             parts["exact"] += value.detach()
             total = total + mix.exact * value
         if "uld" in parts:
-            value = uld_loss(s_logits, t_logits, temperature=temperature, top_k=uld_top_k, normalizer=1.0)
+            value = uld_loss(s_logits, teacher, temperature=temperature, top_k=uld_top_k, normalizer=1.0)
             parts["uld"] += value.detach()
             total = total + mix.uld * value
         if "chain" in parts and bool((keep := chunk["chain_token"] >= 0).any()):
@@ -144,7 +208,6 @@ def cross_tokenizer_term(
             total = total + mix.chain * value
         return total
 
-    columns = {"teacher": t_rows, "chain_token": chain_token, "chain_logprob": chain_logprob}
     if student_head is None:  # full logits: the chunks of the gathered rows, through autograd
         rows = student_hidden[mask]  # (G, V_s), in (row, position) order, the order of the groups
         flat = {k: v[mask] for k, v in columns.items()}

@@ -28,12 +28,13 @@ from ..data import (
     read_text_split,
     tokenize_lm_dataset,
 )
-from ..data.teacher_cache import teacher_weight_folder
+from ..data.teacher_cache import read_meta, teacher_weight_folder
 from ..distillation_config import DistillationConfig, check_number
 from ..distillation_trainer import DistillationTrainer
 from ..file_checks import error_line
 from ..models import build_student, dropout_overrides, resolve_dtype, resolve_model_path
 from ..report import count_parameters, format_perplexities, write_results
+from ..teachers import CrossTokenizerTeacher
 from ..validation import (
     parse_layers,
 )
@@ -148,7 +149,8 @@ class CausalLMArguments:
             "help": "Top-k teacher cache folder: built from the training data when missing, then used for the "
             "logit term instead of running the teacher (hidden-state KD still needs the teacher). A finished cache "
             "with --student_model_name_or_path and --eval_teacher false reads only the teacher's config and "
-            "tokenizer, not its weights."
+            "tokenizer, not its weights. With a student of another tokenizer, a cross-tokenizer cache (the "
+            "teacher's top-k in its own tokens at the aligned positions), for that pair of tokenizers only."
         },
     )
     teacher_cache_k: int = field(default=32, metadata={"help": "Teacher logits kept per token in the cache."})
@@ -380,11 +382,15 @@ def save_merged(model, output_dir: str) -> None:
     model.save_pretrained(output_dir)
 
 
-def cached_train_set(lm, args, teacher, train, tokenizer):
-    """The training data with the teacher's top-k columns: from the finished cache in ``--teacher_cache_dir``, checked
-    against ``teacher`` (the model, or its name when it is not loaded: its weight files are then hashed, not loaded,
-    and not checked when there are none), or built there with the model."""
-    if os.path.isfile(os.path.join(lm.teacher_cache_dir, CACHE_META_FILE)):
+def cached_train_set(lm, args, teacher, train, tokenizer, teacher_tokenizer=None):
+    """``(dataset, meta)``: the training data with the teacher's top-k columns, from the finished cache in
+    ``--teacher_cache_dir``, checked against ``teacher`` (the model, or its name when it is not loaded: its weight files
+    are then hashed, not loaded, and not checked when there are none), or built there with the model.
+    ``teacher_tokenizer``: the teacher's, when it differs from the student's ``tokenizer``: the cache is then a
+    cross-tokenizer one (:class:`hf_distill.teachers.CrossTokenizerTeacher`), for this pair of tokenizers only."""
+    tokenizers = (teacher_tokenizer, tokenizer) if teacher_tokenizer is not None else None
+    meta_path = os.path.join(lm.teacher_cache_dir, CACHE_META_FILE)
+    if os.path.isfile(meta_path):
         print(f"[causal-lm] training from the teacher cache in {lm.teacher_cache_dir}")
         if isinstance(teacher, str) and teacher_weight_folder(teacher) is None:
             print(
@@ -392,21 +398,24 @@ def cached_train_set(lm, args, teacher, train, tokenizer):
                 "trusting the cache's teacher name"
             )
             teacher = None
-        cached, _ = load_teacher_cache(
+        return load_teacher_cache(
             lm.teacher_cache_dir,
             temperature=args.temperature,
             dataset=train,
             teacher_name=args.teacher_model_name_or_path,
             teacher=teacher,
+            tokenizers=tokenizers,
         )
-        return cached
-    print(f"[causal-lm] caching the teacher's top-{lm.teacher_cache_k} log-probs in {lm.teacher_cache_dir}")
-    return build_teacher_cache(
-        teacher,
+    across = " across tokenizers" if tokenizers else ""
+    print(f"[causal-lm] caching the teacher's top-{lm.teacher_cache_k} log-probs{across} in {lm.teacher_cache_dir}")
+    name = args.teacher_model_name_or_path
+    cached = build_teacher_cache(
+        CrossTokenizerTeacher(teacher, *tokenizers, name=name) if tokenizers else teacher,
         train,
         k=lm.teacher_cache_k,
         temperature=args.temperature,
         output_dir=lm.teacher_cache_dir,
-        teacher_name=args.teacher_model_name_or_path,
+        teacher_name=name,
         pad_token_id=tokenizer.pad_token_id,
     )
+    return cached, read_meta(lm.teacher_cache_dir, meta_path)

@@ -111,19 +111,25 @@ def validate_causal_lm_job(lm, args):
 
 def check_cross_tokenizer_job(lm, args, teacher_tokenizer, student_tokenizer) -> None:
     """A student whose tokenizer differs from the teacher's: frozen KD of the logits, aligned by text
-    (:class:`hf_distill.teachers.CrossTokenizerTeacher`); what it cannot do yet is refused in one line."""
+    (:class:`hf_distill.teachers.CrossTokenizerTeacher`); what it cannot do yet is refused in one line, and so is a
+    finished ``--teacher_cache_dir`` built for another pair of tokenizers."""
     from ..cross_tokenizer.spans import check_normalisation, check_offsets  # here: it imports torch
+    from ..data.teacher_cache import CACHE_META_FILE, check_cache_tokenizers, read_meta
 
     check_offsets(teacher_tokenizer, "teacher")
     check_offsets(student_tokenizer, "student")
     check_normalisation(teacher_tokenizer, student_tokenizer)
+    meta_path = os.path.join(lm.teacher_cache_dir or "", CACHE_META_FILE)
+    if lm.teacher_cache_dir is not None and os.path.isfile(meta_path):
+        check_cache_tokenizers(
+            lm.teacher_cache_dir, read_meta(lm.teacher_cache_dir, meta_path), (teacher_tokenizer, student_tokenizer)
+        )
     what = (
         f"--student_model_name_or_path {lm.student_model_name_or_path} has another tokenizer than the teacher "
         "(the job distils across tokenizers)"
     )
     refused = [
         (args.distill_mode != "frozen", f"--distill_mode {args.distill_mode}", "use --distill_mode frozen"),
-        (lm.teacher_cache_dir is not None, f"--teacher_cache_dir {lm.teacher_cache_dir}", "drop --teacher_cache_dir"),
         (args.alpha_hidden > 0, f"--alpha_hidden {args.alpha_hidden}", "the positions differ: set --alpha_hidden 0"),
         (args.alpha_attention > 0, f"--alpha_attention {args.alpha_attention}", "set --alpha_attention 0"),
         (args.seq_kd, "--seq_kd", "the teacher would write its own tokens: drop --seq_kd"),

@@ -22,7 +22,7 @@ from ..generation import sample_sequences
 from ..generations import GENERATION_DIR, train_born_again, train_noisy_student
 from ..models import resolve_dtype, resolve_model_path
 from ..report import count_parameters
-from ..teachers import CrossTokenizerTeacher, TrainedTeacher
+from ..teachers import CrossTokenizerCacheTeacher, CrossTokenizerTeacher, TrainedTeacher
 from ..validation import prepare_output_dir, resolve_resume
 from .causal_lm import (
     CausalLMArguments,
@@ -203,7 +203,8 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     train = add_text_prompts(train, lm, args)
     use_cache = lm.teacher_cache_dir is not None
     if use_cache:
-        train = cached_train_set(lm, args, teacher if teacher is not None else teacher_path, train, tokenizer)
+        source = teacher if teacher is not None else teacher_path
+        train, cache_meta = cached_train_set(lm, args, source, train, tokenizer, teacher_tokenizer)
 
     student = make_student(lm, args, teacher, tokenizer)
     if args.distill_mode in ("born_again", "noisy_student"):
@@ -212,6 +213,10 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
     teacher_size = count_parameters(teacher) if teacher is not None else None
     live_teacher = bool(args.live_teacher_needs(cached=use_cache)) or args.distill_mode == "cotrain"
     kd_teacher = teacher if live_teacher else None
+    if use_cache and teacher_tokenizer is not None:  # the cache's targets across tokenizers, the model for the rest
+        kd_teacher = CrossTokenizerCacheTeacher(
+            teacher_tokenizer, tokenizer, meta=cache_meta, model=kd_teacher, name=args.teacher_model_name_or_path
+        )
     if args.distill_mode == "cotrain":  # trained on the next-token loss in the same loop, at its own learning rate
         print(f"[causal-lm] co-training the teacher (learning rate {lm.teacher_learning_rate or args.learning_rate})")
         kd_teacher = TrainedTeacher(

@@ -8,6 +8,7 @@ from torch import nn
 
 from .base import CachedTeacher, Teacher, TeacherOutputs, TeacherRequest
 from .cross_tokenizer import CrossTokenizerTeacher
+from .cross_tokenizer_cache import CrossTokenizerCacheTeacher
 from .ema import EMATeacher
 from .encoder_cache import EncoderCacheTeacher
 from .model import ModelTeacher
@@ -16,6 +17,7 @@ from .trained import TrainedTeacher
 
 __all__ = [
     "CachedTeacher",
+    "CrossTokenizerCacheTeacher",
     "CrossTokenizerTeacher",
     "EMATeacher",
     "EncoderCacheTeacher",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..constants import TEACHER_CACHE_COLUMNS
-from ..losses.cross_tokenizer_chunked import CrossTokenizerTargets
+from ..losses.cross_tokenizer_chunked import CachedCrossTokenizerTargets, CrossTokenizerTargets
 from .columns import model_inputs, read_columns
 
 
@@ -66,7 +66,10 @@ class TeacherOutputs:
             computed ahead, a :class:`hf_distill.losses.attention.RelationTarget` (an encoder cache of relations).
         alignment: a teacher with another tokenizer (:class:`hf_distill.teachers.CrossTokenizerTeacher`): its
             ``last_hidden`` ``(B, T_t, D)`` and ``head`` are on its own rows, and this
-            :class:`hf_distill.losses.cross_tokenizer_chunked.CrossTokenizerTargets` pairs its positions with the student's.
+            :class:`hf_distill.losses.cross_tokenizer_chunked.CrossTokenizerTargets` pairs its positions with the student's;
+            from a cross-tokenizer teacher cache (:class:`hf_distill.teachers.CrossTokenizerCacheTeacher`), a
+            :class:`~hf_distill.losses.cross_tokenizer_chunked.CachedCrossTokenizerTargets` holds its top-k at the
+            student's positions instead, without ``last_hidden``.
     """
 
     logits: torch.Tensor | None = None
@@ -77,12 +80,18 @@ class TeacherOutputs:
     hidden_states: tuple | None = None
     attentions: tuple | None = None
     qkv: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    alignment: CrossTokenizerTargets | None = None
+    alignment: CrossTokenizerTargets | CachedCrossTokenizerTargets | None = None
 
     @property
     def has_soft_targets(self) -> bool:
-        """Whether these outputs carry something a logit loss can read (logits, top-k, or hidden state and head)."""
-        return self.logits is not None or self.topk_ids is not None or self.last_hidden is not None
+        """Whether these outputs carry something a logit loss can read (logits, top-k, hidden state and head, or a
+        cross-tokenizer cache's targets)."""
+        return (
+            self.logits is not None
+            or self.topk_ids is not None
+            or self.last_hidden is not None
+            or isinstance(self.alignment, CachedCrossTokenizerTargets)
+        )
 
 
 def check_soft_targets(outputs: list[TeacherOutputs]) -> None:

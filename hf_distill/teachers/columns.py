@@ -15,11 +15,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from ..constants import GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
+from ..constants import CROSS_TOKENIZER_CACHE_COLUMNS, GENERATION_COLUMNS, TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX
 
-# batch columns that are no model input: the targets, a top-k teacher cache, the row of an encoder teacher cache, the
-# prompts completions are generated from; a column map may not name them
-NOT_MODEL_INPUTS = ("labels", *TEACHER_CACHE_COLUMNS, TEACHER_CACHE_INDEX, *GENERATION_COLUMNS)
+# batch columns that are no model input: the targets, a top-k teacher cache (of the same vocabulary or across
+# tokenizers), the row of an encoder teacher cache, the prompts completions are generated from; a column map may not
+# name them
+NOT_MODEL_INPUTS = (
+    "labels",
+    *TEACHER_CACHE_COLUMNS,
+    *CROSS_TOKENIZER_CACHE_COLUMNS,
+    TEACHER_CACHE_INDEX,
+    *GENERATION_COLUMNS,
+)
 # the columns whose (batch, positions) shape says which positions a model reads
 POSITION_ARGUMENTS = ("input_ids", "attention_mask")
 

@@ -22,6 +22,33 @@ from .base import TeacherOutputs, TeacherRequest
 from .model import ModelTeacher, forward_kwargs
 
 
+def check_request(name: str, request: TeacherRequest) -> None:
+    """A teacher with another tokenizer serves the logit term only."""
+    if request.hidden_layers or request.attention_layers or request.qkv_layers:
+        raise ValueError(
+            f"{name} has another tokenizer than the student: its positions are not the student's, so "
+            "hidden-state and attention KD cannot pair them; set alpha_hidden=alpha_attention=0."
+        )
+
+
+def describe_pair(what: str, tokenizer, student_tokenizer, teacher_ids: torch.Tensor) -> str:
+    """``what`` (the kind of teacher), its tokenizer and the student's, and how much of the vocabularies they share."""
+    return (
+        f"{what} {tokenizer_name(tokenizer)} -> student {tokenizer_name(student_tokenizer)}: "
+        + describe_shared_vocabulary(teacher_ids, tokenizer, student_tokenizer)
+    )
+
+
+def check_student_rows(student_ids: torch.Tensor, student_tokenizer, student: nn.Module) -> None:
+    """The student's tokenizer is the student's: its shared ids are rows of the student's output head."""
+    rows = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else None
+    if rows is not None and len(student_ids) and int(student_ids.max()) >= rows:
+        raise ValueError(
+            f"The student tokenizer {tokenizer_name(student_tokenizer)!r} has ids up to {int(student_ids.max())} but "
+            f"the student has {rows} output rows: pass the student's own tokenizer."
+        )
+
+
 class CrossTokenizerTeacher(ModelTeacher):
     """A frozen causal LM with its own tokenizer as the teacher of a student with another one.
 
@@ -76,26 +103,14 @@ class CrossTokenizerTeacher(ModelTeacher):
 
     def describe(self) -> str:
         """One line: the two tokenizers and how much of the vocabularies they share."""
-        return (
-            f"cross-tokenizer teacher {tokenizer_name(self.tokenizer)} -> student {tokenizer_name(self.student_tokenizer)}: "
-            + describe_shared_vocabulary(self.shared[1], self.tokenizer, self.student_tokenizer)
-        )
+        return describe_pair("cross-tokenizer teacher", self.tokenizer, self.student_tokenizer, self.shared[1])
 
     def check_student(self, student: nn.Module) -> None:
-        rows = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else None
-        if rows is not None and len(self.shared[0]) and int(self.shared[0].max()) >= rows:
-            raise ValueError(
-                f"The student tokenizer {tokenizer_name(self.student_tokenizer)!r} has ids up to "
-                f"{int(self.shared[0].max())} but the student has {rows} output rows: pass the student's own tokenizer."
-            )
+        check_student_rows(self.shared[0], self.student_tokenizer, student)
 
     @torch.no_grad()
     def outputs(self, batch: dict, request: TeacherRequest) -> TeacherOutputs:
-        if request.hidden_layers or request.attention_layers or request.qkv_layers:
-            raise ValueError(
-                f"{self.name} has another tokenizer than the student: its positions are not the student's, so "
-                "hidden-state and attention KD cannot pair them; set alpha_hidden=alpha_attention=0."
-            )
+        check_request(self.name, request)
         if self.model.training:
             self.model.eval()
         inputs = self.inputs(batch)
