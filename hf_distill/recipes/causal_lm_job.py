@@ -225,7 +225,7 @@ def run(lm: CausalLMArguments, args: DistillationConfig) -> dict:
         )  # fmt: skip
     # the trainer first: what it refuses (layer maps, head counts, vocabularies) is refused before minutes of scoring
     trainer = make_trainer(student, kd_teacher, args, train, tokenizer, teacher_tokenizer)
-    if teacher_tokenizer is not None and isinstance(next(iter(trainer.teachers), None), CrossTokenizerTeacher):
+    if isinstance(next(iter(trainer.teachers), None), (CrossTokenizerTeacher, CrossTokenizerCacheTeacher)):
         print(f"[causal-lm] {trainer.teachers[0].describe()}")  # not wrapped without a logit term (alpha_logits 0)
     print(f"[causal-lm] scoring teacher and student before training on {list(texts)}")
     results = {
