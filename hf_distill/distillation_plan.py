@@ -301,6 +301,11 @@ def build_plan(student: nn.Module, teachers: list[Teacher], args, task: str, tok
     if task == "sequence_classification" and inner.config.num_labels == 1:
         problem_type = "regression"
     vocab_rows = _check_teachers(inner, teachers, args, task, tokenizers)
+    if len(teachers) > 1 and args.alpha_logits > 0 and any(getattr(t, "own_tokenizer", False) for t in teachers):
+        raise ValueError(
+            f"{len(teachers)} teachers, one with another tokenizer than the student: its predictions cannot be mixed "
+            "with another teacher's; distil from it alone."
+        )
     if problem_type in _NO_DISTRIBUTION and args.logit_loss != "mse":
         # a softmax over one output (or over independent sigmoid outputs) is no distribution to match
         logger.warning("problem_type=%s: using logit_loss='mse' instead of %r.", problem_type, args.logit_loss)

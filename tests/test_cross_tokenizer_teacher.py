@@ -450,3 +450,17 @@ def test_documents_of_a_row_are_encoded_apart_with_the_teachers_special_tokens()
     pairs = list(zip(got.aligned.teacher.tolist(), got.aligned.student.tolist()))
     assert (bos, eos) in pairs  # "the" of the second document: after the boundary on both sides
     assert all(t < bos for t, s in pairs if s < eos)  # nothing of the first document reads the second
+
+
+def test_a_teacher_with_another_tokenizer_beside_another_teacher_is_refused_before_training(tmp_out):
+    from conftest import trainer_config
+
+    from hf_distill import DistillationTrainer
+
+    student_tok, teacher_tok = byte_level(), gemma()
+    crossed = CrossTokenizerTeacher(tiny_lm(len(teacher_tok), seed=1), teacher_tok, student_tok)
+    with pytest.raises(ValueError, match="2 teachers, one with another tokenizer than the student"):
+        DistillationTrainer(
+            model=tiny_lm(len(student_tok), seed=2), teacher_model=[crossed, tiny_lm(len(student_tok), seed=3)],
+            args=trainer_config(tmp_out, alpha_task=1.0, alpha_logits=1.0), train_dataset=lm_rows(student_tok),
+        )  # fmt: skip
