@@ -434,38 +434,42 @@ def glue_modes(records: list[dict]) -> str:
 
 
 def xtok_lm(records: list[dict]) -> str:
-    """Cross-tokenizer KD (issue 19): each row's perplexities in the student's tokens, its ratio to CE-only and to
-    same-tokenizer KD on wikitext-2, step time (and its ratio to the same-tokenizer KD step) and peak memory; then
-    each teacher on its own tokens."""
-    out = []
-    for record in records:
-        runs, c = record["results"]["runs"], record["config"]
-        texts = list(dict.fromkeys(t for run in runs.values() for t in run["perplexity"]))
-        ce, same = runs.get("ce"), runs.get("same_tok")
-        rows = []
-        for name, run in runs.items():
-            ppl = run["perplexity"]
-            rows.append(
-                [
-                    f"`{name}`",
-                    str(c["steps"]),
-                    *_ppl(ppl, texts),
-                    f"{ce['perplexity']['wikitext2'] / ppl['wikitext2']:.2f}x" if ce else "",
-                    f"{ppl['wikitext2'] / same['perplexity']['wikitext2']:.2f}x" if same else "",
-                    f"{run['step_s']:.2f}",
-                    f"{run['step_s'] / same['step_s']:.2f}x" if same else "",
-                    f"{run['peak_rss_gb']:.2f}",
-                ]
-            )
-        header = ["run", "steps", *[f"{t} ppl" for t in texts], "CE / run (wikitext2)", "run / same_tok (wikitext2)"]
-        out += _table([*header, "step s", "step / same_tok", "peak RSS GB"], rows, right_from=1)
-        teachers = record["results"].get("teachers", {})
-        if teachers:
-            out += ["", "Teachers on their own tokens (Gemma-3 after its `<bos>`): " + "; ".join(
-                f"{name}: " + ", ".join(f"{t} {v:.1f}" for t, v in ppl.items()) for name, ppl in teachers.items()
-            )]  # fmt: skip
-        shared = {run["shared_vocabulary"] for run in runs.values() if run.get("shared_vocabulary")}
-        out += [f"Shared vocabulary: {s}." for s in shared]
+    """Cross-tokenizer KD (issue 19), the rows of every run merged (a later run's row replaces an earlier one of the
+    same name): each row's perplexities in the student's tokens, its ratio to CE-only and to same-tokenizer KD on
+    wikitext-2, step time (and its ratio to the same-tokenizer KD step) and peak memory; then each teacher on its own
+    tokens."""
+    runs, teachers, steps = {}, {}, {}
+    for record in sorted(records, key=lambda r: r["created"]):
+        for name, run in record["results"]["runs"].items():
+            runs[name], steps[name] = run, record["config"]["steps"]
+        teachers.update(record["results"].get("teachers", {}))
+    texts = list(dict.fromkeys(t for run in runs.values() for t in run["perplexity"]))
+    ce, same = runs.get("ce"), runs.get("same_tok")
+    rows = []
+    for name, run in runs.items():
+        ppl = run["perplexity"]
+        rows.append(
+            [
+                f"`{name}`",
+                str(steps[name]),
+                *_ppl(ppl, texts),
+                f"{ce['perplexity']['wikitext2'] / ppl['wikitext2']:.2f}x" if ce else "",
+                f"{ppl['wikitext2'] / same['perplexity']['wikitext2']:.2f}x" if same else "",
+                f"{run['step_s']:.2f}",
+                f"{run['step_s'] / same['step_s']:.2f}x" if same else "",
+                f"{run['peak_rss_gb']:.2f}",
+            ]
+        )
+    header = ["run", "steps", *[f"{t} ppl" for t in texts], "CE / run (wikitext2)", "run / same_tok (wikitext2)"]
+    out = _table([*header, "step s", "step / same_tok", "peak RSS GB"], rows, right_from=1)
+    if teachers:
+        out += ["", "Teachers on their own tokens (Gemma-3 after its `<bos>`): " + "; ".join(
+            f"{name}: " + ", ".join(f"{t} {v:.1f}" for t, v in ppl.items()) for name, ppl in teachers.items()
+        ) + "."]  # fmt: skip
+    out += [
+        f"Shared vocabulary: {s}."
+        for s in {r["shared_vocabulary"] for r in runs.values() if r.get("shared_vocabulary")}
+    ]
     return "\n".join([*out, "", provenance(records)])
 
 

@@ -22,6 +22,7 @@ BENCHMARKS = [
     "chunked_kd_memory",
     "demo_seeds",
     "glue_modes",
+    "xtok_lm",
 ]
 
 
@@ -205,3 +206,33 @@ def test_glue_modes_keeps_runs_of_another_budget_apart(tmp_path, capsys):
     assert summarize.main(["glue_modes", "--results_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| 42 | 90.00 | 80.00 |" in out and "| 42 | 50.00 | 50.00 |" in out
+
+
+def _xtok_run(runs, created, teachers=None):
+    config = {"steps": 150, "runs": list(runs)}
+    record = common.run_record("xtok_lm", config, {"runs": runs, "teachers": teachers or {}}, command=["x"])
+    record["created"] = created
+    return record
+
+
+def test_xtok_lm_merges_the_rows_of_its_runs_and_compares_them(tmp_path, capsys):
+    """Rows measured by two processes side by side: one table, each row against CE-only and same-tokenizer KD."""
+    folder = tmp_path / "xtok_lm"
+
+    def row(shakespeare, wikitext, step_s):
+        return {
+            "perplexity": {"shakespeare": shakespeare, "wikitext2": wikitext},
+            "step_s": step_s,
+            "peak_rss_gb": 2.0,
+        }
+
+    a = _xtok_run({"same_tok": row(90.0, 400.0, 10.0), "ce": row(60.0, 8000.0, 5.0)}, "2026-12-08T00:00:00")
+    b = _xtok_run({"xtok_exact": row(100.0, 500.0, 15.0)}, "2026-12-08T00:00:01", {"gemma": {"wikitext2": 46.0}})
+    b["results"]["runs"]["xtok_exact"]["shared_vocabulary"] = "the vocabularies share 3 tokens"
+    _write(folder, "a", a)
+    _write(folder, "b", b)
+    assert summarize.main(["xtok_lm", "--results_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| `same_tok` | 150 | 90.0 | 400.0 | 20.00x | 1.00x | 10.00 | 1.00x | 2.00 |" in out
+    assert "| `xtok_exact` | 150 | 100.0 | 500.0 | 16.00x | 1.25x | 15.00 | 1.50x | 2.00 |" in out
+    assert "gemma: wikitext2 46.0." in out and "Shared vocabulary: the vocabularies share 3 tokens." in out
