@@ -14,14 +14,13 @@ boundary between the two texts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from .align import AlignedPositions, aligned_positions
-from .spans import check_offsets, normalise_spans
+from .spans import check_offsets, json_steps, normalise_spans
 from .vocab import spelling, token_bytes
 
 
@@ -36,19 +35,10 @@ class ByteTable(NamedTuple):
 
 def strips_prefix_space(tokenizer) -> bool:
     """Whether the tokenizer's decoder strips a leading space it prepended (a ``Strip`` step, as Llama's)."""
-    decoder = tokenizer.backend_tokenizer.decoder
-    if decoder is None:
-        return False
-    stack = [json.loads(decoder.__getstate__())]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("type") == "Strip" and node.get("content") == " " and node.get("start", 0) > 0:
-                return True
-            stack += list(node.values())
-        elif isinstance(node, list):
-            stack += node
-    return False
+    return any(
+        node.get("type") == "Strip" and node.get("content") == " " and node.get("start", 0) > 0
+        for node in json_steps(tokenizer.backend_tokenizer.decoder)
+    )
 
 
 def byte_table(tokenizer) -> ByteTable:

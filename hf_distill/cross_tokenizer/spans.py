@@ -7,6 +7,7 @@ tokenizer's ``offset_mapping`` gives), so an emoji is one character even when it
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -43,22 +44,29 @@ def check_offsets(tokenizer, role: str = "tokenizer") -> None:
 _TEXT_STEPS = {"Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents", "Nmt", "Precompiled", "Strip", "Replace"}
 
 
+def json_steps(component):
+    """The dict nodes of a ``tokenizers`` component's JSON (a normalizer, pre-tokenizer, decoder...), in document
+    order (a ``Sequence`` before its parts, the parts in order); none for ``None``."""
+    if component is None:
+        return
+    stack = [json.loads(component.__getstate__())]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, dict):
+            yield node
+            stack = list(node.values()) + stack
+        elif isinstance(node, list):
+            stack = list(node) + stack
+
+
 def text_normalisation(tokenizer) -> tuple[str, ...]:
     """The steps of a fast tokenizer's normalizer that change the text it reads, in order (``()`` for none): a
     ``BertNormalizer`` as ``Lowercase`` / ``StripAccents``; SentencePiece's space marker (``Replace`` of ``" "``
     by ``"▁"``) and ``Prepend`` are no change of text."""
-    import json
-
-    normalizer = tokenizer.backend_tokenizer.normalizer
-    if normalizer is None:
-        return ()
-    steps, stack = [], [json.loads(normalizer.__getstate__())]
-    while stack:
-        node = stack.pop(0)
+    steps = []
+    for node in json_steps(tokenizer.backend_tokenizer.normalizer):
         kind = node.get("type")
-        if kind == "Sequence":
-            stack = list(node.get("normalizers", [])) + stack
-        elif kind == "BertNormalizer":
+        if kind == "BertNormalizer":
             lower = bool(node.get("lowercase"))
             steps += ["Lowercase"] * lower
             steps += ["StripAccents"] * bool(

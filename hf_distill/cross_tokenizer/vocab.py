@@ -14,38 +14,23 @@ from functools import lru_cache
 
 import torch
 
-from .spans import check_offsets, tokenizer_name
+from .spans import check_offsets, json_steps, tokenizer_name
 
 BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 @lru_cache(maxsize=1)
 def byte_level_decoder() -> dict[str, int]:
-    """GPT-2's byte-to-unicode table inverted: the printable stand-in character -> the byte it spells."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    stand_ins, shift = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            stand_ins[chr(byte)] = byte
-        else:
-            stand_ins[chr(256 + shift)] = byte
-            shift += 1
-    return stand_ins
+    """GPT-2's byte-to-unicode table (transformers' ``bytes_to_unicode``) inverted: the printable stand-in character
+    -> the byte it spells."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def json_types(component) -> set[str]:
     """Every ``"type"`` in a tokenizers component's JSON (a ``Sequence`` lists its parts); empty for ``None``."""
-    if component is None:
-        return set()
-    found, stack = set(), [json.loads(component.__getstate__())]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            found |= {node["type"]} if isinstance(node.get("type"), str) else set()
-            stack += list(node.values())
-        elif isinstance(node, list):
-            stack += node
-    return found
+    return {node["type"] for node in json_steps(component) if isinstance(node.get("type"), str)}
 
 
 def spelling(tokenizer) -> tuple[str, bool]:
