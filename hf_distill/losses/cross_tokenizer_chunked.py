@@ -27,11 +27,10 @@ from .chunked import chunked_linear_loss, head_params
 from .cross_tokenizer import (
     ULD_TOP_K,
     ChainRows,
+    ChainTargets,
     CrossTokenizerMix,
     TopKRows,
-    chain_rule_divergence,
-    shared_vocab_divergence,
-    uld_loss,
+    cross_tokenizer_loss,
 )
 
 
@@ -184,28 +183,20 @@ def cross_tokenizer_term(
         mask = mask & positions.to(device, torch.bool)
     softcap = getattr(targets, "softcap", None)
     parts = {name: torch.zeros((), device=device) for name in ("exact", "uld", "chain") if getattr(mix, name) > 0}
-    kw = {"loss": loss, "temperature": temperature, "beta": beta, "normalizer": 1.0}
+    kw = {"mix": mix, "loss": loss, "temperature": temperature, "beta": beta, "uld_top_k": uld_top_k}
 
     def chunk_loss(s_logits: torch.Tensor, chunk: dict) -> torch.Tensor:  # the chunk's summed, weighted parts
         if "teacher" in chunk:  # (n, V_t) from the teacher's hidden states
             teacher = teacher_logits(chunk["teacher"], teacher_head, softcap)
         else:  # (n, k) from the cache
             teacher = TopKRows(chunk["topk_ids"], chunk["topk_logprobs"])
-        total = torch.zeros((), device=s_logits.device)
-        if "exact" in parts:
-            value = shared_vocab_divergence(s_logits, teacher, student_ids, teacher_ids, **kw)
-            parts["exact"] += value.detach()
-            total = total + mix.exact * value
-        if "uld" in parts:
-            value = uld_loss(s_logits, teacher, temperature=temperature, top_k=uld_top_k, normalizer=1.0)
-            parts["uld"] += value.detach()
-            total = total + mix.uld * value
-        if "chain" in parts and bool((keep := chunk["chain_token"] >= 0).any()):
-            value = chain_rule_divergence(
-                s_logits[keep], chunk["chain_token"][keep], chunk["chain_logprob"][keep], **kw
-            )
-            parts["chain"] += value.detach()
-            total = total + mix.chain * value
+        keep = (chunk["chain_token"] >= 0).nonzero().squeeze(1)  # the chunk's rows of one student token
+        chain = ChainTargets(keep, chunk["chain_token"][keep], chunk["chain_logprob"][keep])
+        total, terms = cross_tokenizer_loss(
+            s_logits, teacher, (student_ids, teacher_ids), num_items=1.0, chain=chain, **kw
+        )  # summed over the chunk's rows
+        for name, value in terms.items():
+            parts[name] += value.detach()
         return total
 
     if student_head is None:  # full logits: the chunks of the gathered rows, through autograd
