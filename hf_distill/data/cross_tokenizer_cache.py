@@ -37,9 +37,8 @@ def cross_tokenizer_features(dataset: datasets.Dataset, k: int, dtype: str) -> d
     return features
 
 
-def check_group_logprobs(topk: torch.Tensor, chain: torch.Tensor) -> None:
-    """Refuse teacher outputs that are no log-probabilities (NaN, or above 0): ``(G, k)`` top-k, ``(C,)`` chain."""
-    values = torch.cat([topk.reshape(-1), chain.reshape(-1)])
+def check_logprobs(values: torch.Tensor) -> None:
+    """Refuse teacher outputs that are no log-probabilities (NaN, or above 0), of any shape: no cache is written."""
     if torch.isnan(values).any():
         raise ValueError(
             "The teacher gave NaN log-probabilities, so no cache was written: run it in float32 (a float16 "
@@ -73,7 +72,7 @@ def group_targets(teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor
     chain = chain_logprobs(hidden, head, targets.chain, temperature, targets.softcap, GROUP_CHUNK).cpu()  # (C,)
     top_ids = torch.cat(top_ids) if top_ids else torch.zeros(0, k, dtype=torch.long)
     top_logprobs = torch.cat(top_logprobs) if top_logprobs else torch.zeros(0, k)
-    check_group_logprobs(top_logprobs, chain)
+    check_logprobs(torch.cat([top_logprobs.reshape(-1), chain.reshape(-1)]))  # (G * k + C,)
     shape = input_ids.shape
     positions = torch.full(shape, -1, dtype=torch.int32)
     positions[b, s] = t.to(torch.int32)

@@ -41,10 +41,10 @@ from torch import nn
 from ..constants import CROSS_TOKENIZER_CACHE_COLUMNS, TEACHER_CACHE_COLUMNS
 from ..cross_tokenizer.vocab import check_tokenizer_pair, describe_record, tokenizer_record
 from ..file_checks import is_weight_file
-from ..losses.topk import LOGPROB_TOLERANCE, teacher_topk
+from ..losses.topk import teacher_topk
 from ..teachers.cross_tokenizer import CrossTokenizerTeacher
 from ..version import __version__
-from .cross_tokenizer_cache import cross_tokenizer_features, cross_tokenizer_rows
+from .cross_tokenizer_cache import check_logprobs, cross_tokenizer_features, cross_tokenizer_rows
 from .padding import pad_rows
 
 logger = logging.getLogger(__name__)
@@ -184,21 +184,6 @@ def _cache_features(dataset, k: int, dtype: str) -> datasets.Features:
     return features
 
 
-def _check_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> None:
-    """Refuse a teacher output that is no log-probability: NaN, or above 0 (``(B, L, k)``, ``mask`` ``(B, L)``)."""
-    values = logprobs[mask]  # (N, k) of the real tokens
-    if torch.isnan(values).any():
-        raise ValueError(
-            "The teacher gave NaN log-probabilities, so no cache was written: run it in float32 (a float16 "
-            "teacher overflows on some inputs) or check its weights."
-        )
-    if values.numel() and float(values.max()) > LOGPROB_TOLERANCE:
-        raise ValueError(
-            f"The teacher gave a positive log-probability ({float(values.max()):.4g}), so no cache was written: "
-            "its outputs are broken (check its weights and dtype)."
-        )
-
-
 def _teacher_batch_fn(teacher, k, temperature, dtype, pad_token_id, stats):
     """The ``map`` function: pad a batch, run the teacher, cut each row back to its own length (a
     :class:`CrossTokenizerTeacher`: its targets at the student's positions, ``cross_tokenizer_rows``)."""
@@ -224,7 +209,7 @@ def _teacher_batch_fn(teacher, k, temperature, dtype, pad_token_id, stats):
         logits = teacher(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, L, V)
         stats["vocab_size"] = logits.shape[-1]
         ids, logprobs = teacher_topk(logits, k, temperature)  # (B, L, k) each
-        _check_logprobs(logprobs, attention_mask.bool())
+        check_logprobs(logprobs[attention_mask.bool()])  # (N, k) of the real tokens
         ids, logprobs = ids.to(torch.int32).cpu().numpy(), logprobs.cpu().numpy().astype(np_dtype)
         stats["num_tokens"] += sum(lengths)
         return {
