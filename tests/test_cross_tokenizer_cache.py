@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from test_cross_tokenizer_align import byte_level, gemma, llama
-from test_cross_tokenizer_teacher import lm_rows, random_alignment, tiny_lm
+from test_cross_tokenizer_teacher import lm_rows, random_term_inputs, tiny_lm
 
 from hf_distill.constants import CROSS_TOKENIZER_CACHE_COLUMNS
 from hf_distill.cross_tokenizer.align import chain_rule_rows
@@ -107,15 +107,8 @@ def test_reverse_divergences_from_a_small_top_k_stay_finite():
 def test_the_chunked_term_from_cached_targets_is_the_live_term():
     """The teacher's hidden states laid out as a cache (k = V_t): the same total, parts and gradients, chunked and from
     full student logits."""
-    torch.manual_seed(0)
-    B, T_s, T_t, D_s, D_t, V_s, V_t = 2, 9, 11, 6, 5, 13, 17
-    aligned = random_alignment()
-    t_ids, s_ids = torch.randint(0, V_t, (B, T_t)), torch.randint(0, V_s, (B, T_s))
-    chain = chain_rule_rows(aligned, t_ids, s_ids)
-    shared = (torch.tensor([3, 0, 7, 12]), torch.tensor([5, 16, 2, 9]))
-    s_hidden = torch.randn(B, T_s, D_s, requires_grad=True)
-    s_head = torch.nn.Linear(D_s, V_s, bias=False)
-    t_hidden, t_head = torch.randn(B, T_t, D_t), torch.nn.Linear(D_t, V_t, bias=False)
+    aligned, chain, shared, s_hidden, s_head, t_hidden, t_head = random_term_inputs()
+    (B, T_s), V_t = s_hidden.shape[:2], t_head.out_features
     live = CrossTokenizerTargets(aligned, chain, shared)
     # the cache's layout: the teacher's top-k at each group's student position, the chain's targets beside
     b, s, t = aligned.batch, aligned.student, aligned.teacher

@@ -147,20 +147,25 @@ def random_alignment(seed=0, B=2, T_s=9, T_t=11):
     return AlignedPositions(*table.unbind(1))
 
 
-def test_the_chunked_term_is_the_reference_loss_and_its_gradient():
+def random_term_inputs(B=2, T_s=9, T_t=11, D_s=6, D_t=5, V_s=13, V_t=17):
+    """``(aligned, chain, shared, s_hidden, s_head, t_hidden, t_head)``: random rows of both models with a random
+    alignment, its chain rows and 4 shared tokens (seed 0)."""
     from hf_distill.cross_tokenizer.align import chain_rule_rows
-    from hf_distill.losses.cross_tokenizer import ChainTargets, CrossTokenizerMix, cross_tokenizer_loss, span_logprobs
-    from hf_distill.losses.cross_tokenizer_chunked import CrossTokenizerTargets, cross_tokenizer_term
 
     torch.manual_seed(0)
-    B, T_s, T_t, D_s, D_t, V_s, V_t = 2, 9, 11, 6, 5, 13, 17
-    aligned = random_alignment()
-    t_ids, s_ids = torch.randint(0, V_t, (B, T_t)), torch.randint(0, V_s, (B, T_s))
-    chain = chain_rule_rows(aligned, t_ids, s_ids)
+    aligned = random_alignment(B=B, T_s=T_s, T_t=T_t)
+    chain = chain_rule_rows(aligned, torch.randint(0, V_t, (B, T_t)), torch.randint(0, V_s, (B, T_s)))
     shared = (torch.tensor([3, 0, 7, 12]), torch.tensor([5, 16, 2, 9]))
     s_hidden = torch.randn(B, T_s, D_s, requires_grad=True)
     s_head = torch.nn.Linear(D_s, V_s, bias=False)
-    t_hidden, t_head = torch.randn(B, T_t, D_t), torch.nn.Linear(D_t, V_t, bias=False)
+    return aligned, chain, shared, s_hidden, s_head, torch.randn(B, T_t, D_t), torch.nn.Linear(D_t, V_t, bias=False)
+
+
+def test_the_chunked_term_is_the_reference_loss_and_its_gradient():
+    from hf_distill.losses.cross_tokenizer import ChainTargets, CrossTokenizerMix, cross_tokenizer_loss, span_logprobs
+    from hf_distill.losses.cross_tokenizer_chunked import CrossTokenizerTargets, cross_tokenizer_term
+
+    aligned, chain, shared, s_hidden, s_head, t_hidden, t_head = random_term_inputs()
     mix = CrossTokenizerMix(exact=1.0, uld=0.5, chain=0.7)
     kw = {"mix": mix, "loss": "jsd", "temperature": 2.0, "beta": 0.3, "uld_top_k": 8}
     targets = CrossTokenizerTargets(aligned, chain, shared)
