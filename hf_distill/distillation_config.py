@@ -274,6 +274,11 @@ class DistillationConfig(TrainingArguments):
     seq_kd: bool = field(
         default=False, metadata={"help": "The teacher generates the completions of the other batches (seq-level KD)."}
     )
+    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per completion."})
+    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of completions."})
+    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of completions (0 < p <= 1)."})
+
+    # --- a teacher with another tokenizer ---
     cross_tokenizer_exact: float = field(
         default=1.0,
         metadata={
@@ -293,9 +298,6 @@ class DistillationConfig(TrainingArguments):
         },
     )
     uld_top_k: int = field(default=1024, metadata={"help": "The sorted probabilities ULD compares (>= 1)."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per completion."})
-    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of completions."})
-    generation_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of completions (0 < p <= 1)."})
 
     # --- jobs ---
     overwrite_output_dir: bool = field(
@@ -340,7 +342,7 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r} is unknown; choose one of {list(_TEACHER_DTYPES)}."
             )
-        CrossTokenizerMix(self.cross_tokenizer_exact, self.cross_tokenizer_uld, self.cross_tokenizer_chain)
+        _ = self.cross_tokenizer_mix  # building the mix checks its weights
         if self.uld_top_k < 1:
             raise ValueError(f"uld_top_k must be >= 1 (the sorted probabilities ULD compares), got {self.uld_top_k}.")
         self.teacher_columns = parse_column_map(self.teacher_columns, "teacher_columns")
@@ -439,6 +441,11 @@ class DistillationConfig(TrainingArguments):
         elif self.alpha_logits > 0 and self.lmbda > 0:
             needs.append("lmbda > 0 (generated completions have no cache)")
         return needs
+
+    @property
+    def cross_tokenizer_mix(self) -> CrossTokenizerMix:
+        """The weights of the parts of a cross-tokenizer teacher's logit term, checked."""
+        return CrossTokenizerMix(self.cross_tokenizer_exact, self.cross_tokenizer_uld, self.cross_tokenizer_chain)
 
     # --- serialisation helpers ---
 

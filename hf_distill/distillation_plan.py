@@ -14,7 +14,6 @@ from torch import nn
 from .checks import check_label_spaces, ensure_eager_attention
 from .constants import CROSS_TOKENIZER_CACHE_COLUMNS, TEACHER_CACHE_COLUMNS
 from .losses import loss_needs
-from .losses.cross_tokenizer import CrossTokenizerMix
 from .losses.matched import default_relation_heads
 from .losses.objective import ObjectiveSettings
 from .mapping import LayerMatch, build_layer_matches, resolve_layer_pairs
@@ -343,9 +342,7 @@ def build_plan(student: nn.Module, teachers: list[Teacher], args, task: str, tok
         teacher_weights=tuple(args.teacher_weights) if args.teacher_weights is not None else None,
         relation_heads=relation_heads,
         chunk_size=args.kd_chunk_size,
-        cross_tokenizer=CrossTokenizerMix(
-            args.cross_tokenizer_exact, args.cross_tokenizer_uld, args.cross_tokenizer_chain
-        ),
+        cross_tokenizer=args.cross_tokenizer_mix,
         uld_top_k=args.uld_top_k,
     )
     widths = [t.hidden_size if t.config is not None else 0 for t in teachers]

@@ -469,3 +469,24 @@ def test_a_teacher_with_another_tokenizer_beside_another_teacher_is_refused_befo
             model=tiny_lm(len(student_tok), seed=2), teacher_model=[crossed, tiny_lm(len(student_tok), seed=3)],
             args=trainer_config(tmp_out, alpha_task=1.0, alpha_logits=1.0), train_dataset=lm_rows(student_tok),
         )  # fmt: skip
+
+
+def test_bad_cross_tokenizer_weights_are_refused_by_the_config_and_the_cli(tmp_path, capsys):
+    from hf_distill import DistillationConfig
+    from hf_distill.cli import main
+
+    with pytest.raises(ValueError, match=r"cross-tokenizer weight uld=-1.0: give a finite weight >= 0"):
+        DistillationConfig(output_dir=str(tmp_path), cross_tokenizer_uld=-1.0)
+    args = DistillationConfig(output_dir=str(tmp_path), cross_tokenizer_uld=0.5)
+    assert (args.cross_tokenizer_mix.exact, args.cross_tokenizer_mix.uld, args.cross_tokenizer_mix.chain) == (
+        1,
+        0.5,
+        0,
+    )
+    for flags, needle in (
+        (["--cross_tokenizer_exact", "0"], "cross-tokenizer weights exact, uld and chain are all 0"),
+        (["--uld_top_k", "0"], "uld_top_k must be >= 1"),
+    ):
+        assert main(["causal-lm", "--output_dir", str(tmp_path / "out"), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0] and not (tmp_path / "out").exists(), err
