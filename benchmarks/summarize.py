@@ -413,7 +413,7 @@ def glue_modes(records: list[dict]) -> str:
                     f"`{name}`",
                     ",".join(str(x["seed"]) for x in have),
                     f"{_mean(100 * x['scores'][name] for x in have):.2f}",
-                    "" if name in ("no_kd", "teacher") else f"{_mean(gain):+.2f}",
+                    "" if name in ("no_kd", "teacher") or not gain else f"{_mean(gain):+.2f}",
                     f"{_mean(minutes):.1f}" if minutes else "",
                 ]
             )

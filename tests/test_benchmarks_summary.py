@@ -194,6 +194,9 @@ def test_glue_modes_merges_the_runs_of_a_seed(tmp_path, capsys):
     assert "| 42 | 90.00 | 80.00 | 85.00 | 84.00 |\n| 43 | 90.00 | 70.00 | 80.00 |  |\n" in out
     assert "| `teacher` | 42,43 | 90.00 |  | 5.5 |" in out  # seed 42's teacher minutes from the run that trained it
     assert "| `noisy_student` | 42 | 84.00 | +4.00 | 8.0 |" in out
+    _write(tmp_path / "alone" / "glue_modes", "sst2-seed44", _modes_run(44, {"teacher": 0.9, "ema": 0.8}, {}, ["ema"]))
+    assert summarize.main(["glue_modes", "--results_dir", str(tmp_path / "alone")]) == 0
+    assert "| `ema` | 44 | 80.00 |  |  |" in capsys.readouterr().out  # no no-KD run to compare with: no gain, not nan
 
 
 def test_glue_modes_keeps_runs_of_another_budget_apart(tmp_path, capsys):
